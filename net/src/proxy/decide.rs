@@ -198,7 +198,7 @@ fn vendor_class_arch(vendor: &[u8]) -> Option<ClientArch> {
 }
 
 /// What to boot: a file name on our TFTP server or a URL.
-fn boot_target<'p>(policy: &'p BootPolicy, client: Client) -> Result<&'p str, Ignored> {
+fn boot_target(policy: &BootPolicy, client: Client) -> Result<&str, Ignored> {
     if client.ipxe {
         return Ok(&policy.ipxe_script_url);
     }
@@ -363,7 +363,10 @@ fn write_reply(
                 },
             )?,
             _ => {
-                if let Some(item) = request.vendor_specific.and_then(|v| pxe::requested_boot_item(&v)) {
+                if let Some(item) = request
+                    .vendor_specific
+                    .and_then(|v| pxe::requested_boot_item(&v))
+                {
                     pxe::write_ack_vendor_options(&mut w, item)?;
                 }
             }

@@ -1,0 +1,441 @@
+//! UDP I/O drivers: move datagrams between sockets and a sans-IO [`DatagramService`].
+//!
+//! Two drivers implement the same contract:
+//! - `uring`: io_uring with multishot receive into a provided-buffer ring and batched sends;
+//! - `portable`: tokio readiness plus `recvmsg`/`sendmsg`, for kernels or sandboxes that
+//!   refuse io_uring (Docker's default seccomp profile does).
+//!
+//! Both report, for every datagram, the local address it arrived on and the interface
+//! (`IP_PKTINFO`), because a ProxyDHCP server must name itself (option 54) with the address
+//! of the interface a broadcast came in on.
+//!
+//! Entry points: [`serve`] (or [`BoundSockets::open`] then [`serve_bound`]) with a
+//! [`DriverKind`] and a [`Shutdown`] handle; [`io_uring_available`] to probe the kernel.
+//! Both drivers open their sockets the same way, from [`BindSpec`]s.
+
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+use std::time::Instant;
+
+mod pktinfo;
+mod portable;
+mod report;
+mod shutdown;
+mod socket;
+mod uring;
+
+pub use report::{ActiveDriver, DriverReport, DriverStats, UdpError};
+pub use shutdown::Shutdown;
+pub use socket::{BindSpec, BoundSockets, SocketError};
+
+/// Largest datagram a driver hands to a service. Longer datagrams are dropped and counted
+/// (they are truncated by the kernel, so parsing them would read a lie).
+pub const MAX_DATAGRAM: usize = 2048;
+
+/// What the kernel told us about one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Sender address and port.
+    pub src: SocketAddrV4,
+    /// Local address the datagram was addressed to or arrived on (`ipi_spec_dst`): for a
+    /// broadcast this is the address of the receiving interface, not 255.255.255.255.
+    pub local_addr: Ipv4Addr,
+    /// Local UDP port of the socket that received it (67, 4011, ...).
+    pub local_port: u16,
+    /// Index of the interface the datagram arrived on.
+    pub ifindex: u32,
+}
+
+/// Where and how to send one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendMeta {
+    /// Destination address and port.
+    pub dst: SocketAddrV4,
+    /// Send out of this interface (needed for 255.255.255.255 on multi-homed hosts).
+    pub ifindex: Option<u32>,
+    /// Source address to use, if it must be pinned.
+    pub src_ip: Option<Ipv4Addr>,
+    /// Local port of the socket to send from (the reply leaves from the port the request
+    /// arrived on).
+    pub local_port: u16,
+}
+
+/// A sans-IO protocol endpoint driven by a UDP driver.
+///
+/// The driver calls it from one thread at a time; it must not block or do I/O. Replies go
+/// into the [`TxQueue`], which the driver flushes in batches.
+pub trait DatagramService: Send + 'static {
+    /// Most datagrams one call to [`DatagramService::on_datagram`] or
+    /// [`DatagramService::on_timeout`] may queue. The driver makes sure this many slots are
+    /// free before each call.
+    fn max_sends_per_event(&self) -> usize {
+        1
+    }
+
+    /// Handle one received datagram.
+    fn on_datagram(&mut self, now: Instant, data: &[u8], meta: &RecvMeta, tx: &mut TxQueue);
+
+    /// Handle the deadline returned by [`DatagramService::next_timeout`] having passed.
+    fn on_timeout(&mut self, _now: Instant, _tx: &mut TxQueue) {}
+
+    /// The next moment the service wants [`DatagramService::on_timeout`] called, if any.
+    fn next_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The driver dropped a datagram before the service saw it (too long for
+    /// [`MAX_DATAGRAM`], or missing its packet info); services count these.
+    fn on_dropped(&mut self, _reason: DriverDrop) {}
+}
+
+/// Why a driver dropped a datagram before handing it to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverDrop {
+    /// The datagram was longer than [`MAX_DATAGRAM`] and arrived truncated.
+    Truncated,
+    /// The kernel gave no `IP_PKTINFO` (or a non-IPv4 source) for it.
+    NoPacketInfo,
+}
+
+/// Fixed-capacity queue of datagrams to send, with buffers allocated once.
+///
+/// Services write replies straight into the queue's buffers, so the steady state allocates
+/// nothing per packet.
+pub struct TxQueue {
+    bufs: Vec<Box<[u8]>>,
+    sends: Vec<(SendMeta, usize)>,
+}
+
+impl TxQueue {
+    /// A queue of `capacity` slots of [`MAX_DATAGRAM`] bytes each.
+    pub fn with_capacity(capacity: usize) -> Self {
+        TxQueue {
+            bufs: (0..capacity)
+                .map(|_| vec![0u8; MAX_DATAGRAM].into_boxed_slice())
+                .collect(),
+            sends: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Slots still free.
+    pub fn remaining(&self) -> usize {
+        self.bufs.len() - self.sends.len()
+    }
+
+    /// Number of queued datagrams.
+    pub fn len(&self) -> usize {
+        self.sends.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+    }
+
+    /// Offer the next free buffer to `write`, which returns the datagram's length and
+    /// destination, or `None` to leave the slot unused. Returns false when the queue is
+    /// full (the datagram is not sent; the caller counts it).
+    pub fn push_with(
+        &mut self,
+        write: impl FnOnce(&mut [u8]) -> Option<(usize, SendMeta)>,
+    ) -> bool {
+        let slot = self.sends.len();
+        let Some(buf) = self.bufs.get_mut(slot) else {
+            return false;
+        };
+        if let Some((len, meta)) = write(buf) {
+            debug_assert!(len <= MAX_DATAGRAM);
+            self.sends.push((meta, len.min(MAX_DATAGRAM)));
+        }
+        true
+    }
+
+    /// The queued datagrams, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&SendMeta, &[u8])> {
+        self.sends
+            .iter()
+            .zip(self.bufs.iter())
+            .map(|((meta, len), buf)| (meta, &buf[..*len]))
+    }
+
+    /// Forget everything queued (after the driver sent it).
+    pub fn clear(&mut self) {
+        self.sends.clear();
+    }
+
+    /// Hand every queued datagram to `send` with its buffer, then empty the queue.
+    ///
+    /// `send` may swap the buffer for another one of [`MAX_DATAGRAM`] bytes: the io_uring
+    /// driver trades it for the buffer of a free send slot, so the datagram stays where the
+    /// service wrote it until the kernel is done with it, and nothing is copied.
+    pub(crate) fn drain_swap(&mut self, mut send: impl FnMut(&SendMeta, &mut Box<[u8]>, usize)) {
+        for ((meta, len), buf) in self.sends.iter().zip(self.bufs.iter_mut()) {
+            send(meta, buf, *len);
+            debug_assert_eq!(
+                buf.len(),
+                MAX_DATAGRAM,
+                "a swapped-in buffer must be full size"
+            );
+        }
+        self.sends.clear();
+    }
+}
+
+/// Datagrams the drivers let a service queue before flushing, at least (more if the service
+/// asks for more per event): enough to batch a round of replies into one submission, and a
+/// bound on what one round holds.
+const TX_BATCH: usize = 64;
+
+/// The transmit queue a driver gives `service`: room for one event's worth of sends, and
+/// at least a batch.
+fn tx_queue_for(service: &impl DatagramService) -> TxQueue {
+    TxQueue::with_capacity(service.max_sends_per_event().max(TX_BATCH))
+}
+
+/// Which UDP driver to run (the `--udp-driver` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DriverKind {
+    /// io_uring where the kernel allows it, else the portable driver.
+    #[default]
+    Auto,
+    /// io_uring, or fail.
+    IoUring,
+    /// The portable tokio driver.
+    Portable,
+}
+
+impl DriverKind {
+    /// The accepted flag values, for help texts.
+    pub const VALUES: [&'static str; 3] = ["auto", "io-uring", "portable"];
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DriverKind::Auto => "auto",
+            DriverKind::IoUring => "io-uring",
+            DriverKind::Portable => "portable",
+        })
+    }
+}
+
+/// A `--udp-driver` value that names no driver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown UDP driver {input:?}: expected auto, io-uring or portable")]
+pub struct ParseDriverKindError {
+    /// The rejected input.
+    pub input: String,
+}
+
+impl FromStr for DriverKind {
+    type Err = ParseDriverKindError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DriverKind::Auto),
+            // `io_uring` is how the kernel spells it; accept both.
+            "io-uring" | "io_uring" => Ok(DriverKind::IoUring),
+            "portable" => Ok(DriverKind::Portable),
+            _ => Err(ParseDriverKindError {
+                input: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Whether the io_uring driver can run here: the ring can be created, the opcodes it uses
+/// are supported, and a multishot receive into a provided-buffer ring is accepted. Costs a
+/// few system calls. `Err` says what was refused.
+pub fn io_uring_available() -> Result<(), String> {
+    uring::probe()
+}
+
+/// Open a socket for every spec, then [`serve_bound`] them.
+///
+/// The sockets are opened when this is called, not when the future is first polled, so
+/// the future borrows nothing (it can be spawned) and datagrams sent after this returns
+/// are queued for the driver. Bind errors are reported by the future.
+pub fn serve<S: DatagramService>(
+    kind: DriverKind,
+    binds: &[BindSpec],
+    service: S,
+    shutdown: Shutdown,
+) -> impl Future<Output = Result<DriverReport<S>, UdpError>> + Send + 'static {
+    let sockets = if binds.is_empty() {
+        Err(UdpError::NoBinds)
+    } else {
+        BoundSockets::open(binds).map_err(UdpError::from)
+    };
+    async move { serve_bound(kind, sockets?, service, shutdown).await }
+}
+
+/// Serve `service` on `sockets` with the driver `kind` asks for, until `shutdown` is
+/// triggered (or this future is dropped; the io_uring thread then stops on its own).
+///
+/// [`DriverKind::Auto`] tries io_uring and, if the kernel refuses it, logs one warning and
+/// runs the portable driver on the same sockets. [`DriverKind::IoUring`] fails instead.
+/// Must be called within a tokio runtime with I/O and time enabled.
+pub async fn serve_bound<S: DatagramService>(
+    kind: DriverKind,
+    sockets: BoundSockets,
+    service: S,
+    shutdown: Shutdown,
+) -> Result<DriverReport<S>, UdpError> {
+    if sockets.is_empty() {
+        return Err(UdpError::NoBinds);
+    }
+    let (sockets, service, fallback_reason) = match kind {
+        DriverKind::Portable => (sockets, service, None),
+        DriverKind::IoUring | DriverKind::Auto => {
+            match uring::serve(sockets, service, &shutdown).await {
+                uring::Outcome::Finished(result) => {
+                    let (service, stats) = result?;
+                    return Ok(DriverReport {
+                        driver: ActiveDriver::IoUring,
+                        fallback_reason: None,
+                        stats,
+                        service,
+                    });
+                }
+                uring::Outcome::Refused { reason, .. } if kind == DriverKind::IoUring => {
+                    return Err(UdpError::IoUringUnavailable { reason });
+                }
+                uring::Outcome::Refused {
+                    reason,
+                    sockets,
+                    service,
+                } => {
+                    tracing::warn!(%reason, "io_uring refused; serving UDP with the portable driver");
+                    (sockets, service, Some(reason))
+                }
+            }
+        }
+    };
+    let (service, stats) = portable::run(sockets, service, &shutdown).await?;
+    Ok(DriverReport {
+        driver: ActiveDriver::Portable,
+        fallback_reason,
+        stats,
+        service,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Echoes every datagram back to its sender.
+    #[derive(Debug)]
+    struct Echo;
+
+    impl DatagramService for Echo {
+        fn on_datagram(&mut self, _: Instant, data: &[u8], meta: &RecvMeta, tx: &mut TxQueue) {
+            tx.push_with(|buf| {
+                buf[..data.len()].copy_from_slice(data);
+                let dst = meta.src;
+                let local_port = meta.local_port;
+                Some((
+                    data.len(),
+                    SendMeta {
+                        dst,
+                        ifindex: None,
+                        src_ip: None,
+                        local_port,
+                    },
+                ))
+            });
+        }
+    }
+
+    /// Counts log events at INFO or above.
+    struct CountEvents(Arc<AtomicUsize>);
+
+    impl tracing::Subscriber for CountEvents {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() <= tracing::Level::INFO {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    fn loopback_sockets() -> (BoundSockets, SocketAddrV4) {
+        let spec = BindSpec::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+        let sockets = BoundSockets::open(&[spec]).unwrap();
+        let addr = sockets.local_addrs()[0];
+        (sockets, addr)
+    }
+
+    #[tokio::test]
+    async fn auto_falls_back_with_one_log_line_when_io_uring_is_refused() {
+        uring::REFUSE_FOR_TEST.set(Some("refused by the test"));
+        let events = Arc::new(AtomicUsize::new(0));
+        let _log = tracing::subscriber::set_default(CountEvents(events.clone()));
+        let (sockets, addr) = loopback_sockets();
+        let shutdown = Shutdown::new();
+        let client = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+
+        let exchange = async {
+            client.send_to(b"fallback", addr).await.unwrap();
+            let mut buf = [0u8; 16];
+            let wait = Duration::from_secs(5);
+            let (n, _) = tokio::time::timeout(wait, client.recv_from(&mut buf))
+                .await
+                .expect("the fallback driver answers")
+                .unwrap();
+            shutdown.trigger();
+            buf[..n].to_vec()
+        };
+        let (report, echoed) = tokio::join!(
+            serve_bound(DriverKind::Auto, sockets, Echo, shutdown.clone()),
+            exchange
+        );
+        uring::REFUSE_FOR_TEST.set(None);
+
+        let report = report.unwrap();
+        assert_eq!(echoed, b"fallback");
+        assert_eq!(report.driver, ActiveDriver::Portable);
+        assert_eq!(
+            report.fallback_reason.as_deref(),
+            Some("refused by the test")
+        );
+        assert_eq!(
+            events.load(Ordering::SeqCst),
+            1,
+            "exactly one log line says why"
+        );
+    }
+
+    #[tokio::test]
+    async fn explicit_io_uring_refused_is_an_error_naming_the_cause() {
+        uring::REFUSE_FOR_TEST.set(Some("io_uring_setup: Operation not permitted"));
+        let (sockets, _) = loopback_sockets();
+        let result = serve_bound(DriverKind::IoUring, sockets, Echo, Shutdown::new()).await;
+        uring::REFUSE_FOR_TEST.set(None);
+
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, UdpError::IoUringUnavailable { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("Operation not permitted"), "{err}");
+    }
+}
