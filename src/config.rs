@@ -1,0 +1,406 @@
+//! Command line and environment: the Go provider's flag names and defaults (so ironboot
+//! drops into its deployments), parsed with clap, then validated once into a [`Config`].
+//! A bad value is refused at start with the flag's name.
+
+use std::net::Ipv4Addr;
+
+use clap::{ArgAction, Parser};
+use ironboot_net::udp::DriverKind;
+
+use crate::netif::InterfaceAddr;
+
+/// Default provider ID, as the Go provider's `--id`.
+pub(crate) const DEFAULT_PROVIDER_ID: &str = "bare-metal";
+/// Default HTTP/gRPC API port, as the Go provider's `--api-port`.
+pub(crate) const DEFAULT_API_PORT: u16 = 50042;
+
+/// ironboot: ProxyDHCP, TFTP/HTTP iPXE boot and BMC power for bare-metal machines.
+///
+/// Without --omni-api-endpoint (or OMNI_ENDPOINT) it runs standalone, with no Omni.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ironboot", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Provider ID (names the Omni service account, namespace and resource types).
+    #[arg(long, default_value = DEFAULT_PROVIDER_ID)]
+    pub(crate) id: String,
+
+    /// Debug logging.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) debug: bool,
+
+    /// Address the HTTP API and TFTP listen on (empty: all addresses).
+    #[arg(long, default_value = "")]
+    pub(crate) api_listen_address: String,
+
+    /// Address advertised to machines for TFTP/HTTP (empty: the host's single routable IPv4).
+    #[arg(long, default_value = "")]
+    pub(crate) api_advertise_address: String,
+
+    /// Port of the HTTP API (iPXE scripts, boot files over HTTP, metrics).
+    #[arg(long, default_value_t = DEFAULT_API_PORT)]
+    pub(crate) api_port: u16,
+
+    /// Omni API endpoint; empty runs ironboot standalone.
+    #[arg(long, env = "OMNI_ENDPOINT", default_value = "")]
+    pub(crate) omni_api_endpoint: String,
+
+    /// Interface name, or an IP address whose interface serves ProxyDHCP (empty: the
+    /// interface of the advertise address).
+    #[arg(long, default_value = "")]
+    pub(crate) dhcp_proxy_iface_or_ip: String,
+
+    /// Do not listen on UDP 67, only on 4011 (beside a DHCP server on the same host).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) disable_dhcp_proxy_broadcast: bool,
+
+    /// No ProxyDHCP at all.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) disable_dhcp_proxy: bool,
+
+    /// UDP driver: io_uring, the portable one, or auto (io_uring where the kernel allows it).
+    #[arg(long, default_value = "auto")]
+    pub(crate) udp_driver: DriverKind,
+
+    /// Boot file for 32-bit x86 UEFI clients (empty: they get no offer, since the x86-64
+    /// binary cannot run on them).
+    #[arg(long, default_value = "")]
+    pub efi_ia32_boot_file: String,
+}
+
+/// A refused configuration value, naming the flag.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--{flag}: {message}")]
+pub(crate) struct ConfigError {
+    /// The flag's name without dashes.
+    pub(crate) flag: &'static str,
+    /// What is wrong and what to do.
+    pub(crate) message: String,
+}
+
+fn refuse(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        message: message.into(),
+    }
+}
+
+/// The interface ProxyDHCP serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DhcpInterface {
+    /// Interface name, for `SO_BINDTODEVICE`.
+    pub(crate) name: String,
+    /// Interface index.
+    pub(crate) index: u32,
+}
+
+/// ProxyDHCP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DhcpProxyConfig {
+    /// The interface to bind to.
+    pub(crate) interface: DhcpInterface,
+    /// Whether to listen on 67 (else only 4011).
+    pub(crate) listen_broadcast: bool,
+    /// Boot file for EFI IA32 clients.
+    pub efi_ia32_boot_file: Option<String>,
+}
+
+/// Validated runtime configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Config {
+    /// Provider ID.
+    pub(crate) provider_id: String,
+    /// Debug logging.
+    pub(crate) debug: bool,
+    /// Listen address of the API (None: all).
+    pub(crate) api_listen_address: Option<Ipv4Addr>,
+    /// Address advertised to machines.
+    pub(crate) advertise_address: Ipv4Addr,
+    /// API port.
+    pub(crate) api_port: u16,
+    /// Omni endpoint, or None for standalone mode.
+    pub(crate) omni_endpoint: Option<String>,
+    /// ProxyDHCP, unless disabled.
+    pub(crate) dhcp_proxy: Option<DhcpProxyConfig>,
+    /// UDP driver choice.
+    pub(crate) udp_driver: DriverKind,
+}
+
+fn parse_ipv4(flag: &'static str, value: &str) -> Result<Ipv4Addr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| refuse(flag, format!("{value:?} is not an IPv4 address")))
+}
+
+impl Config {
+    /// Validate `cli` against the host's interface addresses.
+    pub(crate) fn from_cli(cli: &Cli, interfaces: &[InterfaceAddr]) -> Result<Config, ConfigError> {
+        let id = cli.id.trim();
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(refuse(
+                "id",
+                format!(
+                    "{:?} must be non-empty lowercase letters, digits and '-'",
+                    cli.id
+                ),
+            ));
+        }
+        let api_listen_address = match cli.api_listen_address.as_str() {
+            "" => None,
+            v => Some(parse_ipv4("api-listen-address", v)?),
+        };
+        if cli.api_port == 0 {
+            return Err(refuse("api-port", "must be between 1 and 65535"));
+        }
+        let advertise_address = match cli.api_advertise_address.as_str() {
+            "" => single_routable(interfaces)?,
+            v => parse_ipv4("api-advertise-address", v)?,
+        };
+        let omni_endpoint = match cli.omni_api_endpoint.trim() {
+            "" => None,
+            v => {
+                return Err(refuse(
+                    "omni-api-endpoint",
+                    format!(
+                        "{v:?}: Omni mode is not in this build yet; run without it (or unset \
+                         OMNI_ENDPOINT) for standalone mode"
+                    ),
+                ));
+            }
+        };
+        let dhcp_proxy = if cli.disable_dhcp_proxy {
+            None
+        } else {
+            Some(DhcpProxyConfig {
+                interface: dhcp_interface(
+                    &cli.dhcp_proxy_iface_or_ip,
+                    advertise_address,
+                    interfaces,
+                )?,
+                listen_broadcast: !cli.disable_dhcp_proxy_broadcast,
+                efi_ia32_boot_file: match cli.efi_ia32_boot_file.trim() {
+                    "" => None,
+                    f if f.contains(['/', '\0']) || f.contains("..") => {
+                        return Err(refuse(
+                            "efi-ia32-boot-file",
+                            format!("{f:?} must be a plain file name"),
+                        ));
+                    }
+                    f => Some(f.to_owned()),
+                },
+            })
+        };
+        Ok(Config {
+            provider_id: id.to_owned(),
+            debug: cli.debug,
+            api_listen_address,
+            advertise_address,
+            api_port: cli.api_port,
+            omni_endpoint,
+            dhcp_proxy,
+            udp_driver: cli.udp_driver,
+        })
+    }
+}
+
+/// The host's single routable IPv4, as the Go provider picks its advertise address.
+fn single_routable(interfaces: &[InterfaceAddr]) -> Result<Ipv4Addr, ConfigError> {
+    let routable: Vec<&InterfaceAddr> = interfaces.iter().filter(|i| i.is_routable()).collect();
+    match routable.as_slice() {
+        [one] => Ok(one.addr),
+        [] => Err(refuse(
+            "api-advertise-address",
+            "not set, and this host has no routable IPv4 address to advertise; set it",
+        )),
+        many => {
+            let list: Vec<String> = many
+                .iter()
+                .map(|i| format!("{} ({})", i.addr, i.name))
+                .collect();
+            Err(refuse(
+                "api-advertise-address",
+                format!(
+                    "not set, and this host has several routable IPv4 addresses: {}; set it to \
+                     the one machines should use",
+                    list.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The interface named by `--dhcp-proxy-iface-or-ip`, or the one holding the advertise
+/// address.
+fn dhcp_interface(
+    value: &str,
+    advertise: Ipv4Addr,
+    interfaces: &[InterfaceAddr],
+) -> Result<DhcpInterface, ConfigError> {
+    const FLAG: &str = "dhcp-proxy-iface-or-ip";
+    let found = match value.trim() {
+        "" => interfaces
+            .iter()
+            .find(|i| i.addr == advertise)
+            .ok_or_else(|| {
+                refuse(
+                    FLAG,
+                    format!(
+                        "not set, and no interface holds the advertise address {advertise}; name \
+                     the interface to serve ProxyDHCP on"
+                    ),
+                )
+            })?,
+        v => match v.parse::<Ipv4Addr>() {
+            Ok(ip) => interfaces
+                .iter()
+                .find(|i| i.addr == ip)
+                .ok_or_else(|| refuse(FLAG, format!("no interface holds the address {ip}")))?,
+            Err(_) => interfaces.iter().find(|i| i.name == v).ok_or_else(|| {
+                refuse(
+                    FLAG,
+                    format!("no interface named {v:?} with an IPv4 address"),
+                )
+            })?,
+        },
+    };
+    Ok(DhcpInterface {
+        name: found.name.clone(),
+        index: found.index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, index: u32, addr: [u8; 4], loopback: bool) -> InterfaceAddr {
+        InterfaceAddr {
+            name: name.into(),
+            index,
+            addr: Ipv4Addr::from(addr),
+            loopback,
+            up: true,
+        }
+    }
+
+    fn host() -> Vec<InterfaceAddr> {
+        vec![
+            iface("lo", 1, [127, 0, 0, 1], true),
+            iface("eth0", 2, [10, 98, 0, 3], false),
+            iface("eth1", 3, [169, 254, 1, 1], false),
+        ]
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("ironboot").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_go_provider_and_pick_the_single_routable_address() {
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(c.provider_id, "bare-metal");
+        assert_eq!(c.api_port, 50042);
+        assert_eq!(c.advertise_address, Ipv4Addr::new(10, 98, 0, 3));
+        assert_eq!(c.api_listen_address, None);
+        assert_eq!(c.omni_endpoint, None);
+        assert_eq!(c.udp_driver, DriverKind::Auto);
+        let dhcp = c.dhcp_proxy.unwrap();
+        assert_eq!(
+            dhcp.interface,
+            DhcpInterface {
+                name: "eth0".into(),
+                index: 2
+            }
+        );
+        assert!(dhcp.listen_broadcast);
+        assert_eq!(dhcp.efi_ia32_boot_file, None);
+    }
+
+    #[test]
+    fn several_routable_addresses_are_refused_naming_the_flag_and_the_candidates() {
+        let mut h = host();
+        h.push(iface("eth2", 4, [192, 168, 1, 5], false));
+        let e = Config::from_cli(&cli(&[]), &h).unwrap_err();
+        assert_eq!(e.flag, "api-advertise-address");
+        assert!(e.message.contains("10.98.0.3 (eth0)") && e.message.contains("192.168.1.5 (eth2)"));
+        assert!(e.to_string().starts_with("--api-advertise-address: "));
+        // Naming it resolves the ambiguity.
+        let c = Config::from_cli(&cli(&["--api-advertise-address", "192.168.1.5"]), &h).unwrap();
+        assert_eq!(c.dhcp_proxy.unwrap().interface.name, "eth2");
+    }
+
+    #[test]
+    fn no_routable_address_is_refused() {
+        let h = vec![iface("lo", 1, [127, 0, 0, 1], true)];
+        let e = Config::from_cli(&cli(&[]), &h).unwrap_err();
+        assert_eq!(e.flag, "api-advertise-address");
+    }
+
+    #[test]
+    fn dhcp_interface_by_name_or_by_address() {
+        let by_name =
+            Config::from_cli(&cli(&["--dhcp-proxy-iface-or-ip", "eth1"]), &host()).unwrap();
+        assert_eq!(by_name.dhcp_proxy.unwrap().interface.index, 3);
+        let by_ip =
+            Config::from_cli(&cli(&["--dhcp-proxy-iface-or-ip", "169.254.1.1"]), &host()).unwrap();
+        assert_eq!(by_ip.dhcp_proxy.unwrap().interface.name, "eth1");
+        for bad in ["eth9", "10.0.0.1"] {
+            let e =
+                Config::from_cli(&cli(&["--dhcp-proxy-iface-or-ip", bad]), &host()).unwrap_err();
+            assert_eq!(e.flag, "dhcp-proxy-iface-or-ip", "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_name() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--api-advertise-address", "example.com"],
+                "api-advertise-address",
+            ),
+            (&["--api-listen-address", "::1"], "api-listen-address"),
+            (&["--api-port", "0"], "api-port"),
+            (&["--id", ""], "id"),
+            (&["--id", "Bare Metal"], "id"),
+            (&["--efi-ia32-boot-file", "../x.efi"], "efi-ia32-boot-file"),
+            (
+                &["--omni-api-endpoint", "https://omni.example"],
+                "omni-api-endpoint",
+            ),
+        ];
+        for (args, flag) in cases {
+            let e = Config::from_cli(&cli(args), &host()).unwrap_err();
+            assert_eq!(e.flag, *flag, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn clap_refuses_malformed_values_naming_the_flag() {
+        for (args, flag) in [
+            (vec!["--api-port", "70000"], "--api-port"),
+            (vec!["--udp-driver", "fast"], "--udp-driver"),
+            (vec!["--debug=maybe"], "--debug"),
+        ] {
+            let e =
+                Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn go_style_boolean_flags_are_accepted() {
+        let c = cli(&[
+            "--debug",
+            "--disable-dhcp-proxy-broadcast=true",
+            "--disable-dhcp-proxy=false",
+        ]);
+        assert!(c.debug && c.disable_dhcp_proxy_broadcast && !c.disable_dhcp_proxy);
+        let cfg = Config::from_cli(&c, &host()).unwrap();
+        assert!(!cfg.dhcp_proxy.unwrap().listen_broadcast);
+        let off = Config::from_cli(&cli(&["--disable-dhcp-proxy"]), &host()).unwrap();
+        assert_eq!(off.dhcp_proxy, None);
+    }
+}
