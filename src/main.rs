@@ -4,11 +4,13 @@ mod config;
 mod netif;
 mod proxy_dhcp;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use ironboot_net::proxy::ProxyCounters;
+use ironboot_net::wire::MessageType;
 use tracing::info;
 
 use crate::config::{Cli, Config};
@@ -23,11 +25,23 @@ fn init_logging(debug: bool) {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.debug);
+    match start(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line, without a backtrace: start-up
+            // errors are about configuration or the host, not about our code.
+            eprintln!("ironboot: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: &Cli) -> anyhow::Result<()> {
     let interfaces = netif::host_interfaces().context("listing network interfaces")?;
-    let config = Config::from_cli(&cli, &interfaces)?;
+    let config = Config::from_cli(cli, &interfaces)?;
     info!(
         provider_id = %config.provider_id,
         advertise = %config.advertise_address,
@@ -65,9 +79,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("ProxyDHCP stopped unexpectedly");
         }
     }
-    let mut metrics = String::new();
-    counters.render_prometheus(&mut metrics);
-    tracing::debug!(counters = %metrics, "final ProxyDHCP counters");
+    info!(
+        offers = counters.replies(MessageType::Offer),
+        acks = counters.replies(MessageType::Ack),
+        dropped = counters.dropped_total(),
+        "ProxyDHCP totals"
+    );
     Ok(())
 }
 

@@ -50,17 +50,31 @@ fn ipxe_rom_discover_decodes_as_captured() {
     assert_eq!(r.client_hardware_address, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
     assert_eq!(r.message_type, Some(MessageType::Discover));
     assert_eq!(r.max_message_size, Some(1472));
-    assert_eq!(r.vendor_class_id, Some(&b"PXEClient:Arch:00000:UNDI:002001"[..]));
+    assert_eq!(
+        r.vendor_class_id,
+        Some(&b"PXEClient:Arch:00000:UNDI:002001"[..])
+    );
     let arches: Vec<_> = r.client_arch.unwrap().iter().collect();
     assert_eq!(arches, [ClientArch::X86Bios]);
     assert_eq!(r.client_ndi, Some(&[1, 2, 1][..]));
     let uc = r.user_class.unwrap();
-    assert_eq!(uc.as_bytes(), b"iPXE", "iPXE sends the raw string, not RFC 3004 form");
+    assert_eq!(
+        uc.as_bytes(),
+        b"iPXE",
+        "iPXE sends the raw string, not RFC 3004 form"
+    );
     assert!(uc.contains(b"iPXE"));
     assert!(r.ipxe_encapsulated.is_some());
     assert_eq!(client_uuid(r.client_uuid.unwrap()), Some([0; 16]));
-    assert_eq!(r.client_identifier, Some(&[1, 0x52, 0x54, 0, 0x12, 0x34, 0x56][..]));
-    assert!(r.parameter_request_list.unwrap().contains(&code::VENDOR_SPECIFIC));
+    assert_eq!(
+        r.client_identifier,
+        Some(&[1, 0x52, 0x54, 0, 0x12, 0x34, 0x56][..])
+    );
+    assert!(
+        r.parameter_request_list
+            .unwrap()
+            .contains(&code::VENDOR_SPECIFIC)
+    );
     assert_eq!(r.giaddr, Ipv4Addr::UNSPECIFIED);
 }
 
@@ -70,7 +84,10 @@ fn edk2_discover_and_4011_request_decode_as_captured() {
     let p = Packet::new_checked(&d[..]).unwrap();
     let r = Repr::parse(&p).unwrap();
     assert!(r.broadcast(), "EDK2 sets the broadcast flag");
-    assert_eq!(r.client_arch.unwrap().iter().next(), Some(ClientArch::EfiBc));
+    assert_eq!(
+        r.client_arch.unwrap().iter().next(),
+        Some(ClientArch::EfiBc)
+    );
     assert_eq!(r.client_ndi, Some(&[1, 3, 0][..]));
     assert!(r.user_class.is_none() && r.ipxe_encapsulated.is_none());
 
@@ -120,7 +137,10 @@ fn every_golden_packet_round_trips_through_repr() {
         r.emit(&mut Packet::new_unchecked(&mut out[..])).unwrap();
         // Emit keeps everything up to END; the captured bytes may carry trailing padding.
         assert_eq!(out[..], bytes[..out.len()], "{name}");
-        assert!(bytes[out.len()..].iter().all(|&b| b == 0), "{name}: non-pad after END");
+        assert!(
+            bytes[out.len()..].iter().all(|&b| b == 0),
+            "{name}: non-pad after END"
+        );
         let p2 = Packet::new_checked(&out[..]).unwrap();
         assert_eq!(Repr::parse(&p2).unwrap(), r, "{name}");
     }
@@ -145,7 +165,10 @@ fn malformed_messages_are_errors_not_panics() {
         Packet::new_checked(&ok[..239]).unwrap_err(),
         Error::TooShort { len: 239, min: 240 }
     );
-    assert!(matches!(Packet::new_checked(&[][..]), Err(Error::TooShort { .. })));
+    assert!(matches!(
+        Packet::new_checked(&[][..]),
+        Err(Error::TooShort { .. })
+    ));
 
     let mut long = ok.clone();
     long.resize(MAX_LEN + 1, 0);
@@ -157,11 +180,17 @@ fn malformed_messages_are_errors_not_panics() {
         }
     );
     long.truncate(MAX_LEN);
-    assert!(Packet::new_checked(&long[..]).is_ok(), "MAX_LEN itself is fine");
+    assert!(
+        Packet::new_checked(&long[..]).is_ok(),
+        "MAX_LEN itself is fine"
+    );
 
     let mut no_cookie = ok.clone();
     no_cookie[236] = 0;
-    assert_eq!(Packet::new_checked(&no_cookie[..]).unwrap_err(), Error::BadMagicCookie);
+    assert_eq!(
+        Packet::new_checked(&no_cookie[..]).unwrap_err(),
+        Error::BadMagicCookie
+    );
 
     let mut hlen = ok.clone();
     hlen[2] = 17;
@@ -177,14 +206,20 @@ fn malformed_messages_are_errors_not_panics() {
     trunc.extend_from_slice(&[53, 1, 1, 60, 9, b'P', b'X', b'E']);
     assert_eq!(
         Packet::new_checked(&trunc[..]).unwrap_err(),
-        Error::TruncatedOption { code: 60, offset: 243 }
+        Error::TruncatedOption {
+            code: 60,
+            offset: 243
+        }
     );
     // A length byte missing altogether.
     let mut nolen = ok[..240].to_vec();
     nolen.extend_from_slice(&[53]);
     assert_eq!(
         Packet::new_checked(&nolen[..]).unwrap_err(),
-        Error::TruncatedOption { code: 53, offset: 240 }
+        Error::TruncatedOption {
+            code: 53,
+            offset: 240
+        }
     );
 
     let mut op = ok.clone();
@@ -245,7 +280,14 @@ fn user_class_both_encodings() {
 fn client_arch_list_and_uuid() {
     let l = ClientArchList::new_checked(&[0, 7, 0, 11, 0x12, 0x34]).unwrap();
     let v: Vec<_> = l.iter().collect();
-    assert_eq!(v, [ClientArch::EfiBc, ClientArch::EfiArm64, ClientArch::Unknown(0x1234)]);
+    assert_eq!(
+        v,
+        [
+            ClientArch::EfiBc,
+            ClientArch::EfiArm64,
+            ClientArch::Unknown(0x1234)
+        ]
+    );
     for n in 0..=30u16 {
         assert_eq!(u16::from(ClientArch::from(n)), n);
     }
@@ -288,7 +330,10 @@ fn option_writer_reports_overflow_and_nests() {
     );
     let open = w.begin(43).unwrap();
     w.put_bytes(&[0; 300]).unwrap();
-    assert!(matches!(w.finish(open), Err(Error::OptionTooLong { code: 43, len: 300 })));
+    assert!(matches!(
+        w.finish(open),
+        Err(Error::OptionTooLong { code: 43, len: 300 })
+    ));
 }
 
 #[test]
@@ -296,7 +341,14 @@ fn accessors_on_unchecked_short_buffers_do_not_panic() {
     for len in [0, 1, 5, 30, 100, 239] {
         let b = vec![0xffu8; len];
         let p = Packet::new_unchecked(&b[..]);
-        let _ = (p.op_raw(), p.xid(), p.secs(), p.flags(), p.ciaddr(), p.giaddr());
+        let _ = (
+            p.op_raw(),
+            p.xid(),
+            p.secs(),
+            p.flags(),
+            p.ciaddr(),
+            p.giaddr(),
+        );
         let _ = (p.client_hardware_address(), p.sname_field(), p.file_field());
         assert_eq!(p.options().iter().count(), 0);
     }

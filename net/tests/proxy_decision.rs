@@ -83,7 +83,11 @@ fn seen(bytes: &[u8]) -> Seen {
     let p = Packet::new_checked(bytes).expect("our reply must pass our own checks");
     let r = Repr::parse(&p).expect("our reply must parse");
     assert_eq!(r.op, Op::BootReply);
-    assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED, "a proxy never assigns addresses");
+    assert_eq!(
+        r.yiaddr,
+        Ipv4Addr::UNSPECIFIED,
+        "a proxy never assigns addresses"
+    );
     let pxe_subs = r
         .vendor_specific
         .map(|v| v.iter().map(|o| o.code).collect())
@@ -112,7 +116,11 @@ fn ipxe_rom_discover_gets_a_broadcast_offer_pointing_at_the_script() {
     assert_eq!(r.client.firmware, Firmware::X86Bios);
     assert!(r.client.ipxe);
     assert_eq!(r.send.dst, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
-    assert_eq!(r.send.ifindex, Some(IFINDEX), "broadcast leaves by the arrival interface");
+    assert_eq!(
+        r.send.ifindex,
+        Some(IFINDEX),
+        "broadcast leaves by the arrival interface"
+    );
     assert_eq!(r.send.local_port, 67);
     let s = seen(&out);
     assert_eq!(s.message_type, MessageType::Offer);
@@ -122,14 +130,25 @@ fn ipxe_rom_discover_gets_a_broadcast_offer_pointing_at_the_script() {
     assert_eq!(s.file_field, SCRIPT_URL.as_bytes());
     assert_eq!(s.option67, SCRIPT_URL.as_bytes());
     assert_eq!(s.option66, b"10.98.0.3");
-    assert_eq!(s.pxe_subs, [sub::DISCOVERY_CONTROL, sub::MENU_PROMPT, sub::BOOT_SERVERS, sub::BOOT_MENU]);
+    assert_eq!(
+        s.pxe_subs,
+        [
+            sub::DISCOVERY_CONTROL,
+            sub::MENU_PROMPT,
+            sub::BOOT_SERVERS,
+            sub::BOOT_MENU
+        ]
+    );
     assert_eq!(s.uuid, Some(vec![0; 17]), "option 97 is copied");
     assert_eq!(s.codes.first(), Some(&code::MESSAGE_TYPE), "53 comes first");
     assert!((300..=576).contains(&s.len), "{} bytes", s.len);
 
     let p = Packet::new_checked(&out[..]).unwrap();
     assert_eq!(p.xid(), 0x1ff3_8e27);
-    assert_eq!(p.client_hardware_address(), [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    assert_eq!(
+        p.client_hardware_address(),
+        [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+    );
     assert_eq!(p.hops(), 0);
     assert_eq!(p.flags(), 0, "flags copied (broadcast bit only)");
 }
@@ -146,7 +165,10 @@ fn offer_vendor_options_have_the_shape_edk2_accepts() {
     let v = repr.vendor_specific.unwrap();
     assert_eq!(v.find(sub::DISCOVERY_CONTROL), Some(&[0x03][..]));
     assert_eq!(v.find(sub::MENU_PROMPT), Some(&b"\0PXE"[..]));
-    assert_eq!(v.find(sub::BOOT_SERVERS), Some(&[0x80, 0, 1, 10, 98, 0, 3][..]));
+    assert_eq!(
+        v.find(sub::BOOT_SERVERS),
+        Some(&[0x80, 0, 1, 10, 98, 0, 3][..])
+    );
     let menu = v.find(sub::BOOT_MENU).unwrap();
     assert_eq!(&menu[..3], &[0x80, 0, 8]);
     assert_eq!(&menu[3..], b"ironboot");
@@ -167,7 +189,10 @@ fn edk2_4011_request_gets_an_ack_to_its_source_port() {
     let s = seen(&out);
     assert_eq!(s.message_type, MessageType::Ack);
     assert_eq!(s.file_field, b"snp.efi");
-    assert!(s.pxe_subs.is_empty(), "EDK2 sent no boot item, so none is echoed");
+    assert!(
+        s.pxe_subs.is_empty(),
+        "EDK2 sent no boot item, so none is echoed"
+    );
     let p = Packet::new_checked(&out[..]).unwrap();
     assert_eq!(p.ciaddr(), Ipv4Addr::new(10, 98, 0, 127));
     assert_eq!(p.xid(), 0x7648_6e71);
@@ -178,7 +203,10 @@ fn ipxe_4011_request_gets_its_boot_item_echoed() {
     let req = golden("ipxe-rom-bios-proxy-request-4011");
     let src = SocketAddrV4::new(Ipv4Addr::new(10, 98, 0, 111), 68);
     let (r, out) = reply(&req, &on_port(4011, src), &policy());
-    assert_eq!(r.send.dst, src, "iPXE asks from port 68 and is answered there");
+    assert_eq!(
+        r.send.dst, src,
+        "iPXE asks from port 68 and is answered there"
+    );
     let p = Packet::new_checked(&out[..]).unwrap();
     let repr = Repr::parse(&p).unwrap();
     assert_eq!(
@@ -217,7 +245,10 @@ fn snponly_discover_is_sent_to_the_script_not_into_a_tftp_loop() {
 #[test]
 fn traffic_that_is_not_ours_gets_silence() {
     let meta = broadcast_meta();
-    assert_eq!(ignored(&golden("site-dhcp-offer"), &meta, &policy()), Ignored::NotBootRequest);
+    assert_eq!(
+        ignored(&golden("site-dhcp-offer"), &meta, &policy()),
+        Ignored::NotBootRequest
+    );
     assert_eq!(
         ignored(&golden("ipxe-rom-bios-request-to-site"), &meta, &policy()),
         Ignored::UnexpectedMessageType,
@@ -309,7 +340,11 @@ fn every_architecture_maps_to_its_boot_file() {
                 assert_eq!(s.vendor_class, vendor.as_bytes(), "arch {arch}");
                 assert_eq!(s.siaddr, SERVER, "arch {arch}: U-Boot reads siaddr");
                 let http = vendor == "HTTPClient";
-                assert_eq!(s.pxe_subs.is_empty(), http, "arch {arch}: PXE menu only for PXE");
+                assert_eq!(
+                    s.pxe_subs.is_empty(),
+                    http,
+                    "arch {arch}: PXE menu only for PXE"
+                );
             }
             ((Decision::Ignore(why), _), None) => {
                 let expected = if matches!(arch, 6 | 15) {
@@ -330,7 +365,10 @@ fn ia32_gets_its_own_file_when_configured() {
     let (_, out) = reply(&Req::discover().arch(&[6]).bytes(), &broadcast_meta(), &p);
     assert_eq!(seen(&out).option67, b"ipxe-ia32.efi");
     let (_, out) = reply(&Req::discover().arch(&[15]).bytes(), &broadcast_meta(), &p);
-    assert_eq!(seen(&out).option67, b"http://10.98.0.3:50042/tftp/ipxe-ia32.efi");
+    assert_eq!(
+        seen(&out).option67,
+        b"http://10.98.0.3:50042/tftp/ipxe-ia32.efi"
+    );
 }
 
 #[test]
@@ -342,10 +380,18 @@ fn the_first_supported_architecture_in_the_list_wins() {
 
 #[test]
 fn without_option_93_the_vendor_class_tells_the_architecture() {
-    let req = Req::discover().opt(60, b"PXEClient:Arch:00009:UNDI:003016").bytes();
-    assert_eq!(reply(&req, &broadcast_meta(), &policy()).0.client.firmware, Firmware::EfiX64);
+    let req = Req::discover()
+        .opt(60, b"PXEClient:Arch:00009:UNDI:003016")
+        .bytes();
+    assert_eq!(
+        reply(&req, &broadcast_meta(), &policy()).0.client.firmware,
+        Firmware::EfiX64
+    );
     let req = Req::discover().opt(60, b"PXEClient").bytes();
-    assert_eq!(reply(&req, &broadcast_meta(), &policy()).0.client.firmware, Firmware::X86Bios);
+    assert_eq!(
+        reply(&req, &broadcast_meta(), &policy()).0.client.firmware,
+        Firmware::X86Bios
+    );
     let req = Req::discover().opt(60, b"HTTPClient:Arch:00016").bytes();
     let (r, out) = reply(&req, &broadcast_meta(), &policy());
     assert_eq!(r.client.firmware, Firmware::HttpX64);
@@ -370,7 +416,10 @@ fn ipxe_is_recognised_by_either_user_class_form_or_option_175() {
 fn non_pxe_and_odd_requests_get_silence() {
     let meta = broadcast_meta();
     let p = policy();
-    assert_eq!(ignored(&Req::discover().bytes(), &meta, &p), Ignored::NotPxeClient);
+    assert_eq!(
+        ignored(&Req::discover().bytes(), &meta, &p),
+        Ignored::NotPxeClient
+    );
     assert_eq!(
         ignored(&Req::discover().opt(60, b"MSFT 5.0").bytes(), &meta, &p),
         Ignored::NotPxeClient
@@ -380,11 +429,18 @@ fn non_pxe_and_odd_requests_get_silence() {
     assert_eq!(ignored(&bootp.bytes(), &meta, &p), Ignored::NoMessageType);
     let mut reply_op = Req::discover().arch(&[0]);
     reply_op.op = 2;
-    assert_eq!(ignored(&reply_op.bytes(), &meta, &p), Ignored::NotBootRequest);
+    assert_eq!(
+        ignored(&reply_op.bytes(), &meta, &p),
+        Ignored::NotBootRequest
+    );
     for t in [2u8, 3, 4, 5, 6, 7, 8, 42] {
         let mut r = Req::discover().arch(&[0]);
         r.options[0] = (53, vec![t]);
-        assert_eq!(ignored(&r.bytes(), &meta, &p), Ignored::UnexpectedMessageType, "type {t} on 67");
+        assert_eq!(
+            ignored(&r.bytes(), &meta, &p),
+            Ignored::UnexpectedMessageType,
+            "type {t} on 67"
+        );
     }
     let src = SocketAddrV4::new(Ipv4Addr::new(10, 98, 0, 9), 68);
     for t in [1u8, 2, 4, 5, 7] {
@@ -419,7 +475,11 @@ fn relayed_discover_is_answered_to_the_relay_with_option_82_echoed_last() {
     assert_eq!(r.send.ifindex, None);
     let s = seen(&out);
     assert_eq!(s.relay_info.as_deref(), Some(&info[..]));
-    assert_eq!(s.codes.last(), Some(&code::RELAY_AGENT_INFORMATION), "82 last (RFC 3046 2.1)");
+    assert_eq!(
+        s.codes.last(),
+        Some(&code::RELAY_AGENT_INFORMATION),
+        "82 last (RFC 3046 2.1)"
+    );
     assert_eq!(Packet::new_checked(&out[..]).unwrap().giaddr(), relay);
 }
 
@@ -431,7 +491,11 @@ fn a_too_small_output_buffer_is_an_error_not_a_panic() {
     let mut small = [0u8; 300];
     assert!(decide(&request, &broadcast_meta(), &policy(), &mut small).is_err());
     // Oversized echoed options cannot overflow a 576-byte buffer silently either.
-    let big = Req::discover().arch(&[0]).opt(61, &[1; 255]).opt(97, &[0; 255]).opt(82, &[1; 255]);
+    let big = Req::discover()
+        .arch(&[0])
+        .opt(61, &[1; 255])
+        .opt(97, &[0; 255])
+        .opt(82, &[1; 255]);
     let b = big.bytes();
     let packet = Packet::new_checked(&b[..]).unwrap();
     let request = Repr::parse(&packet).unwrap();
@@ -446,30 +510,53 @@ fn the_service_path_counts_every_outcome() {
     let p = policy();
     let mut out = [0u8; 2048];
     let meta = broadcast_meta();
-    assert!(handle_datagram(&golden("ipxe-rom-bios-discover"), &meta, &p, &counters, &mut out).is_some());
+    assert!(
+        handle_datagram(
+            &golden("ipxe-rom-bios-discover"),
+            &meta,
+            &p,
+            &counters,
+            &mut out
+        )
+        .is_some()
+    );
     assert!(handle_datagram(&golden("site-dhcp-offer"), &meta, &p, &counters, &mut out).is_none());
     assert!(handle_datagram(b"garbage", &meta, &p, &counters, &mut out).is_none());
     assert_eq!(counters.replies(MessageType::Offer), 1);
     assert_eq!(counters.ignored_count(Ignored::NotBootRequest), 1);
     assert_eq!(counters.malformed_total(), 1);
+    assert_eq!(counters.dropped_total(), 2);
     let mut text = String::new();
     counters.render_prometheus(&mut text);
-    assert!(text.contains("ironboot_dhcp_replies_total{type=\"offer\"} 1"), "{text}");
-    assert!(text.contains("ironboot_dhcp_dropped_total{reason=\"too_short\"} 1"), "{text}");
+    assert!(
+        text.contains("ironboot_dhcp_replies_total{type=\"offer\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ironboot_dhcp_dropped_total{reason=\"too_short\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("ironboot_dhcp_dropped_total{reason=\"not_boot_request\"} 1"));
-    assert!(text.contains("ironboot_dhcp_boot_clients_total{firmware=\"x86_bios\",ipxe=\"true\"} 1"));
+    assert!(
+        text.contains("ironboot_dhcp_boot_clients_total{firmware=\"x86_bios\",ipxe=\"true\"} 1")
+    );
     assert!(text.contains("ironboot_dhcp_requests_total{type=\"discover\"} 1"));
     assert!(text.contains("# TYPE ironboot_dhcp_dropped_total counter"));
     // Every sample line is `name{labels} value`.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (_, v) = line.rsplit_once(' ').unwrap();
-        v.parse::<u64>().unwrap_or_else(|_| panic!("bad sample line {line:?}"));
+        v.parse::<u64>()
+            .unwrap_or_else(|_| panic!("bad sample line {line:?}"));
     }
 }
 
 #[test]
 fn options_region_of_reply_is_well_formed_after_padding() {
-    let (_, out) = reply(&golden("ipxe-rom-bios-discover"), &broadcast_meta(), &policy());
+    let (_, out) = reply(
+        &golden("ipxe-rom-bios-discover"),
+        &broadcast_meta(),
+        &policy(),
+    );
     let opts = Options::new_checked(&out[240..]).unwrap();
     assert_eq!(opts.as_bytes().last(), Some(&255));
 }

@@ -53,7 +53,10 @@ impl ProxyCounters {
 
     /// A network-boot client we recognised.
     pub fn boot_client(&self, firmware: Firmware, ipxe: bool) {
-        let i = Firmware::ALL.iter().position(|f| *f == firmware).unwrap_or(0);
+        let i = Firmware::ALL
+            .iter()
+            .position(|f| *f == firmware)
+            .unwrap_or(0);
         bump(&self.boot_clients[i][usize::from(ipxe)]);
     }
 
@@ -70,7 +73,10 @@ impl ProxyCounters {
 
     /// Bytes that were not a valid DHCP message.
     pub fn malformed(&self, error: &Error) {
-        let i = MALFORMED.iter().position(|r| *r == error.reason()).unwrap_or(0);
+        let i = MALFORMED
+            .iter()
+            .position(|r| *r == error.reason())
+            .unwrap_or(0);
         bump(&self.malformed[i]);
     }
 
@@ -100,6 +106,12 @@ impl ProxyCounters {
         self.malformed.iter().map(|c| c.load(Relaxed)).sum()
     }
 
+    /// Datagrams dropped without a reply so far, all reasons (ignored, malformed, driver).
+    pub fn dropped_total(&self) -> u64 {
+        let sum = |cs: &[AtomicU64]| cs.iter().map(|c| c.load(Relaxed)).sum::<u64>();
+        sum(&self.ignored) + sum(&self.malformed) + sum(&self.driver_drops)
+    }
+
     /// Append the counters in Prometheus text exposition format.
     pub fn render_prometheus(&self, out: &mut String) {
         let mut family = |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
@@ -119,14 +131,17 @@ impl ProxyCounters {
         family(
             "ironboot_dhcp_boot_clients_total",
             "Requests from network-boot clients, by firmware and whether the client is iPXE.",
-            &mut Firmware::ALL.iter().zip(&self.boot_clients).flat_map(|(f, c)| {
-                [("false", &c[0]), ("true", &c[1])].map(|(ipxe, c)| {
-                    (
-                        format!("firmware=\"{}\",ipxe=\"{ipxe}\"", f.label()),
-                        c.load(Relaxed),
-                    )
-                })
-            }),
+            &mut Firmware::ALL
+                .iter()
+                .zip(&self.boot_clients)
+                .flat_map(|(f, c)| {
+                    [("false", &c[0]), ("true", &c[1])].map(|(ipxe, c)| {
+                        (
+                            format!("firmware=\"{}\",ipxe=\"{ipxe}\"", f.label()),
+                            c.load(Relaxed),
+                        )
+                    })
+                }),
         );
         family(
             "ironboot_dhcp_replies_total",

@@ -3,6 +3,8 @@
 
 mod counters;
 mod decide;
+/// Property check shared by the `dhcp_proxy` fuzz target and the corpus replay test.
+pub mod fuzz;
 mod policy;
 mod service;
 

@@ -473,7 +473,8 @@ impl<'a> Repr<'a> {
         packet.check()?;
         let bytes: &'a [u8] = packet.buffer;
         // Trailing padding after END is not part of the options.
-        let options = Options::new_unchecked(Options::new_unchecked(&bytes[field::OPTIONS..]).as_bytes());
+        let options =
+            Options::new_unchecked(Options::new_unchecked(&bytes[field::OPTIONS..]).as_bytes());
         let mut repr = Repr {
             op,
             htype: packet.htype(),
@@ -546,12 +547,13 @@ impl<'a> Repr<'a> {
                     repr.client_uuid.get_or_insert(data);
                 }
                 code::IPXE_ENCAPSULATED if repr.ipxe_encapsulated.is_none() => {
-                    repr.ipxe_encapsulated = Some(Options::new_checked(data).map_err(|_| {
-                        Error::BadOptionLength {
-                            code: opt.code,
-                            len: data.len(),
-                        }
-                    })?);
+                    repr.ipxe_encapsulated =
+                        Some(
+                            Options::new_checked(data).map_err(|_| Error::BadOptionLength {
+                                code: opt.code,
+                                len: data.len(),
+                            })?,
+                        );
                 }
                 _ => {}
             }
@@ -592,8 +594,10 @@ impl<'a> Repr<'a> {
         packet.set_siaddr(self.siaddr);
         packet.set_giaddr(self.giaddr);
         packet.set_chaddr(self.client_hardware_address);
-        packet.set_sname(self.server_name);
-        packet.set_file(self.boot_file);
+        // Verbatim, all 64/128 bytes: `set_sname`/`set_file` keep a NUL terminator for the
+        // replies we compose, which would cut a received field that fills its slot.
+        packet.put(field::SNAME, self.server_name);
+        packet.put(field::FILE, self.boot_file);
         packet.set_magic_cookie();
         let opts = self.options.as_bytes();
         packet.options_mut()[..opts.len()].copy_from_slice(opts);

@@ -212,10 +212,13 @@ impl<'b> OptionWriter<'b> {
     pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let end = self.len + bytes.len();
         let available = self.buf.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(Error::BufferTooSmall {
-            needed: end,
-            available,
-        })?;
+        let dst = self
+            .buf
+            .get_mut(self.len..end)
+            .ok_or(Error::BufferTooSmall {
+                needed: end,
+                available,
+            })?;
         dst.copy_from_slice(bytes);
         self.len = end;
         Ok(())

@@ -3,8 +3,8 @@
 
 use core::net::Ipv4Addr;
 
-use super::options::{OptionWriter, Options};
 use super::Result;
+use super::options::{OptionWriter, Options};
 
 /// PXE sub-option codes inside option 43.
 pub mod sub {
@@ -81,7 +81,10 @@ pub struct DiscoveryMenu<'a> {
 /// Write option 43 for a PXE offer: discovery control (unicast to the listed server
 /// only), the boot server list, the menu and a zero-timeout prompt. This is the shape EDK2
 /// requires before it proceeds to the 4011 request, and iPXE follows it too.
-pub fn write_offer_vendor_options(w: &mut OptionWriter<'_>, menu: &DiscoveryMenu<'_>) -> Result<()> {
+pub fn write_offer_vendor_options(
+    w: &mut OptionWriter<'_>,
+    menu: &DiscoveryMenu<'_>,
+) -> Result<()> {
     let open = w.begin(super::options::code::VENDOR_SPECIFIC)?;
     w.put(
         sub::DISCOVERY_CONTROL,
