@@ -144,6 +144,12 @@ fn ipxe_rom_discover_gets_a_broadcast_offer_pointing_at_the_script() {
     assert!((300..=576).contains(&s.len), "{} bytes", s.len);
 
     let p = Packet::new_checked(&out[..]).unwrap();
+    let v = Repr::parse(&p).unwrap().vendor_specific.unwrap();
+    assert_eq!(
+        v.find(sub::DISCOVERY_CONTROL),
+        Some(&[0x0b][..]),
+        "iPXE is told to boot the offered file (bit 3): EFI iPXE cannot do boot server discovery"
+    );
     assert_eq!(p.xid(), 0x1ff3_8e27);
     assert_eq!(
         p.client_hardware_address(),
@@ -163,7 +169,11 @@ fn offer_vendor_options_have_the_shape_edk2_accepts() {
     let repr = Repr::parse(&p).unwrap();
     assert!(repr.broadcast(), "EDK2's broadcast flag is kept");
     let v = repr.vendor_specific.unwrap();
-    assert_eq!(v.find(sub::DISCOVERY_CONTROL), Some(&[0x03][..]));
+    assert_eq!(
+        v.find(sub::DISCOVERY_CONTROL),
+        Some(&[0x03][..]),
+        "EDK2 is sent to the listed boot server on 4011, not told to skip discovery"
+    );
     assert_eq!(v.find(sub::MENU_PROMPT), Some(&b"\0PXE"[..]));
     assert_eq!(
         v.find(sub::BOOT_SERVERS),

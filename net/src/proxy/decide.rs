@@ -360,6 +360,7 @@ fn write_reply(
                 &DiscoveryMenu {
                     server: meta.local_addr,
                     description: MENU_DESCRIPTION.as_bytes(),
+                    use_boot_file: client.ipxe,
                 },
             )?,
             _ => {

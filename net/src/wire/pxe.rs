@@ -76,20 +76,26 @@ pub struct DiscoveryMenu<'a> {
     pub server: Ipv4Addr,
     /// The menu item's text (at most 253 bytes).
     pub description: &'a [u8],
+    /// Tell the client to boot the offer's file without discovery
+    /// ([`discovery::USE_BOOT_FILE`]). iPXE needs it: with a menu and no such bit it tries
+    /// boot server discovery, which its EFI builds do not implement, and gives up.
+    pub use_boot_file: bool,
 }
 
 /// Write option 43 for a PXE offer: discovery control (unicast to the listed server
 /// only), the boot server list, the menu and a zero-timeout prompt. This is the shape EDK2
-/// requires before it proceeds to the 4011 request, and iPXE follows it too.
+/// requires before it proceeds to the 4011 request; iPXE clients additionally get
+/// [`discovery::USE_BOOT_FILE`] (see [`DiscoveryMenu::use_boot_file`]).
 pub fn write_offer_vendor_options(
     w: &mut OptionWriter<'_>,
     menu: &DiscoveryMenu<'_>,
 ) -> Result<()> {
     let open = w.begin(super::options::code::VENDOR_SPECIFIC)?;
-    w.put(
-        sub::DISCOVERY_CONTROL,
-        &[discovery::DISABLE_BROADCAST | discovery::DISABLE_MULTICAST],
-    )?;
+    let mut control = discovery::DISABLE_BROADCAST | discovery::DISABLE_MULTICAST;
+    if menu.use_boot_file {
+        control |= discovery::USE_BOOT_FILE;
+    }
+    w.put(sub::DISCOVERY_CONTROL, &[control])?;
     // Timeout 0: no prompt, the first (only) item is taken immediately.
     w.put(sub::MENU_PROMPT, &[0, b'P', b'X', b'E'])?;
     let [t0, t1] = BOOT_TYPE_IRONBOOT.to_be_bytes();
