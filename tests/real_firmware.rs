@@ -108,8 +108,9 @@ fn check_prerequisites() {
     }
 }
 
-/// Runs the script with a guard timeout; returns (exit code, combined output).
-fn run_script() -> (Option<i32>, String) {
+/// Runs the script with a guard timeout and ironboot's arguments; returns (exit code,
+/// combined output).
+fn run_script(ironboot_args: &str) -> (Option<i32>, String) {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let log_path = tmp.join(format!("real_firmware-{}.log", std::process::id()));
     let log = File::create(&log_path).expect("create the script's log file");
@@ -123,6 +124,7 @@ fn run_script() -> (Option<i32>, String) {
         .env("PATH", path)
         .env("IRONBOOT_BIN", IRONBOOT)
         .env("PROXY_UNDER_TEST", "ironboot")
+        .env("IRONBOOT_ARGS", ironboot_args)
         .env("IBFW_OUT_BASE", tmp.join("firmware-test"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log file"))
@@ -157,11 +159,13 @@ fn run_script() -> (Option<i32>, String) {
     (status.and_then(|s| s.code()), output)
 }
 
-#[test]
-fn real_firmware_accepts_ironboot_proxydhcp_offers() {
-    check_prerequisites();
-    let (code, output) = run_script();
-    println!("---- tests/firmware/run.sh output ----\n{output}---- end of run.sh output ----");
+/// Runs the whole firmware scenario once with these ironboot arguments; panics with the
+/// report on failure.
+fn scenario(label: &str, ironboot_args: &str) {
+    let (code, output) = run_script(ironboot_args);
+    println!(
+        "---- tests/firmware/run.sh output ({label}) ----\n{output}---- end of run.sh output ----"
+    );
     let findings: Vec<&str> = output
         .lines()
         .filter(|l| l.contains("FAIL:") || l.contains("SETUP ERROR:"))
@@ -169,16 +173,32 @@ fn real_firmware_accepts_ironboot_proxydhcp_offers() {
     match code {
         Some(0) => {}
         Some(2) => panic!(
-            "real-firmware test: setup error (see the output above):\n{}",
+            "real-firmware test ({label}): setup error (see the output above):\n{}",
             findings.join("\n")
         ),
         Some(c) => panic!(
-            "real-firmware test failed (run.sh exit {c}); the report with ironboot's stderr, \
-             the serial consoles and the captures is in the output above:\n{}",
+            "real-firmware test ({label}) failed (run.sh exit {c}); the report with ironboot's \
+             stderr, the serial consoles and the captures is in the output above:\n{}",
             findings.join("\n")
         ),
         None => panic!(
-            "real-firmware test: run.sh did not finish within {GUARD:?} (or died by a signal)"
+            "real-firmware test ({label}): run.sh did not finish within {GUARD:?} (or died by a \
+             signal)"
         ),
     }
+}
+
+/// Both UDP drivers, one after the other (the VMs of one run already load both cores).
+/// No --api-advertise-address: ironboot must pick the namespace's single routable address.
+#[test]
+fn real_firmware_accepts_ironboot_proxydhcp_offers() {
+    check_prerequisites();
+    scenario(
+        "io_uring driver",
+        "--dhcp-proxy-iface-or-ip eth0 --debug --udp-driver io-uring",
+    );
+    scenario(
+        "portable driver",
+        "--dhcp-proxy-iface-or-ip eth0 --debug --udp-driver portable",
+    );
 }
