@@ -2,13 +2,11 @@
 //! count + write the reply (`handle_datagram`), and parse alone.
 //!
 //! After the criterion run it prints the heap allocations per packet of each workload,
-//! counted by a global allocator (expected: 0). `PROXY_DHCP_ITERS=N` skips criterion and
+//! counted per thread by the `allocation-counter` crate's global allocator (expected: 0). `PROXY_DHCP_ITERS=N` skips criterion and
 //! only runs each workload N times (optionally only those whose name contains
 //! `PROXY_DHCP_FILTER`), for a fixed amount of work under `valgrind --tool=callgrind`;
 //! see BENCHMARKS.md.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -17,49 +15,6 @@ use criterion::{Criterion, Throughput};
 use ironboot_net::proxy::{BootPolicy, ProxyCounters, handle_datagram};
 use ironboot_net::udp::{MAX_DATAGRAM, RecvMeta};
 use ironboot_net::wire::{Packet, Repr};
-
-/// The system allocator, counting this thread's allocations (criterion measures on the
-/// calling thread, so that is where the packet path runs).
-struct Counting;
-
-thread_local! {
-    // `const`: no lazy initialisation that could allocate from inside the allocator.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so
-// `System`'s guarantees hold; counting touches only a thread-local `Cell`.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, which the caller upholds.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, which the caller upholds.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours; `ptr` came from `System` via this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours; `ptr` came from `System` via this allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 3);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 127);
@@ -196,11 +151,12 @@ fn count_allocations(bench: &mut Bench, iterations: u64, filter: Option<&str>) {
         }
         // Warm-up, and a check that the bench measures real work, not an early return.
         assert!(bench.run(w), "{name}: no reply / parse failed");
-        let before = ALLOCATIONS.with(Cell::get);
-        for _ in 0..iterations {
-            bench.run(w);
-        }
-        let allocs = ALLOCATIONS.with(Cell::get) - before;
+        let allocs = allocation_counter::measure(|| {
+            for _ in 0..iterations {
+                bench.run(w);
+            }
+        })
+        .count_total;
         println!(
             "{name:<34} allocs/packet = {} ({allocs} in {iterations} packets)",
             allocs as f64 / iterations.max(1) as f64
