@@ -8,10 +8,8 @@ use ironboot_net::wire::options::{ClientArch, ClientArchList, UserClass, client_
 use ironboot_net::wire::pxe::{self, BootItem};
 use ironboot_net::wire::{Error, MessageType, Op, OptionWriter, Options, Packet, Repr};
 
-fn golden(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/data/{name}.bin", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("golden packet {path}: {e}"))
-}
+mod common;
+use common::golden;
 
 const ALL_GOLDEN: [&str; 11] = [
     "ipxe-rom-bios-discover",

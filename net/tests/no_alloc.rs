@@ -8,13 +8,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ironboot_net::proxy::{BootPolicy, ProxyCounters, handle_datagram};
 use ironboot_net::udp::{MAX_DATAGRAM, RecvMeta};
 
+mod common;
+use common::golden;
+
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 3);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 127);
-
-fn golden(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/data/{name}.bin", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("golden packet {path}: {e}"))
-}
 
 fn meta(local_port: u16, src: SocketAddrV4) -> RecvMeta {
     RecvMeta {

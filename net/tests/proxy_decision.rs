@@ -9,14 +9,12 @@ use ironboot_net::wire::options::code;
 use ironboot_net::wire::pxe::{self, BootItem, sub};
 use ironboot_net::wire::{MessageType, Op, OptionWriter, Options, Packet, Repr};
 
+mod common;
+use common::golden;
+
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 3);
 const IFINDEX: u32 = 7;
 const SCRIPT_URL: &str = "http://10.98.0.3:50042/ipxe/init.ipxe";
-
-fn golden(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/data/{name}.bin", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("golden packet {path}: {e}"))
-}
 
 fn policy() -> BootPolicy {
     BootPolicy::new(SERVER, 50042)
