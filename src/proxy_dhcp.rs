@@ -41,6 +41,7 @@ pub(crate) fn start(
             addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
             device: Some(dhcp.interface.name.clone()),
             broadcast: true,
+            ..BindSpec::default()
         })
         .collect();
     let sockets = BoundSockets::open(&binds).context("opening the ProxyDHCP sockets")?;

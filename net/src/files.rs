@@ -45,7 +45,10 @@ pub fn normalize(name: &str) -> Result<&str, NameError> {
     if trimmed.is_empty() {
         return Err(NameError::Empty);
     }
-    if trimmed.contains('\\') || trimmed.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    if trimmed.contains('\\')
+        || trimmed
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
     {
         return Err(NameError::Traversal);
     }
@@ -111,7 +114,16 @@ mod tests {
         assert_eq!(normalize("snp.efi"), Ok("snp.efi"));
         assert_eq!(normalize("/snp.efi"), Ok("snp.efi"));
         assert_eq!(normalize("//amd64/snp.efi"), Ok("amd64/snp.efi"));
-        for bad in ["../etc/passwd", "a/../b", "a//b", "./a", "a/.", "a\\b", "..", "a/"] {
+        for bad in [
+            "../etc/passwd",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\\b",
+            "..",
+            "a/",
+        ] {
             assert_eq!(normalize(bad), Err(NameError::Traversal), "{bad:?}");
         }
         assert_eq!(normalize(""), Err(NameError::Empty));

@@ -197,19 +197,25 @@ impl Receiver {
     }
 }
 
-/// Send everything queued, one `sendmsg` each. A send the kernel refuses (a full send
-/// buffer included) is counted and dropped: the bounded queue never waits, and the
-/// protocols above retransmit.
+/// Send everything queued, one `sendmsg` each (header and body as a two-element iovec
+/// when there is a body), then drop the queue's references to the bodies. A send the
+/// kernel refuses (a full send buffer included) is counted and dropped: the bounded queue
+/// never waits, and the protocols above retransmit.
 fn flush(tx: &mut TxQueue, fds: &[UdpSocket], table: &SocketTable, stats: &mut DriverStats) {
-    for (meta, data) in tx.iter() {
+    for (meta, data, body) in tx.iter() {
         let Some(i) = table.pick(meta.local_port, meta.ifindex) else {
             stats.send_dropped += 1;
             continue;
         };
         let dst = SockAddr::from(meta.dst);
-        let bufs = [IoSlice::new(data)];
+        // Header then body, gathered by the kernel: the body is never copied here.
+        let bufs = [
+            IoSlice::new(data),
+            IoSlice::new(body.map_or(&[][..], |b| b)),
+        ];
+        let used = if body.is_some() { 2 } else { 1 };
         let cmsg;
-        let mut msg = MsgHdr::new().with_addr(&dst).with_buffers(&bufs);
+        let mut msg = MsgHdr::new().with_addr(&dst).with_buffers(&bufs[..used]);
         if let Some(info) = send_pktinfo(meta) {
             cmsg = encode_pktinfo_cmsg(info);
             msg = msg.with_control(&cmsg);

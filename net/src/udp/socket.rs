@@ -3,12 +3,17 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::errno::Errno;
+use nix::sys::socket::{SetSockOpt, setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// One UDP socket to open: where to bind it and how.
+///
+/// Build one with [`BindSpec::new`] (or [`Default`], `0.0.0.0:0`) and the `with_*`
+/// methods, or as a literal ending in `..BindSpec::default()`, so fields added later do not
+/// break callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindSpec {
     /// Local address and port (`0.0.0.0:67` to hear broadcasts; port 0 for an ephemeral one).
@@ -17,16 +22,57 @@ pub struct BindSpec {
     pub device: Option<String>,
     /// Allow sending to broadcast addresses (`SO_BROADCAST`).
     pub broadcast: bool,
+    /// Receive buffer size in bytes (`SO_RCVBUF`), to ride out PXE storms; `None` keeps
+    /// the system default. The kernel doubles the value for its bookkeeping and caps it at
+    /// `net.core.rmem_max` unless the process may use `SO_RCVBUFFORCE` (`CAP_NET_ADMIN`),
+    /// which is tried first.
+    pub recv_buffer: Option<usize>,
+    /// Send buffer size in bytes (`SO_SNDBUF`); `None` keeps the system default. As for
+    /// `recv_buffer`, with `SO_SNDBUFFORCE` tried first and `net.core.wmem_max` the cap.
+    pub send_buffer: Option<usize>,
 }
 
 impl BindSpec {
-    /// A spec for `addr` with no device and no broadcast.
+    /// A spec for `addr` with no device, no broadcast and default buffer sizes.
     pub fn new(addr: SocketAddrV4) -> Self {
         BindSpec {
             addr,
             device: None,
             broadcast: false,
+            recv_buffer: None,
+            send_buffer: None,
         }
+    }
+
+    /// Bind to interface `device` (`SO_BINDTODEVICE`).
+    pub fn with_device(mut self, device: impl Into<String>) -> Self {
+        self.device = Some(device.into());
+        self
+    }
+
+    /// Allow (or not) sending to broadcast addresses (`SO_BROADCAST`).
+    pub fn with_broadcast(mut self, broadcast: bool) -> Self {
+        self.broadcast = broadcast;
+        self
+    }
+
+    /// Ask for a receive buffer of `bytes` (`SO_RCVBUF`).
+    pub fn with_recv_buffer(mut self, bytes: usize) -> Self {
+        self.recv_buffer = Some(bytes);
+        self
+    }
+
+    /// Ask for a send buffer of `bytes` (`SO_SNDBUF`).
+    pub fn with_send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = Some(bytes);
+        self
+    }
+}
+
+impl Default for BindSpec {
+    /// `0.0.0.0:0`, no device, no broadcast, default buffer sizes.
+    fn default() -> Self {
+        BindSpec::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
     }
 }
 
@@ -117,6 +163,17 @@ impl BoundSockets {
         self.sockets.iter().map(|s| s.local).collect()
     }
 
+    /// What the kernel reports as each socket's receive and send buffer size
+    /// (`SO_RCVBUF`, `SO_SNDBUF`), in the order of the specs: twice what was asked (the
+    /// kernel's bookkeeping share), capped unless forced. For logging how much a PXE storm
+    /// can queue.
+    pub fn buffer_sizes(&self) -> io::Result<Vec<(usize, usize)>> {
+        self.sockets
+            .iter()
+            .map(|s| Ok((s.socket.recv_buffer_size()?, s.socket.send_buffer_size()?)))
+            .collect()
+    }
+
     /// Number of sockets.
     pub fn len(&self) -> usize {
         self.sockets.len()
@@ -155,6 +212,14 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
     if spec.broadcast {
         socket.set_broadcast(true).map_err(opt("SO_BROADCAST"))?;
     }
+    if let Some(bytes) = spec.recv_buffer {
+        set_buffer(&socket, bytes, sockopt::RcvBufForce, sockopt::RcvBuf)
+            .map_err(opt("SO_RCVBUF"))?;
+    }
+    if let Some(bytes) = spec.send_buffer {
+        set_buffer(&socket, bytes, sockopt::SndBufForce, sockopt::SndBuf)
+            .map_err(opt("SO_SNDBUF"))?;
+    }
     setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)
         .map_err(|errno| opt("IP_PKTINFO")(io::Error::from(errno)))?;
     socket.set_nonblocking(true).map_err(opt("O_NONBLOCK"))?;
@@ -192,6 +257,20 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
         local,
         ifindex,
     })
+}
+
+/// Set a buffer size with the `*FORCE` option, which passes the `net.core.*mem_max` cap
+/// (needs `CAP_NET_ADMIN`), or else with the plain one, which the kernel caps silently.
+fn set_buffer<F, P>(socket: &Socket, bytes: usize, force: F, plain: P) -> io::Result<()>
+where
+    F: SetSockOpt<Val = usize>,
+    P: SetSockOpt<Val = usize>,
+{
+    match setsockopt(socket, force, &bytes) {
+        Ok(()) => Ok(()),
+        Err(Errno::EPERM) => setsockopt(socket, plain, &bytes).map_err(io::Error::from),
+        Err(errno) => Err(io::Error::from(errno)),
+    }
 }
 
 /// Which socket a reply leaves from: the one on the requested local port, preferring the

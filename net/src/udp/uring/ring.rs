@@ -519,24 +519,29 @@ impl Uring {
     }
 
     /// Move every queued datagram into a send slot and queue its `sendmsg`. Nothing is
-    /// copied: buffers are swapped between the queue and the slots.
+    /// copied: buffers are swapped between the queue and the slots, and a body's `Bytes`
+    /// moves into the slot (no reference count change) and is dropped when the send
+    /// completes.
     fn flush(&mut self, tx: &mut TxQueue) {
-        tx.drain_swap(|meta, buf, len| {
+        tx.drain_swap(|meta, buf, len, body| {
             let Some(i) = self.table.pick(meta.local_port, meta.ifindex) else {
                 self.stats.send_dropped += 1;
                 return;
             };
             let fd = self.fds[i];
-            let Some((slot, hdr)) = self.slots.prepare(meta, buf, len) else {
+            let Some((slot, hdr)) = self.slots.prepare(meta, buf, len, body) else {
                 self.stats.send_dropped += 1;
                 return;
             };
             let entry = opcode::SendMsg::new(types::Fd(fd), hdr)
                 .build()
                 .user_data(Op::Send(slot).encode());
-            // SAFETY: the header, and the iovec, name, control bytes and buffer it points
+            // SAFETY: the header, and the iovecs, name, control bytes and buffer it points
             // at, live in send slot `slot`, which stays busy (neither rewritten nor freed)
-            // until this request's completion is reaped; the socket outlives teardown.
+            // until this request's completion is reaped. The body the second iovec points
+            // at is kept alive by the `Bytes` the slot owns, dropped only in
+            // `SendSlots::complete` once that completion is reaped (or leaked with the
+            // slots if teardown times out). The socket outlives teardown.
             if let Err(e) = unsafe { self.push(&entry) } {
                 self.slots.complete(slot);
                 self.stats.send_dropped += 1;
