@@ -3,10 +3,12 @@
 //! A bad value is refused at start with the flag's name.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 use ironboot_net::udp::DriverKind;
 
+use crate::boot_script::BootFromDiskMethod;
 use crate::netif::InterfaceAddr;
 
 /// Default provider ID, as the Go provider's `--id`.
@@ -64,7 +66,24 @@ pub(crate) struct Cli {
     /// Boot file for 32-bit x86 UEFI clients (empty: they get no offer, since the x86-64
     /// binary cannot run on them).
     #[arg(long, default_value = "")]
-    pub efi_ia32_boot_file: String,
+    pub(crate) efi_ia32_boot_file: String,
+
+    /// Directories searched, in order, for the iPXE binaries (Debian: `apt-get install ipxe`).
+    #[arg(long, value_delimiter = ',', default_values = crate::boot_files::DEFAULT_IPXE_DIRS)]
+    pub(crate) ipxe_dir: Vec<PathBuf>,
+
+    /// Inventory file (.toml, .yaml or .yml) giving machines their boot target. Without it
+    /// every machine boots from its disk.
+    #[arg(long)]
+    pub(crate) inventory: Option<PathBuf>,
+
+    /// Directory for ironboot's state (the database of machines seen).
+    #[arg(long, default_value = crate::store::DEFAULT_STATE_DIR)]
+    pub(crate) state_dir: PathBuf,
+
+    /// How a machine is told to boot from its disk: ipxe-exit, http-404 or ipxe-sanboot.
+    #[arg(long, default_value = "ipxe-exit")]
+    pub(crate) boot_from_disk_method: BootFromDiskMethod,
 }
 
 /// A refused configuration value, naming the flag.
@@ -123,6 +142,14 @@ pub(crate) struct Config {
     pub(crate) dhcp_proxy: Option<DhcpProxyConfig>,
     /// UDP driver choice.
     pub(crate) udp_driver: DriverKind,
+    /// Where the iPXE binaries are looked for.
+    pub(crate) ipxe_dirs: Vec<PathBuf>,
+    /// The inventory file, if any.
+    pub(crate) inventory: Option<PathBuf>,
+    /// The state directory.
+    pub(crate) state_dir: PathBuf,
+    /// Boot-from-disk answer.
+    pub(crate) boot_from_disk_method: BootFromDiskMethod,
 }
 
 fn parse_ipv4(flag: &'static str, value: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -202,8 +229,20 @@ impl Config {
             omni_endpoint,
             dhcp_proxy,
             udp_driver: cli.udp_driver,
+            ipxe_dirs: nonempty_paths("ipxe-dir", &cli.ipxe_dir)?,
+            inventory: cli.inventory.clone(),
+            state_dir: nonempty_paths("state-dir", std::slice::from_ref(&cli.state_dir))?.remove(0),
+            boot_from_disk_method: cli.boot_from_disk_method,
         })
     }
+}
+
+/// The paths of a path flag, refusing an empty list or an empty path.
+fn nonempty_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    if paths.is_empty() || paths.iter().any(|p| p.as_os_str().is_empty()) {
+        return Err(refuse(flag, "must name a directory"));
+    }
+    Ok(paths.to_vec())
 }
 
 /// The host's single routable IPv4, as the Go provider picks its advertise address.
@@ -317,6 +356,13 @@ mod tests {
         );
         assert!(dhcp.listen_broadcast);
         assert_eq!(dhcp.efi_ia32_boot_file, None);
+        assert_eq!(
+            c.ipxe_dirs,
+            [PathBuf::from("/usr/lib/ipxe"), PathBuf::from("/boot")]
+        );
+        assert_eq!(c.inventory, None);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ironboot"));
+        assert_eq!(c.boot_from_disk_method, BootFromDiskMethod::IpxeExit);
     }
 
     #[test]
@@ -383,6 +429,10 @@ mod tests {
             (vec!["--api-port", "70000"], "--api-port"),
             (vec!["--udp-driver", "fast"], "--udp-driver"),
             (vec!["--debug=maybe"], "--debug"),
+            (
+                vec!["--boot-from-disk-method", "pxe"],
+                "--boot-from-disk-method",
+            ),
         ] {
             let e =
                 Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();

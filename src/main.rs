@@ -1,16 +1,21 @@
 //! The `ironboot` binary: composes configuration, logging and the services.
 
+mod app;
+mod boot_files;
+mod boot_script;
 mod config;
+mod http;
+mod inventory;
+mod machine;
+mod metrics;
 mod netif;
 mod proxy_dhcp;
+mod store;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use ironboot_net::proxy::ProxyCounters;
-use ironboot_net::wire::MessageType;
 use tracing::info;
 
 use crate::config::{Cli, Config};
@@ -53,47 +58,5 @@ fn start(cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = ironboot_net::udp::Shutdown::new();
-    let counters = Arc::new(ProxyCounters::default());
-    let mut dhcp = proxy_dhcp::start(&config, counters.clone(), shutdown.clone())?;
-    let dhcp_done = async {
-        match dhcp.as_mut() {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        signal = shutdown_signal() => {
-            info!(%signal, "shutting down");
-            shutdown.trigger();
-            if let Some(task) = dhcp {
-                task.await.context("ProxyDHCP task")??;
-            }
-        }
-        done = dhcp_done => {
-            done.context("ProxyDHCP task")??;
-            anyhow::bail!("ProxyDHCP stopped unexpectedly");
-        }
-    }
-    info!(
-        offers = counters.replies(MessageType::Offer),
-        acks = counters.replies(MessageType::Ack),
-        dropped = counters.dropped_total(),
-        "ProxyDHCP totals"
-    );
-    Ok(())
-}
-
-/// Resolves with the name of the first of SIGINT / SIGTERM.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
+    runtime.block_on(app::run(config))
 }

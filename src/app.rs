@@ -1,0 +1,124 @@
+//! Composition: builds every service from the validated [`Config`], runs them until a
+//! signal or the first failure, then stops them in order.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ironboot_net::proxy::ProxyCounters;
+use ironboot_net::udp::Shutdown;
+use ironboot_net::wire::MessageType;
+use tokio::task::JoinSet;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::{boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store};
+
+/// The running services; each task resolves with its name and how it ended.
+type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Run ironboot until SIGINT/SIGTERM, or until a service fails.
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    let (files, report) = boot_files::load(&config.ipxe_dirs)?;
+    report.log();
+    let files = Arc::new(files);
+    let inventory = match &config.inventory {
+        Some(path) => inventory::Inventory::load(path)?,
+        None => inventory::Inventory::default(),
+    };
+    info!(inventory = %inventory.summary(), "boot policy");
+    let store = store::Store::open(&config.state_dir)?;
+    info!(path = %store.path().display(), "machine store open");
+    let store = store.start(store::DEFAULT_QUEUE)?;
+    let store_stats = store.stats.clone();
+
+    let udp_shutdown = Shutdown::new();
+    let mut services = Services::new();
+    let proxy_counters = Arc::new(ProxyCounters::default());
+    if let Some(task) = proxy_dhcp::start(&config, proxy_counters.clone(), udp_shutdown.clone())? {
+        services.spawn(async move { ("ProxyDHCP", flatten(task.await)) });
+    }
+
+    let mut registry = metrics::Registry::new();
+    registry.register(proxy_counters.clone());
+    registry.register(store.stats.clone());
+    let router = http::router(http::ApiState {
+        init_script: boot_script::init_script(config.advertise_address.into(), config.api_port),
+        decider: Arc::new(inventory),
+        disk_method: config.boot_from_disk_method,
+        files,
+        metrics: registry,
+        recorder: store.recorder,
+        machines: store.machines,
+    });
+    let http_addr = SocketAddrV4::new(
+        config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        config.api_port,
+    );
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("--api-port: listening on {http_addr}"))?;
+    info!(addr = %http_addr, "HTTP API listening");
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    services.spawn(async move {
+        let stopped = async {
+            let _ = http_stopped.await;
+        };
+        (
+            "HTTP API",
+            http::serve(listener, router, stopped)
+                .await
+                .map_err(Into::into),
+        )
+    });
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            info!(%signal, "shutting down");
+            Ok(())
+        }
+        Some(ended) = services.join_next() => {
+            let (name, result) = ended.context("a service task panicked")?;
+            match result {
+                Ok(()) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+                Err(e) => Err(e.context(format!("{name} failed"))),
+            }
+        }
+    };
+    udp_shutdown.trigger();
+    let _ = http_stop.send(());
+    while let Some(ended) = services.join_next().await {
+        match ended {
+            Ok((name, Err(e))) => {
+                error!(service = name, error = %format!("{e:#}"), "stopped with an error")
+            }
+            Ok((name, Ok(()))) => info!(service = name, "stopped"),
+            Err(e) => error!(error = %e, "a service task panicked"),
+        }
+    }
+    // The writer ends once the HTTP router (the last recorder) is gone: after the loop.
+    store.writer.await.context("machine store writer")?;
+    info!(
+        offers = proxy_counters.replies(MessageType::Offer),
+        acks = proxy_counters.replies(MessageType::Ack),
+        dhcp_dropped = proxy_counters.dropped_total(),
+        machines_written = store_stats.written(),
+        sightings_dropped = store_stats.dropped(),
+        "totals"
+    );
+    outcome
+}
+
+fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    joined.context("task panicked")?
+}
+
+/// Resolves with the name of the first of SIGINT / SIGTERM.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}

