@@ -1,4 +1,5 @@
-//! Wire formats: zero-copy views over received bytes and allocation-free writers.
+//! Wire formats: zero-copy views over received bytes and allocation-free writers. DHCPv4
+//! and its PXE options are re-exported here; TFTP lives in [`tftp`] with its own errors.
 //!
 //! Pattern (after smoltcp): a `Packet<T: AsRef<[u8]>>` view whose `new_checked` validates
 //! every length once, so no accessor can panic afterwards; a `Repr` that holds the
@@ -8,6 +9,7 @@
 pub mod dhcpv4;
 pub mod options;
 pub mod pxe;
+pub mod tftp;
 
 pub use dhcpv4::{MessageType, Op, Packet, Repr};
 pub use options::{DhcpOption, OptionWriter, Options};

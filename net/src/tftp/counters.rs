@@ -1,0 +1,491 @@
+//! TFTP counters, shared between the packet path (relaxed atomic adds) and the `/metrics`
+//! renderer.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::session::AckOutcome;
+use crate::udp::DriverDrop;
+use crate::wire::tftp::{Error as WireError, ErrorCode};
+
+/// How a request (RRQ or WRQ on the request port) was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestOutcome {
+    /// A transfer started (OACK or DATA 1 sent).
+    Started,
+    /// A repeat of the request a live transfer is serving; ignored.
+    Repeat,
+    /// ERROR 1: no such file.
+    NotFound,
+    /// ERROR 2: the name tries to leave the served set (`..`, absolute escape, empty).
+    RefusedName,
+    /// ERROR 2: a write request; this server is read-only.
+    WriteRefused,
+    /// ERROR 4: a mode other than `octet` or `netascii`.
+    BadMode,
+    /// ERROR 8: an option value out of range or not a number.
+    BadOptions,
+    /// ERROR 0: the server carries its maximum of transfers.
+    ServerBusy,
+    /// ERROR 0: this client IP carries its maximum of transfers.
+    ClientBusy,
+    /// ERROR 4: the request did not parse.
+    Malformed,
+}
+
+impl RequestOutcome {
+    /// Every outcome, for metrics.
+    pub const ALL: [RequestOutcome; 10] = [
+        RequestOutcome::Started,
+        RequestOutcome::Repeat,
+        RequestOutcome::NotFound,
+        RequestOutcome::RefusedName,
+        RequestOutcome::WriteRefused,
+        RequestOutcome::BadMode,
+        RequestOutcome::BadOptions,
+        RequestOutcome::ServerBusy,
+        RequestOutcome::ClientBusy,
+        RequestOutcome::Malformed,
+    ];
+
+    /// Metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestOutcome::Started => "started",
+            RequestOutcome::Repeat => "repeat",
+            RequestOutcome::NotFound => "not_found",
+            RequestOutcome::RefusedName => "refused_name",
+            RequestOutcome::WriteRefused => "write_refused",
+            RequestOutcome::BadMode => "bad_mode",
+            RequestOutcome::BadOptions => "bad_options",
+            RequestOutcome::ServerBusy => "server_busy",
+            RequestOutcome::ClientBusy => "client_busy",
+            RequestOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// Why a started transfer ended without completing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferFailure {
+    /// The client stayed silent through every retransmission.
+    Timeout,
+    /// The client sent ERROR after data had started.
+    ClientError,
+    /// The client sent ERROR in answer to the OACK (EDK2 does this after learning the
+    /// size from `tsize`, before requesting the file for real).
+    NegotiationAborted,
+    /// The client sent a new request from the same address.
+    Replaced,
+}
+
+impl TransferFailure {
+    /// Every reason, for metrics.
+    pub const ALL: [TransferFailure; 4] = [
+        TransferFailure::Timeout,
+        TransferFailure::ClientError,
+        TransferFailure::NegotiationAborted,
+        TransferFailure::Replaced,
+    ];
+
+    /// Metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TransferFailure::Timeout => "timeout",
+            TransferFailure::ClientError => "client_error",
+            TransferFailure::NegotiationAborted => "negotiation_aborted",
+            TransferFailure::Replaced => "replaced",
+        }
+    }
+}
+
+/// Why a block (or OACK) went out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retransmit {
+    /// The retransmission timer fired.
+    Timeout,
+    /// The client acknowledged part of a window (it missed the block after), so the window
+    /// restarted there.
+    Rollback,
+}
+
+/// Datagrams dropped without an answer, besides malformed ones (labelled by
+/// [`WireError::reason`]).
+const DROPS: [&str; 6] = [
+    "unexpected_port",
+    "unexpected_message",
+    "bad_source",
+    "truncated",
+    "no_packet_info",
+    "send_queue_full",
+];
+const DROP_UNEXPECTED_PORT: usize = 0;
+const DROP_UNEXPECTED_MESSAGE: usize = 1;
+const DROP_BAD_SOURCE: usize = 2;
+const DROP_TRUNCATED: usize = 3;
+const DROP_NO_PACKET_INFO: usize = 4;
+const DROP_SEND_QUEUE_FULL: usize = 5;
+
+const ACKS: [&str; 4] = ["advanced", "complete", "duplicate", "ignored"];
+/// ERROR codes we send (0-8); the last slot counts anything else.
+const ERROR_CODES: usize = 9;
+
+/// Upper bounds of the transfer duration buckets, in milliseconds.
+const DURATION_BUCKETS_MS: [u64; 11] = [
+    50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000,
+];
+/// Upper bounds of the transfer size buckets, in bytes (4 KiB to 256 MiB by powers of 4).
+const SIZE_BUCKETS: [u64; 8] = [
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    256 << 20,
+];
+
+/// A Prometheus histogram with fixed buckets; each bucket counts its own observations
+/// (cumulated when rendered), the last one is `+Inf`.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: core::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Record `value` against `bounds` (N - 1 of them; beyond the last is `+Inf`).
+    fn observe(&self, bounds: &[u64], value: u64) {
+        let i = bounds.iter().position(|&b| value <= b).unwrap_or(N - 1);
+        self.buckets[i.min(N - 1)].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Render with `le` labels from `bounds` divided by `scale`, the sum likewise.
+    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64], scale: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            match bounds.get(i) {
+                Some(&b) => {
+                    let le = b as f64 / scale;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum.load(Relaxed) as f64 / scale;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
+    }
+}
+
+/// Counts of everything the TFTP server saw and did.
+#[derive(Debug, Default)]
+pub struct TftpCounters {
+    requests: [AtomicU64; RequestOutcome::ALL.len()],
+    errors_sent: [AtomicU64; ERROR_CODES + 1],
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: [AtomicU64; TransferFailure::ALL.len()],
+    active: AtomicU64,
+    retransmissions: [AtomicU64; 2],
+    data_packets: AtomicU64,
+    data_bytes: AtomicU64,
+    oacks: AtomicU64,
+    acks: [AtomicU64; ACKS.len()],
+    malformed: [AtomicU64; WireError::REASONS.len()],
+    drops: [AtomicU64; DROPS.len()],
+    /// Microseconds.
+    duration: Histogram<{ DURATION_BUCKETS_MS.len() + 1 }>,
+    size: Histogram<{ SIZE_BUCKETS.len() + 1 }>,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+fn index_of<T: PartialEq>(all: &[T], x: &T) -> usize {
+    all.iter().position(|a| a == x).unwrap_or(0)
+}
+
+impl TftpCounters {
+    pub(crate) fn request(&self, outcome: RequestOutcome) {
+        bump(&self.requests[index_of(&RequestOutcome::ALL, &outcome)]);
+    }
+
+    pub(crate) fn error_sent(&self, code: ErrorCode) {
+        let i = usize::from(u16::from(code)).min(ERROR_CODES);
+        bump(&self.errors_sent[i]);
+    }
+
+    pub(crate) fn transfer_started(&self) {
+        bump(&self.started);
+        bump(&self.active);
+    }
+
+    pub(crate) fn transfer_completed(&self, duration: Duration, size: u64) {
+        bump(&self.completed);
+        self.active.fetch_sub(1, Relaxed);
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.duration
+            .observe(&DURATION_BUCKETS_MS.map(|ms| ms * 1000), micros);
+        self.size.observe(&SIZE_BUCKETS, size);
+    }
+
+    pub(crate) fn transfer_failed(&self, why: TransferFailure) {
+        bump(&self.failed[index_of(&TransferFailure::ALL, &why)]);
+        self.active.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn retransmitted(&self, cause: Retransmit) {
+        bump(&self.retransmissions[usize::from(cause == Retransmit::Rollback)]);
+    }
+
+    pub(crate) fn data_sent(&self, payload: usize) {
+        bump(&self.data_packets);
+        self.data_bytes.fetch_add(payload as u64, Relaxed);
+    }
+
+    pub(crate) fn oack_sent(&self) {
+        bump(&self.oacks);
+    }
+
+    pub(crate) fn ack(&self, outcome: AckOutcome) {
+        let i = match outcome {
+            AckOutcome::Advanced => 0,
+            AckOutcome::Complete => 1,
+            AckOutcome::Duplicate => 2,
+            AckOutcome::Ignored => 3,
+        };
+        bump(&self.acks[i]);
+    }
+
+    pub(crate) fn malformed(&self, error: &WireError) {
+        bump(&self.malformed[index_of(&WireError::REASONS, &error.reason())]);
+    }
+
+    pub(crate) fn unexpected_port(&self) {
+        bump(&self.drops[DROP_UNEXPECTED_PORT]);
+    }
+
+    pub(crate) fn unexpected_message(&self) {
+        bump(&self.drops[DROP_UNEXPECTED_MESSAGE]);
+    }
+
+    pub(crate) fn bad_source(&self) {
+        bump(&self.drops[DROP_BAD_SOURCE]);
+    }
+
+    pub(crate) fn send_queue_full(&self) {
+        bump(&self.drops[DROP_SEND_QUEUE_FULL]);
+    }
+
+    pub(crate) fn driver_drop(&self, why: DriverDrop) {
+        bump(
+            &self.drops[match why {
+                DriverDrop::Truncated => DROP_TRUNCATED,
+                DriverDrop::NoPacketInfo => DROP_NO_PACKET_INFO,
+            }],
+        );
+    }
+
+    /// Transfers in progress.
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+
+    /// Transfers started so far.
+    pub fn transfers_started(&self) -> u64 {
+        self.started.load(Relaxed)
+    }
+
+    /// Transfers completed (last block acknowledged) so far.
+    pub fn transfers_completed(&self) -> u64 {
+        self.completed.load(Relaxed)
+    }
+
+    /// Transfers that ended for `why` so far.
+    pub fn transfers_failed(&self, why: TransferFailure) -> u64 {
+        self.failed[index_of(&TransferFailure::ALL, &why)].load(Relaxed)
+    }
+
+    /// Requests answered with `outcome` so far.
+    pub fn requests(&self, outcome: RequestOutcome) -> u64 {
+        self.requests[index_of(&RequestOutcome::ALL, &outcome)].load(Relaxed)
+    }
+
+    /// ERROR packets with `code` sent so far.
+    pub fn errors_sent(&self, code: ErrorCode) -> u64 {
+        let i = usize::from(u16::from(code)).min(ERROR_CODES);
+        self.errors_sent[i].load(Relaxed)
+    }
+
+    /// DATA packets sent so far, first sends and re-sends.
+    pub fn data_packets_sent(&self) -> u64 {
+        self.data_packets.load(Relaxed)
+    }
+
+    /// File bytes sent in DATA packets so far, re-sends included.
+    pub fn data_bytes_sent(&self) -> u64 {
+        self.data_bytes.load(Relaxed)
+    }
+
+    /// Blocks and OACKs sent again after a timeout so far.
+    pub fn retransmissions_on_timeout(&self) -> u64 {
+        self.retransmissions[0].load(Relaxed)
+    }
+
+    /// Blocks sent again because the client acknowledged only part of a window.
+    pub fn retransmissions_on_rollback(&self) -> u64 {
+        self.retransmissions[1].load(Relaxed)
+    }
+
+    /// ACKs that acknowledged the already acknowledged block again.
+    pub fn duplicate_acks(&self) -> u64 {
+        self.acks[2].load(Relaxed)
+    }
+
+    /// Malformed datagrams so far, all reasons.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Append the counters in Prometheus text exposition format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let mut family =
+            |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, v) in rows {
+                    if labels.is_empty() {
+                        let _ = writeln!(out, "{name} {v}");
+                    } else {
+                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    }
+                }
+            };
+        let one = |c: &AtomicU64| core::iter::once((String::new(), c.load(Relaxed)));
+        family(
+            "ironboot_tftp_requests_total",
+            "counter",
+            "TFTP requests received on the request port, by how they were answered.",
+            &mut RequestOutcome::ALL
+                .iter()
+                .zip(&self.requests)
+                .map(|(o, c)| (format!("outcome=\"{}\"", o.label()), c.load(Relaxed))),
+        );
+        family(
+            "ironboot_tftp_errors_sent_total",
+            "counter",
+            "TFTP ERROR packets sent, by error code.",
+            &mut self.errors_sent.iter().enumerate().map(|(i, c)| {
+                let code = if i < ERROR_CODES {
+                    i.to_string()
+                } else {
+                    "other".to_owned()
+                };
+                (format!("code=\"{code}\""), c.load(Relaxed))
+            }),
+        );
+        family(
+            "ironboot_tftp_transfers_started_total",
+            "counter",
+            "TFTP transfers started.",
+            &mut one(&self.started),
+        );
+        family(
+            "ironboot_tftp_transfers_completed_total",
+            "counter",
+            "TFTP transfers whose last block was acknowledged.",
+            &mut one(&self.completed),
+        );
+        family(
+            "ironboot_tftp_transfers_failed_total",
+            "counter",
+            "TFTP transfers ended before completion, by reason.",
+            &mut TransferFailure::ALL
+                .iter()
+                .zip(&self.failed)
+                .map(|(r, c)| (format!("reason=\"{}\"", r.label()), c.load(Relaxed))),
+        );
+        family(
+            "ironboot_tftp_active_transfers",
+            "gauge",
+            "TFTP transfers in progress.",
+            &mut one(&self.active),
+        );
+        family(
+            "ironboot_tftp_retransmissions_total",
+            "counter",
+            "TFTP blocks and OACKs sent again, by cause.",
+            &mut ["timeout", "rollback"]
+                .iter()
+                .zip(&self.retransmissions)
+                .map(|(r, c)| (format!("cause=\"{r}\""), c.load(Relaxed))),
+        );
+        family(
+            "ironboot_tftp_sent_packets_total",
+            "counter",
+            "TFTP DATA and OACK packets sent (ERRORs are in errors_sent).",
+            &mut [("data", &self.data_packets), ("oack", &self.oacks)]
+                .into_iter()
+                .map(|(t, c)| (format!("type=\"{t}\""), c.load(Relaxed))),
+        );
+        family(
+            "ironboot_tftp_sent_bytes_total",
+            "counter",
+            "File bytes sent in TFTP DATA packets, re-sends included.",
+            &mut one(&self.data_bytes),
+        );
+        family(
+            "ironboot_tftp_acks_total",
+            "counter",
+            "TFTP ACKs received for a transfer, by effect.",
+            &mut ACKS
+                .iter()
+                .zip(&self.acks)
+                .map(|(r, c)| (format!("result=\"{r}\""), c.load(Relaxed))),
+        );
+        family(
+            "ironboot_tftp_dropped_total",
+            "counter",
+            "TFTP datagrams that were malformed or of no use, by reason (malformed requests are answered with ERROR 4, other datagrams are dropped).",
+            &mut WireError::REASONS
+                .iter()
+                .zip(&self.malformed)
+                .chain(DROPS.iter().zip(&self.drops))
+                .map(|(r, c)| (format!("reason=\"{r}\""), c.load(Relaxed))),
+        );
+        self.duration.render(
+            out,
+            "ironboot_tftp_transfer_duration_seconds",
+            "Duration of completed TFTP transfers.",
+            &DURATION_BUCKETS_MS.map(|ms| ms * 1000),
+            1e6,
+        );
+        self.size.render(
+            out,
+            "ironboot_tftp_transfer_size_bytes",
+            "Size of completed TFTP transfers.",
+            &SIZE_BUCKETS,
+            1.0,
+        );
+    }
+}

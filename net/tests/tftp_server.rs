@@ -1,0 +1,607 @@
+//! The TFTP server's answers outside the happy path: the error table, limits, port pool and
+//! single-port modes, repeated and replacing requests, netascii, and the metrics text.
+
+mod tftp_sim;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ironboot_net::files::FileSet;
+use ironboot_net::tftp::{
+    ConfigError, RequestOutcome, TftpConfig, TftpCounters, TftpServer, TransferFailure,
+};
+use ironboot_net::udp::DatagramService;
+use ironboot_net::wire::tftp::{ErrorCode, Opcode};
+use tftp_sim::{
+    Ask, Driver, Faults, Outcome, POOL, REQUEST_PORT, Sim, ack, config, content, error, request,
+    rrq, server,
+};
+
+fn files() -> FileSet {
+    let mut files = FileSet::new();
+    files.insert("f", content(3000, 1)).unwrap();
+    files.insert("dir/g", content(10, 2)).unwrap();
+    files
+}
+
+fn client(i: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, i), 3000 + u16::from(i))
+}
+
+/// Raw bytes of a request with a field left unterminated or other damage.
+fn raw(bytes: &[u8]) -> Vec<u8> {
+    bytes.to_vec()
+}
+
+#[test]
+fn refused_requests_get_the_right_error_code() {
+    let cases: Vec<(&str, Vec<u8>, ErrorCode, RequestOutcome)> = vec![
+        (
+            "write request",
+            request(Opcode::Wrq, "f", "octet", &[]),
+            ErrorCode::AccessViolation,
+            RequestOutcome::WriteRefused,
+        ),
+        (
+            "missing file",
+            rrq("nope.efi", &[]),
+            ErrorCode::FileNotFound,
+            RequestOutcome::NotFound,
+        ),
+        (
+            "missing file in a directory",
+            rrq("dir/h", &[]),
+            ErrorCode::FileNotFound,
+            RequestOutcome::NotFound,
+        ),
+        (
+            "parent directory",
+            rrq("../etc/passwd", &[]),
+            ErrorCode::AccessViolation,
+            RequestOutcome::RefusedName,
+        ),
+        (
+            "absolute escape",
+            rrq("/../../etc/shadow", &[]),
+            ErrorCode::AccessViolation,
+            RequestOutcome::RefusedName,
+        ),
+        (
+            "inner parent",
+            rrq("dir/../../f", &[]),
+            ErrorCode::AccessViolation,
+            RequestOutcome::RefusedName,
+        ),
+        (
+            "backslash",
+            rrq("dir\\g", &[]),
+            ErrorCode::AccessViolation,
+            RequestOutcome::RefusedName,
+        ),
+        (
+            "empty name",
+            rrq("", &[]),
+            ErrorCode::AccessViolation,
+            RequestOutcome::RefusedName,
+        ),
+        (
+            "mail mode",
+            request(Opcode::Rrq, "f", "mail", &[]),
+            ErrorCode::IllegalOperation,
+            RequestOutcome::BadMode,
+        ),
+        (
+            "unknown mode",
+            request(Opcode::Rrq, "f", "binary", &[]),
+            ErrorCode::IllegalOperation,
+            RequestOutcome::BadMode,
+        ),
+        (
+            "mode without NUL",
+            raw(b"\x00\x01f\x00octet"),
+            ErrorCode::IllegalOperation,
+            RequestOutcome::Malformed,
+        ),
+        (
+            "name without NUL",
+            raw(b"\x00\x01ffff"),
+            ErrorCode::IllegalOperation,
+            RequestOutcome::Malformed,
+        ),
+        (
+            "option without value",
+            raw(b"\x00\x01f\x00octet\x00blksize\x00"),
+            ErrorCode::IllegalOperation,
+            RequestOutcome::Malformed,
+        ),
+        (
+            "non-UTF-8 name",
+            raw(b"\x00\x01\xff\xfe\x00octet\x00"),
+            ErrorCode::IllegalOperation,
+            RequestOutcome::Malformed,
+        ),
+        (
+            "bad option value",
+            rrq("f", &[("blksize", "4")]),
+            ErrorCode::OptionNegotiation,
+            RequestOutcome::BadOptions,
+        ),
+    ];
+    for (what, bytes, code, outcome) in cases {
+        let mut d = Driver::new(config(), files());
+        let reply = d.send(client(1), REQUEST_PORT, &bytes);
+        assert_eq!(reply.len(), 1, "{what}");
+        assert_eq!(reply[0].error().0, code, "{what}: {:?}", reply[0].error());
+        assert_eq!(reply[0].meta.dst, client(1));
+        assert_eq!(reply[0].meta.local_port, REQUEST_PORT);
+        assert_eq!(d.counters.requests(outcome), 1, "{what}");
+        assert_eq!(d.counters.errors_sent(code), 1, "{what}");
+        assert_eq!(d.counters.active(), 0, "{what}");
+    }
+}
+
+#[test]
+fn modes_are_case_insensitive() {
+    for mode in ["octet", "OCTET", "Octet", "netascii", "NetASCII"] {
+        let mut d = Driver::new(config(), files());
+        let reply = d.send(
+            client(1),
+            REQUEST_PORT,
+            &request(Opcode::Rrq, "f", mode, &[]),
+        );
+        assert_eq!(reply[0].data().0, 1, "{mode}");
+    }
+}
+
+#[test]
+fn stray_datagrams_on_the_request_port() {
+    let mut d = Driver::new(config(), files());
+    // An ACK or DATA for no transfer: ERROR 5.
+    for bytes in [ack(1), raw(b"\x00\x03\x00\x01data")] {
+        let reply = d.send(client(1), REQUEST_PORT, &bytes);
+        assert_eq!(reply[0].error().0, ErrorCode::UnknownTransferId);
+    }
+    // An ERROR is never answered; a runt is dropped; an unknown opcode is illegal.
+    assert!(
+        d.send(client(1), REQUEST_PORT, &error(ErrorCode::NotDefined, "x"))
+            .is_empty()
+    );
+    assert!(d.send(client(1), REQUEST_PORT, b"\x00").is_empty());
+    let reply = d.send(client(1), REQUEST_PORT, b"\x00\x09abcd");
+    assert_eq!(reply[0].error().0, ErrorCode::IllegalOperation);
+    // Unusable sources and foreign ports get nothing.
+    let zero_port = SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, 1), 0);
+    assert!(d.send(zero_port, REQUEST_PORT, &rrq("f", &[])).is_empty());
+    let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
+    assert!(d.send(broadcast, REQUEST_PORT, &rrq("f", &[])).is_empty());
+    assert!(d.send(client(1), 4011, &rrq("f", &[])).is_empty());
+    assert_eq!(d.counters.active(), 0);
+}
+
+#[test]
+fn unknown_tid_on_a_pool_port_gets_error_5_and_disturbs_nothing() {
+    let mut d = Driver::new(config(), files());
+    let a = client(1);
+    let reply = d.send(a, REQUEST_PORT, &rrq("f", &[("blksize", "512")]));
+    let port = reply[0].meta.local_port;
+    assert!(POOL.contains(&port), "served from a pool port");
+    // Another client (or another port of the same host) on that port.
+    for intruder in [client(2), SocketAddrV4::new(*a.ip(), a.port() + 1)] {
+        for bytes in [ack(0), ack(1), rrq("f", &[]), raw(b"\x00\x03\x00\x01x")] {
+            let reply = d.send(intruder, port, &bytes);
+            assert_eq!(reply.len(), 1);
+            assert_eq!(reply[0].error().0, ErrorCode::UnknownTransferId);
+            assert_eq!(reply[0].meta.dst, intruder);
+        }
+        // An ERROR from a stranger is not answered, and does not end A's transfer.
+        assert!(
+            d.send(intruder, port, &error(ErrorCode::NotDefined, "x"))
+                .is_empty()
+        );
+    }
+    // A's packet on another pool port is foreign there too.
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert_eq!(
+        d.send(a, other, &ack(0))[0].error().0,
+        ErrorCode::UnknownTransferId
+    );
+    // A's transfer is intact.
+    assert_eq!(d.counters.active(), 1);
+    let data = d.send(a, port, &ack(0));
+    assert_eq!(data[0].data(), (1, 512));
+}
+
+#[test]
+fn transfers_spread_over_the_pool_least_loaded_first() {
+    let mut d = Driver::new(config(), files());
+    let mut ports = Vec::new();
+    for i in 0..8 {
+        let reply = d.send(client(i), REQUEST_PORT, &rrq("f", &[("tsize", "0")]));
+        ports.push(reply[0].meta.local_port);
+    }
+    for p in POOL {
+        assert_eq!(ports.iter().filter(|&&x| x == p).count(), 2, "{ports:?}");
+    }
+    // Free two on one port; the next two go there.
+    let busy = ports[0];
+    for (i, &p) in ports.iter().enumerate() {
+        if p == busy {
+            d.send(client(i as u8), p, &error(ErrorCode::NotDefined, "bye"));
+        }
+    }
+    for i in 8..10 {
+        let reply = d.send(client(i), REQUEST_PORT, &rrq("f", &[("tsize", "0")]));
+        assert_eq!(reply[0].meta.local_port, busy);
+    }
+    assert!(d.server.pool_load().all(|(_, n)| n == 2));
+}
+
+#[test]
+fn single_port_mode_serves_everything_on_69() {
+    let cfg = TftpConfig {
+        single_port: true,
+        ..config()
+    };
+    let mut d = Driver::new(cfg, files());
+    let (a, b) = (client(1), client(2));
+    let ra = d.send(a, REQUEST_PORT, &rrq("f", &[("blksize", "1000")]));
+    let rb = d.send(b, REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(ra[0].meta.local_port, REQUEST_PORT);
+    assert_eq!(rb[0].meta.local_port, REQUEST_PORT);
+    assert_eq!(rb[0].data(), (1, 512));
+    // Interleaved, demultiplexed by client address.
+    assert_eq!(d.send(a, REQUEST_PORT, &ack(0))[0].data(), (1, 1000));
+    assert_eq!(d.send(b, REQUEST_PORT, &ack(1))[0].data(), (2, 512));
+    assert_eq!(d.send(a, REQUEST_PORT, &ack(1))[0].data(), (2, 1000));
+    // A stranger's ACK on 69 is an unknown transfer.
+    assert_eq!(
+        d.send(client(3), REQUEST_PORT, &ack(1))[0].error().0,
+        ErrorCode::UnknownTransferId
+    );
+    assert_eq!(d.counters.active(), 2);
+    assert_eq!(d.server.pool_load().count(), 0);
+    // And whole transfers complete.
+    let mut d = Driver::new(
+        TftpConfig {
+            single_port: true,
+            ..config()
+        },
+        files(),
+    );
+    let (_, data) = d.fetch(client(4), &rrq("f", &[("windowsize", "2")]));
+    assert!(data == content(3000, 1));
+}
+
+#[test]
+fn single_port_mode_over_a_lossy_network() {
+    let body = content(50_000, 9);
+    let mut fs = FileSet::new();
+    fs.insert("f", body.clone()).unwrap();
+    let cfg = TftpConfig {
+        single_port: true,
+        retries: 40,
+        ..config()
+    };
+    let (server, counters) = server(cfg, fs);
+    let faults = Faults {
+        loss: 0.05,
+        dup: 0.05,
+        jitter: Duration::from_millis(2),
+    };
+    let mut sim = Sim::new(server, counters, faults, 4);
+    for i in 0..20 {
+        sim.add_client(
+            client(i),
+            Ask::octet(
+                "f",
+                &[("windowsize", "8"), ("blksize", "1468")],
+                body.clone(),
+            ),
+        );
+    }
+    sim.run(Duration::from_secs(3600));
+    for c in &sim.clients {
+        assert_eq!(c.outcome, Outcome::Done);
+        assert_eq!(c.server_tid.map(|t| t.port()), Some(REQUEST_PORT));
+        assert!(c.data == body);
+    }
+    assert_eq!(sim.counters.active(), 0);
+}
+
+#[test]
+fn repeated_rrq_is_ignored_while_the_transfer_lives() {
+    let mut d = Driver::new(config(), files());
+    let c = client(1);
+    let req = rrq("f", &[("tsize", "0")]);
+    let first = d.send(c, REQUEST_PORT, &req);
+    // The client retransmits its RRQ (our OACK was slow): nothing new starts.
+    assert!(d.send(c, REQUEST_PORT, &req).is_empty());
+    assert_eq!(d.counters.requests(RequestOutcome::Repeat), 1);
+    assert_eq!(d.counters.transfers_started(), 1);
+    // Our timer retransmits the OACK.
+    let again = d.advance(Duration::from_secs(1));
+    assert_eq!(again[0].bytes, first[0].bytes);
+    // Long after the last progress, the same RRQ means the client restarted: replaced, on
+    // the same port.
+    d.now += Duration::from_millis(1500);
+    let restarted = d.send(c, REQUEST_PORT, &req);
+    assert_eq!(restarted[0].oack(), first[0].oack());
+    assert_eq!(restarted[0].meta.local_port, first[0].meta.local_port);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
+    assert_eq!(d.counters.active(), 1);
+}
+
+#[test]
+fn a_different_rrq_from_the_same_address_replaces_the_transfer() {
+    let mut d = Driver::new(config(), files());
+    let c = client(1);
+    let first = d.send(c, REQUEST_PORT, &rrq("f", &[("windowsize", "2")]));
+    let port = first[0].meta.local_port;
+    assert_eq!(d.send(c, port, &ack(0)).len(), 2);
+    let second = d.send(c, REQUEST_PORT, &rrq("dir/g", &[]));
+    assert_eq!(second[0].data(), (1, 10), "the new file from block 1");
+    assert_eq!(second[0].meta.local_port, port, "same TID as before");
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
+    assert_eq!(d.counters.active(), 1);
+    assert_eq!(d.server.transfers_of(*c.ip()), 1);
+    // A refused new request ends the old transfer as well.
+    d.send(c, REQUEST_PORT, &rrq("missing", &[]));
+    assert_eq!(d.counters.active(), 0);
+}
+
+#[test]
+fn over_the_limits_clients_hear_busy_not_silence() {
+    let cfg = TftpConfig {
+        max_transfers: 3,
+        max_per_client: 2,
+        ..config()
+    };
+    let mut d = Driver::new(cfg, files());
+    let host = |h: u8, p: u16| SocketAddrV4::new(Ipv4Addr::new(10, 0, 4, h), p);
+    // Per-client cap: the third transfer of one IP is refused, another IP is fine.
+    assert_eq!(
+        d.send(host(1, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    assert_eq!(
+        d.send(host(1, 2), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    let busy = d.send(host(1, 3), REQUEST_PORT, &rrq("f", &[]));
+    let (code, message) = busy[0].error();
+    assert_eq!(code, ErrorCode::NotDefined);
+    assert!(message.contains("retry"), "{message}");
+    assert_eq!(d.counters.requests(RequestOutcome::ClientBusy), 1);
+    // A replacing request from a holder is not a third transfer.
+    let replaced = d.send(host(1, 2), REQUEST_PORT, &rrq("dir/g", &[]));
+    assert_eq!(replaced[0].data(), (1, 10));
+    // Server cap.
+    assert_eq!(
+        d.send(host(2, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    let busy = d.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]));
+    let (code, message) = busy[0].error();
+    assert_eq!(code, ErrorCode::NotDefined);
+    assert_eq!(message, "server busy, retry");
+    assert_eq!(d.counters.requests(RequestOutcome::ServerBusy), 1);
+    assert_eq!(d.counters.active(), 3);
+    // Once a slot frees (a transfer completes), the next client gets in.
+    let port = replaced[0].meta.local_port;
+    d.send(host(1, 2), port, &ack(1)); // dir/g is one 10-byte block: complete
+    assert_eq!(d.counters.transfers_completed(), 1);
+    assert_eq!(
+        d.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    // Time frees everything: five retransmissions a second apart, then the end.
+    for _ in 0..6 {
+        d.advance(Duration::from_secs(1));
+    }
+    assert_eq!(d.counters.active(), 0);
+    assert_eq!(d.server.transfers_of(Ipv4Addr::new(10, 0, 4, 1)), 0);
+}
+
+#[test]
+fn netascii_is_encoded_once_and_tsize_reports_the_encoded_size() {
+    let text = Bytes::from_static(b"line one\nline two\r\nbare cr\r end\n");
+    let encoded: &[u8] = b"line one\r\nline two\r\0\r\nbare cr\r\0 end\r\n";
+    let mut fs = FileSet::new();
+    fs.insert("motd.txt", text.clone()).unwrap();
+    fs.alias("alias.txt", "motd.txt").unwrap();
+    let mut d = Driver::new(config(), fs);
+    for (i, name) in ["motd.txt", "alias.txt", "motd.txt"]
+        .into_iter()
+        .enumerate()
+    {
+        let (oack, data) = d.fetch(
+            client(i as u8),
+            &request(Opcode::Rrq, name, "netascii", &[("tsize", "0")]),
+        );
+        assert_eq!(oack.unwrap()[0].1, encoded.len().to_string());
+        assert_eq!(data, encoded);
+    }
+    // Octet mode still gets the original bytes.
+    let (oack, data) = d.fetch(client(9), &rrq("motd.txt", &[("tsize", "0")]));
+    assert_eq!(oack.unwrap()[0].1, text.len().to_string());
+    assert!(data == text);
+
+    // A longer text over a lossy network, several blocks.
+    let long: Vec<u8> = (0..20_000u32)
+        .map(|i| {
+            if i % 37 == 0 {
+                b'\n'
+            } else if i % 101 == 0 {
+                b'\r'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect();
+    let long_encoded = ironboot_net::tftp::netascii::encode(&long);
+    let mut fs = FileSet::new();
+    fs.insert("long.txt", Bytes::from(long)).unwrap();
+    let (server, counters) = server(
+        TftpConfig {
+            retries: 40,
+            ..config()
+        },
+        fs,
+    );
+    let faults = Faults {
+        loss: 0.05,
+        dup: 0.05,
+        jitter: Duration::from_millis(1),
+    };
+    let mut sim = Sim::new(server, counters, faults, 8);
+    let mut ask = Ask::octet(
+        "long.txt",
+        &[("windowsize", "4")],
+        Bytes::from(long_encoded.clone()),
+    );
+    ask.mode = "netascii";
+    sim.add_client(client(1), ask);
+    sim.run(Duration::from_secs(3600));
+    assert_eq!(sim.clients[0].outcome, Outcome::Done);
+    assert_eq!(sim.clients[0].data, long_encoded);
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let files = std::sync::Arc::new(FileSet::new());
+    let counters = std::sync::Arc::new(TftpCounters::default());
+    let build = |cfg: TftpConfig, pool: &[u16]| {
+        TftpServer::new(cfg, files.clone(), pool, counters.clone()).map(|_| ())
+    };
+    assert_eq!(build(config(), &[]), Err(ConfigError::EmptyPool));
+    assert_eq!(build(config(), &[69]), Err(ConfigError::BadPoolPort(69)));
+    assert_eq!(
+        build(config(), &[5000, 5000]),
+        Err(ConfigError::BadPoolPort(5000))
+    );
+    let single = TftpConfig {
+        single_port: true,
+        ..config()
+    };
+    assert_eq!(build(single, &[]), Ok(()));
+    let cases = [
+        (
+            TftpConfig {
+                max_blksize: 7,
+                ..config()
+            },
+            ConfigError::BlockSize(7),
+        ),
+        (
+            TftpConfig {
+                max_blksize: 65465,
+                ..config()
+            },
+            ConfigError::BlockSize(65465),
+        ),
+        (
+            TftpConfig {
+                max_windowsize: 0,
+                ..config()
+            },
+            ConfigError::WindowSize(0),
+        ),
+        (
+            TftpConfig {
+                max_windowsize: 257,
+                ..config()
+            },
+            ConfigError::WindowSize(257),
+        ),
+        (
+            TftpConfig {
+                default_timeout: Duration::ZERO,
+                ..config()
+            },
+            ConfigError::ZeroTimeout,
+        ),
+        (
+            TftpConfig {
+                max_transfers: 0,
+                ..config()
+            },
+            ConfigError::ZeroLimit,
+        ),
+        (
+            TftpConfig {
+                max_per_client: 0,
+                ..config()
+            },
+            ConfigError::ZeroLimit,
+        ),
+    ];
+    for (cfg, err) in cases {
+        assert_eq!(build(cfg, &POOL), Err(err));
+    }
+}
+
+#[test]
+fn defaults_match_the_documented_values() {
+    let d = TftpConfig::default();
+    assert_eq!(d.port, 69);
+    assert_eq!(d.max_blksize, 1468, "1500 - 20 - 8 - 4");
+    assert_eq!(d.max_windowsize, 64);
+    assert_eq!(d.default_timeout, Duration::from_secs(1));
+    assert_eq!(d.retries, 5);
+    assert_eq!(d.max_transfers, 8192);
+    assert_eq!(d.max_per_client, 8);
+    assert!(!d.single_port);
+    let (server, _) = server(config(), FileSet::new());
+    assert!(
+        server.max_sends_per_event() >= 64,
+        "a full window per event"
+    );
+}
+
+#[test]
+fn metrics_render_in_prometheus_text_format() {
+    let mut d = Driver::new(config(), files());
+    d.fetch(
+        client(1),
+        &rrq("f", &[("blksize", "1024"), ("windowsize", "2")]),
+    );
+    d.send(client(2), REQUEST_PORT, &rrq("missing", &[]));
+    d.send(client(3), REQUEST_PORT, &rrq("f", &[]));
+    d.send(client(3), POOL[0], &error(ErrorCode::NotDefined, "bye"));
+    let mut out = String::new();
+    d.counters.render_prometheus(&mut out);
+    for line in [
+        "# TYPE ironboot_tftp_requests_total counter",
+        "ironboot_tftp_requests_total{outcome=\"started\"} 2",
+        "ironboot_tftp_requests_total{outcome=\"not_found\"} 1",
+        "ironboot_tftp_errors_sent_total{code=\"1\"} 1",
+        "ironboot_tftp_transfers_started_total 2",
+        "ironboot_tftp_transfers_completed_total 1",
+        "ironboot_tftp_transfers_failed_total{reason=\"client_error\"} 1",
+        "# TYPE ironboot_tftp_active_transfers gauge",
+        "ironboot_tftp_active_transfers 0",
+        "ironboot_tftp_sent_packets_total{type=\"data\"} 4",
+        "ironboot_tftp_sent_packets_total{type=\"oack\"} 1",
+        "ironboot_tftp_sent_bytes_total 3512",
+        "# TYPE ironboot_tftp_transfer_duration_seconds histogram",
+        "ironboot_tftp_transfer_duration_seconds_bucket{le=\"0.05\"} 1",
+        "ironboot_tftp_transfer_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "ironboot_tftp_transfer_duration_seconds_count 1",
+        "ironboot_tftp_transfer_size_bytes_bucket{le=\"4096\"} 1",
+        "ironboot_tftp_transfer_size_bytes_sum 3000",
+        "ironboot_tftp_transfer_size_bytes_count 1",
+        "ironboot_tftp_dropped_total{reason=\"send_queue_full\"} 0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+    // Every sample line belongs to a family announced with HELP and TYPE.
+    for l in out.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(out.contains(&format!("# TYPE {family} ")), "{l}");
+    }
+}
