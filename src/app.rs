@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ironboot_net::proxy::ProxyCounters;
+use ironboot_net::tftp::TftpCounters;
 use ironboot_net::udp::Shutdown;
 use ironboot_net::wire::MessageType;
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::{boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store};
+use crate::{boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service};
 
 /// The running services; each task resolves with its name and how it ended.
 type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -39,8 +40,18 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         services.spawn(async move { ("ProxyDHCP", flatten(task.await)) });
     }
 
+    let tftp_counters = Arc::new(TftpCounters::default());
+    let tftp = tftp_service::start(
+        &config,
+        files.clone(),
+        tftp_counters.clone(),
+        udp_shutdown.clone(),
+    )?;
+    services.spawn(async move { ("TFTP", flatten(tftp.await)) });
+
     let mut registry = metrics::Registry::new();
     registry.register(proxy_counters.clone());
+    registry.register(tftp_counters.clone());
     registry.register(store.stats.clone());
     let router = http::router(http::ApiState {
         init_script: boot_script::init_script(config.advertise_address.into(), config.api_port),

@@ -84,6 +84,51 @@ pub(crate) struct Cli {
     /// How a machine is told to boot from its disk: ipxe-exit, http-404 or ipxe-sanboot.
     #[arg(long, default_value = "ipxe-exit")]
     pub(crate) boot_from_disk_method: BootFromDiskMethod,
+
+    /// Serve whole TFTP transfers from port 69 (the Go provider's behaviour, for NAT or
+    /// Kubernetes services) instead of a per-transfer port.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) tftp_single_port: bool,
+
+    /// Largest TFTP block size granted (RFC 2348); the default fits a 1500-byte MTU.
+    #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_BLKSIZE)]
+    pub(crate) tftp_max_blksize: u16,
+
+    /// Largest TFTP window granted (RFC 7440).
+    #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_WINDOWSIZE)]
+    pub(crate) tftp_max_windowsize: u16,
+
+    /// Most concurrent TFTP transfers; more are answered "server busy".
+    #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_TRANSFERS)]
+    pub(crate) tftp_max_transfers: usize,
+
+    /// Most concurrent TFTP transfers per client address.
+    #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_PER_CLIENT)]
+    pub(crate) tftp_max_per_client: usize,
+
+    /// Number of UDP ports transfers are spread over (without --tftp-single-port).
+    #[arg(long, default_value_t = DEFAULT_TFTP_PORT_POOL)]
+    pub(crate) tftp_port_pool: usize,
+}
+
+/// Default number of per-transfer TFTP ports.
+pub(crate) const DEFAULT_TFTP_PORT_POOL: usize = 32;
+
+/// TFTP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TftpSettings {
+    /// Everything on port 69.
+    pub(crate) single_port: bool,
+    /// Largest block size granted.
+    pub(crate) max_blksize: u16,
+    /// Largest window granted.
+    pub(crate) max_windowsize: u16,
+    /// Most concurrent transfers.
+    pub(crate) max_transfers: usize,
+    /// Most concurrent transfers per client.
+    pub(crate) max_per_client: usize,
+    /// Number of per-transfer ports.
+    pub(crate) port_pool: usize,
 }
 
 /// A refused configuration value, naming the flag.
@@ -150,6 +195,8 @@ pub(crate) struct Config {
     pub(crate) state_dir: PathBuf,
     /// Boot-from-disk answer.
     pub(crate) boot_from_disk_method: BootFromDiskMethod,
+    /// TFTP settings.
+    pub(crate) tftp: TftpSettings,
 }
 
 fn parse_ipv4(flag: &'static str, value: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -233,8 +280,42 @@ impl Config {
             inventory: cli.inventory.clone(),
             state_dir: nonempty_paths("state-dir", std::slice::from_ref(&cli.state_dir))?.remove(0),
             boot_from_disk_method: cli.boot_from_disk_method,
+            tftp: tftp_settings(cli)?,
         })
     }
+}
+
+fn tftp_settings(cli: &Cli) -> Result<TftpSettings, ConfigError> {
+    use ironboot_net::tftp::MAX_WINDOWSIZE_LIMIT;
+    if !(512..=65464).contains(&cli.tftp_max_blksize) {
+        return Err(refuse(
+            "tftp-max-blksize",
+            "must be between 512 and 65464 (RFC 2348)",
+        ));
+    }
+    if !(1..=MAX_WINDOWSIZE_LIMIT).contains(&cli.tftp_max_windowsize) {
+        return Err(refuse(
+            "tftp-max-windowsize",
+            format!("must be between 1 and {MAX_WINDOWSIZE_LIMIT}"),
+        ));
+    }
+    if cli.tftp_max_transfers == 0 {
+        return Err(refuse("tftp-max-transfers", "must be at least 1"));
+    }
+    if cli.tftp_max_per_client == 0 {
+        return Err(refuse("tftp-max-per-client", "must be at least 1"));
+    }
+    if !cli.tftp_single_port && !(1..=1024).contains(&cli.tftp_port_pool) {
+        return Err(refuse("tftp-port-pool", "must be between 1 and 1024"));
+    }
+    Ok(TftpSettings {
+        single_port: cli.tftp_single_port,
+        max_blksize: cli.tftp_max_blksize,
+        max_windowsize: cli.tftp_max_windowsize,
+        max_transfers: cli.tftp_max_transfers,
+        max_per_client: cli.tftp_max_per_client,
+        port_pool: cli.tftp_port_pool,
+    })
 }
 
 /// The paths of a path flag, refusing an empty list or an empty path.
@@ -363,6 +444,17 @@ mod tests {
         assert_eq!(c.inventory, None);
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/ironboot"));
         assert_eq!(c.boot_from_disk_method, BootFromDiskMethod::IpxeExit);
+        assert_eq!(
+            c.tftp,
+            TftpSettings {
+                single_port: false,
+                max_blksize: 1468,
+                max_windowsize: 64,
+                max_transfers: 8192,
+                max_per_client: 8,
+                port_pool: 32,
+            }
+        );
     }
 
     #[test]

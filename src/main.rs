@@ -11,6 +11,7 @@ mod metrics;
 mod netif;
 mod proxy_dhcp;
 mod store;
+mod tftp_service;
 
 use std::process::ExitCode;
 

@@ -26,6 +26,12 @@ impl PrometheusSource for ProxyCounters {
     }
 }
 
+impl PrometheusSource for ironboot_net::tftp::TftpCounters {
+    fn render(&self, out: &mut String) {
+        self.render_prometheus(out);
+    }
+}
+
 /// The sources `/metrics` shows, in registration order.
 #[derive(Default, Clone)]
 pub(crate) struct Registry {
