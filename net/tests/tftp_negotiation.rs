@@ -72,9 +72,12 @@ fn oack_carries_only_requested_and_accepted_options() {
         (vec![("tsize", "0")], Some(vec![("tsize", &size)]), 512),
         (vec![("TSIZE", "0")], Some(vec![("tsize", &size)]), 512),
         (vec![("timeout", "3")], Some(vec![("timeout", "3")]), 512),
+        (vec![("timeout", "10")], Some(vec![("timeout", "10")]), 512),
+        // Above the 10 s ceiling the option is declined, not refused: no OACK at all.
+        (vec![("timeout", "255")], None, 512),
         (
-            vec![("timeout", "255")],
-            Some(vec![("timeout", "255")]),
+            vec![("timeout", "11"), ("tsize", "0")],
+            Some(vec![("tsize", &size)]),
             512,
         ),
         (

@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_TRANSFERS: usize = 8192;
 /// a relay may show several machines as one address.
 pub const DEFAULT_MAX_PER_CLIENT: usize = 8;
 
+/// Longest client-requested `timeout` accepted, in seconds; longer requests are declined so
+/// a vanished client frees its slot within about a minute (6 x 10 s).
+pub const DEFAULT_MAX_TIMEOUT_SECS: u8 = 10;
+
 /// TFTP server settings. Build with [`Default`] and adjust fields; [`TftpConfig::validate`]
 /// runs when the server is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,9 @@ pub struct TftpConfig {
     pub max_windowsize: u16,
     /// Retransmission interval for clients that send no `timeout` option.
     pub default_timeout: Duration,
+    /// Longest client `timeout` option accepted ([`DEFAULT_MAX_TIMEOUT_SECS`]); longer
+    /// ones are left out of the OACK.
+    pub max_timeout_secs: u8,
     /// Retransmissions before giving up on a silent client ([`DEFAULT_RETRIES`]).
     pub retries: u8,
     /// Transfers at once ([`DEFAULT_MAX_TRANSFERS`]).
@@ -56,6 +63,7 @@ impl Default for TftpConfig {
             max_blksize: DEFAULT_MAX_BLKSIZE,
             max_windowsize: DEFAULT_MAX_WINDOWSIZE,
             default_timeout: DEFAULT_TIMEOUT,
+            max_timeout_secs: DEFAULT_MAX_TIMEOUT_SECS,
             retries: DEFAULT_RETRIES,
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_per_client: DEFAULT_MAX_PER_CLIENT,

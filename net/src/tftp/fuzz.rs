@@ -77,6 +77,7 @@ fn config(s: u8) -> TftpConfig {
         max_transfers: [1, 2, 4, 64][bits(6, 3)],
         max_per_client: [1, 2, 1, 2][bits(6, 3)],
         default_timeout: Duration::from_millis(500),
+        max_timeout_secs: super::DEFAULT_MAX_TIMEOUT_SECS,
     }
 }
 

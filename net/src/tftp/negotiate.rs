@@ -141,6 +141,12 @@ impl Negotiated {
                         .ok()
                         .filter(|&s| s >= 1)
                         .ok_or(NegotiationError::TimeoutOutOfRange)?;
+                    // A long timeout times the retry limit is how long a vanished client
+                    // holds a transfer slot: above the ceiling, the option is declined
+                    // (left out of the OACK, RFC 2349) and our default interval applies.
+                    if secs > config.max_timeout_secs {
+                        continue;
+                    }
                     n.timeout_secs = Some(secs);
                 }
                 Known::Windowsize => {
