@@ -12,6 +12,8 @@ use ironboot_net::tftp::{TftpConfig, TftpCounters, TftpServer};
 use ironboot_net::udp::{DatagramService, RecvMeta, TxQueue};
 use ironboot_net::wire::tftp::{Opcode, OptionWriter, Repr, write_ack};
 
+mod common;
+
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const POOL: [u16; 2] = [40001, 40002];
 
@@ -129,12 +131,5 @@ fn steady_state_allocates_nothing() {
 
 #[test]
 fn counting_allocator_sees_allocations() {
-    // Guards the test above: if counting were broken it would pass vacuously.
-    let seen = allocation_counter::measure(|| {
-        drop(std::hint::black_box(vec![1u8; 64]));
-    });
-    assert_eq!(
-        seen.count_total, 1,
-        "the counting allocator is not installed"
-    );
+    common::assert_allocations_are_counted();
 }
