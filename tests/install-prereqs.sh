@@ -14,25 +14,26 @@ command -v cargo >/dev/null ||
   die "cargo not found on PATH. Install Rust first (https://rustup.rs), then run this again; under sudo keep PATH: sudo env PATH=\"\$PATH\" $0"
 
 PACKAGES=(
-  # real-firmware PXE test (tests/real_firmware.rs, tests/firmware/)
+  # real-firmware PXE tests (tests/real_firmware.rs: tests/firmware/run.sh, storm.sh)
   qemu-system-x86 # QEMU under TCG
-  seabios         # BIOS of the BIOS VM
+  seabios         # BIOS of the BIOS VMs
   ipxe-qemu       # QEMU's NIC option ROMs (the e1000 iPXE ROM)
   ovmf            # UEFI firmware (EDK2 PxeBcDxe) of the UEFI VM
   ipxe            # iPXE binaries to serve: snponly.efi, undionly.kpxe, ipxe.efi
-  dnsmasq-base    # plain site DHCP server, TFTP stand-in, ProxyDHCP comparison peer
-  tcpdump         # per-tap captures
+  dnsmasq-base    # plain site DHCP server, ProxyDHCP comparison peer (PROXY_UNDER_TEST=dnsmasq)
+  tcpdump         # captures
   tshark          # capture checks
   iproute2        # ip netns / ss
-  python3         # HTTP stand-in
+  python3         # JSON checks, the TFTP probe (tests/tftp/tftp_probe.py)
   procps          # ps, kill
+  curl            # ironboot's HTTP API; curl tftp:// (tests/tftp_conformance.rs)
   bc
-  curl
-  # later tests: BMC power (IPMI), TFTP clients, DHCP load, Redfish emulator venv
+  # TFTP conformance with real clients (tests/tftp_conformance.rs)
+  atftp    # TFTP client with windowsize
+  tftp-hpa # plain TFTP client (netascii and binary)
+  # later tests: BMC power (IPMI), DHCP load, Redfish emulator venv
   openipmi # ipmi_sim
   ipmitool
-  atftp    # TFTP client with windowsize
-  tftp-hpa # plain TFTP client
   kea-admin # perfdhcp
   python3-venv
   # script lint

@@ -1,36 +1,48 @@
-//! Real-firmware `ProxyDHCP` test: real network-boot firmware must accept ironboot's offers.
+//! Real-firmware tests: real network-boot firmware boots end to end from ironboot alone.
 //!
-//! Runs `tests/firmware/run.sh` (see `tests/firmware/README.md`) against the `ironboot`
-//! binary of this package: an isolated LAN of network namespaces with a plain site DHCP server
-//! (dnsmasq) and ironboot as the `ProxyDHCP` server, then two VMs under QEMU (TCG) booting at once
-//! from the network:
+//! Runs `tests/firmware/run.sh` and `tests/firmware/storm.sh` (see
+//! `tests/firmware/README.md`) against the `ironboot` binary of this package: an isolated
+//! LAN of network namespaces with a plain site DHCP server (dnsmasq) and ironboot as the only
+//! other server (ProxyDHCP, TFTP and HTTP; the scripts check that nothing else runs in its
+//! namespace), then VMs under QEMU (TCG) booting from the network:
 //! - `SeaBIOS` + QEMU's e1000 iPXE ROM: ironboot offers `http://10.98.0.3:50042/ipxe/init.ipxe`,
-//!   the VM fetches it (HTTP stand-in) and prints a marker on its serial console;
+//!   the VM fetches it and its boot script and prints the marker of the inventory's
+//!   `[default]` target on its serial console;
 //! - OVMF with EDK2's own PXE (arch 7): the VM accepts the offer, does the `ProxyDHCP`
-//!   REQUEST/ACK on port 4011 and asks for `snp.efi` over TFTP (stand-in: iPXE, which then
-//!   DHCPs again, fetches init.ipxe and prints the marker).
+//!   REQUEST/ACK on port 4011, reads `snp.efi` over TFTP from ironboot (OACK blksize 1468,
+//!   windowsize 4; DATA from a transfer port, or port 69 with `--tftp-single-port`), which
+//!   DHCPs again, fetches init.ipxe and boot.ipxe and prints the marker of its own
+//!   `[[machine]]` entry;
+//! - a storm of 20 BIOS VMs at once, all of which must reach their marker, after which
+//!   `GET /api/v1/machines` lists exactly those 20 UUIDs with their MACs.
 //!
-//! The checks are made on per-VM packet captures with tshark. The test needs root and the
-//! packages of `tests/install-prereqs.sh`; without them it FAILS (it never skips) and says
-//! what is missing and how to install it.
+//! The checks are made on packet captures with tshark and through ironboot's HTTP API. The
+//! tests need root and the packages of `tests/install-prereqs.sh`; without them they FAIL
+//! (never skip) and say what is missing and how to install it. They share one test LAN, so
+//! they run one at a time (a lock), whatever the test harness's thread count.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/run.sh");
+const STORM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/storm.sh");
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const INSTALL_HINT: &str = "sudo tests/install-prereqs.sh";
-/// The script bounds each VM (60 s BIOS, 120 s UEFI, in parallel); this only guards a hang.
+/// The scripts bound each VM (60 s BIOS, 120 s UEFI, in parallel; 180 s for the storm);
+/// this only guards a hang.
 const GUARD: Duration = Duration::from_secs(420);
+/// VMs booted at once by the storm test.
+const STORM_VMS: &str = "20";
 /// Directories searched besides `PATH` (a non-login root shell may lack the sbin ones).
 const EXTRA_PATH: [&str; 2] = ["/usr/sbin", "/sbin"];
 
 /// Commands the script runs, with the Debian package providing each.
-const COMMANDS: [(&str, &str); 8] = [
+const COMMANDS: [(&str, &str); 9] = [
     ("bash", "bash"),
     ("ip", "iproute2"),
     ("ss", "iproute2"),
@@ -39,6 +51,7 @@ const COMMANDS: [(&str, &str); 8] = [
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
     ("python3", "python3"),
+    ("curl", "curl"),
 ];
 /// Firmware files the VMs and stand-ins use, with their Debian packages.
 const FILES: [(&str, &str); 5] = [
@@ -108,9 +121,9 @@ fn check_prerequisites() {
     }
 }
 
-/// Runs the script with a guard timeout and ironboot's arguments; returns (exit code,
-/// combined output).
-fn run_script(ironboot_args: &str) -> (Option<i32>, String) {
+/// Runs `script` with a guard timeout and these environment variables (besides `PATH`,
+/// `IRONBOOT_BIN` and `IBFW_OUT_BASE`); returns (exit code, combined output).
+fn run_script(script: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let log_path = tmp.join(format!("real_firmware-{}.log", std::process::id()));
     let log = File::create(&log_path).expect("create the script's log file");
@@ -120,20 +133,26 @@ fn run_script(ironboot_args: &str) -> (Option<i32>, String) {
         path.push(extra);
     }
     let mut child = Command::new("bash")
-        .arg(SCRIPT)
+        .arg(script)
         .env("PATH", path)
         .env("IRONBOOT_BIN", IRONBOOT)
-        .env("PROXY_UNDER_TEST", "ironboot")
-        .env("IRONBOOT_ARGS", ironboot_args)
         .env("IBFW_OUT_BASE", tmp.join("firmware-test"))
+        .env("PROXY_UNDER_TEST", "ironboot")
+        // The scripts' knobs come from the test alone, not from the caller's environment.
+        .env_remove("IBFW_VMS")
+        .env_remove("IBFW_PREFIX")
+        .env_remove("IRONBOOT_ARGS")
+        .env_remove("STORM_VMS")
+        .env_remove("STORM_TIMEOUT")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log file"))
         .stderr(log)
         .spawn()
-        .expect("start tests/firmware/run.sh");
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for run.sh") {
+        if let Some(status) = child.try_wait().expect("wait for the script") {
             break Some(status);
         }
         if start.elapsed() > GUARD {
@@ -159,12 +178,24 @@ fn run_script(ironboot_args: &str) -> (Option<i32>, String) {
     (status.and_then(|s| s.code()), output)
 }
 
-/// Runs the whole firmware scenario once with these ironboot arguments; panics with the
-/// report on failure.
-fn scenario(label: &str, ironboot_args: &str) {
-    let (code, output) = run_script(ironboot_args);
+/// The tests share the namespaces, the taps' names and the two cores: one at a time.
+fn rig() -> MutexGuard<'static, ()> {
+    static RIG: Mutex<()> = Mutex::new(());
+    RIG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `script` once with this environment; panics with the report on failure.
+fn scenario(label: &str, script: &str, env: &[(&str, &str)]) {
+    let _rig = rig();
+    check_prerequisites();
+    let started = Instant::now();
+    let (code, output) = run_script(script, env);
+    let name = Path::new(script)
+        .file_name()
+        .map_or_else(|| script.into(), |n| n.to_string_lossy());
     println!(
-        "---- tests/firmware/run.sh output ({label}) ----\n{output}---- end of run.sh output ----"
+        "---- tests/firmware/{name} output ({label}, {:.1} s) ----\n{output}---- end of {name} output ----",
+        started.elapsed().as_secs_f64()
     );
     let findings: Vec<&str> = output
         .lines()
@@ -177,28 +208,57 @@ fn scenario(label: &str, ironboot_args: &str) {
             findings.join("\n")
         ),
         Some(c) => panic!(
-            "real-firmware test ({label}) failed (run.sh exit {c}); the report with ironboot's \
+            "real-firmware test ({label}) failed ({name} exit {c}); the report with ironboot's \
              stderr, the serial consoles and the captures is in the output above:\n{}",
             findings.join("\n")
         ),
         None => panic!(
-            "real-firmware test ({label}): run.sh did not finish within {GUARD:?} (or died by a \
+            "real-firmware test ({label}): {name} did not finish within {GUARD:?} (or died by a \
              signal)"
         ),
     }
 }
 
-/// Both UDP drivers, one after the other (the VMs of one run already load both cores).
-/// No --api-advertise-address: ironboot must pick the namespace's single routable address.
+/// No --api-advertise-address in any scenario: ironboot must pick the namespace's single
+/// routable address.
+const BASE_ARGS: &str = "--dhcp-proxy-iface-or-ip eth0 --debug";
+
+/// BIOS and UEFI at once, io_uring UDP driver.
 #[test]
-fn real_firmware_accepts_ironboot_proxydhcp_offers() {
-    check_prerequisites();
+fn real_firmware_boots_from_ironboot_io_uring() {
+    let args = format!("{BASE_ARGS} --udp-driver io-uring");
+    scenario("io_uring driver", SCRIPT, &[("IRONBOOT_ARGS", &args)]);
+}
+
+/// BIOS and UEFI at once, portable UDP driver.
+#[test]
+fn real_firmware_boots_from_ironboot_portable() {
+    let args = format!("{BASE_ARGS} --udp-driver portable");
+    scenario("portable driver", SCRIPT, &[("IRONBOOT_ARGS", &args)]);
+}
+
+/// EDK2 over `--tftp-single-port`: DATA must come from port 69 (UEFI only: the BIOS path
+/// has no TFTP).
+#[test]
+fn real_firmware_tftp_single_port() {
+    let args = format!("{BASE_ARGS} --tftp-single-port");
     scenario(
-        "io_uring driver",
-        "--dhcp-proxy-iface-or-ip eth0 --debug --udp-driver io-uring",
+        "--tftp-single-port, UEFI",
+        SCRIPT,
+        &[("IRONBOOT_ARGS", &args), ("IBFW_VMS", "uefi")],
     );
+}
+
+/// 20 BIOS VMs at once; all boot, and ironboot records exactly those 20 machines.
+#[test]
+fn pxe_storm_of_bios_vms() {
     scenario(
-        "portable driver",
-        "--dhcp-proxy-iface-or-ip eth0 --debug --udp-driver portable",
+        "storm of 20 BIOS VMs",
+        STORM,
+        &[
+            ("IRONBOOT_ARGS", "--dhcp-proxy-iface-or-ip eth0"),
+            ("STORM_VMS", STORM_VMS),
+            ("STORM_TIMEOUT", "180"),
+        ],
     );
 }

@@ -345,7 +345,24 @@ fn a_different_rrq_from_the_same_address_replaces_the_transfer() {
     assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
     assert_eq!(d.counters.active(), 1);
     assert_eq!(d.server.transfers_of(*c.ip()), 1);
-    // A refused new request ends the old transfer as well.
+    // Garbage or a write request from the client's port is refused and ends nothing.
+    let mut wrq = rrq("f", &[]);
+    wrq[1] = 2;
+    assert_eq!(
+        d.send(c, REQUEST_PORT, &wrq)[0].error().0,
+        ErrorCode::AccessViolation
+    );
+    assert_eq!(
+        d.send(c, REQUEST_PORT, &[0, 1, b'x'])[0].error().0,
+        ErrorCode::IllegalOperation
+    );
+    assert_eq!(
+        d.counters.active(),
+        1,
+        "the live transfer survives a bad request"
+    );
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
+    // A refused but well-formed new read request ends the old transfer.
     d.send(c, REQUEST_PORT, &rrq("missing", &[]));
     assert_eq!(d.counters.active(), 0);
 }

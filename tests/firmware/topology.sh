@@ -2,7 +2,7 @@
 # Builds (up) or removes (down) the isolated PXE test LAN of the real-firmware test.
 #   PFX-lan  : bridge br0; the VM taps tap0..tapN-1 and the veths vdhcp/vprov are its ports
 #   PFX-dhcp : 10.98.0.2/24 + fd98::2/64 on eth0 - the site's plain DHCP server (+ IPv6 RA)
-#   PFX-prov : 10.98.0.3/24 on eth0 - the ProxyDHCP server under test (ironboot) and stand-ins
+#   PFX-prov : 10.98.0.3/24 on eth0 - the server under test (ironboot), alone
 # All links are created inside the namespaces (never in the caller's namespace), so
 # interface names cannot clash with the host or with another prefix.
 # `down` only deletes the namespaces: it never kills anything (the caller kills, by PID,

@@ -210,28 +210,6 @@ impl TftpServer {
 
     /// An RRQ or WRQ on the request port.
     fn on_request(&mut self, now: Instant, data: &[u8], meta: &RecvMeta, tx: &mut TxQueue) {
-        let client = meta.src;
-        let hash = fingerprint(data);
-        let mut previous_port = None;
-        if let Some(&index) = self.by_client.get(&client) {
-            match self.slots.get(index) {
-                Some(session) if session.is_repeat(hash, now) => {
-                    self.counters.request(RequestOutcome::Repeat);
-                    return;
-                }
-                // A new request from the same address: the client gave up on the old
-                // transfer (or restarted), so that one ends here whatever this one asks.
-                Some(session) => {
-                    previous_port = Some(session.local_port);
-                    self.end(index, now, End::Failed(TransferFailure::Replaced));
-                }
-                // Not reachable (the map names live slots only); heal it anyway.
-                None => {
-                    self.by_client.remove(&client);
-                }
-            }
-        }
-
         let request = match Repr::parse_bytes(data) {
             Ok(Repr::Rrq(request)) => request,
             Ok(Repr::Wrq(_)) => {
@@ -255,6 +233,30 @@ impl TftpServer {
                 );
             }
         };
+        let client = meta.src;
+        let hash = fingerprint(data);
+        let mut previous_port = None;
+        if let Some(&index) = self.by_client.get(&client) {
+            match self.slots.get(index) {
+                Some(session) if session.is_repeat(hash, now) => {
+                    self.counters.request(RequestOutcome::Repeat);
+                    return;
+                }
+                // A new read request from the same address: the client gave up on the old
+                // transfer (or restarted), so that one ends here whatever this one asks.
+                // Only a well-formed RRQ gets this far: garbage or a WRQ from the
+                // client's port must not end a live transfer.
+                Some(session) => {
+                    previous_port = Some(session.local_port);
+                    self.end(index, now, End::Failed(TransferFailure::Replaced));
+                }
+                // Not reachable (the map names live slots only); heal it anyway.
+                None => {
+                    self.by_client.remove(&client);
+                }
+            }
+        }
+
         let netascii = match request.mode() {
             Mode::Octet => false,
             Mode::Netascii => true,
@@ -316,7 +318,7 @@ impl TftpServer {
                 meta,
                 RequestOutcome::ClientBusy,
                 ErrorCode::NotDefined,
-                "too many transfers from this address, retry",
+                "busy: too many transfers from this address, retry",
             );
         }
         let file = if netascii {
