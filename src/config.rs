@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, Subcommand};
 use ironboot_net::udp::DriverKind;
 
 use crate::boot_script::BootFromDiskMethod;
@@ -19,9 +19,14 @@ pub(crate) const DEFAULT_API_PORT: u16 = 50042;
 /// ironboot: ProxyDHCP, TFTP/HTTP iPXE boot and BMC power for bare-metal machines.
 ///
 /// Without --omni-api-endpoint (or OMNI_ENDPOINT) it runs standalone, with no Omni.
+/// Without a subcommand it runs the server (the Go provider's flat flags).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ironboot", version, about, long_about = None)]
+#[command(name = "ironboot", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub(crate) struct Cli {
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+
     /// Provider ID (names the Omni service account, namespace and resource types).
     #[arg(long, default_value = DEFAULT_PROVIDER_ID)]
     pub(crate) id: String,
@@ -109,6 +114,13 @@ pub(crate) struct Cli {
     /// Number of UDP ports transfers are spread over (without --tftp-single-port).
     #[arg(long, default_value_t = DEFAULT_TFTP_PORT_POOL)]
     pub(crate) tftp_port_pool: usize,
+}
+
+/// Tools the binary carries besides the server.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum Command {
+    /// Load generators: many concurrent clients against a boot server.
+    Storm(crate::storm::StormArgs),
 }
 
 /// Default number of per-transfer TFTP ports.
@@ -530,6 +542,27 @@ mod tests {
                 Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();
             assert!(e.to_string().contains(flag), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn flat_flags_run_the_server_and_do_not_mix_with_subcommands() {
+        let c = cli(&["--api-port", "8080", "--debug"]);
+        assert!(c.command.is_none());
+        assert_eq!(c.api_port, 8080);
+        let storm = cli(&["storm", "tftp", "--server", "10.0.0.1", "--file", "f"]);
+        assert!(matches!(storm.command, Some(Command::Storm(_))));
+        let mixed = Cli::try_parse_from([
+            "ironboot",
+            "--api-port",
+            "8080",
+            "storm",
+            "tftp",
+            "--server",
+            "10.0.0.1",
+            "--file",
+            "f",
+        ]);
+        assert!(mixed.is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod metrics;
 mod netif;
 mod proxy_dhcp;
 mod store;
+mod storm;
 mod tftp_service;
 
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 
-use crate::config::{Cli, Config};
+use crate::config::{Cli, Command, Config};
 
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
@@ -28,11 +29,16 @@ fn init_logging(debug: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in files or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Storm(storm)) = &cli.command {
+        return storm::main(storm);
+    }
     init_logging(cli.debug);
     match start(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,12 +124,12 @@ fn run_matrix(blksize: u16, windowsize: u16, seed: u64, seen: &mut Exercised) {
             c.addr
         );
         needed += c.blocks_needed();
-        let oack = c.oack.as_ref().expect("options were accepted");
-        let tsize = oack
-            .iter()
-            .find(|(n, _)| n == "tsize")
-            .expect("tsize in OACK");
-        assert_eq!(tsize.1, c.ask.expect.len().to_string(), "{ctx}");
+        let oack = c.oack.expect("options were accepted");
+        assert_eq!(
+            oack.tsize,
+            Some(c.ask.expect.len() as u64),
+            "{ctx}: tsize in OACK"
+        );
     }
     let counters = &sim.counters;
     assert_eq!(counters.active(), 0, "{ctx}: active gauge back to 0");

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client;
 mod config;
 mod counters;
 /// Property check shared by the `tftp` fuzz target and the corpus replay test.
@@ -37,6 +38,7 @@ mod server;
 mod session;
 mod timers;
 
+pub use client::{ClientOptions, TftpClient};
 pub use config::{
     ConfigError, DEFAULT_MAX_BLKSIZE, DEFAULT_MAX_PER_CLIENT, DEFAULT_MAX_TIMEOUT_SECS,
     DEFAULT_MAX_TRANSFERS, DEFAULT_MAX_WINDOWSIZE, DEFAULT_PORT, DEFAULT_RETRIES, DEFAULT_TIMEOUT,

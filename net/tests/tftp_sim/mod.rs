@@ -1,5 +1,6 @@
-//! An in-memory network with a virtual clock for the TFTP server, and an RFC-conformant
-//! client model, shared by the `tftp_*` tests.
+//! An in-memory network with a virtual clock for the TFTP server, with clients driven by
+//! the library's own sans-IO [`TftpClient`], shared by the `tftp_*` tests: every lossy
+//! transfer here proves the server and the client together.
 //!
 //! The network delivers datagrams after a base delay plus seeded random jitter (which
 //! reorders them), and may drop or duplicate each one, in both directions. Time only moves
@@ -15,10 +16,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
+use ironboot_net::tftp::client::{
+    Accepted, ClientError, ClientOptions, Status, TftpClient, TransferMode,
+};
 use ironboot_net::tftp::{TftpConfig, TftpCounters, TftpServer};
 use ironboot_net::udp::{DatagramService, RecvMeta, SendMeta, TxQueue};
 use ironboot_net::wire::tftp::{
-    ErrorCode, Opcode, OptionWriter, Packet, Repr, write_ack, write_error,
+    ErrorCode, Mode, Opcode, OptionWriter, Repr, write_ack, write_error,
 };
 
 /// The server's address.
@@ -173,44 +177,48 @@ impl Driver {
         drain(&mut self.tx)
     }
 
-    /// Run a whole transfer on a perfect network: send `request` from `client`, ACK 0 an
-    /// OACK, ACK the last block of every window. Returns the OACK options (lower-case
-    /// names) if there was one, and the bytes received; panics on an ERROR.
+    /// Run a whole transfer on a perfect network with a [`TftpClient`] asking for what
+    /// `request` asks (the request itself is sent as given): every reply must come from
+    /// the transfer's port to `client`, each window must end in exactly one ACK, and the
+    /// server must send nothing after the last one. Returns the OACK options (lower-case
+    /// names) if there was one, and the bytes received; panics if the client fails.
     pub fn fetch(
         &mut self,
         client: SocketAddrV4,
         request: &[u8],
     ) -> (Option<Vec<(String, String)>>, Vec<u8>) {
+        let server = SocketAddrV4::new(SERVER_IP, REQUEST_PORT);
+        let mut tftp =
+            TftpClient::new(server, options_of(request), self.now).expect("request fits");
         let first = self.send(client, REQUEST_PORT, request);
         assert_eq!(first.len(), 1, "one reply to a request: {first:?}");
         let port = first[0].meta.local_port;
-        let mut oack = None;
-        let mut blksize = 512;
-        let mut window = first.clone();
-        if let Repr::Oack { .. } = first[0].repr() {
-            let options = first[0].oack();
-            if let Some((_, v)) = options.iter().find(|(n, _)| n == "blksize") {
-                blksize = v.parse().unwrap();
-            }
-            oack = Some(options);
-            window = self.send(client, port, &ack(0));
-        }
+        let oack = matches!(first[0].repr(), Repr::Oack { .. }).then(|| first[0].oack());
+        let tid = SocketAddrV4::new(SERVER_IP, port);
         let mut data = Vec::new();
+        let mut window = first;
         loop {
             assert!(!window.is_empty(), "the server stalled");
-            let mut last = (0, 0);
+            let mut answer = None;
             for s in &window {
                 assert_eq!(
                     s.meta.local_port, port,
                     "every block from the transfer's port"
                 );
                 assert_eq!(s.meta.dst, client);
-                last = s.data();
-                data.extend_from_slice(&s.bytes[4..]);
+                assert!(answer.is_none(), "a datagram after the window's ACK");
+                let step = tftp.on_datagram(self.now, tid, &s.bytes);
+                assert_eq!(step.offset, data.len() as u64);
+                data.extend_from_slice(step.data);
+                answer = step.transmit.map(|t| {
+                    assert_eq!(t.dst, tid);
+                    t.bytes.to_vec()
+                });
             }
-            let (block, len) = last;
-            let next = self.send(client, port, &ack(block));
-            if len < blksize {
+            assert_ne!(tftp.status(), Status::Failed, "{:?}", tftp.error());
+            let answer = answer.expect("the window ended without an ACK");
+            let next = self.send(client, port, &answer);
+            if tftp.status() == Status::Done {
                 assert!(next.is_empty(), "nothing after the last block's ACK");
                 return (oack, data);
             }
@@ -273,6 +281,34 @@ impl Ask {
     }
 }
 
+/// What a client asks for, as library options (the request carries them in this order).
+pub fn options_of_ask(ask: &Ask) -> ClientOptions {
+    let mode = match Mode::parse(ask.mode) {
+        Mode::Netascii => TransferMode::Netascii,
+        _ => TransferMode::Octet,
+    };
+    ask.options.iter().fold(
+        ClientOptions::new(ask.filename.as_str()).mode(mode),
+        |o, (name, value)| o.option(name.as_str(), value.as_str()),
+    )
+}
+
+/// The options of a request's bytes, as library options.
+pub fn options_of(request: &[u8]) -> ClientOptions {
+    let Ok(Repr::Rrq(r)) = Repr::parse_bytes(request) else {
+        panic!("not an RRQ: {request:?}");
+    };
+    let mode = match r.mode() {
+        Mode::Netascii => TransferMode::Netascii,
+        _ => TransferMode::Octet,
+    };
+    r.options
+        .iter()
+        .fold(ClientOptions::new(r.filename).mode(mode), |o, opt| {
+            o.option(opt.name, opt.value)
+        })
+}
+
 /// How a client's transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -284,33 +320,23 @@ pub enum Outcome {
     Error(ErrorCode, String),
     /// The client gave up after its own retries.
     GaveUp,
+    /// The server broke the protocol (the client's check, as text).
+    Violation(String),
 }
 
-/// An RFC 1350 / 2347 / 7440 client: locks onto the server's TID from the first reply,
-/// acknowledges each full window and the last block, answers a gap with an ACK of the last
-/// block received in order and a repeat of an acknowledged block with that ACK again,
-/// retransmits its last packet when nothing arrives for a while, and dallies after the
-/// last block (re-acknowledging it).
+/// One simulated machine: a [`TftpClient`] plus what it received, kept in the fields the
+/// tests read.
 #[derive(Debug)]
 pub struct Client {
     pub addr: SocketAddrV4,
     pub ask: Ask,
-    request: Vec<u8>,
+    pub tftp: TftpClient,
     pub server_tid: Option<SocketAddrV4>,
-    pub oack: Option<Vec<(String, String)>>,
-    blksize: usize,
-    windowsize: u64,
-    /// Blocks received in order (absolute count).
-    received_blocks: u64,
-    in_window: u64,
-    /// The last ACK sent.
-    last_ack: Option<u16>,
+    pub oack: Option<Accepted>,
     pub data: Vec<u8>,
     pub outcome: Outcome,
-    last_sent: Vec<u8>,
     pub deadline: Instant,
-    retries: u32,
-    /// Payload lengths of every DATA accepted, for checks.
+    /// Blocks accepted in order.
     pub blocks_seen: u64,
 }
 
@@ -321,48 +347,51 @@ pub const CLIENT_RETRIES: u32 = 40;
 
 impl Client {
     pub fn new(addr: SocketAddrV4, ask: Ask, now: Instant) -> Self {
-        let opts: Vec<(&str, &str)> = ask
-            .options
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let request = request(Opcode::Rrq, &ask.filename, ask.mode, &opts);
-        Client {
+        let options = options_of_ask(&ask)
+            .retransmit(CLIENT_TIMEOUT)
+            .retries(CLIENT_RETRIES);
+        let server = SocketAddrV4::new(SERVER_IP, REQUEST_PORT);
+        let tftp = TftpClient::new(server, options, now).expect("request fits");
+        let mut c = Client {
             addr,
             ask,
-            last_sent: request.clone(),
-            request,
+            tftp,
             server_tid: None,
             oack: None,
-            blksize: 512,
-            windowsize: 1,
-            received_blocks: 0,
-            in_window: 0,
-            last_ack: None,
             data: Vec::new(),
             outcome: Outcome::Running,
-            deadline: now + CLIENT_TIMEOUT,
-            retries: 0,
+            deadline: now,
             blocks_seen: 0,
-        }
+        };
+        c.sync();
+        c
     }
 
     /// The first datagram: the request, to the request port.
     pub fn start(&self) -> (SocketAddrV4, Vec<u8>) {
-        (
-            SocketAddrV4::new(SERVER_IP, REQUEST_PORT),
-            self.request.clone(),
-        )
+        let t = self.tftp.request();
+        (t.dst, t.bytes.to_vec())
     }
 
-    fn reply(&mut self, bytes: Vec<u8>, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
-        if let Ok(Repr::Ack { block }) = Repr::parse_bytes(&bytes) {
-            self.last_ack = Some(block);
-        }
-        self.last_sent.clone_from(&bytes);
-        self.deadline = now + CLIENT_TIMEOUT;
-        self.retries = 0;
-        vec![(self.server_tid.expect("locked"), bytes)]
+    /// Copy the client's state into the fields the tests read.
+    fn sync(&mut self) {
+        self.server_tid = self.tftp.server_tid();
+        self.oack = self.tftp.accepted();
+        self.blocks_seen = self.tftp.blocks_received();
+        // Finished clients never wake again.
+        self.deadline = self
+            .tftp
+            .deadline()
+            .unwrap_or(self.deadline + Duration::from_secs(365 * 24 * 3600));
+        self.outcome = match (self.tftp.status(), self.tftp.error()) {
+            (Status::Running, _) => Outcome::Running,
+            (Status::Done, _) => Outcome::Done,
+            (Status::Failed, Some(ClientError::Server { code, message })) => {
+                Outcome::Error(*code, message.clone())
+            }
+            (Status::Failed, Some(ClientError::Timeout { .. })) => Outcome::GaveUp,
+            (Status::Failed, e) => Outcome::Violation(format!("{e:?}")),
+        };
     }
 
     /// Handle a datagram from `src`; returns what to send.
@@ -372,129 +401,33 @@ impl Client {
         bytes: &[u8],
         now: Instant,
     ) -> Vec<(SocketAddrV4, Vec<u8>)> {
-        if matches!(self.outcome, Outcome::Error(..) | Outcome::GaveUp) {
-            return Vec::new();
-        }
-        if self.outcome == Outcome::Done && Packet::new_unchecked(bytes).opcode() != Opcode::Data {
-            // Finished: only a repeated last block matters (its ACK was lost). The server
-            // may answer our dallying ACKs with ERROR 5 once it has let go; that is fine.
-            return Vec::new();
-        }
-        match self.server_tid {
-            None => {
-                assert_eq!(*src.ip(), SERVER_IP, "reply from a foreign host");
-                self.server_tid = Some(src);
-            }
-            Some(tid) if tid != src => {
-                // RFC 1350: a packet from a foreign TID gets ERROR 5; the transfer goes on.
-                return vec![(src, error(ErrorCode::UnknownTransferId, "unknown TID"))];
-            }
-            Some(_) => {}
-        }
-        let repr = Repr::parse_bytes(bytes)
-            .unwrap_or_else(|e| panic!("client got an unparsable datagram ({e}): {bytes:?}"));
-        match repr {
-            Repr::Oack { options } => {
-                if self.received_blocks > 0 || self.outcome == Outcome::Done {
-                    return Vec::new();
-                }
-                let mut got = Vec::new();
-                for o in options {
-                    let asked = self
-                        .ask
-                        .options
-                        .iter()
-                        .any(|(n, _)| n.eq_ignore_ascii_case(o.name));
-                    assert!(asked, "OACK carries unrequested option {:?}", o.name);
-                    let name = o.name.to_ascii_lowercase();
-                    assert!(
-                        !got.iter().any(|(n, _): &(String, String)| *n == name),
-                        "OACK repeats {name}"
-                    );
-                    let value: u64 = o.value.parse().expect("numeric OACK value");
-                    match name.as_str() {
-                        "blksize" => self.blksize = value as usize,
-                        "windowsize" => self.windowsize = value,
-                        _ => {}
-                    }
-                    got.push((name, o.value.to_owned()));
-                }
-                self.oack = Some(got);
-                self.reply(ack(0), now)
-            }
-            Repr::Data { block, data } => {
-                if self.outcome == Outcome::Done {
-                    // Dallying: the last ACK was lost, say so again.
-                    return self.reply(ack(self.received_blocks as u16), now);
-                }
-                let expected = (self.received_blocks + 1) as u16;
-                if block != expected {
-                    let ahead = block.wrapping_sub(expected);
-                    if ahead < 0x8000 {
-                        // A gap: ACK the last block received in order, so the server
-                        // restarts the window there (RFC 7440).
-                        self.in_window = 0;
-                        return self.reply(ack(self.received_blocks as u16), now);
-                    }
-                    // An old block. If it is one we acknowledged, that ACK was lost (the
-                    // server timed out and resent): say it again. Other old blocks are
-                    // network duplicates; acknowledging them would make the server
-                    // restart a window that is arriving fine.
-                    if self.last_ack == Some(block) {
-                        return self.reply(ack(block), now);
-                    }
-                    return Vec::new();
-                }
-                assert!(
-                    data.len() <= self.blksize,
-                    "block of {} bytes over blksize {}",
-                    data.len(),
-                    self.blksize
-                );
-                self.data.extend_from_slice(data);
-                self.received_blocks += 1;
-                self.blocks_seen += 1;
-                self.in_window += 1;
-                if data.len() < self.blksize {
-                    self.outcome = Outcome::Done;
-                    return self.reply(ack(block), now);
-                }
-                if self.in_window == self.windowsize {
-                    self.in_window = 0;
-                    return self.reply(ack(block), now);
-                }
-                self.deadline = now + CLIENT_TIMEOUT;
-                Vec::new()
-            }
-            Repr::Error { code, message } => {
-                self.outcome = Outcome::Error(code, message.to_owned());
-                Vec::new()
-            }
-            other => panic!("client got {other:?}"),
-        }
+        assert_eq!(*src.ip(), SERVER_IP, "reply from a foreign host");
+        let step = self.tftp.on_datagram(now, src, bytes);
+        assert_eq!(step.offset, self.data.len() as u64, "data out of order");
+        self.data.extend_from_slice(step.data);
+        let out = step
+            .transmit
+            .map(|t| vec![(t.dst, t.bytes.to_vec())])
+            .unwrap_or_default();
+        self.sync();
+        out
     }
 
-    /// The client's own timer: retransmit the last packet (RRQ before any reply).
+    /// The client's own timer: retransmit (the request before any reply, else an ACK of
+    /// the last block received in order).
     pub fn on_timeout(&mut self, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
-        if self.outcome != Outcome::Running {
-            self.deadline = now + Duration::from_secs(3600);
-            return Vec::new();
-        }
-        self.retries += 1;
-        if self.retries > CLIENT_RETRIES {
-            self.outcome = Outcome::GaveUp;
-            return Vec::new();
-        }
-        self.deadline = now + CLIENT_TIMEOUT;
-        let dst = self
-            .server_tid
-            .unwrap_or(SocketAddrV4::new(SERVER_IP, REQUEST_PORT));
-        vec![(dst, self.last_sent.clone())]
+        let out = self
+            .tftp
+            .on_timeout(now)
+            .map(|t| vec![(t.dst, t.bytes.to_vec())])
+            .unwrap_or_default();
+        self.sync();
+        out
     }
 
     /// Blocks of the file at the negotiated size (what the server must send at least).
     pub fn blocks_needed(&self) -> u64 {
-        self.ask.expect.len() as u64 / self.blksize as u64 + 1
+        self.ask.expect.len() as u64 / u64::from(self.tftp.blksize()) + 1
     }
 }
 

@@ -30,12 +30,17 @@ pub(super) struct Sizes {
 }
 
 impl Sizes {
-    /// For serving: 512 receive buffers (about 1 MiB) and 512 sends in flight.
+    /// For serving: 512 receive buffers (about 1 MiB) and 4096 sends in flight (about
+    /// 8 MiB). One loop turn can deliver hundreds of ACKs that each release a TFTP window;
+    /// with 512 slots a 500-client windowed storm dropped thousands of sends per run, each
+    /// costing its transfer a retransmit timeout. Sends past the slots are still dropped
+    /// and counted (`send_dropped`): real back-pressure (deferring receives until slots
+    /// free up) is the lasting fix.
     pub(super) const SERVE: Sizes = Sizes {
         sq_entries: 256,
         buf_entries: 512,
         payload: MAX_DATAGRAM,
-        send_slots: 512,
+        send_slots: 4096,
     };
     /// For the availability probe: as small as the kernel accepts.
     pub(super) const PROBE: Sizes = Sizes {
