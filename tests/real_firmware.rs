@@ -22,24 +22,22 @@
 //! they run one at a time (a lock), whatever the test harness's thread count.
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod common;
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/run.sh");
 const STORM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/storm.sh");
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
-const INSTALL_HINT: &str = "sudo tests/install-prereqs.sh";
 /// The scripts bound each VM (60 s BIOS, 120 s UEFI, in parallel; 180 s for the storm);
 /// this only guards a hang.
 const GUARD: Duration = Duration::from_secs(420);
 /// VMs booted at once by the storm test.
 const STORM_VMS: &str = "20";
-/// Directories searched besides `PATH` (a non-login root shell may lack the sbin ones).
-const EXTRA_PATH: [&str; 2] = ["/usr/sbin", "/sbin"];
 
 /// Commands the script runs, with the Debian package providing each.
 const COMMANDS: [(&str, &str); 9] = [
@@ -62,62 +60,11 @@ const FILES: [(&str, &str); 5] = [
     ("/usr/lib/ipxe/snponly.efi", "ipxe"),
 ];
 
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn search_path() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(EXTRA_PATH.iter().map(PathBuf::from));
-    dirs
-}
-
-fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Everything missing to run the test, as (what, package) pairs.
-fn missing_prerequisites() -> Vec<(String, &'static str)> {
-    let dirs = search_path();
-    let mut missing = Vec::new();
-    for (cmd, pkg) in COMMANDS {
-        if !dirs.iter().any(|d| is_executable(&d.join(cmd))) {
-            missing.push((format!("command `{cmd}`"), pkg));
-        }
-    }
-    for (file, pkg) in FILES {
-        if !Path::new(file).exists() {
-            missing.push((format!("file {file}"), pkg));
-        }
-    }
-    missing
-}
-
 fn check_prerequisites() {
-    if let Some(uid) = effective_uid().filter(|&uid| uid != 0) {
-        panic!(
-            "the real-firmware test must run as root (network namespaces, taps, packet \
-             captures), not as uid {uid}: run e.g. \
-             `sudo -E env PATH=\"$PATH\" cargo test --test real_firmware`"
-        );
-    }
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let what: Vec<&str> = missing.iter().map(|(w, _)| w.as_str()).collect();
-        let mut pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
-        pkgs.sort_unstable();
-        pkgs.dedup();
-        panic!(
-            "the real-firmware test cannot run; missing: {}.\n  install everything: {INSTALL_HINT}\n  \
-             or just these: apt-get install -y --no-install-recommends {}",
-            what.join(", "),
-            pkgs.join(" ")
-        );
+    if let Some(why) =
+        common::missing_prerequisites("the real-firmware test", "real_firmware", &COMMANDS, &FILES)
+    {
+        panic!("{why}");
     }
 }
 
@@ -127,11 +74,7 @@ fn run_script(script: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let log_path = tmp.join(format!("real_firmware-{}.log", std::process::id()));
     let log = File::create(&log_path).expect("create the script's log file");
-    let mut path = std::env::var_os("PATH").unwrap_or_default();
-    for extra in EXTRA_PATH {
-        path.push(":");
-        path.push(extra);
-    }
+    let path = common::path_env();
     let mut child = Command::new("bash")
         .arg(script)
         .env("PATH", path)

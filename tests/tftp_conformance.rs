@@ -24,8 +24,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -33,17 +31,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tftp/tftp_probe.py");
-const INSTALL_HINT: &str = "sudo tests/install-prereqs.sh";
 /// Where ironboot listens, inside each test's namespace.
 const HOST: &str = "127.0.0.1";
 const API: &str = "http://127.0.0.1:50042";
 /// Debian's iPXE binaries, served by ironboot under these names.
 const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";
 const UNDIONLY: &str = "/usr/lib/ipxe/undionly.kpxe";
-/// Directories searched besides `PATH` (a non-login root shell may lack the sbin ones).
-const EXTRA_PATH: [&str; 2] = ["/usr/sbin", "/sbin"];
 /// ironboot's TFTP defaults (net/src/tftp/config.rs).
 const MAX_BLKSIZE: u64 = 1468;
 const MAX_WINDOWSIZE: u64 = 64;
@@ -70,76 +67,19 @@ const FILES: [(&str, &str); 2] = [(SNPONLY, "ipxe"), (UNDIONLY, "ipxe")];
 
 // ------------------------------------------------------------------ prerequisites
 
-fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn search_path() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(EXTRA_PATH.iter().map(PathBuf::from));
-    dirs
-}
-
-fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Why the tests cannot run, or None.
-fn missing_prerequisites() -> Option<String> {
-    if let Some(uid) = effective_uid().filter(|&uid| uid != 0) {
-        return Some(format!(
-            "the TFTP/HTTP conformance tests must run as root (each makes a network namespace), \
-             not as uid {uid}: run e.g. `sudo -E env PATH=\"$PATH\" cargo test --test tftp_conformance`"
-        ));
-    }
-    let dirs = search_path();
-    let mut what = Vec::new();
-    let mut pkgs = Vec::new();
-    for (cmd, pkg) in COMMANDS {
-        if !dirs.iter().any(|d| is_executable(&d.join(cmd))) {
-            what.push(format!("command `{cmd}`"));
-            pkgs.push(pkg);
-        }
-    }
-    for (file, pkg) in FILES {
-        if !Path::new(file).exists() {
-            what.push(format!("file {file}"));
-            pkgs.push(pkg);
-        }
-    }
-    if what.is_empty() {
-        return None;
-    }
-    pkgs.sort_unstable();
-    pkgs.dedup();
-    Some(format!(
-        "the TFTP/HTTP conformance tests cannot run; missing: {}.\n  install everything: \
-         {INSTALL_HINT}\n  or just these: apt-get install -y --no-install-recommends {}",
-        what.join(", "),
-        pkgs.join(" ")
-    ))
-}
-
 /// Panics (never skips) when something the tests need is missing.
 fn check_prerequisites() {
     static MISSING: OnceLock<Option<String>> = OnceLock::new();
-    if let Some(why) = MISSING.get_or_init(missing_prerequisites) {
+    if let Some(why) = MISSING.get_or_init(|| {
+        common::missing_prerequisites(
+            "the TFTP/HTTP conformance tests",
+            "tftp_conformance",
+            &COMMANDS,
+            &FILES,
+        )
+    }) {
         panic!("{why}");
     }
-}
-
-fn path_env() -> std::ffi::OsString {
-    let mut path = std::env::var_os("PATH").unwrap_or_default();
-    for extra in EXTRA_PATH {
-        path.push(":");
-        path.push(extra);
-    }
-    path
 }
 
 // ------------------------------------------------------------------ test files
@@ -319,7 +259,7 @@ impl Server {
         // `ip netns exec` execs ironboot: the child's PID is ironboot's own.
         let child = Command::new("ip")
             .args(&args)
-            .env("PATH", path_env())
+            .env("PATH", common::path_env())
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -384,7 +324,7 @@ impl Server {
                 "netns", "exec", &self.ns, "timeout", "-k", "5", &limit, program,
             ])
             .args(args)
-            .env("PATH", path_env())
+            .env("PATH", common::path_env())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.ns))
@@ -398,7 +338,7 @@ impl Server {
                 "netns", "exec", &self.ns, "timeout", "-k", "5", &limit, program,
             ])
             .args(args)
-            .env("PATH", path_env())
+            .env("PATH", common::path_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -499,7 +439,7 @@ impl Drop for Server {
 fn run_ok(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
-        .env("PATH", path_env())
+        .env("PATH", common::path_env())
         .output()
         .unwrap_or_else(|e| panic!("running {program}: {e}"));
     assert!(
