@@ -343,21 +343,22 @@ mod tests {
     use super::*;
     use crate::config::{Cli, Command};
 
+    /// `ironboot storm tftp --server 10.97.0.1 --file f` plus `args`.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let base = [
+            "ironboot",
+            "storm",
+            "tftp",
+            "--server",
+            "10.97.0.1",
+            "--file",
+            "f",
+        ];
+        Cli::try_parse_from(base.into_iter().chain(args.iter().copied()))
+    }
+
     fn tftp(args: &[&str]) -> TftpArgs {
-        let cli = Cli::try_parse_from(
-            [
-                "ironboot",
-                "storm",
-                "tftp",
-                "--server",
-                "10.97.0.1",
-                "--file",
-                "f",
-            ]
-            .into_iter()
-            .chain(args.iter().copied()),
-        )
-        .unwrap();
+        let cli = parse(args).unwrap();
         match cli.command {
             Some(Command::Storm(StormArgs {
                 target: StormTarget::Tftp(t),
@@ -417,19 +418,7 @@ mod tests {
             &["--edk2", "--blksize", "512"][..],
             &["--count", "2", "--transfers", "9"][..],
         ] {
-            let r = Cli::try_parse_from(
-                [
-                    "ironboot",
-                    "storm",
-                    "tftp",
-                    "--server",
-                    "10.97.0.1",
-                    "--file",
-                    "f",
-                ]
-                .into_iter()
-                .chain(args.iter().copied()),
-            );
+            let r = parse(args);
             assert!(r.is_err(), "{args:?}");
         }
         assert_eq!(
