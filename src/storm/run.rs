@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ironboot_net::tftp::client::{ClientOptions, TftpClient};
+use nix::sys::socket::sockopt;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -78,6 +79,10 @@ impl Shared {
 fn open(bind: Ipv4Addr) -> std::io::Result<UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddrV4::new(bind, 0))?;
     socket.set_nonblocking(true)?;
+    // Let the kernel hand over a server's segmented window in one piece (see
+    // `transfer::drive`): the generator shares the CPU with the server under test, and
+    // this keeps its own cost down. Old kernels lack it; then datagrams come one by one.
+    let _ = nix::sys::socket::setsockopt(&socket, sockopt::UdpGroSegment, &true);
     UdpSocket::from_std(socket)
 }
 
@@ -231,7 +236,7 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, StormError> {
         Work::PerClient(_) => 0,
     };
     let shared = Arc::new(Shared {
-        buf_len: largest_block(&plan) + 4 + 1,
+        buf_len: (largest_block(&plan) + 4 + 1).max(super::transfer::GRO_BUFFER),
         plan,
         remaining: AtomicU64::new(total),
         done: AtomicU64::new(0),

@@ -1,16 +1,21 @@
 //! One transfer over one socket: moves a [`TftpClient`]'s datagrams and wakes it for its
 //! timer. All protocol decisions are the client's.
 //!
-//! Cost per datagram is one `recvfrom` and, at the end of a window, one `sendto`: every
-//! readiness event drains the socket before going back to the runtime, the receive buffer
-//! belongs to the worker, and the timer is re-armed only when it fires (the client's
-//! deadline only ever moves later, so an early wake-up just re-arms), not per block.
+//! Cost per datagram is at most one `recvmsg` and, at the end of a window, one `sendto`:
+//! every readiness event drains the socket before going back to the runtime, the receive
+//! buffer belongs to the worker, and the timer is re-armed only when it fires (the
+//! client's deadline only ever moves later, so an early wake-up just re-arms), not per
+//! block. Sockets have `UDP_GRO` on, so a window the server sent as one segmented send
+//! arrives as one read, cut back into its datagrams here: the server cannot tell.
 
-use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ironboot_net::tftp::client::{Status, TftpClient};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -34,6 +39,48 @@ impl Failure {
             Failure::Io(kind) => format!("io_{kind:?}").to_lowercase(),
         }
     }
+}
+
+/// Receive buffer size: the largest read `UDP_GRO` can deliver (one IPv4 datagram's worth
+/// of coalesced segments).
+pub(crate) const GRO_BUFFER: usize = 65_536;
+
+/// One read: `len` bytes from `src`, made of datagrams of `segment` bytes (the last one
+/// shorter) when the kernel coalesced several.
+struct Read {
+    len: usize,
+    src: SocketAddrV4,
+    segment: Option<usize>,
+}
+
+/// `recvmsg` with room for the `UDP_GRO` control message. The control buffer is on the
+/// stack: no allocation per read.
+fn read(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Read> {
+    socket.try_io(Interest::READABLE, || {
+        let mut control = [0u8; 64];
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrIn>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut control[..]),
+            MsgFlags::empty(),
+        )?;
+        let segment = msg.cmsgs().ok().and_then(|mut cmsgs| {
+            cmsgs.find_map(|c| match c {
+                ControlMessageOwned::UdpGroSegments(size) => usize::try_from(size).ok(),
+                _ => None,
+            })
+        });
+        let src = msg
+            .address
+            .map(SocketAddrV4::from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok(Read {
+            len: msg.bytes,
+            src,
+            segment: segment.filter(|&s| s > 0),
+        })
+    })
 }
 
 /// Far enough to mean "never" for a timer that must exist.
@@ -78,24 +125,27 @@ pub(crate) async fn drive(
                 // One clock read per batch: the client only needs it for its deadline.
                 let now = Instant::now().into_std();
                 loop {
-                    let (len, src) = match socket.try_recv_from(buf) {
-                        Ok((len, SocketAddr::V4(src))) => (len, src),
-                        Ok((_, SocketAddr::V6(_))) => continue,
+                    let got = match read(socket, buf) {
+                        Ok(got) => got,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
                         Err(e) => return Err(Failure::Io(e.kind())),
                     };
-                    let step = client.on_datagram(now, src, &buf[..len]);
-                    if !step.data.is_empty() && !sink(step.offset, step.data) {
-                        return Err(Failure::Verify);
-                    }
-                    let status = step.status;
-                    if let Some(t) = step.transmit {
-                        send(socket, t.dst, t.bytes).await?;
-                    }
-                    match status {
-                        Status::Running => {}
-                        Status::Done => return Ok(()),
-                        Status::Failed => return Err(client_failure(client)),
+                    let segment = got.segment.unwrap_or(got.len).max(1);
+                    for datagram in buf[..got.len].chunks(segment) {
+                        let step = client.on_datagram(now, got.src, datagram);
+                        if !step.data.is_empty() && !sink(step.offset, step.data) {
+                            return Err(Failure::Verify);
+                        }
+                        let status = step.status;
+                        if let Some(t) = step.transmit {
+                            send(socket, t.dst, t.bytes).await?;
+                        }
+                        match status {
+                            Status::Running => {}
+                            Status::Done => return Ok(()),
+                            Status::Failed => return Err(client_failure(client)),
+                        }
                     }
                 }
             }

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+mod gso;
 mod pktinfo;
 mod portable;
 mod report;
@@ -248,7 +249,7 @@ impl TxQueue {
 /// Datagrams the drivers let a service queue before flushing, at least (more if the service
 /// asks for more per event): enough to batch a round of replies into one submission, and a
 /// bound on what one round holds.
-const TX_BATCH: usize = 64;
+pub(crate) const TX_BATCH: usize = 64;
 
 /// The transmit queue a driver gives `service`: room for one event's worth of sends, and
 /// at least a batch.

@@ -24,11 +24,12 @@ use socket2::{MsgHdr, SockAddr, SockRef};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::pktinfo::{encode_pktinfo_cmsg, send_pktinfo};
+use super::gso::{GsoLimit, MAX_SEGMENTS, SEGMENT_CMSG_SPACE, encode_segment_cmsg};
+use super::pktinfo::{PKTINFO_CMSG_SPACE, encode_pktinfo_cmsg, send_pktinfo};
 use super::socket::SocketTable;
 use super::{
     ActiveDriver, BoundSockets, DatagramService, DriverDrop, DriverStats, MAX_DATAGRAM, RecvMeta,
-    Shutdown, TxQueue, UdpError, tx_queue_for,
+    SendMeta, Shutdown, TxQueue, UdpError, tx_queue_for,
 };
 
 /// Most datagrams read from one socket before the others get a turn.
@@ -52,6 +53,7 @@ pub(crate) async fn run<S: DatagramService>(
     let max_sends = service.max_sends_per_event();
     let mut rx = Receiver::new();
     let mut tx = tx_queue_for(&service);
+    let mut sender = Sender::default();
     let mut stats = DriverStats::default();
 
     let mut stop = pin!(shutdown.wait());
@@ -111,7 +113,7 @@ pub(crate) async fn run<S: DatagramService>(
                         }
                         Received::Datagram { len, meta } => {
                             if tx.remaining() < max_sends {
-                                flush(&mut tx, &fds, &table, &mut stats);
+                                sender.flush(&mut tx, &fds, &table, &mut stats);
                             }
                             stats.received += 1;
                             service.on_datagram(now, &rx.buf[..len], &meta, &mut tx);
@@ -125,12 +127,12 @@ pub(crate) async fn run<S: DatagramService>(
             let now = Instant::now();
             if at <= now {
                 if tx.remaining() < max_sends {
-                    flush(&mut tx, &fds, &table, &mut stats);
+                    sender.flush(&mut tx, &fds, &table, &mut stats);
                 }
                 service.on_timeout(now, &mut tx);
             }
         }
-        flush(&mut tx, &fds, &table, &mut stats);
+        sender.flush(&mut tx, &fds, &table, &mut stats);
     }
     Ok((service, stats))
 }
@@ -197,35 +199,119 @@ impl Receiver {
     }
 }
 
-/// Send everything queued, one `sendmsg` each (header and body as a two-element iovec
-/// when there is a body), then drop the queue's references to the bodies. A send the
-/// kernel refuses (a full send buffer included) is counted and dropped: the bounded queue
-/// never waits, and the protocols above retransmit.
-fn flush(tx: &mut TxQueue, fds: &[UdpSocket], table: &SocketTable, stats: &mut DriverStats) {
-    for (meta, data, body) in tx.iter() {
-        let Some(i) = table.pick(meta.local_port, meta.ifindex) else {
-            stats.send_dropped += 1;
-            continue;
-        };
-        let dst = SockAddr::from(meta.dst);
-        // Header then body, gathered by the kernel: the body is never copied here.
-        let bufs = [
-            IoSlice::new(data),
-            IoSlice::new(body.map_or(&[][..], |b| b)),
-        ];
-        let used = if body.is_some() { 2 } else { 1 };
-        let cmsg;
-        let mut msg = MsgHdr::new().with_addr(&dst).with_buffers(&bufs[..used]);
-        if let Some(info) = send_pktinfo(meta) {
-            cmsg = encode_pktinfo_cmsg(info);
-            msg = msg.with_control(&cmsg);
+/// Sends the transmit queue: one `sendmsg` per run of datagrams [`GsoLimit::plan`] groups
+/// (a `UDP_SEGMENT` send for a run of two or more), header and body of each datagram as
+/// iovecs gathered by the kernel, so bodies are never copied here. A send the kernel
+/// refuses (a full send buffer included) is counted and dropped: the bounded queue never
+/// waits, and the protocols above retransmit.
+#[derive(Default)]
+struct Sender {
+    gso: GsoLimit,
+    /// Run lengths of the queue being flushed (kept to reuse its allocation).
+    runs: Vec<usize>,
+}
+
+impl Sender {
+    fn flush(
+        &mut self,
+        tx: &mut TxQueue,
+        fds: &[UdpSocket],
+        table: &SocketTable,
+        stats: &mut DriverStats,
+    ) {
+        self.gso.plan(tx, &mut self.runs);
+        let mut queued = tx.iter();
+        for &count in &self.runs {
+            let mut slices = [IoSlice::new(&[]); 2 * MAX_SEGMENTS];
+            // How many of the slices each datagram has (1 or 2), to send them one by one.
+            let mut parts = [0u8; MAX_SEGMENTS];
+            let mut used = 0;
+            let mut first = None;
+            for ((meta, head, body), parts) in queued.by_ref().take(count).zip(&mut parts) {
+                first.get_or_insert((meta, head.len() + body.map_or(0, |b| b.len())));
+                slices[used] = IoSlice::new(head);
+                used += 1;
+                *parts = 1;
+                if let Some(body) = body {
+                    slices[used] = IoSlice::new(body);
+                    used += 1;
+                    *parts = 2;
+                }
+            }
+            let Some((meta, segment)) = first else {
+                continue;
+            };
+            let Some(i) = table.pick(meta.local_port, meta.ifindex) else {
+                stats.send_dropped += count as u64;
+                continue;
+            };
+            let socket = SockRef::from(&fds[i]);
+            let segmented = (count > 1).then_some(segment);
+            match send(&socket, meta, &slices[..used], segmented) {
+                Ok(()) => {
+                    stats.sent += count as u64;
+                    stats.gso_sends += u64::from(count > 1);
+                }
+                Err(e) if count > 1 && self.gso.refused(e.raw_os_error().unwrap_or(0), segment) => {
+                    // Not for the kernel to segment after all: send this run one by one now,
+                    // and never group this size again.
+                    stats.gso_refused += 1;
+                    send_singly(&socket, meta, &slices[..used], &parts[..count], stats);
+                }
+                Err(_) => stats.send_errors += count as u64,
+            }
         }
-        match SockRef::from(&fds[i]).sendmsg(&msg, 0) {
-            Ok(_) => stats.sent += 1,
+        drop(queued);
+        tx.clear();
+    }
+}
+
+/// Send a refused run's datagrams one by one; `parts` says how many of `slices` each has.
+fn send_singly(
+    socket: &SockRef<'_>,
+    meta: &SendMeta,
+    slices: &[IoSlice<'_>],
+    parts: &[u8],
+    stats: &mut DriverStats,
+) {
+    let mut at = 0;
+    for &n in parts {
+        let n = usize::from(n);
+        match send(socket, meta, &slices[at..at + n], None) {
+            Ok(()) => stats.sent += 1,
             Err(_) => stats.send_errors += 1,
         }
+        at += n;
     }
-    tx.clear();
+}
+
+/// One `sendmsg` of `slices` to `meta`'s destination, with its packet info, and cut into
+/// `segment`-byte datagrams by the kernel when `segment` is given.
+fn send(
+    socket: &SockRef<'_>,
+    meta: &SendMeta,
+    slices: &[IoSlice<'_>],
+    segment: Option<usize>,
+) -> io::Result<()> {
+    let dst = SockAddr::from(meta.dst);
+    let mut control = [0u8; PKTINFO_CMSG_SPACE + SEGMENT_CMSG_SPACE];
+    let mut control_len = 0;
+    if let Some(info) = send_pktinfo(meta) {
+        control[..PKTINFO_CMSG_SPACE].copy_from_slice(&encode_pktinfo_cmsg(info));
+        control_len = PKTINFO_CMSG_SPACE;
+    }
+    if let Some(segment) = segment {
+        let segment =
+            u16::try_from(segment).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        control[control_len..control_len + SEGMENT_CMSG_SPACE]
+            .copy_from_slice(&encode_segment_cmsg(segment));
+        control_len += SEGMENT_CMSG_SPACE;
+    }
+    let mut msg = MsgHdr::new().with_addr(&dst).with_buffers(slices);
+    if control_len > 0 {
+        msg = msg.with_control(&control[..control_len]);
+    }
+    socket.sendmsg(&msg, 0).map(drop)
 }
 
 /// Receive errors that concern one datagram or a passing condition, not the socket.

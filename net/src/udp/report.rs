@@ -33,10 +33,19 @@ pub struct DriverStats {
     pub truncated: u64,
     /// Datagrams dropped for lack of packet info or an IPv4 source.
     pub no_packet_info: u64,
+    /// Times the driver held received datagrams back because too few send slots were free
+    /// for their replies (io_uring back-pressure; they are delivered once sends complete).
+    pub recv_deferred: u64,
     /// Receive errors the driver survived (e.g. `ENOMEM`, ICMP-reported errors).
     pub recv_errors: u64,
     /// Datagrams the kernel accepted for sending.
     pub sent: u64,
+    /// `sendmsg` calls that carried a run of datagrams for the kernel to segment
+    /// (`UDP_SEGMENT`); their datagrams count in `sent` one by one.
+    pub gso_sends: u64,
+    /// Segmented sends the kernel refused (then sent one by one, or lost and retransmitted
+    /// by the protocol); after one, that segment size is no longer grouped.
+    pub gso_refused: u64,
     /// Sends the kernel refused (e.g. `EAGAIN` with a full send buffer, unreachable).
     pub send_errors: u64,
     /// Sends dropped before reaching the kernel: no socket on the requested local port, or

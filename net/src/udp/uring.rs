@@ -12,6 +12,7 @@
 //! memory it hands over stays valid.
 
 mod bufring;
+mod gso_sends;
 mod mem;
 mod recv_out;
 mod ring;

@@ -1,6 +1,7 @@
 //! The io_uring event loop: one ring, one multishot `recvmsg` per socket, a provided-buffer
 //! pool, preallocated send slots, and a receive on a wake socket for shutdown.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
@@ -9,9 +10,11 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use super::bufring::ProvidedBuffers;
+use super::gso_sends::{GSO_SENDS, GsoSends};
 use super::mem::KernelMem;
 use super::recv_out;
 use super::send_slots::SendSlots;
+use crate::udp::gso::GsoLimit;
 use crate::udp::pktinfo::{
     PKTINFO_CMSG_SPACE, SOCKADDR_IN_LEN, parse_pktinfo_cmsgs, parse_sockaddr_in,
 };
@@ -27,20 +30,20 @@ pub(super) struct Sizes {
     buf_entries: u16,
     payload: usize,
     send_slots: usize,
+    gso_sends: usize,
 }
 
 impl Sizes {
-    /// For serving: 512 receive buffers (about 1 MiB) and 4096 sends in flight (about
-    /// 8 MiB). One loop turn can deliver hundreds of ACKs that each release a TFTP window;
-    /// with 512 slots a 500-client windowed storm dropped thousands of sends per run, each
-    /// costing its transfer a retransmit timeout. Sends past the slots are still dropped
-    /// and counted (`send_dropped`): real back-pressure (deferring receives until slots
-    /// free up) is the lasting fix.
+    /// For serving: 512 receive buffers (about 1 MiB) and 1024 sends in flight (about
+    /// 2 MiB). One loop turn can deliver hundreds of ACKs that each release a TFTP window;
+    /// when the slots run short the driver stops delivering (back-pressure, see
+    /// [`Uring::deliver_pending`]) instead of dropping sends.
     pub(super) const SERVE: Sizes = Sizes {
         sq_entries: 256,
         buf_entries: 512,
         payload: MAX_DATAGRAM,
-        send_slots: 4096,
+        send_slots: 1024,
+        gso_sends: GSO_SENDS,
     };
     /// For the availability probe: as small as the kernel accepts.
     pub(super) const PROBE: Sizes = Sizes {
@@ -48,6 +51,7 @@ impl Sizes {
         buf_entries: 2,
         payload: 64,
         send_slots: 0,
+        gso_sends: 0,
     };
 
     /// Header, name, control and payload: see [`recv_out`].
@@ -74,6 +78,8 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 enum Op {
     Recv(u32),
     Send(u32),
+    /// A segmented send (several send slots' datagrams in one `sendmsg`).
+    SendGso(u32),
     Wake,
     Cancel,
     Nop,
@@ -87,6 +93,7 @@ impl Op {
             Op::Wake => (3, 0),
             Op::Cancel => (4, 0),
             Op::Nop => (5, 0),
+            Op::SendGso(i) => (6, i),
         };
         (tag << 32) | u64::from(index)
     }
@@ -99,6 +106,7 @@ impl Op {
             3 => Op::Wake,
             4 => Op::Cancel,
             5 => Op::Nop,
+            6 => Op::SendGso(index),
             _ => return None,
         })
     }
@@ -110,6 +118,11 @@ pub(super) struct Uring {
     ring: IoUring,
     bufs: ProvidedBuffers,
     slots: SendSlots,
+    gso_sends: GsoSends,
+    /// Which datagrams go out as one segmented send.
+    gso: GsoLimit,
+    /// Run lengths of the queue being flushed (kept to reuse its allocation).
+    runs: Vec<usize>,
     /// The `msghdr` multishot receives are submitted with: only its name and control
     /// lengths matter, they fix the buffer layout.
     recv_hdr: KernelMem<libc::msghdr>,
@@ -119,6 +132,11 @@ pub(super) struct Uring {
     table: SocketTable,
     wake_fd: RawFd,
     armed: Vec<bool>,
+    /// Received datagrams (socket index, buffer id) not yet handed to the service because
+    /// too few send slots were free for its replies. Their buffers stay claimed, so a
+    /// backlog also starves the multishot receive: the kernel then queues (and at worst
+    /// drops) on the socket, as it would for any slow reader.
+    pending: VecDeque<(usize, u16)>,
     wake_armed: bool,
     cancels: usize,
     stop: bool,
@@ -152,6 +170,9 @@ impl Uring {
             ring,
             bufs,
             slots: SendSlots::new(sizes.send_slots),
+            gso_sends: GsoSends::new(sizes.gso_sends),
+            gso: GsoLimit::default(),
+            runs: Vec::with_capacity(crate::udp::TX_BATCH),
             recv_hdr: KernelMem::new(Box::new(recv_hdr)),
             wake_buf: KernelMem::new(Box::new([0u8; 8])),
             fds: sockets.iter().map(|s| s.socket.as_raw_fd()).collect(),
@@ -159,6 +180,7 @@ impl Uring {
             table: SocketTable::new(sockets),
             wake_fd,
             armed: vec![false; sockets.len()],
+            pending: VecDeque::with_capacity(usize::from(sizes.buf_entries)),
             wake_armed: false,
             cancels: 0,
             stop: false,
@@ -185,21 +207,23 @@ impl Uring {
             .map_err(io_error("arming the wake-up receive"))?;
 
         while !self.stop && !shutdown.is_triggered() {
-            self.wait(service.next_timeout())
-                .map_err(io_error("io_uring_enter"))?;
-            let now = Instant::now();
+            // With a backlog, sleep until a send completes (one is in flight, or the
+            // backlog would have drained): a deadline in the past would make this spin.
+            let deadline = if self.pending.is_empty() {
+                service.next_timeout()
+            } else {
+                None
+            };
+            self.wait(deadline).map_err(io_error("io_uring_enter"))?;
             self.reap(|this, op, res, flags| {
-                if let Some((i, bid)) = this.bookkeep(op, res, flags) {
-                    this.deliver(i, bid, now, service, &mut tx, max_sends);
-                    this.bufs.recycle(bid);
+                if let Some(received) = this.bookkeep(op, res, flags) {
+                    this.pending.push_back(received);
                 }
             });
+            self.deliver_pending(service, &mut tx, max_sends);
             if let Some(at) = service.next_timeout() {
                 let now = Instant::now();
-                if at <= now {
-                    if tx.remaining() < max_sends {
-                        self.flush(&mut tx);
-                    }
+                if at <= now && self.make_room(&mut tx, max_sends) {
                     service.on_timeout(now, &mut tx);
                 }
             }
@@ -214,11 +238,14 @@ impl Uring {
                 break;
             }
             // A multishot receive ends when it runs out of buffers (or on an error); the
-            // buffers are back now, so start it again.
-            for i in 0..self.armed.len() {
-                if !self.armed[i] {
-                    self.arm_recv(i)
-                        .map_err(io_error("re-arming multishot recvmsg"))?;
+            // buffers are back now, so start it again. Not while a backlog holds buffers:
+            // the receive would end again at once, and the loop would spin on it.
+            if self.pending.is_empty() {
+                for i in 0..self.armed.len() {
+                    if !self.armed[i] {
+                        self.arm_recv(i)
+                            .map_err(io_error("re-arming multishot recvmsg"))?;
+                    }
                 }
             }
             if !self.wake_armed {
@@ -227,6 +254,40 @@ impl Uring {
             }
         }
         Ok(())
+    }
+
+    /// Hand received datagrams to the service, oldest first, while the send slots can
+    /// take what each may queue. What is left waits for send completions: back-pressure
+    /// from the kernel's send path to the receive side, instead of dropping replies.
+    fn deliver_pending<S: DatagramService>(
+        &mut self,
+        service: &mut S,
+        tx: &mut TxQueue,
+        max_sends: usize,
+    ) {
+        let now = Instant::now();
+        while let Some(&(i, bid)) = self.pending.front() {
+            if !self.make_room(tx, max_sends) {
+                self.stats.recv_deferred += 1;
+                break;
+            }
+            self.pending.pop_front();
+            self.deliver(i, bid, now, service, tx);
+            self.bufs.recycle(bid);
+        }
+    }
+
+    /// Make sure one more event's sends (`max_sends`) fit both the queue and the send
+    /// slots behind it, flushing the queue into the slots if needed. False when the slots
+    /// are too busy: the caller waits for completions.
+    fn make_room(&mut self, tx: &mut TxQueue, max_sends: usize) -> bool {
+        if tx.remaining() < max_sends {
+            self.flush(tx);
+        }
+        // With nothing in flight there is nothing to wait for: go on (sends past the slots
+        // are then dropped and counted, as they only can be when an event may queue more
+        // than there are slots).
+        self.slots.free() >= tx.len() + max_sends || self.slots.in_flight() == 0
     }
 
     /// Check that multishot `recvmsg` is accepted (Linux 6.0+): arm it on the first socket
@@ -266,6 +327,9 @@ impl Uring {
     /// Cancel what is still armed, wait for every request to finish, and free the memory
     /// the kernel used. If requests do not finish in time the memory is leaked instead.
     pub(super) fn teardown(&mut self) {
+        while let Some((_, bid)) = self.pending.pop_front() {
+            self.bufs.recycle(bid);
+        }
         for i in 0..self.armed.len() {
             if self.armed[i] {
                 self.cancel(Op::Recv(i as u32));
@@ -301,6 +365,7 @@ impl Uring {
         unsafe {
             self.bufs.release();
             self.slots.release();
+            self.gso_sends.release();
             self.recv_hdr.release();
             self.wake_buf.release();
         }
@@ -311,6 +376,7 @@ impl Uring {
         self.armed.iter().filter(|&&a| a).count()
             + usize::from(self.wake_armed)
             + self.slots.in_flight()
+            + self.gso_sends.in_flight()
             + self.cancels
     }
 
@@ -442,6 +508,26 @@ impl Uring {
                 }
                 None
             }
+            Op::SendGso(index) => {
+                let slots = &mut self.slots;
+                let done = self.gso_sends.complete(index, |member| {
+                    slots.complete(member);
+                });
+                if let Some((count, segment)) = done {
+                    let count = count as u64;
+                    if res >= 0 {
+                        self.stats.sent += count;
+                        self.stats.gso_sends += 1;
+                    } else if self.gso.refused(-res, segment) {
+                        // Lost: the protocol retransmits, one by one from now on.
+                        self.stats.gso_refused += 1;
+                        self.stats.send_errors += count;
+                    } else {
+                        self.stats.send_errors += count;
+                    }
+                }
+                None
+            }
             Op::Wake => {
                 self.wake_armed = false;
                 // A byte from the shutdown handle or from the dropped `serve` future.
@@ -484,11 +570,7 @@ impl Uring {
         now: Instant,
         service: &mut S,
         tx: &mut TxQueue,
-        max_sends: usize,
     ) {
-        if tx.remaining() < max_sends {
-            self.flush(tx);
-        }
         let local_port = self.ports[i];
         let Some(buf) = self.bufs.data(bid) else {
             return;
@@ -523,38 +605,110 @@ impl Uring {
         }
     }
 
-    /// Move every queued datagram into a send slot and queue its `sendmsg`. Nothing is
-    /// copied: buffers are swapped between the queue and the slots, and a body's `Bytes`
-    /// moves into the slot (no reference count change) and is dropped when the send
-    /// completes.
+    /// Move every queued datagram into a send slot and queue the `sendmsg`s: one per run
+    /// of datagrams that [`GsoLimit::plan`] groups (a segmented send over the run's slots),
+    /// else one per datagram. Nothing is copied: buffers are swapped between the queue
+    /// and the slots, and a body's `Bytes` moves into the slot (no reference count change)
+    /// and is dropped when the send completes.
     fn flush(&mut self, tx: &mut TxQueue) {
+        if tx.is_empty() {
+            return;
+        }
+        let mut runs = std::mem::take(&mut self.runs);
+        self.gso.plan(tx, &mut runs);
+        let mut runs_left = runs.iter();
+        // Datagrams left in the current run, and its segmented send if it has one.
+        let mut left = 0;
+        let mut group = None;
         tx.drain_swap(|meta, buf, len, body| {
-            let Some(i) = self.table.pick(meta.local_port, meta.ifindex) else {
-                self.stats.send_dropped += 1;
-                return;
-            };
-            let fd = self.fds[i];
-            let Some((slot, hdr)) = self.slots.prepare(meta, buf, len, body) else {
-                self.stats.send_dropped += 1;
-                return;
-            };
-            let entry = opcode::SendMsg::new(types::Fd(fd), hdr)
-                .build()
-                .user_data(Op::Send(slot).encode());
-            // SAFETY: the header, and the iovecs, name, control bytes and buffer it points
-            // at, live in send slot `slot`, which stays busy (neither rewritten nor freed)
-            // until this request's completion is reaped. The body the second iovec points
-            // at is kept alive by the `Bytes` the slot owns, dropped only in
-            // `SendSlots::complete` once that completion is reaped (or leaked with the
-            // slots if teardown times out). The socket outlives teardown.
-            if let Err(e) = unsafe { self.push(&entry) } {
-                self.slots.complete(slot);
-                self.stats.send_dropped += 1;
-                if self.failure.is_none() {
-                    self.failure = Some(("submitting sendmsg", e));
+            if left == 0 {
+                left = runs_left.next().copied().unwrap_or(1);
+                group = if left > 1 {
+                    self.gso_sends.begin(meta)
+                } else {
+                    None
+                };
+            }
+            left -= 1;
+            let last_of_run = left == 0;
+            match self.table.pick(meta.local_port, meta.ifindex) {
+                None => self.stats.send_dropped += 1,
+                Some(i) => match self.slots.prepare(meta, buf, len, body) {
+                    None => self.stats.send_dropped += 1,
+                    Some((slot, hdr)) => {
+                        let grouped = group.is_some_and(|g| self.gso_sends.add(g, slot, hdr));
+                        if !grouped {
+                            self.submit_single(self.fds[i], slot, hdr);
+                        }
+                    }
+                },
+            }
+            if last_of_run && let Some(g) = group.take() {
+                match self.table.pick(meta.local_port, meta.ifindex) {
+                    Some(i) => self.submit_group(self.fds[i], g),
+                    // Nothing was added (the same lookup failed for every member).
+                    None => {
+                        self.abandon_group(g);
+                    }
                 }
             }
         });
+        self.runs = runs;
+    }
+
+    /// Queue the `sendmsg` of one prepared send slot.
+    fn submit_single(&mut self, fd: RawFd, slot: u32, hdr: *const libc::msghdr) {
+        let entry = opcode::SendMsg::new(types::Fd(fd), hdr)
+            .build()
+            .user_data(Op::Send(slot).encode());
+        // SAFETY: the header, and the iovecs, name, control bytes and buffer it points
+        // at, live in send slot `slot`, which stays busy (neither rewritten nor freed)
+        // until this request's completion is reaped. The body the second iovec points
+        // at is kept alive by the `Bytes` the slot owns, dropped only in
+        // `SendSlots::complete` once that completion is reaped (or leaked with the
+        // slots if teardown times out). The socket outlives teardown.
+        if let Err(e) = unsafe { self.push(&entry) } {
+            self.slots.complete(slot);
+            self.stats.send_dropped += 1;
+            if self.failure.is_none() {
+                self.failure = Some(("submitting sendmsg", e));
+            }
+        }
+    }
+
+    /// Queue a segmented send over the slots added to `group`.
+    fn submit_group(&mut self, fd: RawFd, group: u32) {
+        if self.gso_sends.members(group).is_empty() {
+            self.abandon_group(group);
+            return;
+        }
+        let (hdr, _segment) = self.gso_sends.finish(group);
+        let entry = opcode::SendMsg::new(types::Fd(fd), hdr)
+            .build()
+            .user_data(Op::SendGso(group).encode());
+        // SAFETY: the header, its iovec array, name and control bytes live in segmented
+        // send `group`, busy (untouched) until this request's completion is reaped. Its
+        // iovecs point at the buffers and bodies of its member send slots, which stay busy
+        // (buffers not swapped, `Bytes` held) until the same completion completes them
+        // (`GsoSends::complete`), or are leaked with the slots if teardown times out. The
+        // socket outlives teardown.
+        if let Err(e) = unsafe { self.push(&entry) } {
+            let dropped = self.abandon_group(group);
+            self.stats.send_dropped += dropped;
+            if self.failure.is_none() {
+                self.failure = Some(("submitting a segmented sendmsg", e));
+            }
+        }
+    }
+
+    /// Free a segmented send that will not be submitted, and its member slots; returns how
+    /// many datagrams it held.
+    fn abandon_group(&mut self, group: u32) -> u64 {
+        let slots = &mut self.slots;
+        let done = self.gso_sends.complete(group, |member| {
+            slots.complete(member);
+        });
+        done.map_or(0, |(count, _)| count as u64)
     }
 }
 

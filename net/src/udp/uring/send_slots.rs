@@ -142,6 +142,11 @@ impl SendSlots {
         }
     }
 
+    /// Slots ready for a new request.
+    pub(super) fn free(&self) -> usize {
+        self.free.len()
+    }
+
     /// Slots whose request has not completed.
     pub(super) fn in_flight(&self) -> usize {
         self.busy.len() - self.free.len()
