@@ -15,10 +15,6 @@ use crate::udp::pktinfo::{
     PKTINFO_CMSG_SPACE, SOCKADDR_IN_LEN, encode_pktinfo_cmsg, encode_sockaddr_in, send_pktinfo,
 };
 
-/// Segmented requests the driver keeps: with up to 64 datagrams each, more than the
-/// 1024 send slots can fill.
-pub(super) const GSO_SENDS: usize = 64;
-
 struct GsoSend {
     hdr: libc::msghdr,
     /// Header then body (when there is one) of each member, in order.
