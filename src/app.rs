@@ -54,7 +54,11 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     registry.register(tftp_counters.clone());
     registry.register(store.stats.clone());
     let router = http::router(http::ApiState {
-        init_script: boot_script::init_script(config.advertise_address.into(), config.api_port),
+        init_script: boot_script::init_script(
+            config.advertise_address.into(),
+            config.api_port,
+            config.boot_from_disk_method,
+        ),
         decider: Arc::new(inventory),
         disk_method: config.boot_from_disk_method,
         files,

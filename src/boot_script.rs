@@ -24,6 +24,12 @@ pub(crate) const INIT_ROUNDS: u32 = 10;
 /// with DHCP and chains to `boot.ipxe` on ironboot, identifying the machine in the query;
 /// after [`INIT_ROUNDS`] rounds without a boot script it waits and reboots.
 ///
+/// With `--boot-from-disk-method http-404` a failed chain after a successful DHCP is how
+/// ironboot says "boot from disk", so the script then `exit`s to the firmware (which boots
+/// the next device) instead of trying the other NICs and rebooting: without this the
+/// machine would never reach its disk. A server that is down at that moment also sends
+/// the machine to its disk; that is what this method means.
+///
 /// Written for every iPXE in use, down to Debian's 1.0.0+git-20190125, so only classic
 /// commands appear (checked against that release's command table in the tests):
 /// - no `iflinkwait`: it became a command only in 2021; `dhcp` itself waits for link-up
@@ -35,7 +41,7 @@ pub(crate) const INIT_ROUNDS: u32 = 10;
 /// - free-form values (DHCP host name and domain, SMBIOS serial) go out as `:uristring`,
 ///   so spaces, `#` or `&` in them cannot break the URL. The MAC uses `:hexhyp` (a `:` in
 ///   a query would be escaped) and the UUID and `${buildarch}` have fixed alphabets.
-pub(crate) fn init_script(advertise: IpAddr, port: u16) -> Bytes {
+pub(crate) fn init_script(advertise: IpAddr, port: u16, disk: BootFromDiskMethod) -> Bytes {
     let host = match advertise {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
@@ -45,6 +51,10 @@ pub(crate) fn init_script(advertise: IpAddr, port: u16) -> Bytes {
          &domain=${{domain:uristring}}&hostname=${{hostname:uristring}}\
          &serial=${{serial:uristring}}&arch=${{buildarch}}"
     );
+    let on_chain_failure = match disk {
+        BootFromDiskMethod::Http404 => "goto to_disk",
+        BootFromDiskMethod::IpxeExit | BootFromDiskMethod::IpxeSanboot => "goto next_nic",
+    };
     let mut s = String::with_capacity(1024);
     let _ = write!(
         s,
@@ -62,7 +72,7 @@ pub(crate) fn init_script(advertise: IpAddr, port: u16) -> Bytes {
          ifclose ||\n\
          dhcp net${{idx}} || goto next_nic\n\
          route ||\n\
-         chain --replace {boot_url} || goto next_nic\n\
+         chain --replace {boot_url} || {on_chain_failure}\n\
          :next_nic\n\
          inc idx\n\
          iseq ${{idx}} {INIT_MAX_NICS} || goto nic\n\
@@ -71,7 +81,10 @@ pub(crate) fn init_script(advertise: IpAddr, port: u16) -> Bytes {
          echo ironboot: no boot script from http://{host}:{port} after {INIT_ROUNDS} rounds, rebooting in 5 seconds\n\
          sleep 5\n\
          reboot ||\n\
-         exit 1\n"
+         exit 1\n\
+         :to_disk\n\
+         echo ironboot: no boot script for this machine: returning to the firmware to boot from disk\n\
+         exit 0\n"
     );
     Bytes::from(s)
 }
@@ -405,8 +418,45 @@ mod tests {
 
     #[test]
     fn init_script_uses_only_commands_of_debians_2019_ipxe() {
-        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
-        let lines = lines(&script);
+        for script in all_init_scripts() {
+            check_debian_2019_commands_and_labels(&script);
+        }
+    }
+
+    /// The init script for every `--boot-from-disk-method`.
+    fn all_init_scripts() -> Vec<Bytes> {
+        [
+            BootFromDiskMethod::IpxeExit,
+            BootFromDiskMethod::Http404,
+            BootFromDiskMethod::IpxeSanboot,
+        ]
+        .map(|m| init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042, m))
+        .into()
+    }
+
+    #[test]
+    fn http_404_init_script_returns_to_the_firmware_when_the_chain_fails() {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let script = init_script(ip, 50042, BootFromDiskMethod::Http404);
+        let text = std::str::from_utf8(&script).unwrap();
+        let chain = text.lines().find(|l| l.starts_with("chain ")).unwrap();
+        assert!(chain.ends_with(" || goto to_disk"), "{chain}");
+        let to_disk = text.split(":to_disk\n").nth(1).expect("the to_disk label");
+        assert!(to_disk.contains("\nexit 0\n"), "{to_disk}");
+        assert!(!to_disk.contains("reboot"), "{to_disk}");
+        // A failed DHCP still tries the next NIC.
+        assert!(text.contains("dhcp net${idx} || goto next_nic"));
+        // The other methods keep trying the other NICs after a failed chain.
+        let exit = init_script(ip, 50042, BootFromDiskMethod::IpxeExit);
+        assert!(
+            std::str::from_utf8(&exit)
+                .unwrap()
+                .contains("|| goto next_nic\n:next_nic")
+        );
+    }
+
+    fn check_debian_2019_commands_and_labels(script: &[u8]) {
+        let lines = lines(script);
         assert_eq!(lines[0], "#!ipxe");
         let mut labels = Vec::new();
         let mut gotos = Vec::new();
@@ -451,7 +501,11 @@ mod tests {
             !has("iflinkwait") && !has("poweroff"),
             "the probe itself works"
         );
-        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        let script = init_script(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            50042,
+            BootFromDiskMethod::IpxeExit,
+        );
         for line in lines(&script)
             .iter()
             .skip(1)
@@ -465,11 +519,16 @@ mod tests {
 
     #[test]
     fn init_script_guards_every_command_that_can_fail() {
-        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        for script in all_init_scripts() {
+            check_guards(&script);
+        }
+    }
+
+    fn check_guards(script: &[u8]) {
         // Commands that cannot fail with these arguments (set/inc of a local setting,
         // echo, sleep, exit, goto of an existing label; iseq/isset only in a guard).
         let safe = ["set", "inc", "echo", "sleep", "exit", "goto"];
-        for line in lines(&script).iter().skip(1) {
+        for line in lines(script).iter().skip(1) {
             if line.starts_with(':') || line.starts_with('#') {
                 continue;
             }
@@ -483,7 +542,11 @@ mod tests {
 
     #[test]
     fn init_script_chains_to_boot_ipxe_with_every_identifier() {
-        let script = init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        let script = init_script(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            50042,
+            BootFromDiskMethod::IpxeExit,
+        );
         let text = std::str::from_utf8(&script).unwrap();
         let chain = text
             .lines()
@@ -502,7 +565,11 @@ mod tests {
         // Settings with balanced braces: every `${` closes.
         assert_eq!(text.matches("${").count(), text.matches('}').count());
         assert!(text.len() < 1500, "short enough to embed in a binary");
-        let v6 = init_script(IpAddr::V6(Ipv6Addr::LOCALHOST), 8080);
+        let v6 = init_script(
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            8080,
+            BootFromDiskMethod::IpxeExit,
+        );
         assert!(
             std::str::from_utf8(&v6)
                 .unwrap()

@@ -76,7 +76,11 @@ impl Harness {
         metrics.register(Arc::new(ProxyCounters::default()));
         metrics.register(stats);
         let router = router(ApiState {
-            init_script: init_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042),
+            init_script: init_script(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                50042,
+                BootFromDiskMethod::IpxeExit,
+            ),
             decider: Arc::new(inventory),
             disk_method: method,
             files: Arc::new(files),
