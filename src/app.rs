@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::{boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service};
+use crate::{
+    agent, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
+};
 
 /// The running services; each task resolves with its name and how it ended.
 type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -66,6 +68,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         recorder: store.recorder,
         machines: store.machines,
     });
+    // The metal agents' reverse gRPC tunnels (h2c) on the same port as the HTTP routes.
+    let agent_tunnels = agent::tunnel::Tunnels::new();
+    let router = agent_tunnels.mount(router);
     let http_addr = SocketAddrV4::new(
         config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
         config.api_port,
@@ -101,6 +106,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     udp_shutdown.trigger();
+    // Tunnels never end by themselves: close them so the HTTP server can drain.
+    agent_tunnels.close_all();
     let _ = http_stop.send(());
     while let Some(ended) = services.join_next().await {
         match ended {

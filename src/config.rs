@@ -114,6 +114,36 @@ pub(crate) struct Cli {
     /// Number of UDP ports transfers are spread over (without --tftp-single-port).
     #[arg(long, default_value_t = DEFAULT_TFTP_PORT_POOL)]
     pub(crate) tftp_port_pool: usize,
+
+    /// Drive every IPMI-configured BMC over Redfish, without probing.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) redfish_use_always: bool,
+
+    /// Probe each BMC for Redfish (on --redfish-port, with its IPMI credentials) and use
+    /// it when it answers; the answer is cached per BMC (10 min, 1 min after a failure).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub(crate) redfish_use_when_available: bool,
+
+    /// Redfish port of the BMCs.
+    #[arg(long, default_value_t = ironboot_bmc::select::DEFAULT_REDFISH_PORT)]
+    pub(crate) redfish_port: u16,
+
+    /// Talk Redfish over HTTPS.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub(crate) redfish_use_https: bool,
+
+    /// Accept any TLS certificate from Redfish BMCs.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub(crate) redfish_insecure_skip_tls_verify: bool,
+
+    /// Send BootSourceOverrideMode (UEFI/Legacy) with Redfish PXE boot overrides.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub(crate) redfish_set_boot_source_override_mode: bool,
+
+    /// Firmware mode of one-time PXE boots set through the BMC (IPMI and Redfish): uefi
+    /// or bios.
+    #[arg(long, default_value = "uefi")]
+    pub(crate) ipmi_pxe_boot_mode: String,
 }
 
 /// Tools the binary carries besides the server.
@@ -121,6 +151,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Load generators: many concurrent clients against a boot server.
     Storm(crate::storm::StormArgs),
+    /// Power control of one BMC (IPMI, Redfish or the HTTP power API).
+    Bmc(crate::bmc_cli::BmcArgs),
 }
 
 /// Default number of per-transfer TFTP ports.
@@ -209,6 +241,8 @@ pub(crate) struct Config {
     pub(crate) boot_from_disk_method: BootFromDiskMethod,
     /// TFTP settings.
     pub(crate) tftp: TftpSettings,
+    /// BMC back-end selection (`--redfish-*`, `--ipmi-pxe-boot-mode`).
+    pub(crate) bmc: ironboot_bmc::SelectorOptions,
 }
 
 fn parse_ipv4(flag: &'static str, value: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -293,8 +327,37 @@ impl Config {
             state_dir: nonempty_paths("state-dir", std::slice::from_ref(&cli.state_dir))?.remove(0),
             boot_from_disk_method: cli.boot_from_disk_method,
             tftp: tftp_settings(cli)?,
+            bmc: bmc_selection(cli)?,
         })
     }
+}
+
+/// The Go provider's BMC selection flags, with ironboot's probe cache bounds.
+fn bmc_selection(cli: &Cli) -> Result<ironboot_bmc::SelectorOptions, ConfigError> {
+    use ironboot_bmc::BootMode;
+    if cli.redfish_port == 0 {
+        return Err(refuse("redfish-port", "must be between 1 and 65535"));
+    }
+    let pxe_boot_mode = match cli.ipmi_pxe_boot_mode.trim() {
+        "uefi" => BootMode::Uefi,
+        "bios" => BootMode::Bios,
+        other => {
+            return Err(refuse(
+                "ipmi-pxe-boot-mode",
+                format!("{other:?} is not a boot mode; use uefi or bios"),
+            ));
+        }
+    };
+    Ok(ironboot_bmc::SelectorOptions {
+        redfish_use_always: cli.redfish_use_always,
+        redfish_use_when_available: cli.redfish_use_when_available,
+        redfish_port: cli.redfish_port,
+        redfish_use_https: cli.redfish_use_https,
+        redfish_insecure_skip_tls_verify: cli.redfish_insecure_skip_tls_verify,
+        redfish_set_boot_source_override_mode: cli.redfish_set_boot_source_override_mode,
+        pxe_boot_mode,
+        ..ironboot_bmc::SelectorOptions::default()
+    })
 }
 
 fn tftp_settings(cli: &Cli) -> Result<TftpSettings, ConfigError> {
@@ -563,6 +626,80 @@ mod tests {
             "f",
         ]);
         assert!(mixed.is_err());
+    }
+
+    #[test]
+    fn bmc_selection_flags_have_upstreams_names_and_defaults() {
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(c.bmc, ironboot_bmc::SelectorOptions::default());
+        assert!(!c.bmc.redfish_use_always && c.bmc.redfish_use_when_available);
+        assert_eq!(c.bmc.redfish_port, 443);
+        assert!(c.bmc.redfish_use_https && c.bmc.redfish_insecure_skip_tls_verify);
+        assert!(c.bmc.redfish_set_boot_source_override_mode);
+        assert_eq!(c.bmc.pxe_boot_mode, ironboot_bmc::BootMode::Uefi);
+
+        let c = Config::from_cli(
+            &cli(&[
+                "--redfish-use-always",
+                "--redfish-use-when-available=false",
+                "--redfish-port",
+                "8443",
+                "--redfish-use-https=false",
+                "--redfish-insecure-skip-tls-verify=false",
+                "--redfish-set-boot-source-override-mode=false",
+                "--ipmi-pxe-boot-mode",
+                "bios",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert!(c.bmc.redfish_use_always && !c.bmc.redfish_use_when_available);
+        assert_eq!(c.bmc.redfish_port, 8443);
+        assert!(!c.bmc.redfish_use_https && !c.bmc.redfish_insecure_skip_tls_verify);
+        assert!(!c.bmc.redfish_set_boot_source_override_mode);
+        assert_eq!(c.bmc.pxe_boot_mode, ironboot_bmc::BootMode::Bios);
+    }
+
+    #[test]
+    fn bad_bmc_selection_values_name_the_flag() {
+        for (args, flag) in [
+            (vec!["--ipmi-pxe-boot-mode", "efi"], "ipmi-pxe-boot-mode"),
+            (vec!["--ipmi-pxe-boot-mode", ""], "ipmi-pxe-boot-mode"),
+            (vec!["--redfish-port", "0"], "redfish-port"),
+        ] {
+            let e = Config::from_cli(&cli(&args), &host()).unwrap_err();
+            assert_eq!(e.flag, flag, "{args:?}");
+            assert!(e.to_string().starts_with(&format!("--{flag}: ")), "{e}");
+        }
+        for (args, flag) in [
+            (vec!["--redfish-port", "65536"], "--redfish-port"),
+            (vec!["--redfish-use-https=maybe"], "--redfish-use-https"),
+            (vec!["--redfish-use-always=yes"], "--redfish-use-always"),
+        ] {
+            let e =
+                Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_bmc_subcommand_parses() {
+        let c = cli(&[
+            "bmc",
+            "status",
+            "--ipmi",
+            "10.0.0.5:6230",
+            "--user",
+            "admin",
+            "--password-env",
+            "BMC_PW",
+        ]);
+        assert!(matches!(
+            c.command,
+            Some(Command::Bmc(crate::bmc_cli::BmcArgs {
+                action: crate::bmc_cli::BmcAction::Status(_)
+            }))
+        ));
     }
 
     #[test]

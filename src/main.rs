@@ -1,6 +1,14 @@
 //! The `ironboot` binary: composes configuration, logging and the services.
 
+// The agent client is used by the control loop (issue 6, part 2, not yet here) and by
+// tests/agent_conformance.rs; the binary so far serves the tunnels.
+#[allow(
+    dead_code,
+    reason = "the control loop (issue 6 part 2) will call the agents"
+)]
+mod agent;
 mod app;
+mod bmc_cli;
 mod boot_files;
 mod boot_script;
 mod config;
@@ -9,6 +17,7 @@ mod inventory;
 mod machine;
 mod metrics;
 mod netif;
+mod omni;
 mod proxy_dhcp;
 mod store;
 mod storm;
@@ -35,9 +44,17 @@ fn init_logging(debug: bool) {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if omni::cli::wants(&args) {
+        init_logging(false);
+        return omni::cli::main(&args);
+    }
     let cli = Cli::parse();
     if let Some(Command::Storm(storm)) = &cli.command {
         return storm::main(storm);
+    }
+    if let Some(Command::Bmc(bmc)) = &cli.command {
+        return bmc_cli::main(bmc);
     }
     init_logging(cli.debug);
     match start(&cli) {
@@ -61,6 +78,7 @@ fn start(cli: &Cli) -> anyhow::Result<()> {
         mode = if config.omni_endpoint.is_some() { "omni" } else { "standalone" },
         "ironboot starting"
     );
+    tracing::debug!(selection = ?config.bmc, "BMC back-end selection");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,7 +32,7 @@ PACKAGES=(
   atftp    # TFTP client with windowsize
   tftp-hpa # plain TFTP client (netascii and binary)
   # later tests: BMC power (IPMI), DHCP load, Redfish emulator venv
-  openipmi # ipmi_sim
+  openipmi # ipmi_sim, simulated BMCs of bmc/tests/ipmi_sim.rs
   ipmitool
   kea-admin # perfdhcp
   python3-venv
@@ -56,5 +56,36 @@ if [ ${#need[@]} -gt 0 ]; then
     die "cargo has no ${need[*]} and rustup is not on PATH: install ${need[*]} for your toolchain"
   rustup component add "${need[@]}"
 fi
+
+# --- Redfish emulator (bmc/tests/redfish.rs): sushy-tools with its fake driver ---------
+# A project-local, git-ignored venv; the test looks for .venv-tests/redfish/bin/sushy-emulator
+# (or IRONBOOT_SUSHY_EMULATOR) and fails, naming this script, when it is missing.
+REDFISH_VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv-tests/redfish"
+SUSHY_VERSION=2.2.0
+if ! "$REDFISH_VENV/bin/python" -c "import bcrypt, importlib.metadata as m; assert m.version('sushy-tools') == '$SUSHY_VERSION'" 2>/dev/null; then
+  python3 -m venv "$REDFISH_VENV"
+  "$REDFISH_VENV/bin/pip" install --quiet --disable-pip-version-check "sushy-tools==$SUSHY_VERSION" bcrypt
+fi
+# --- end Redfish emulator ----------------------------------------------------------------
+
+# --- Omni conformance harness (tests/omni_conformance.rs): Go + the upstream modules ---
+# The harness (tests/omni-harness) imports the real cosi-project/runtime, Omni client and
+# go-api-signature modules; their versions are pinned by its go.mod/go.sum. Go itself is
+# not a Debian package recent enough: it must be on PATH or in /usr/local/go.
+GO="$(command -v go || true)"
+if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
+[ -n "$GO" ] ||
+  die "Go not found (on PATH or /usr/local/go/bin/go): the Omni conformance test needs Go >= $(sed -n 's/^go //p' "$(dirname "$0")/omni-harness/go.mod"), see https://go.dev/doc/install"
+(cd "$(dirname "$0")/omni-harness" && "$GO" mod download) ||
+  die "go mod download failed in tests/omni-harness (is the Go module proxy reachable?)"
+# --- end Omni conformance harness --------------------------------------------------------
+
+# --- Metal agent harness (tests/agent_conformance.rs): Go + the grpctunnel module ---------
+# The harness (tests/agent-harness) plays the metal agent on the real jhump/grpctunnel
+# module (and bufbuild/protocompile for the agent's .proto); pinned by its go.mod/go.sum.
+# Uses the Go found for the Omni harness above.
+(cd "$(dirname "$0")/agent-harness" && "$GO" mod download) ||
+  die "go mod download failed in tests/agent-harness (is the Go module proxy reachable?)"
+# --- end metal agent harness -------------------------------------------------------------
 
 echo "install-prereqs: done ($(cargo --version); $(cargo fmt --version); $(cargo clippy --version))"

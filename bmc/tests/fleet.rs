@@ -1,0 +1,417 @@
+//! The fleet executor against real simulated BMCs (`ipmi_sim`, one process each), a
+//! "hung" BMC (a UDP socket that never answers) and a "lying" one (answers every
+//! datagram with garbage), plus a UDP relay in front of simulators that records when
+//! each IPMI session (one client socket per operation) talks, to see on the wire that
+//! one BMC never has two sessions at once and that the fleet bound holds.
+//!
+//! Needs `ipmi_sim` (Debian package `openipmi`); fails, naming it, when it is missing.
+
+#[path = "support/sim.rs"]
+mod sim;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ironboot_bmc::fleet::{Fleet, FleetError, FleetOptions, Operation, Outcome};
+use ironboot_bmc::ipmi::{IpmiClient, IpmiConfig};
+use ironboot_bmc::{BootMode, PowerControl, PowerState};
+use sim::SimBmc;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// Starts `n` simulators and waits until each answers.
+async fn sims(prefix: &str, n: usize) -> Vec<SimBmc> {
+    let sims: Vec<SimBmc> = (0..n)
+        .map(|i| SimBmc::start(&format!("{prefix}{i}")))
+        .collect();
+    for s in &sims {
+        s.wait_ready().await;
+    }
+    sims
+}
+
+/// A UDP peer at `127.0.0.1:PORT` that never answers, or answers garbage.
+struct FakePeer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakePeer {
+    async fn start(lying: bool) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut n: u8 = 0;
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                if lying {
+                    // An RMCP header, then nonsense of the request's length.
+                    n = n.wrapping_add(37);
+                    let mut reply = vec![0x06, 0x00, 0xff, 0x07];
+                    reply.extend((0..len).map(|i| n.wrapping_mul(i as u8 | 1)));
+                    let _ = socket.send_to(&reply, from).await;
+                }
+            }
+        });
+        FakePeer { port, task }
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn ipmi(port: u16, timeout: Duration) -> IpmiClient {
+    let mut cfg = IpmiConfig::new("127.0.0.1", sim::USER, sim::PASSWORD);
+    cfg.port = port;
+    cfg.timeout = timeout;
+    cfg.attempt_timeout = Duration::from_millis(500);
+    IpmiClient::new(cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_and_a_lying_bmc_delay_nobody_and_then_back_off() {
+    let sims = sims("fleet-hung-", 5).await;
+    let hung = FakePeer::start(false).await;
+    let lying = FakePeer::start(true).await;
+    let bound = Duration::from_secs(3);
+    let fleet = Fleet::new(FleetOptions {
+        concurrency: 3,
+        operation_timeout: bound,
+        backoff_base: Duration::from_secs(60),
+        backoff_max: Duration::from_secs(120),
+    });
+    // The IPMI clients' own bound (and retransmissions) last longer than the fleet's
+    // bound: the fleet cuts them off.
+    let patient = |port| {
+        let mut cfg = IpmiConfig::new("127.0.0.1", sim::USER, sim::PASSWORD);
+        cfg.port = port;
+        cfg.timeout = Duration::from_secs(20);
+        cfg.attempt_timeout = Duration::from_millis(500);
+        cfg.retries = 100;
+        IpmiClient::new(cfg).unwrap()
+    };
+    let hung_addr = fleet.insert(patient(hung.port));
+    let lying_addr = fleet.insert(patient(lying.port));
+    for s in &sims {
+        fleet.insert(ipmi(s.port, Duration::from_secs(20)));
+    }
+    let gets_before: Vec<usize> = sims.iter().map(|s| s.chassis_log().len()).collect();
+
+    // The bad ones first in the list.
+    let mut jobs = vec![
+        (hung_addr.clone(), Operation::Status),
+        (lying_addr.clone(), Operation::Status),
+    ];
+    jobs.extend(sims.iter().map(|s| (s.address(), Operation::Status)));
+    let start = Instant::now();
+    let reports = fleet.run_many(jobs.clone()).await;
+    let wall = start.elapsed();
+    assert_eq!(reports.len(), 7);
+
+    let hung_report = &reports[0];
+    assert_eq!(hung_report.bmc, hung_addr);
+    match &hung_report.result {
+        Err(FleetError::Timeout { bmc, .. }) => assert_eq!(bmc, &hung_addr),
+        other => panic!("hung BMC: {other:?}"),
+    }
+    assert!(
+        hung_report.elapsed >= bound && hung_report.elapsed < bound + Duration::from_secs(1),
+        "hung BMC cut off after {:?}",
+        hung_report.elapsed
+    );
+    let hung_deadline = hung_report.finished_at;
+    let lie = reports[1]
+        .result
+        .as_ref()
+        .expect_err("the lying BMC cannot succeed");
+    assert_eq!(lie.bmc(), lying_addr, "{lie}");
+    assert!(reports[1].elapsed <= bound + Duration::from_millis(500));
+
+    for (report, s) in reports[2..].iter().zip(&sims) {
+        assert_eq!(report.bmc, s.address());
+        assert!(
+            matches!(report.result, Ok(Outcome::Power(PowerState::Off))),
+            "{}: {:?}",
+            s.name,
+            report.result
+        );
+        // Finished within its own bound and before the hung BMC's bound ran out.
+        assert!(report.elapsed < bound, "{}: {:?}", s.name, report.elapsed);
+        assert!(
+            report.finished_at < hung_deadline,
+            "{} finished {:?} after the hung BMC was cut off",
+            s.name,
+            report.finished_at - hung_deadline
+        );
+    }
+    for (s, before) in sims.iter().zip(gets_before) {
+        assert!(
+            s.chassis_log()[before..]
+                .iter()
+                .any(|l| l.starts_with("get power")),
+            "{}: the simulator was not asked: {:?}",
+            s.name,
+            s.chassis_log()
+        );
+    }
+    // Each bad BMC costs one bound, in parallel with the rest (not one after another).
+    assert!(
+        wall < bound * 2 + Duration::from_secs(1),
+        "sweep took {wall:?}"
+    );
+
+    // Next sweep: the failed two are backing off and answer at once; the rest work.
+    let health = fleet.health(&hung_addr).unwrap();
+    assert_eq!(health.failures, 1);
+    assert!(health.retry_in >= Duration::from_secs(25), "{health:?}");
+    let start = Instant::now();
+    let again = fleet.run_many(jobs).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    for r in &again[..2] {
+        match &r.result {
+            Err(FleetError::BackingOff {
+                bmc,
+                failures: 1,
+                last_error,
+                ..
+            }) => {
+                assert_eq!(bmc, &r.bmc);
+                assert!(!last_error.is_empty());
+            }
+            other => panic!("{}: {other:?}", r.bmc),
+        }
+        assert_eq!(r.elapsed, Duration::ZERO);
+    }
+    assert!(again[2..].iter().all(|r| r.result.is_ok()), "{again:?}");
+    // Clearing the backoff lets it be tried (and fail) again.
+    fleet.clear_backoff(&hung_addr);
+    assert_eq!(fleet.health(&hung_addr).unwrap().failures, 0);
+}
+
+/// When each relayed client socket (one per IPMI operation) sent datagrams.
+#[derive(Default)]
+struct Wire {
+    /// (relay id, client port) -> times of the client's datagrams.
+    sends: HashMap<(usize, u16), Vec<Instant>>,
+}
+
+impl Wire {
+    /// Each session's [first, last] client datagram, per relay.
+    fn sessions(&self) -> Vec<(usize, Instant, Instant)> {
+        let mut out: Vec<(usize, Instant, Instant)> = self
+            .sends
+            .iter()
+            .map(|(&(relay, _), times)| (relay, times[0], *times.last().unwrap()))
+            .collect();
+        out.sort_by_key(|s| s.1);
+        out
+    }
+
+    /// Most sessions (of relay `only`, or of all) active at one moment.
+    fn max_overlap(&self, only: Option<usize>) -> usize {
+        let mut events = Vec::new();
+        for (relay, a, b) in self.sessions() {
+            if only.is_none_or(|o| o == relay) {
+                events.push((a, 1i32));
+                events.push((b, -1i32));
+            }
+        }
+        // Ends before starts at the same instant: touching is not overlapping.
+        events.sort_by_key(|&(t, d)| (t, d));
+        let (mut now, mut max) = (0, 0);
+        for (_, d) in events {
+            now += d;
+            max = max.max(now);
+        }
+        max as usize
+    }
+}
+
+/// A UDP relay in front of one simulator: delays every reply by `delay` (so sessions
+/// last long enough to overlap if anything lets them) and records client datagrams.
+async fn relay(
+    id: usize,
+    target: u16,
+    delay: Duration,
+    wire: Arc<Mutex<Wire>>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = front.local_addr().unwrap().port();
+    let target: SocketAddr = ([127, 0, 0, 1], target).into();
+    let task = tokio::spawn(async move {
+        let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+        let mut tasks = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((len, client)) = front.recv_from(&mut buf).await {
+            wire.lock()
+                .unwrap()
+                .sends
+                .entry((id, client.port()))
+                .or_default()
+                .push(Instant::now());
+            let back = match backs.get(&client) {
+                Some(b) => Arc::clone(b),
+                None => {
+                    let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    backs.insert(client, Arc::clone(&b));
+                    let (b2, front2) = (Arc::clone(&b), Arc::clone(&front));
+                    tasks.push(tokio::spawn(async move {
+                        let mut buf = [0u8; 2048];
+                        while let Ok((len, _)) = b2.recv_from(&mut buf).await {
+                            tokio::time::sleep(delay).await;
+                            let _ = front2.send_to(&buf[..len], client).await;
+                        }
+                    }));
+                    b
+                }
+            };
+            let _ = back.send_to(&buf[..len], target).await;
+        }
+        for t in tasks {
+            t.abort();
+        }
+    });
+    (port, task)
+}
+
+struct Relays(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bmc_never_has_two_sessions_and_the_fleet_bound_holds() {
+    let sims = sims("fleet-serial-", 4).await;
+    let wire = Arc::new(Mutex::new(Wire::default()));
+    let delay = Duration::from_millis(25);
+    let mut ports = Vec::new();
+    let mut relays = Relays(Vec::new());
+    for (i, s) in sims.iter().enumerate() {
+        let (port, task) = relay(i, s.port, delay, Arc::clone(&wire)).await;
+        ports.push(port);
+        relays.0.push(task);
+    }
+    let timeout = Duration::from_secs(10);
+
+    // The measurement can see overlap: two direct clients at once on relay 0 overlap.
+    let a = ipmi(ports[0], timeout);
+    let b = ipmi(ports[0], timeout);
+    let (ra, rb) = tokio::join!(a.power_status(), b.power_status());
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(
+        wire.lock().unwrap().max_overlap(Some(0)),
+        2,
+        "control: direct clients overlap"
+    );
+    *wire.lock().unwrap() = Wire::default();
+
+    // Through the fleet: four operations on BMC 0 asked at once from separate tasks.
+    let fleet = Fleet::new(FleetOptions {
+        concurrency: 8,
+        operation_timeout: timeout,
+        ..FleetOptions::default()
+    });
+    let addr0 = fleet.insert(ipmi(ports[0], timeout));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (fleet, addr) = (fleet.clone(), addr0.clone());
+        tasks.push(tokio::spawn(async move {
+            fleet.run(&addr, Operation::Status).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    }
+    {
+        let w = wire.lock().unwrap();
+        assert_eq!(w.sessions().len(), 4);
+        assert_eq!(w.max_overlap(Some(0)), 1, "two sessions at once on one BMC");
+    }
+
+    // Operations on one BMC given together run in the order given (chassis log).
+    let before = sims[0].changes().len();
+    let reports = fleet
+        .run_many([
+            (addr0.clone(), Operation::On),
+            (addr0.clone(), Operation::Status),
+            (addr0.clone(), Operation::Off),
+            (addr0.clone(), Operation::PxeOnce(BootMode::Uefi)),
+        ])
+        .await;
+    assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+    assert!(matches!(
+        reports[1].result,
+        Ok(Outcome::Power(PowerState::On))
+    ));
+    assert_eq!(
+        sims[0].changes()[before..],
+        ["set power 1", "set power 0", "set boot pxe"]
+    );
+    assert_eq!(wire.lock().unwrap().max_overlap(Some(0)), 1);
+
+    // The fleet bound: 4 BMCs, 3 operations each, at most 2 sessions at once overall,
+    // and really 2 at once (the sweep is concurrent).
+    *wire.lock().unwrap() = Wire::default();
+    let fleet = Fleet::new(FleetOptions {
+        concurrency: 2,
+        operation_timeout: timeout,
+        ..FleetOptions::default()
+    });
+    let addrs: Vec<String> = ports
+        .iter()
+        .map(|&p| fleet.insert(ipmi(p, timeout)))
+        .collect();
+    let jobs: Vec<(String, Operation)> = (0..3)
+        .flat_map(|_| addrs.iter().map(|a| (a.clone(), Operation::Status)))
+        .collect();
+    let reports = fleet.run_many(jobs).await;
+    assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+    let w = wire.lock().unwrap();
+    assert_eq!(w.sessions().len(), 12);
+    assert_eq!(w.max_overlap(None), 2, "fleet bound of 2");
+    for relay in 0..4 {
+        assert_eq!(w.max_overlap(Some(relay)), 1, "BMC {relay}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_members_are_reported_and_replacing_keeps_the_bmc_lock() {
+    let sims = sims("fleet-misc-", 1).await;
+    let fleet = Fleet::new(FleetOptions::default());
+    let r = fleet.run("127.0.0.1:1", Operation::Status).await;
+    assert!(
+        matches!(r.result, Err(FleetError::Unknown { .. })),
+        "{:?}",
+        r.result
+    );
+    let addr = fleet.insert(ipmi(sims[0].port, Duration::from_secs(5)));
+    assert_eq!(
+        fleet.insert(ipmi(sims[0].port, Duration::from_secs(5))),
+        addr
+    );
+    assert_eq!(fleet.addresses(), std::slice::from_ref(&addr));
+    let sweep = fleet.sweep_status().await;
+    assert_eq!(sweep.len(), 1);
+    assert!(matches!(
+        sweep[0].result,
+        Ok(Outcome::Power(PowerState::Off))
+    ));
+    assert!(fleet.remove(&addr));
+    assert!(!fleet.remove(&addr));
+}

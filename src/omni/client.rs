@@ -1,0 +1,619 @@
+//! A typed client of the COSI State API that Omni serves to infra providers: resources
+//! carry their spec as protobuf and YAML (as cosi-runtime's client sends them), updates
+//! use optimistic concurrency (the version read must still be current) and are retried on
+//! conflict, and finalizers and teardown follow COSI's rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironboot_proto::cosi::{self, state_client::StateClient};
+use tonic::Code;
+use tonic::codec::CompressionEncoding;
+
+use super::auth::ServiceAccountKey;
+use super::resources::Spec;
+use super::transport::{EndpointError, OmniEndpoint, SignedChannel};
+
+/// Largest message accepted from Omni (the Go client's limit).
+const MAX_RECV: usize = 32 << 20;
+/// Attempts of a read-modify-write before giving up on version conflicts.
+const MAX_CONFLICT_RETRIES: u32 = 16;
+
+/// COSI phase of a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Phase {
+    #[default]
+    Running,
+    TearingDown,
+}
+
+impl Phase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::TearingDown => "tearingDown",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" | "" => Some(Self::Running),
+            "tearingDown" => Some(Self::TearingDown),
+            _ => None,
+        }
+    }
+}
+
+/// Resource metadata (COSI `Metadata`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Metadata {
+    pub(crate) namespace: String,
+    pub(crate) type_name: String,
+    pub(crate) id: String,
+    /// `None` before creation ("undefined" on the wire).
+    pub(crate) version: Option<u64>,
+    pub(crate) owner: String,
+    pub(crate) phase: Phase,
+    pub(crate) created: Option<prost_types::Timestamp>,
+    pub(crate) updated: Option<prost_types::Timestamp>,
+    pub(crate) finalizers: Vec<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
+}
+
+/// A typed resource.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Resource<S> {
+    pub(crate) metadata: Metadata,
+    pub(crate) spec: S,
+}
+
+/// What failed in a call to Omni. Every variant names the resource or call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OmniError {
+    #[error("{what}: not found")]
+    NotFound { what: String },
+    #[error("{what}: already exists")]
+    AlreadyExists { what: String },
+    /// The version sent is not current (someone else wrote), or finalizers block a destroy.
+    #[error("{what}: conflict: {message}")]
+    Conflict { what: String, message: String },
+    #[error("{what}: phase conflict: {message}")]
+    PhaseConflict { what: String, message: String },
+    #[error("{what}: permission denied by Omni: {message}")]
+    PermissionDenied { what: String, message: String },
+    /// Omni refused the request signature: clock skew of more than 5 minutes, a revoked
+    /// or deleted service account, or a key Omni does not know.
+    #[error(
+        "{what}: Omni rejected the request signature ({message}); check the clock (5 min skew allowed) and that the service account key is current"
+    )]
+    SignatureRejected { what: String, message: String },
+    #[error("{what}: Omni unreachable: {message}")]
+    Unavailable { what: String, message: String },
+    #[error("{what}: undecodable answer from Omni: {why}")]
+    Decode { what: String, why: String },
+    #[error("{what}: Omni answered {code:?}: {message}")]
+    Rpc {
+        what: String,
+        code: Code,
+        message: String,
+    },
+    #[error("{what}: {source}")]
+    Endpoint {
+        what: String,
+        #[source]
+        source: EndpointError,
+    },
+}
+
+impl OmniError {
+    pub(crate) fn from_status(what: String, s: &tonic::Status) -> Self {
+        let message = s.message().to_owned();
+        match s.code() {
+            Code::NotFound => Self::NotFound { what },
+            Code::AlreadyExists => Self::AlreadyExists { what },
+            Code::FailedPrecondition => Self::Conflict { what, message },
+            Code::InvalidArgument if message.contains("phase") => {
+                Self::PhaseConflict { what, message }
+            }
+            Code::PermissionDenied => Self::PermissionDenied { what, message },
+            Code::Unauthenticated => Self::SignatureRejected { what, message },
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                if is_transport(s) =>
+            {
+                Self::Unavailable {
+                    what,
+                    message: transport_message(s),
+                }
+            }
+            Code::Unavailable => Self::Unavailable { what, message },
+            code => Self::Rpc {
+                what,
+                code,
+                message,
+            },
+        }
+    }
+
+    /// Worth retrying later as is (Omni unreachable).
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+fn is_transport(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    s.source().is_some() || s.code() == Code::Unavailable
+}
+
+fn transport_message(s: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut msg = s.message().to_owned();
+    let mut src = s.source();
+    while let Some(e) = src {
+        msg.push_str(": ");
+        msg.push_str(&e.to_string());
+        src = e.source();
+    }
+    msg
+}
+
+/// Label selectors of List and Watch (terms are ANDed).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LabelQuery {
+    terms: Vec<cosi::LabelTerm>,
+}
+
+impl LabelQuery {
+    pub(crate) fn equal(mut self, key: &str, value: &str) -> Self {
+        self.terms.push(cosi::LabelTerm {
+            key: key.to_owned(),
+            op: cosi::label_term::Operation::Equal as i32,
+            value: vec![value.to_owned()],
+            invert: false,
+        });
+        self
+    }
+
+    pub(crate) fn to_proto(&self) -> Vec<cosi::LabelQuery> {
+        if self.terms.is_empty() {
+            return Vec::new();
+        }
+        vec![cosi::LabelQuery {
+            terms: self.terms.clone(),
+        }]
+    }
+}
+
+/// Encodes a typed resource the way cosi-runtime's client does.
+pub(crate) fn to_proto<S: Spec>(r: &Resource<S>) -> cosi::Resource {
+    let m = &r.metadata;
+    cosi::Resource {
+        metadata: Some(cosi::Metadata {
+            namespace: m.namespace.clone(),
+            r#type: m.type_name.clone(),
+            id: m.id.clone(),
+            version: m
+                .version
+                .map_or_else(|| "undefined".to_owned(), |v| v.to_string()),
+            owner: m.owner.clone(),
+            phase: m.phase.as_str().to_owned(),
+            created: m.created,
+            updated: m.updated,
+            finalizers: m.finalizers.clone(),
+            labels: m.labels.clone().into_iter().collect(),
+            annotations: m.annotations.clone().into_iter().collect(),
+        }),
+        spec: Some(cosi::Spec {
+            proto_spec: r.spec.encode_to_vec(),
+            yaml_spec: r.spec.to_yaml(),
+        }),
+    }
+}
+
+/// Decodes a resource; `what` names it in errors.
+/// The resource a Get, Create or Update answered with (`what` names the call).
+fn answered<S: Spec>(what: &str, r: Option<cosi::Resource>) -> Result<Resource<S>, OmniError> {
+    let r = r.ok_or_else(|| OmniError::Decode {
+        what: what.to_owned(),
+        why: "empty answer".into(),
+    })?;
+    from_proto(what, r)
+}
+
+pub(crate) fn from_proto<S: Spec>(what: &str, r: cosi::Resource) -> Result<Resource<S>, OmniError> {
+    let decode = |why: String| OmniError::Decode {
+        what: what.to_owned(),
+        why,
+    };
+    let m = r.metadata.ok_or_else(|| decode("no metadata".into()))?;
+    let version = match m.version.as_str() {
+        "undefined" | "" => None,
+        v => Some(v.parse().map_err(|_| decode(format!("version {v:?}")))?),
+    };
+    let phase = Phase::parse(&m.phase).ok_or_else(|| decode(format!("phase {:?}", m.phase)))?;
+    let spec = match r.spec {
+        Some(s) => S::decode(s.proto_spec.as_slice()).map_err(|e| decode(format!("spec: {e}")))?,
+        None => S::default(),
+    };
+    Ok(Resource {
+        metadata: Metadata {
+            namespace: m.namespace,
+            type_name: m.r#type,
+            id: m.id,
+            version,
+            owner: m.owner,
+            phase,
+            created: m.created,
+            updated: m.updated,
+            finalizers: m.finalizers,
+            labels: m.labels.into_iter().collect(),
+            annotations: m.annotations.into_iter().collect(),
+        },
+        spec,
+    })
+}
+
+/// A client of Omni's COSI State API for one provider.
+#[derive(Clone)]
+pub(crate) struct Client {
+    grpc: StateClient<SignedChannel>,
+    provider_id: String,
+    endpoint: String,
+}
+
+impl Client {
+    /// A client of `endpoint` signing with `key` (connects lazily, on the first call).
+    /// Must be called within a Tokio runtime.
+    pub(crate) fn new(
+        endpoint: &OmniEndpoint,
+        key: Arc<ServiceAccountKey>,
+    ) -> Result<Self, OmniError> {
+        let channel = endpoint.channel().map_err(|source| OmniError::Endpoint {
+            what: "connecting to Omni".into(),
+            source,
+        })?;
+        let provider_id = key.provider_id().to_owned();
+        Ok(Self::from_signed(
+            SignedChannel::new(channel, key),
+            provider_id,
+            endpoint.url().to_owned(),
+        ))
+    }
+
+    pub(crate) fn from_signed(
+        signed: SignedChannel,
+        provider_id: String,
+        endpoint: String,
+    ) -> Self {
+        let grpc = StateClient::new(signed)
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_RECV);
+        Self {
+            grpc,
+            provider_id,
+            endpoint,
+        }
+    }
+
+    /// The provider ID resources are namespaced with.
+    pub(crate) fn provider_id(&self) -> &str {
+        &self.provider_id
+    }
+
+    /// The endpoint URL, for messages.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub(crate) fn namespace_of<S: Spec>(&self) -> String {
+        S::KIND.namespace(&self.provider_id)
+    }
+
+    pub(crate) fn type_of<S: Spec>(&self) -> String {
+        S::KIND.type_name(&self.provider_id)
+    }
+
+    fn what<S: Spec>(&self, op: &str, id: &str) -> String {
+        format!(
+            "{op} {}/{}/{id} at {}",
+            self.namespace_of::<S>(),
+            self.type_of::<S>(),
+            self.endpoint
+        )
+    }
+
+    /// A new resource of type `S` (version undefined, phase running).
+    pub(crate) fn new_resource<S: Spec>(&self, id: &str, spec: S) -> Resource<S> {
+        Resource {
+            metadata: Metadata {
+                namespace: self.namespace_of::<S>(),
+                type_name: self.type_of::<S>(),
+                id: id.to_owned(),
+                ..Metadata::default()
+            },
+            spec,
+        }
+    }
+
+    pub(crate) async fn get<S: Spec>(&self, id: &str) -> Result<Resource<S>, OmniError> {
+        let what = self.what::<S>("get", id);
+        let resp = self
+            .grpc
+            .clone()
+            .get(cosi::GetRequest {
+                namespace: self.namespace_of::<S>(),
+                r#type: self.type_of::<S>(),
+                id: id.to_owned(),
+                options: Some(cosi::GetOptions {}),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what.clone(), &s))?
+            .into_inner();
+        answered(&what, resp.resource)
+    }
+
+    /// Like [`Self::get`], `None` if the resource does not exist.
+    pub(crate) async fn get_opt<S: Spec>(
+        &self,
+        id: &str,
+    ) -> Result<Option<Resource<S>>, OmniError> {
+        match self.get(id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(OmniError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn list<S: Spec>(
+        &self,
+        labels: &LabelQuery,
+    ) -> Result<Vec<Resource<S>>, OmniError> {
+        let what = self.what::<S>("list", "*");
+        let mut stream = self
+            .grpc
+            .clone()
+            .list(cosi::ListRequest {
+                namespace: self.namespace_of::<S>(),
+                r#type: self.type_of::<S>(),
+                options: Some(cosi::ListOptions {
+                    label_query: labels.to_proto(),
+                    id_query: None,
+                }),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what.clone(), &s))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| OmniError::from_status(what.clone(), &s))?
+        {
+            if let Some(r) = msg.resource {
+                out.push(from_proto(&what, r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates `r`; returns Omni's copy (version 1, labels stamped by Omni).
+    pub(crate) async fn create<S: Spec>(
+        &self,
+        r: &Resource<S>,
+        owner: &str,
+    ) -> Result<Resource<S>, OmniError> {
+        let what = self.what::<S>("create", &r.metadata.id);
+        let resp = self
+            .grpc
+            .clone()
+            .create(cosi::CreateRequest {
+                resource: Some(to_proto(r)),
+                options: Some(cosi::CreateOptions {
+                    owner: owner.to_owned(),
+                }),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what.clone(), &s))?
+            .into_inner();
+        answered(&what, resp.resource)
+    }
+
+    /// Updates `r`, which must carry the current version (else [`OmniError::Conflict`]).
+    /// `expected_phase` `None` accepts any phase (to release finalizers during teardown).
+    pub(crate) async fn update<S: Spec>(
+        &self,
+        r: &Resource<S>,
+        owner: &str,
+        expected_phase: Option<Phase>,
+    ) -> Result<Resource<S>, OmniError> {
+        let what = self.what::<S>("update", &r.metadata.id);
+        let resp = self
+            .grpc
+            .clone()
+            .update(cosi::UpdateRequest {
+                new_resource: Some(to_proto(r)),
+                options: Some(cosi::UpdateOptions {
+                    owner: owner.to_owned(),
+                    expected_phase: expected_phase.map(|p| p.as_str().to_owned()),
+                }),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what.clone(), &s))?
+            .into_inner();
+        answered(&what, resp.resource)
+    }
+
+    /// Read-modify-write of resource `id`: `f` changes it (returning false = nothing to
+    /// do); on a version conflict it is read again and `f` runs again. With `create`, a
+    /// missing resource is created from `S::default()` passed through `f`.
+    pub(crate) async fn modify<S: Spec>(
+        &self,
+        id: &str,
+        owner: &str,
+        create: bool,
+        mut f: impl FnMut(&mut Resource<S>) -> bool,
+    ) -> Result<Resource<S>, OmniError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.get_opt::<S>(id).await? {
+                None if create => {
+                    let mut r = self.new_resource(id, S::default());
+                    f(&mut r);
+                    self.create(&r, owner).await
+                }
+                None => {
+                    return Err(OmniError::NotFound {
+                        what: self.what::<S>("modify", id),
+                    });
+                }
+                Some(mut r) => {
+                    let before = r.clone();
+                    if !f(&mut r) || r == before {
+                        return Ok(before);
+                    }
+                    // The version read is the one the update must match.
+                    r.metadata.version = before.metadata.version;
+                    self.update(&r, owner, None).await
+                }
+            };
+            match result {
+                Err(OmniError::Conflict { .. } | OmniError::AlreadyExists { .. })
+                    if attempt < MAX_CONFLICT_RETRIES =>
+                {
+                    tracing::debug!(id, attempt, "version conflict, reading again");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+// Finalizers and teardown: the control loop (issue 6) holds a finalizer on each
+// InfraMachine it manages and tears down private resources; exercised today by
+// tests/omni_conformance.rs against the real COSI runtime.
+#[allow(
+    dead_code,
+    reason = "used by the control loop of issue 6; tested by tests/omni_conformance.rs"
+)]
+impl Client {
+    /// Adds `finalizer` to resource `id` (any phase; idempotent).
+    pub(crate) async fn add_finalizer<S: Spec>(
+        &self,
+        id: &str,
+        finalizer: &str,
+    ) -> Result<Resource<S>, OmniError> {
+        self.modify_finalizers::<S>(id, |f| {
+            if f.iter().any(|x| x == finalizer) {
+                false
+            } else {
+                f.push(finalizer.to_owned());
+                true
+            }
+        })
+        .await
+    }
+
+    /// Removes `finalizer` from resource `id` (any phase; idempotent).
+    pub(crate) async fn remove_finalizer<S: Spec>(
+        &self,
+        id: &str,
+        finalizer: &str,
+    ) -> Result<Resource<S>, OmniError> {
+        self.modify_finalizers::<S>(id, |f| {
+            let before = f.len();
+            f.retain(|x| x != finalizer);
+            f.len() != before
+        })
+        .await
+    }
+
+    async fn modify_finalizers<S: Spec>(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Vec<String>) -> bool,
+    ) -> Result<Resource<S>, OmniError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut r = self.get::<S>(id).await?;
+            if !change(&mut r.metadata.finalizers) {
+                return Ok(r);
+            }
+            // Finalizers are set through Update with the resource's own owner.
+            let owner = r.metadata.owner.clone();
+            match self.update(&r, &owner, None).await {
+                Err(OmniError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Destroys resource `id` (fails with [`OmniError::Conflict`] while finalizers remain).
+    pub(crate) async fn destroy<S: Spec>(&self, id: &str, owner: &str) -> Result<(), OmniError> {
+        let what = self.what::<S>("destroy", id);
+        self.grpc
+            .clone()
+            .destroy(cosi::DestroyRequest {
+                namespace: self.namespace_of::<S>(),
+                r#type: self.type_of::<S>(),
+                id: id.to_owned(),
+                options: Some(cosi::DestroyOptions {
+                    owner: owner.to_owned(),
+                }),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what, &s))?;
+        Ok(())
+    }
+
+    /// Marks resource `id` as tearing down; true if it has no finalizers left.
+    pub(crate) async fn teardown<S: Spec>(&self, id: &str, owner: &str) -> Result<bool, OmniError> {
+        let what = self.what::<S>("teardown", id);
+        let resp = self
+            .grpc
+            .clone()
+            .teardown(cosi::TeardownRequest {
+                namespace: self.namespace_of::<S>(),
+                r#type: self.type_of::<S>(),
+                id: id.to_owned(),
+                options: Some(cosi::TeardownOptions {
+                    owner: owner.to_owned(),
+                }),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what, &s))?;
+        Ok(resp.into_inner().destroy_ready)
+    }
+
+    /// Tears resource `id` down and destroys it once its finalizers are gone (blocks).
+    pub(crate) async fn teardown_and_destroy<S: Spec>(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> Result<(), OmniError> {
+        let what = self.what::<S>("teardown-and-destroy", id);
+        self.grpc
+            .clone()
+            .teardown_and_destroy(cosi::TeardownAndDestroyRequest {
+                namespace: self.namespace_of::<S>(),
+                r#type: self.type_of::<S>(),
+                id: id.to_owned(),
+                options: Some(cosi::TeardownAndDestroyOptions {
+                    owner: owner.to_owned(),
+                }),
+            })
+            .await
+            .map_err(|s| OmniError::from_status(what, &s))?;
+        Ok(())
+    }
+
+    /// The raw gRPC client, for [`super::watch`].
+    pub(crate) fn grpc(&self) -> StateClient<SignedChannel> {
+        self.grpc.clone()
+    }
+}

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+
+	"github.com/cosi-project/runtime/api/v1alpha1"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
+	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
+	"github.com/siderolabs/go-api-signature/pkg/serviceaccount"
+	"github.com/siderolabs/omni/client/pkg/omni/resources/infra"
+	"github.com/siderolabs/omni/client/pkg/omni/resources/siderolink"
+	"go.yaml.in/yaml/v4"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+func newHarness(sa *serviceaccount.ServiceAccount) *harness {
+	inner := namespaced.NewState(func(ns resource.Namespace) state.CoreState {
+		// Deep history so that watches resume from a bookmark after a break.
+		return inmem.NewStateWithOptions(inmem.WithHistoryMaxCapacity(10000), inmem.WithHistoryInitialCapacity(1000))(ns)
+	})
+
+	return &harness{
+		sa:           sa,
+		inner:        inner,
+		rules:        &rulesState{inner: inner},
+		lastYAML:     map[string]string{},
+		watchCancels: map[int]context.CancelFunc{},
+		calls:        map[string]int{},
+	}
+}
+
+// recordYAML keeps the YAML spec of every resource written, as it arrived.
+func (h *harness) recordYAML(req any) {
+	var r *v1alpha1.Resource
+
+	switch req := req.(type) {
+	case *v1alpha1.CreateRequest:
+		r = req.GetResource()
+	case *v1alpha1.UpdateRequest:
+		r = req.GetNewResource()
+	default:
+		return
+	}
+
+	md := r.GetMetadata()
+
+	h.mu.Lock()
+	h.lastYAML[md.GetNamespace()+"/"+md.GetType()+"/"+md.GetId()] = r.GetSpec().GetYamlSpec()
+	h.mu.Unlock()
+}
+
+// command is one control request (a JSON line on stdin).
+type command struct {
+	Cmd        string            `json:"cmd"`
+	Kind       string            `json:"kind"` // Go type name of Omni's, see newResource
+	Namespace  string            `json:"ns"`
+	Type       string            `json:"type"`
+	ID         string            `json:"id"`
+	Spec       json.RawMessage   `json:"spec"` // protojson of the Go spec message
+	Labels     map[string]string `json:"labels"`
+	Finalizers []string          `json:"finalizers"`
+	Owner      *string           `json:"owner"`
+}
+
+// newResource makes an Omni resource of a kind by the name of its Go type.
+func newResource(kind, id string) (resource.Resource, error) {
+	switch kind {
+	case "InfraMachine":
+		return infra.NewMachine(id), nil
+	case "BMCConfig":
+		return infra.NewBMCConfig(id), nil
+	case "ProviderJoinConfig":
+		return siderolink.NewProviderJoinConfig(id), nil
+	case "InfraMachineStatus":
+		return infra.NewMachineStatus(id), nil
+	case "InfraProviderStatus":
+		return infra.NewProviderStatus(id), nil
+	case "InfraProviderHealthStatus":
+		return infra.NewProviderHealthStatus(id), nil
+	}
+
+	return nil, fmt.Errorf("unknown kind %q", kind)
+}
+
+type specValuer interface{ GetValue() proto.Message }
+
+func specOf(r resource.Resource) (proto.Message, error) {
+	v, ok := r.Spec().(specValuer)
+	if !ok {
+		return nil, fmt.Errorf("%s has no protobuf spec (type %T)", r.Metadata(), r.Spec())
+	}
+
+	return v.GetValue(), nil
+}
+
+func (h *harness) controlLoop(ctx context.Context, in io.Reader) {
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+
+	for sc.Scan() {
+		var c command
+		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
+			h.reply(map[string]any{"ok": false, "error": "bad command: " + err.Error()})
+
+			continue
+		}
+
+		if c.Cmd == "quit" {
+			h.reply(map[string]any{"ok": true})
+
+			return
+		}
+
+		out, err := h.run(ctx, &c)
+		if err != nil {
+			h.reply(map[string]any{"ok": false, "error": err.Error()})
+
+			continue
+		}
+
+		out["ok"] = true
+		h.reply(out)
+	}
+}
+
+func (h *harness) run(ctx context.Context, c *command) (map[string]any, error) {
+	switch c.Cmd {
+	case "put": // Omni writes a resource (create or update), as its controllers do
+		return h.put(ctx, c)
+	case "destroy":
+		return map[string]any{}, h.inner.Destroy(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
+	case "check":
+		return h.check(ctx, c)
+	case "meta":
+		r, err := h.inner.Get(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
+		if err != nil {
+			return nil, err
+		}
+
+		return metaOf(r), nil
+	case "break_streams":
+		return map[string]any{"broken": h.breakStreams()}, nil
+	case "auth_failures":
+		h.mu.Lock()
+		defer h.mu.Unlock()
+
+		failures := h.authFailures
+		h.authFailures = nil
+
+		return map[string]any{"failures": failures}, nil
+	case "calls":
+		h.mu.Lock()
+		defer h.mu.Unlock()
+
+		return map[string]any{"calls": maps.Clone(h.calls)}, nil
+	}
+
+	return nil, fmt.Errorf("unknown command %q", c.Cmd)
+}
+
+func metaOf(r resource.Resource) map[string]any {
+	md := r.Metadata()
+
+	return map[string]any{
+		"version":    md.Version().String(),
+		"phase":      md.Phase().String(),
+		"owner":      md.Owner(),
+		"labels":     md.Labels().Raw(),
+		"finalizers": []string(*md.Finalizers()),
+	}
+}
+
+func (h *harness) put(ctx context.Context, c *command) (map[string]any, error) {
+	r, err := newResource(c.Kind, c.ID)
+	if err != nil {
+		return nil, err
+	}
+
+	spec, err := specOf(r)
+	if err != nil {
+		return nil, err
+	}
+
+	if err = protojson.Unmarshal(c.Spec, spec); err != nil {
+		return nil, fmt.Errorf("spec: %w", err)
+	}
+
+	for k, v := range c.Labels {
+		r.Metadata().Labels().Set(k, v)
+	}
+
+	cur, err := h.inner.Get(ctx, r.Metadata())
+
+	switch {
+	case state.IsNotFoundError(err):
+		err = h.inner.Create(ctx, r)
+	case err != nil:
+		return nil, err
+	default:
+		r.Metadata().SetVersion(cur.Metadata().Version())
+		r.Metadata().Finalizers().Set(*cur.Metadata().Finalizers())
+		err = h.inner.Update(ctx, r)
+	}
+
+	if err != nil {
+		return nil, err
+	}
+
+	return metaOf(r), nil
+}
+
+// check decodes what the client wrote with the real Go types and compares: the protobuf
+// spec and the YAML spec must both equal the expected spec (given as protojson of the
+// Go message); labels, finalizers and owner, when given, must match exactly.
+func (h *harness) check(ctx context.Context, c *command) (map[string]any, error) {
+	stored, err := h.inner.Get(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
+	if err != nil {
+		return nil, err
+	}
+
+	got, err := specOf(stored)
+	if err != nil {
+		return nil, err
+	}
+
+	want := got.ProtoReflect().New().Interface()
+	if err = protojson.Unmarshal(c.Spec, want); err != nil {
+		return nil, fmt.Errorf("expected spec: %w", err)
+	}
+
+	gotJSON, _ := protojson.Marshal(got)
+	wantJSON, _ := protojson.Marshal(want)
+
+	var problems []string
+
+	if !proto.Equal(got, want) {
+		problems = append(problems, fmt.Sprintf("protobuf spec %T: got %s, want %s", got, gotJSON, wantJSON))
+	}
+
+	h.mu.Lock()
+	yamlSpec, haveYAML := h.lastYAML[c.Namespace+"/"+c.Type+"/"+c.ID]
+	h.mu.Unlock()
+
+	if !haveYAML {
+		problems = append(problems, "no YAML spec recorded")
+	} else {
+		fresh, createErr := protobuf.CreateResource(c.Type)
+		if createErr != nil {
+			return nil, createErr
+		}
+
+		if yamlErr := yaml.Unmarshal([]byte(yamlSpec), fresh.Spec()); yamlErr != nil {
+			problems = append(problems, fmt.Sprintf("YAML spec does not decode: %v\n%s", yamlErr, yamlSpec))
+		} else {
+			fromYAML, _ := specOf(fresh)
+			if !proto.Equal(fromYAML, want) {
+				yJSON, _ := protojson.Marshal(fromYAML)
+				problems = append(problems, fmt.Sprintf("YAML spec decodes to %s, want %s\n%s", yJSON, wantJSON, yamlSpec))
+			}
+		}
+	}
+
+	md := stored.Metadata()
+	if c.Labels != nil && !maps.Equal(md.Labels().Raw(), c.Labels) {
+		problems = append(problems, fmt.Sprintf("labels %v, want %v", md.Labels().Raw(), c.Labels))
+	}
+
+	if c.Finalizers != nil && !slices.Equal([]string(*md.Finalizers()), c.Finalizers) {
+		problems = append(problems, fmt.Sprintf("finalizers %v, want %v", *md.Finalizers(), c.Finalizers))
+	}
+
+	if c.Owner != nil && md.Owner() != *c.Owner {
+		problems = append(problems, fmt.Sprintf("owner %q, want %q", md.Owner(), *c.Owner))
+	}
+
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%s: %v", md, problems)
+	}
+
+	out := metaOf(stored)
+	out["spec"] = json.RawMessage(gotJSON)
+
+	return out, nil
+}
