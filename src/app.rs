@@ -71,6 +71,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     // The metal agents' reverse gRPC tunnels (h2c) on the same port as the HTTP routes.
     let agent_tunnels = agent::tunnel::Tunnels::new();
     let router = agent_tunnels.mount(router);
+    // The agents' client, with the --agent-*-timeout values; the control loop (issue 6,
+    // part 2) is its user, with `config.agent.wipe_with_zeroes`.
+    let _agents = agent::client::AgentClient::new(agent_tunnels.clone(), config.agent.timeouts);
     let http_addr = SocketAddrV4::new(
         config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
         config.api_port,

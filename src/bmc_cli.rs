@@ -179,24 +179,16 @@ fn parse_cipher_suite(s: &str) -> Result<CipherSuite, String> {
     }
 }
 
-/// A Go-style duration: `500ms`, `20s`, `2m`, `1h`, or plain seconds.
+/// A positive Go duration (`500ms`, `20s`, `2m`, `1h30m`, see [`crate::go_duration`]), or
+/// a plain number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 20s, 1500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    let d = match s.parse::<f64>() {
+        Ok(seconds) if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+            Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))?
+        }
+        _ => crate::go_duration::parse(s).map_err(|e| e.to_string())?,
     };
-    let d = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))?;
     if d.is_zero() {
         return Err(format!("{s:?}: must be more than zero"));
     }
@@ -628,7 +620,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
-        for bad in ["", "s", "10x", "0s", "-1s"] {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "s", "10x", "0s", "0", "-1s", "1e3"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

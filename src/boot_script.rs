@@ -42,15 +42,8 @@ pub(crate) const INIT_ROUNDS: u32 = 10;
 ///   so spaces, `#` or `&` in them cannot break the URL. The MAC uses `:hexhyp` (a `:` in
 ///   a query would be escaped) and the UUID and `${buildarch}` have fixed alphabets.
 pub(crate) fn init_script(advertise: IpAddr, port: u16, disk: BootFromDiskMethod) -> Bytes {
-    let host = match advertise {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    };
-    let boot_url = format!(
-        "http://{host}:{port}/ipxe/boot.ipxe?uuid=${{uuid}}&mac=${{net${{idx}}/mac:hexhyp}}\
-         &domain=${{domain:uristring}}&hostname=${{hostname:uristring}}\
-         &serial=${{serial:uristring}}&arch=${{buildarch}}"
-    );
+    let host = url_host(advertise);
+    let boot_url = boot_url(advertise, port);
     let on_chain_failure = match disk {
         BootFromDiskMethod::Http404 => "goto to_disk",
         BootFromDiskMethod::IpxeExit | BootFromDiskMethod::IpxeSanboot => "goto next_nic",
@@ -87,6 +80,51 @@ pub(crate) fn init_script(advertise: IpAddr, port: u16, disk: BootFromDiskMethod
          exit 0\n"
     );
     Bytes::from(s)
+}
+
+fn url_host(advertise: IpAddr) -> String {
+    match advertise {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// `boot.ipxe` on ironboot, with every identifier of the machine in the query (iPXE
+/// expands the settings when it fetches it).
+fn boot_url(advertise: IpAddr, port: u16) -> String {
+    let host = url_host(advertise);
+    format!(
+        "http://{host}:{port}/ipxe/boot.ipxe?uuid=${{uuid}}&mac=${{net${{idx}}/mac:hexhyp}}\
+         &domain=${{domain:uristring}}&hostname=${{hostname:uristring}}\
+         &serial=${{serial:uristring}}&arch=${{buildarch}}"
+    )
+}
+
+/// How long a machine waits before asking again when its boot image is not available yet
+/// (e.g. the Image Factory is down).
+pub(crate) const RETRY_DELAY_SECS: u32 = 30;
+
+/// The answer to `boot.ipxe` while the machine's boot image cannot be had (an Image
+/// Factory outage): say so, wait [`RETRY_DELAY_SECS`], and ask for `boot.ipxe` again.
+/// If ironboot itself is unreachable then, the machine reboots (and PXE-boots again).
+///
+/// Nothing from the failure is written into the script (its text is fixed); only classic
+/// commands appear, as in [`init_script`]. `${net${idx}/mac}` still names the NIC the
+/// init script booted from: settings survive `chain --replace`.
+pub(crate) fn retry_script(advertise: IpAddr, port: u16) -> Bytes {
+    let boot_url = boot_url(advertise, port);
+    Bytes::from(format!(
+        "#!ipxe\n\
+         echo ironboot: the boot image for this machine is not available yet (Image Factory unreachable)\n\
+         echo ironboot: asking again in {RETRY_DELAY_SECS} seconds\n\
+         sleep {RETRY_DELAY_SECS}\n\
+         chain --replace {boot_url} || goto failed\n\
+         :failed\n\
+         echo ironboot: no boot script from ironboot, rebooting in 5 seconds\n\
+         sleep 5\n\
+         reboot ||\n\
+         exit 1\n"
+    ))
 }
 
 /// Why an operator-supplied value cannot go into a script.
@@ -485,10 +523,9 @@ mod tests {
 
     /// Where Debian's `ipxe` package is installed, its EFI binaries hold every command name
     /// as a NUL-terminated string (possibly the tail of a longer one, after the linker's
-    /// string merging): a command the init script uses must be there. This catches
-    /// `iflinkwait` and `poweroff`, which are absent from that build.
-    #[test]
-    fn init_script_commands_are_in_the_installed_debian_ipxe() {
+    /// string merging): a command a script uses must be there. This catches `iflinkwait`
+    /// and `poweroff`, which are absent from that build.
+    fn assert_commands_in_installed_debian_ipxe(scripts: &[Bytes]) {
         // A missing prerequisite fails the test: tests/install-prereqs.sh installs it.
         let binary = std::fs::read("/usr/lib/ipxe/snponly.efi").expect(
             "/usr/lib/ipxe/snponly.efi is missing: run tests/install-prereqs.sh (apt-get install ipxe)",
@@ -501,20 +538,75 @@ mod tests {
             !has("iflinkwait") && !has("poweroff"),
             "the probe itself works"
         );
-        let script = init_script(
+        for script in scripts {
+            for line in lines(script).iter().skip(1).filter(|l| !l.starts_with(':')) {
+                for cmd in commands_of(line) {
+                    assert!(has(cmd), "{cmd:?} not in Debian's snponly.efi");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn init_script_commands_are_in_the_installed_debian_ipxe() {
+        assert_commands_in_installed_debian_ipxe(&all_init_scripts());
+    }
+
+    fn retry_scripts() -> Vec<Bytes> {
+        vec![
+            retry_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042),
+            retry_script(IpAddr::V6(Ipv6Addr::LOCALHOST), 8080),
+        ]
+    }
+
+    #[test]
+    fn retry_script_waits_then_chains_back_to_boot_ipxe_with_debian_2019_commands() {
+        for script in retry_scripts() {
+            check_debian_2019_commands_and_labels(&script);
+            check_guards(&script);
+        }
+        let script = retry_script(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50042);
+        let lines = lines(&script);
+        let commands: Vec<&str> = lines
+            .iter()
+            .filter(|l| !l.starts_with(':'))
+            .flat_map(|l| commands_of(l))
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "echo", "echo", "sleep", "chain", "goto", "echo", "sleep", "reboot", "exit"
+            ]
+        );
+        assert_eq!(lines[3], format!("sleep {RETRY_DELAY_SECS}"));
+        // The same boot.ipxe request as the init script's.
+        let init = init_script(
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             50042,
             BootFromDiskMethod::IpxeExit,
         );
-        for line in lines(&script)
-            .iter()
-            .skip(1)
-            .filter(|l| !l.starts_with(':'))
-        {
-            for cmd in commands_of(line) {
-                assert!(has(cmd), "{cmd:?} not in Debian's snponly.efi");
-            }
-        }
+        let init_chain = lines_owned(&init)
+            .into_iter()
+            .find(|l| l.starts_with("chain "))
+            .unwrap();
+        let url = |l: &str| l.split_whitespace().nth(2).unwrap().to_owned();
+        assert_eq!(url(lines[4]), url(&init_chain));
+        assert!(lines[4].ends_with(" || goto failed"), "{}", lines[4]);
+        let v6 = retry_script(IpAddr::V6(Ipv6Addr::LOCALHOST), 8080);
+        assert!(
+            std::str::from_utf8(&v6)
+                .unwrap()
+                .contains("chain --replace http://[::1]:8080/ipxe/boot.ipxe?uuid=${uuid}&")
+        );
+    }
+
+    fn lines_owned(script: &[u8]) -> Vec<String> {
+        lines(script).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn retry_script_commands_are_in_the_installed_debian_ipxe() {
+        assert_commands_in_installed_debian_ipxe(&retry_scripts());
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! drops into its deployments), parsed with clap, then validated once into a [`Config`].
 //! A bad value is refused at start with the flag's name.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 use ironboot_net::udp::DriverKind;
 
+use crate::agent::client::AgentTimeouts;
 use crate::boot_script::BootFromDiskMethod;
 use crate::netif::InterfaceAddr;
 
@@ -144,7 +147,90 @@ pub(crate) struct Cli {
     /// or bios.
     #[arg(long, default_value = "uefi")]
     pub(crate) ipmi_pxe_boot_mode: String,
+
+    /// Timeout of the metal agent's Hello, GetPowerManagement and SetPowerManagement
+    /// calls (a Go duration: 30s, 5m, 1h30m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub(crate) agent_call_timeout: String,
+
+    /// Timeout of a fast disk wipe by the metal agent.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "5m"
+    )]
+    pub(crate) agent_fast_wipe_timeout: String,
+
+    /// Timeout of a disk wipe writing zeroes (--wipe-with-zeroes) by the metal agent.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "24h"
+    )]
+    pub(crate) agent_zeroes_wipe_timeout: String,
+
+    /// Wipe disks by writing zeroes over them instead of a fast wipe.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) wipe_with_zeroes: bool,
+
+    /// Least time between a power-on or reboot issued by ironboot and its next reboot or
+    /// power-off of the same machine (0 for none).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "15m"
+    )]
+    pub(crate) min_reboot_interval: String,
+
+    /// Labels set on every machine, comma-separated `key=value` or `key` (empty value);
+    /// may be repeated. Example: key1=value1,key2,key3=value3
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) machine_labels: Vec<String>,
+
+    /// Boot the metal agent from the kernel and initramfs in --boot-assets-path instead of
+    /// the Image Factory (air-gapped sites).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) use_local_boot_assets: bool,
+
+    /// Directory of the local boot assets: `kernel-<arch>`, `initramfs-metal-<arch>.xz`
+    /// and `cmdline-metal-<arch>` for amd64 and/or arm64.
+    #[arg(long, default_value = DEFAULT_BOOT_ASSETS_PATH)]
+    pub(crate) boot_assets_path: PathBuf,
+
+    /// Base URL of the Image Factory API (schematics).
+    #[arg(long, default_value = DEFAULT_IMAGE_FACTORY_BASE_URL)]
+    pub(crate) image_factory_base_url: String,
+
+    /// Base URL of the Image Factory's PXE front end (iPXE scripts).
+    #[arg(long, default_value = DEFAULT_IMAGE_FACTORY_PXE_BASE_URL)]
+    pub(crate) image_factory_pxe_base_url: String,
+
+    /// Talos version the metal agent boots (Image Factory; ignored with local boot assets).
+    #[arg(long, default_value = DEFAULT_AGENT_MODE_TALOS_VERSION)]
+    pub(crate) agent_mode_talos_version: String,
+
+    /// Boot the Image Factory's secure-boot (UKI) PXE assets; needs
+    /// --ipmi-pxe-boot-mode uefi and no local boot assets.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) secure_boot_enabled: bool,
 }
+
+/// Default `--boot-assets-path`, as the Go provider's (its container image's asset dir).
+pub(crate) const DEFAULT_BOOT_ASSETS_PATH: &str = "/assets";
+/// Default `--image-factory-base-url`, as the Go provider's.
+pub(crate) const DEFAULT_IMAGE_FACTORY_BASE_URL: &str = "https://factory.talos.dev";
+/// Default `--image-factory-pxe-base-url`, as the Go provider's.
+pub(crate) const DEFAULT_IMAGE_FACTORY_PXE_BASE_URL: &str = "https://pxe.factory.talos.dev";
+/// Default `--agent-mode-talos-version`, as the Go provider's.
+pub(crate) const DEFAULT_AGENT_MODE_TALOS_VERSION: &str = "v1.13.7";
 
 /// Tools the binary carries besides the server.
 #[derive(Debug, Clone, Subcommand)]
@@ -243,6 +329,49 @@ pub(crate) struct Config {
     pub(crate) tftp: TftpSettings,
     /// BMC back-end selection (`--redfish-*`, `--ipmi-pxe-boot-mode`).
     pub(crate) bmc: ironboot_bmc::SelectorOptions,
+    /// Metal agent calls (`--agent-*-timeout`, `--wipe-with-zeroes`).
+    pub(crate) agent: AgentSettings,
+    /// `--min-reboot-interval`.
+    pub(crate) min_reboot_interval: Duration,
+    /// `--machine-labels`, key to value.
+    pub(crate) machine_labels: BTreeMap<String, String>,
+    /// Where the metal agent's boot files come from.
+    pub(crate) agent_boot: AgentBootSource,
+}
+
+/// Metal agent call settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AgentSettings {
+    /// Per-call timeouts.
+    pub(crate) timeouts: AgentTimeouts,
+    /// Wipe with zeroes instead of a fast wipe.
+    pub(crate) wipe_with_zeroes: bool,
+}
+
+/// Where machines in agent mode get the metal agent (Talos in agent mode) from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AgentBootSource {
+    /// The Image Factory (`--image-factory-*`, `--agent-mode-talos-version`,
+    /// `--secure-boot-enabled`).
+    ImageFactory(ImageFactorySettings),
+    /// Files in a local directory (`--use-local-boot-assets`, `--boot-assets-path`).
+    LocalAssets {
+        /// The directory, checked at start to hold at least one complete architecture.
+        path: PathBuf,
+    },
+}
+
+/// Image Factory settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageFactorySettings {
+    /// API base URL, without a trailing `/`.
+    pub(crate) base_url: String,
+    /// PXE front end base URL, without a trailing `/`.
+    pub(crate) pxe_base_url: String,
+    /// Talos version booted in agent mode.
+    pub(crate) agent_mode_talos_version: String,
+    /// Serve the secure-boot (UKI) PXE assets.
+    pub(crate) secure_boot: bool,
 }
 
 fn parse_ipv4(flag: &'static str, value: &str) -> Result<Ipv4Addr, ConfigError> {
@@ -328,8 +457,194 @@ impl Config {
             boot_from_disk_method: cli.boot_from_disk_method,
             tftp: tftp_settings(cli)?,
             bmc: bmc_selection(cli)?,
+            agent: AgentSettings {
+                timeouts: AgentTimeouts {
+                    call: positive_duration("agent-call-timeout", &cli.agent_call_timeout)?,
+                    fast_wipe: positive_duration(
+                        "agent-fast-wipe-timeout",
+                        &cli.agent_fast_wipe_timeout,
+                    )?,
+                    zeroes_wipe: positive_duration(
+                        "agent-zeroes-wipe-timeout",
+                        &cli.agent_zeroes_wipe_timeout,
+                    )?,
+                },
+                wipe_with_zeroes: cli.wipe_with_zeroes,
+            },
+            min_reboot_interval: duration("min-reboot-interval", &cli.min_reboot_interval)?,
+            machine_labels: machine_labels(&cli.machine_labels)?,
+            agent_boot: agent_boot_source(cli)?,
         })
     }
+}
+
+/// A Go duration flag (zero allowed).
+fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    crate::go_duration::parse(value.trim()).map_err(|e| refuse(flag, e.to_string()))
+}
+
+/// A Go duration flag that must be more than zero (a timeout).
+fn positive_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(flag, value)?;
+    if d.is_zero() {
+        return Err(refuse(flag, format!("{value:?}: must be more than zero")));
+    }
+    Ok(d)
+}
+
+/// `--machine-labels` as the Go provider reads it: each item `key=value` or `key` (empty
+/// value); a second `=` is refused. A later item with the same key wins, as in Go.
+fn machine_labels(items: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
+    const FLAG: &str = "machine-labels";
+    let mut labels = BTreeMap::new();
+    for item in items {
+        let mut parts = item.split('=');
+        let key = parts.next().unwrap_or_default();
+        let value = parts.next().unwrap_or_default();
+        if parts.next().is_some() {
+            return Err(refuse(
+                FLAG,
+                format!("{item:?}: malformed label (use key=value or key; values cannot hold '=')"),
+            ));
+        }
+        if key.is_empty() {
+            return Err(refuse(FLAG, format!("{item:?}: a label needs a key")));
+        }
+        if item.chars().any(char::is_control) {
+            return Err(refuse(
+                FLAG,
+                format!("{item:?}: contains a control character"),
+            ));
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(labels)
+}
+
+/// The agent boot source, with the Go provider's start-up checks: secure boot needs UEFI
+/// PXE boots and the factory; local assets must hold one complete architecture.
+fn agent_boot_source(cli: &Cli) -> Result<AgentBootSource, ConfigError> {
+    if cli.secure_boot_enabled {
+        if cli.ipmi_pxe_boot_mode.trim() != "uefi" {
+            return Err(refuse(
+                "secure-boot-enabled",
+                "secure boot needs --ipmi-pxe-boot-mode uefi",
+            ));
+        }
+        if cli.use_local_boot_assets {
+            return Err(refuse(
+                "secure-boot-enabled",
+                "local boot assets (--use-local-boot-assets) cannot be used with secure boot",
+            ));
+        }
+    }
+    if cli.use_local_boot_assets {
+        check_boot_assets(&cli.boot_assets_path)
+            .map_err(|message| refuse("boot-assets-path", message))?;
+        return Ok(AgentBootSource::LocalAssets {
+            path: cli.boot_assets_path.clone(),
+        });
+    }
+    let version = cli.agent_mode_talos_version.trim();
+    if !is_talos_version(version) {
+        return Err(refuse(
+            "agent-mode-talos-version",
+            format!("{version:?} is not a Talos version like v1.13.7"),
+        ));
+    }
+    Ok(AgentBootSource::ImageFactory(ImageFactorySettings {
+        base_url: base_url("image-factory-base-url", &cli.image_factory_base_url)?,
+        pxe_base_url: base_url(
+            "image-factory-pxe-base-url",
+            &cli.image_factory_pxe_base_url,
+        )?,
+        agent_mode_talos_version: version.to_owned(),
+        secure_boot: cli.secure_boot_enabled,
+    }))
+}
+
+/// `vMAJOR.MINOR.PATCH` with an optional `-suffix` of letters, digits, `.` and `-`.
+fn is_talos_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let (core, suffix) = rest.split_once('-').unwrap_or((rest, ""));
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !(suffix.is_empty() && rest.contains('-'))
+}
+
+/// An absolute http(s) URL with a host and no query, returned without a trailing `/`.
+fn base_url(flag: &'static str, value: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let bad = |why: &str| refuse(flag, format!("{value:?}: {why}"));
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| bad("not a URL (e.g. https://factory.talos.dev)"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(bad("must be an http:// or https:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if uri.query().is_some() || value.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// Names of the boot asset files of `arch`, as the Go provider's.
+pub(crate) fn boot_asset_names(arch: &str) -> [String; 3] {
+    [
+        format!("kernel-{arch}"),
+        format!("initramfs-metal-{arch}.xz"),
+        format!("cmdline-metal-{arch}"),
+    ]
+}
+
+/// At least one architecture (amd64, arm64) with all three files present, regular and
+/// non-empty; incomplete architectures are logged.
+fn check_boot_assets(dir: &Path) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let mut complete = 0;
+    for arch in ["amd64", "arm64"] {
+        let mut missing = Vec::new();
+        for name in boot_asset_names(arch) {
+            let path = dir.join(&name);
+            match std::fs::metadata(&path) {
+                Ok(m) if !m.is_file() => missing.push(format!("{name} is not a regular file")),
+                Ok(m) if m.len() == 0 => missing.push(format!("{name} is empty")),
+                Ok(_) => {}
+                Err(e) => missing.push(format!("{name}: {e}")),
+            }
+        }
+        if missing.is_empty() {
+            complete += 1;
+        } else {
+            tracing::warn!(
+                arch,
+                dir = %dir.display(),
+                problems = %missing.join("; "),
+                "boot assets incomplete: machines of this architecture cannot boot the agent"
+            );
+            problems.extend(missing);
+        }
+    }
+    if complete == 0 {
+        return Err(format!(
+            "{} has no complete set of boot assets for amd64 or arm64: {}",
+            dir.display(),
+            problems.join("; ")
+        ));
+    }
+    Ok(())
 }
 
 /// The Go provider's BMC selection flags, with ironboot's probe cache bounds.
@@ -700,6 +1015,201 @@ mod tests {
                 action: crate::bmc_cli::BmcAction::Status(_)
             }))
         ));
+    }
+
+    #[test]
+    fn agent_and_lifecycle_flags_have_upstreams_defaults() {
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(
+            c.agent,
+            AgentSettings {
+                timeouts: AgentTimeouts {
+                    call: Duration::from_secs(30),
+                    fast_wipe: Duration::from_secs(5 * 60),
+                    zeroes_wipe: Duration::from_secs(24 * 3600),
+                },
+                wipe_with_zeroes: false,
+            }
+        );
+        assert_eq!(c.min_reboot_interval, Duration::from_secs(15 * 60));
+        assert!(c.machine_labels.is_empty());
+        assert_eq!(
+            c.agent_boot,
+            AgentBootSource::ImageFactory(ImageFactorySettings {
+                base_url: "https://factory.talos.dev".into(),
+                pxe_base_url: "https://pxe.factory.talos.dev".into(),
+                agent_mode_talos_version: "v1.13.7".into(),
+                secure_boot: false,
+            })
+        );
+        let parsed = cli(&[]);
+        assert_eq!(parsed.boot_assets_path, PathBuf::from("/assets"));
+        assert!(!parsed.use_local_boot_assets);
+    }
+
+    #[test]
+    fn agent_and_lifecycle_flags_parse_go_values() {
+        let c = Config::from_cli(
+            &cli(&[
+                "--agent-call-timeout",
+                "1m30s",
+                "--agent-fast-wipe-timeout=10m",
+                "--agent-zeroes-wipe-timeout",
+                "48h",
+                "--wipe-with-zeroes",
+                "--min-reboot-interval",
+                "0",
+                "--machine-labels",
+                "rack=a1,gpu,zone=",
+                "--machine-labels=site=par,rack=a2",
+                "--image-factory-base-url",
+                "http://10.0.0.9:8080/",
+                "--image-factory-pxe-base-url=http://10.0.0.9:8081/prefix",
+                "--agent-mode-talos-version",
+                "v1.10.0-beta.1",
+                "--secure-boot-enabled=true",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(c.agent.timeouts.call, Duration::from_secs(90));
+        assert_eq!(c.agent.timeouts.fast_wipe, Duration::from_secs(600));
+        assert_eq!(c.agent.timeouts.zeroes_wipe, Duration::from_secs(48 * 3600));
+        assert!(c.agent.wipe_with_zeroes);
+        assert_eq!(c.min_reboot_interval, Duration::ZERO);
+        let labels: Vec<(&str, &str)> = c
+            .machine_labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        // A later value of the same key wins, as in Go's map.
+        assert_eq!(
+            labels,
+            [("gpu", ""), ("rack", "a2"), ("site", "par"), ("zone", "")]
+        );
+        assert_eq!(
+            c.agent_boot,
+            AgentBootSource::ImageFactory(ImageFactorySettings {
+                base_url: "http://10.0.0.9:8080".into(),
+                pxe_base_url: "http://10.0.0.9:8081/prefix".into(),
+                agent_mode_talos_version: "v1.10.0-beta.1".into(),
+                secure_boot: true,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_agent_and_factory_values_are_refused_with_the_flag_name() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--agent-call-timeout", "30"], "agent-call-timeout"),
+            (&["--agent-call-timeout", "0s"], "agent-call-timeout"),
+            (&["--agent-call-timeout", "-5s"], "agent-call-timeout"),
+            (
+                &["--agent-fast-wipe-timeout", "5 m"],
+                "agent-fast-wipe-timeout",
+            ),
+            (
+                &["--agent-zeroes-wipe-timeout", "1d"],
+                "agent-zeroes-wipe-timeout",
+            ),
+            (&["--min-reboot-interval", "15"], "min-reboot-interval"),
+            (&["--min-reboot-interval", "-1m"], "min-reboot-interval"),
+            (&["--machine-labels", "a=b=c"], "machine-labels"),
+            (&["--machine-labels", "=v"], "machine-labels"),
+            (
+                &["--image-factory-base-url", "factory.example"],
+                "image-factory-base-url",
+            ),
+            (
+                &["--image-factory-base-url", "ftp://10.0.0.1"],
+                "image-factory-base-url",
+            ),
+            (
+                &["--image-factory-pxe-base-url", "http://10.0.0.1/?a=b"],
+                "image-factory-pxe-base-url",
+            ),
+            (
+                &["--agent-mode-talos-version", "1.13.7"],
+                "agent-mode-talos-version",
+            ),
+            (
+                &["--agent-mode-talos-version", "v1.13"],
+                "agent-mode-talos-version",
+            ),
+            (
+                &["--agent-mode-talos-version", "v1.13.7 || shell"],
+                "agent-mode-talos-version",
+            ),
+            (
+                &["--secure-boot-enabled", "--ipmi-pxe-boot-mode", "bios"],
+                "secure-boot-enabled",
+            ),
+            (
+                &["--secure-boot-enabled", "--use-local-boot-assets"],
+                "secure-boot-enabled",
+            ),
+        ];
+        for (args, flag) in cases {
+            let e = Config::from_cli(&cli(args), &host()).unwrap_err();
+            assert_eq!(e.flag, *flag, "{args:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("--{flag}: ")), "{e}");
+        }
+        let e = Config::from_cli(&cli(&["--agent-call-timeout", "1d"]), &host()).unwrap_err();
+        assert!(e.message.contains("unknown unit \"d\""), "{e}");
+    }
+
+    #[test]
+    fn local_boot_assets_need_one_complete_architecture() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap().to_owned();
+        let with_assets = |extra: &[&str]| {
+            let mut args = vec![
+                "--use-local-boot-assets",
+                "--boot-assets-path",
+                path.as_str(),
+            ];
+            args.extend_from_slice(extra);
+            Config::from_cli(&cli(&args), &host())
+        };
+        // Empty directory: refused, naming what is missing.
+        let e = with_assets(&[]).unwrap_err();
+        assert_eq!(e.flag, "boot-assets-path");
+        assert!(
+            e.message.contains("kernel-amd64") && e.message.contains("kernel-arm64"),
+            "{e}"
+        );
+        // arm64 almost complete: an empty initramfs does not count.
+        std::fs::write(dir.path().join("kernel-arm64"), b"k").unwrap();
+        std::fs::write(dir.path().join("initramfs-metal-arm64.xz"), b"").unwrap();
+        std::fs::write(
+            dir.path().join("cmdline-metal-arm64"),
+            b"talos.platform=metal",
+        )
+        .unwrap();
+        let e = with_assets(&[]).unwrap_err();
+        assert!(
+            e.message.contains("initramfs-metal-arm64.xz is empty"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("initramfs-metal-arm64.xz"), b"i").unwrap();
+        let c = with_assets(&[]).unwrap();
+        assert_eq!(
+            c.agent_boot,
+            AgentBootSource::LocalAssets {
+                path: dir.path().to_owned()
+            }
+        );
+        // A directory where a file should be is not an asset.
+        std::fs::remove_file(dir.path().join("kernel-arm64")).unwrap();
+        std::fs::create_dir(dir.path().join("kernel-arm64")).unwrap();
+        let e = with_assets(&[]).unwrap_err();
+        assert!(
+            e.message.contains("kernel-arm64 is not a regular file"),
+            "{e}"
+        );
+        // Without --use-local-boot-assets the directory is not looked at.
+        let c = Config::from_cli(&cli(&["--boot-assets-path", "/nonexistent"]), &host()).unwrap();
+        assert!(matches!(c.agent_boot, AgentBootSource::ImageFactory(_)));
     }
 
     #[test]

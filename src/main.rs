@@ -12,8 +12,15 @@ mod bmc_cli;
 mod boot_files;
 mod boot_script;
 mod config;
+mod go_duration;
 mod http;
+#[allow(
+    dead_code,
+    reason = "the boot decisions (issue 6, part 3) will create schematics and PXE URLs"
+)]
+mod image_factory;
 mod inventory;
+mod lifecycle;
 mod machine;
 mod metrics;
 mod netif;
@@ -79,6 +86,13 @@ fn start(cli: &Cli) -> anyhow::Result<()> {
         "ironboot starting"
     );
     tracing::debug!(selection = ?config.bmc, "BMC back-end selection");
+    tracing::debug!(
+        agent = ?config.agent,
+        min_reboot_interval = ?config.min_reboot_interval,
+        machine_labels = ?config.machine_labels,
+        agent_boot = ?config.agent_boot,
+        "lifecycle settings"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -47,6 +47,15 @@ fn harness_binary() -> &'static Path {
     })
 }
 
+/// The defaults of the Go provider's `--agent-*-timeout` flags (30s, 5m, 24h).
+fn upstream_timeouts() -> AgentTimeouts {
+    AgentTimeouts {
+        call: Duration::from_secs(30),
+        fast_wipe: Duration::from_secs(5 * 60),
+        zeroes_wipe: Duration::from_secs(24 * 3600),
+    }
+}
+
 /// ironboot's tunnel service on a loopback port, as the binary mounts it.
 struct Server {
     addr: SocketAddr,
@@ -202,7 +211,7 @@ async fn every_call_reaches_the_go_agent_with_exact_fields() {
     let tunnel = server.tunnels.get("uuid-a").expect("tunnel registered");
     assert_eq!(tunnel.revision(), ProtocolRevision::RevisionOne);
     assert_eq!(server.tunnels.connected(), ["uuid-a"]);
-    let client = server.client(AgentTimeouts::default());
+    let client = server.client(upstream_timeouts());
 
     client.hello("uuid-a").await.unwrap();
     let ev = go.next_call().await;
@@ -298,7 +307,7 @@ async fn two_agents_are_routed_by_machine_id() {
     if server.tunnels.get("uuid-2").is_none() {
         connected(&mut events2, "uuid-2").await;
     }
-    let client = server.client(AgentTimeouts::default());
+    let client = server.client(upstream_timeouts());
     for _ in 0..3 {
         for (id, want, go) in [
             ("uuid-2", "10.2.2.2", &mut b),
@@ -325,7 +334,7 @@ async fn a_reconnecting_agent_replaces_its_old_tunnel() {
     let mut events = server.tunnels.subscribe();
     let mut old = GoAgent::start(&server, "uuid-r", "old", &[]);
     connected(&mut events, "uuid-r").await;
-    let client = server.client(AgentTimeouts::default());
+    let client = server.client(upstream_timeouts());
     client.hello("uuid-r").await.unwrap();
     assert_eq!(old.next_call().await["agent"], "old");
 
@@ -366,7 +375,7 @@ async fn failures_name_the_machine_and_what_failed() {
     connected(&mut events, "uuid-slow").await;
     let client = server.client(AgentTimeouts {
         fast_wipe: Duration::from_millis(700),
-        ..AgentTimeouts::default()
+        ..upstream_timeouts()
     });
 
     let err = client.hello("uuid-nobody").await.unwrap_err();
@@ -433,7 +442,7 @@ async fn large_messages(tunnels: Tunnels, want: ProtocolRevision) {
     let mut go = GoAgent::start(&server, "uuid-big", "big", &["--big-address", "1048576"]);
     connected(&mut events, "uuid-big").await;
     assert_eq!(server.tunnels.get("uuid-big").unwrap().revision(), want);
-    let client = server.client(AgentTimeouts::default());
+    let client = server.client(upstream_timeouts());
 
     let got = client
         .get_power_management("uuid-big", GetPowerManagementRequest::default())
@@ -495,7 +504,7 @@ async fn a_dying_agent_fails_its_call_and_shutdown_closes_tunnels() {
     let mut events = server.tunnels.subscribe();
     let mut dying = GoAgent::start(&server, "uuid-d", "dying", &["--wipe-delay", "60s"]);
     connected(&mut events, "uuid-d").await;
-    let client = server.client(AgentTimeouts::default());
+    let client = server.client(upstream_timeouts());
     let call = tokio::spawn({
         let client = client.clone();
         async move { client.wipe_disks("uuid-d", true).await }
@@ -537,7 +546,7 @@ async fn many_concurrent_calls_share_one_tunnel() {
     let mut events = server.tunnels.subscribe();
     let mut go = GoAgent::start(&server, "uuid-c", "c", &[]);
     connected(&mut events, "uuid-c").await;
-    let client = server.client(AgentTimeouts::default());
+    let client = server.client(upstream_timeouts());
     let calls: Vec<_> = (0..64)
         .map(|i| {
             let client = client.clone();

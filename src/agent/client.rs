@@ -11,17 +11,11 @@ use prost::Message;
 
 use super::tunnel::{CallError, Tunnels};
 
-/// Upstream `--agent-call-timeout`: Hello, GetPowerManagement, SetPowerManagement.
-pub(crate) const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upstream `--agent-fast-wipe-timeout`: WipeDisks with `zeroes = false`.
-pub(crate) const DEFAULT_FAST_WIPE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// Upstream `--agent-zeroes-wipe-timeout`: WipeDisks with `zeroes = true`.
-pub(crate) const DEFAULT_ZEROES_WIPE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
 const SERVICE: &str = "management.AgentService";
 
-/// How long each kind of agent call may take. The flags of the same names are not wired
-/// yet (issue 6, part 2): the upstream defaults apply.
+/// How long each kind of agent call may take: `--agent-call-timeout`,
+/// `--agent-fast-wipe-timeout`, `--agent-zeroes-wipe-timeout` (validated in the binary's
+/// `config` module; no defaults here, so they live in one place).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AgentTimeouts {
     /// Hello, GetPowerManagement, SetPowerManagement.
@@ -30,16 +24,6 @@ pub(crate) struct AgentTimeouts {
     pub(crate) fast_wipe: Duration,
     /// A ZEROES wipe.
     pub(crate) zeroes_wipe: Duration,
-}
-
-impl Default for AgentTimeouts {
-    fn default() -> Self {
-        Self {
-            call: DEFAULT_CALL_TIMEOUT,
-            fast_wipe: DEFAULT_FAST_WIPE_TIMEOUT,
-            zeroes_wipe: DEFAULT_ZEROES_WIPE_TIMEOUT,
-        }
-    }
 }
 
 /// A failed agent call, naming the machine and the RPC.
