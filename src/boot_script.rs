@@ -7,7 +7,9 @@
 //! validated so it cannot add script lines or commands.
 
 use std::fmt::{self, Write as _};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::str::FromStr;
 
 use bytes::Bytes;
@@ -112,10 +114,16 @@ pub(crate) const RETRY_DELAY_SECS: u32 = 30;
 /// commands appear, as in [`init_script`]. `${net${idx}/mac}` still names the NIC the
 /// init script booted from: settings survive `chain --replace`.
 pub(crate) fn retry_script(advertise: IpAddr, port: u16) -> Bytes {
+    retry_script_because(advertise, port, "Image Factory unreachable")
+}
+
+/// [`retry_script`] with another `reason` in its message (a fixed text of ironboot's, never
+/// anything from a request or a peer).
+pub(crate) fn retry_script_because(advertise: IpAddr, port: u16, reason: &'static str) -> Bytes {
     let boot_url = boot_url(advertise, port);
     Bytes::from(format!(
         "#!ipxe\n\
-         echo ironboot: the boot image for this machine is not available yet (Image Factory unreachable)\n\
+         echo ironboot: the boot image for this machine is not available yet ({reason})\n\
          echo ironboot: asking again in {RETRY_DELAY_SECS} seconds\n\
          sleep {RETRY_DELAY_SECS}\n\
          chain --replace {boot_url} || goto failed\n\
@@ -299,10 +307,41 @@ impl BootTarget {
 }
 
 /// Decides what a machine boots. The standalone implementation is the inventory; Omni
-/// mode will decide from the machine's state in Omni.
+/// mode decides from the machine's state in Omni ([`BootAnswerer`] directly, as it may
+/// have to ask the Image Factory).
 pub(crate) trait BootDecider: Send + Sync {
     /// The target for this machine. Must not block: it runs on the HTTP path.
     fn decide(&self, who: &MachineQuery) -> BootTarget;
+}
+
+/// The answer to one `boot.ipxe` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// Label for metrics, logs and the machine record ([`BootTarget::kind`], or `refused`
+    /// and `retry` for answers that are no boot target).
+    pub(crate) kind: &'static str,
+    /// The response.
+    pub(crate) rendered: Rendered,
+}
+
+/// A boxed answer, so deciders that wait (on the Image Factory) fit behind one `dyn`.
+pub(crate) type AnswerFuture<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
+
+/// What the `boot.ipxe` handler calls: every [`BootDecider`] is one (answered at once);
+/// Omni mode implements it itself.
+pub(crate) trait BootAnswerer: Send + Sync {
+    /// The answer for this machine, with "boot from disk" told by `disk`.
+    fn answer<'a>(&'a self, who: &'a MachineQuery, disk: BootFromDiskMethod) -> AnswerFuture<'a>;
+}
+
+impl<T: BootDecider> BootAnswerer for T {
+    fn answer<'a>(&'a self, who: &'a MachineQuery, disk: BootFromDiskMethod) -> AnswerFuture<'a> {
+        let target = self.decide(who);
+        Box::pin(std::future::ready(Answer {
+            kind: target.kind(),
+            rendered: render(&target, disk),
+        }))
+    }
 }
 
 /// How "boot from disk" is told to iPXE, as the Go provider's `--boot-from-disk-method`.
@@ -384,7 +423,7 @@ pub(crate) fn render(target: &BootTarget, disk: BootFromDiskMethod) -> Rendered 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
@@ -493,7 +532,9 @@ mod tests {
         );
     }
 
-    fn check_debian_2019_commands_and_labels(script: &[u8]) {
+    /// Every command of `script` is one of Debian's 2019 iPXE, and every `goto` has its
+    /// label (shared with the Omni-mode tests).
+    pub(crate) fn check_debian_2019_commands_and_labels(script: &[u8]) {
         let lines = lines(script);
         assert_eq!(lines[0], "#!ipxe");
         let mut labels = Vec::new();

@@ -12,6 +12,7 @@ mod bmc_cli;
 mod boot_files;
 mod boot_script;
 mod config;
+mod executor;
 mod go_duration;
 mod http;
 #[allow(
@@ -25,6 +26,7 @@ mod machine;
 mod metrics;
 mod netif;
 mod omni;
+mod omni_boot;
 mod proxy_dhcp;
 mod store;
 mod storm;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tracing::{debug, info};
 
 use super::{AppState, text};
-use crate::boot_script::{Rendered, render};
+use crate::boot_script::{Answer, Rendered};
 use crate::machine::{Arch, MacAddr, MachineQuery, Uuid, clean_text};
 use crate::store::{Sighting, now_ms};
 
@@ -110,8 +110,7 @@ pub(super) async fn boot(
             return text(StatusCode::BAD_REQUEST, msg + "\n");
         }
     };
-    let target = s.api.decider.decide(&who);
-    let kind = target.kind();
+    let Answer { kind, rendered } = s.api.decider.answer(&who, s.api.disk_method).await;
     s.http.decision(kind);
     // One line per machine boot: useful to operators, and bounded by the machines' boots.
     info!(
@@ -122,7 +121,7 @@ pub(super) async fn boot(
         decision = kind,
         "boot script"
     );
-    let response = match render(&target, s.api.disk_method) {
+    let response = match rendered {
         Rendered::Script(script) => text(StatusCode::OK, script),
         Rendered::NotFound(msg) => text(StatusCode::NOT_FOUND, msg),
     };

@@ -9,9 +9,13 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` |
 //! | `GET /api/v1/machines` | JSON array of recorded machines |
+//! | `GET /config?u=<uuid>` | Omni mode: the machines' join configuration ([`crate::omni_boot`]) |
+//! | `GET /assets/<name>` | Omni mode with `--use-local-boot-assets`: the agent's kernel and initramfs |
 //!
-//! Handlers never block: the boot decision is in memory, and the machine store is fed
-//! through a bounded queue. Bad input gets a 4xx with a plain-text reason.
+//! Handlers never block: the boot decision is in memory (in Omni mode it may await the
+//! Image Factory, bounded by its request timeout and shared by every request for the same
+//! schematic), and the machine store is fed through a bounded queue. Bad input gets a 4xx
+//! with a plain-text reason.
 
 mod api;
 mod files;
@@ -34,7 +38,7 @@ use axum::serve::ListenerExt;
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
 
-use crate::boot_script::{BootDecider, BootFromDiskMethod};
+use crate::boot_script::{BootAnswerer, BootFromDiskMethod};
 use crate::metrics::{HttpCounters, Registry, Route};
 use crate::store::{Machines, Recorder};
 
@@ -42,8 +46,8 @@ use crate::store::{Machines, Recorder};
 pub(crate) struct ApiState {
     /// The rendered init script ([`crate::boot_script::init_script`]).
     pub(crate) init_script: Bytes,
-    /// Decides each machine's boot target.
-    pub(crate) decider: Arc<dyn BootDecider>,
+    /// Decides each machine's boot target (the inventory, or Omni mode's decider).
+    pub(crate) decider: Arc<dyn BootAnswerer>,
     /// How "boot from disk" is answered.
     pub(crate) disk_method: BootFromDiskMethod,
     /// The boot files, shared with TFTP.

@@ -1,0 +1,595 @@
+//! The executor's loop against in-process stand-ins for its three seams (Omni store, BMC,
+//! agent): what a Rust unit test cannot reach as a real peer. The mapping is tested in
+//! [`super::mapping`]; the seams' real implementations by the conformance tests of the
+//! Omni client, the BMC crate and the agent tunnel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ironboot_bmc::{BmcInfo, PowerState};
+use ironboot_proto::agent::{GetPowerManagementResponse, get_power_management_response};
+use ironboot_proto::{baremetal, omni};
+
+use super::mapping::{self, Records, Write};
+use super::{Agent, ExecError, Executor, Power, PowerAction, Settings, Store};
+use crate::agent::client::AgentError;
+use crate::lifecycle::{Event, Policy, Secret};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn push(log: &Log, entry: String) {
+    log.lock().unwrap().push(entry);
+}
+
+#[derive(Clone)]
+struct FakeStore {
+    records: Arc<Mutex<HashMap<String, Records>>>,
+    log: Log,
+}
+
+impl Store for FakeStore {
+    async fn load(&self, machine_id: &str) -> Result<Records, ExecError> {
+        Ok(self
+            .records
+            .lock()
+            .unwrap()
+            .get(machine_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn write(&self, machine_id: &str, write: &Write) -> Result<(), ExecError> {
+        let name = match write {
+            Write::BmcConfiguration(_) => "BmcConfiguration".to_owned(),
+            Write::WipeStarted { wipe_id } => format!("WipeStarted {wipe_id:?}"),
+            Write::WipeDone { wipe_id, .. } => format!("WipeDone {wipe_id:?}"),
+            Write::PowerOp { op, .. } => format!("PowerOp {op:?}"),
+            Write::PowerOffAcknowledged { request_id, .. } => format!("PowerOffAck {request_id}"),
+            Write::RebootHandled { reboot_id, .. } => format!("RebootHandled {reboot_id}"),
+            Write::Status { .. } => "Status".to_owned(),
+        };
+        push(&self.log, format!("{machine_id} store {name}"));
+        let mut records = self.records.lock().unwrap();
+        mapping::apply(records.entry(machine_id.to_owned()).or_default(), write);
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct FakeBmc {
+    power: Arc<Mutex<HashMap<String, PowerState>>>,
+    slow: Arc<Mutex<HashMap<String, Duration>>>,
+    log: Log,
+    /// Status reads in flight now, and the most seen at once.
+    in_flight: Arc<Mutex<(u32, u32)>>,
+    /// Status reads to fail before one succeeds.
+    failing_reads: Arc<AtomicU32>,
+}
+
+impl Power for FakeBmc {
+    async fn status(&self, machine_id: &str, _bmc: &BmcInfo) -> Result<PowerState, ExecError> {
+        let delay = self.slow.lock().unwrap().get(machine_id).copied();
+        {
+            let mut f = self.in_flight.lock().unwrap();
+            f.0 += 1;
+            f.1 = f.1.max(f.0);
+        }
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        self.in_flight.lock().unwrap().0 -= 1;
+        if self
+            .failing_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            push(&self.log, format!("{machine_id} bmc status failed"));
+            return Err(ExecError::Bmc {
+                machine_id: machine_id.to_owned(),
+                bmc: "10.0.0.8:623".into(),
+                operation: "status".into(),
+                detail: "no answer".into(),
+            });
+        }
+        push(&self.log, format!("{machine_id} bmc status"));
+        Ok(*self
+            .power
+            .lock()
+            .unwrap()
+            .get(machine_id)
+            .unwrap_or(&PowerState::Off))
+    }
+
+    async fn act(
+        &self,
+        machine_id: &str,
+        _bmc: &BmcInfo,
+        action: PowerAction,
+    ) -> Result<(), ExecError> {
+        push(&self.log, format!("{machine_id} bmc {action:?}"));
+        let state = match action {
+            PowerAction::Off => PowerState::Off,
+            PowerAction::On(_) | PowerAction::Reboot(_) => PowerState::On,
+        };
+        self.power
+            .lock()
+            .unwrap()
+            .insert(machine_id.to_owned(), state);
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct FakeAgent {
+    log: Log,
+    /// Wipes to fail before one succeeds.
+    failing_wipes: Arc<AtomicU32>,
+    /// The password the IPMI user got.
+    password: Arc<Mutex<Option<String>>>,
+    /// Machines whose tunnel is open.
+    connected: Arc<Mutex<HashSet<String>>>,
+    /// How long a wipe takes.
+    wipe_time: Arc<Mutex<Duration>>,
+}
+
+impl FakeAgent {
+    fn connect(&self, machine_id: &str) {
+        self.connected.lock().unwrap().insert(machine_id.to_owned());
+    }
+}
+
+impl Agent for FakeAgent {
+    fn is_connected(&self, machine_id: &str) -> bool {
+        self.connected.lock().unwrap().contains(machine_id)
+    }
+
+    async fn get_power_management(
+        &self,
+        machine_id: &str,
+    ) -> Result<GetPowerManagementResponse, ExecError> {
+        push(&self.log, format!("{machine_id} agent GetPowerManagement"));
+        Ok(GetPowerManagementResponse {
+            ipmi: Some(get_power_management_response::Ipmi {
+                address: "10.0.0.7".into(),
+                port: 0,
+                user_exists: false,
+            }),
+            api: None,
+        })
+    }
+
+    async fn set_power_management(
+        &self,
+        machine_id: &str,
+        username: &str,
+        password: &Secret,
+    ) -> Result<(), ExecError> {
+        push(
+            &self.log,
+            format!("{machine_id} agent SetPowerManagement {username}"),
+        );
+        *self.password.lock().unwrap() = Some(password.expose().to_owned());
+        Ok(())
+    }
+
+    async fn wipe_disks(&self, machine_id: &str, zeroes: bool) -> Result<(), ExecError> {
+        push(
+            &self.log,
+            format!("{machine_id} agent WipeDisks zeroes={zeroes}"),
+        );
+        let wipe_time = *self.wipe_time.lock().unwrap();
+        tokio::time::sleep(wipe_time).await;
+        if self
+            .failing_wipes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ExecError::Agent(AgentError::Timeout {
+                machine_id: machine_id.to_owned(),
+                method: "WipeDisks",
+                timeout: Duration::from_secs(1),
+            }));
+        }
+        Ok(())
+    }
+}
+
+struct Rig {
+    store: FakeStore,
+    bmc: FakeBmc,
+    agent: FakeAgent,
+    log: Log,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let log = Log::default();
+        Self {
+            store: FakeStore {
+                records: Arc::default(),
+                log: Arc::clone(&log),
+            },
+            bmc: FakeBmc {
+                power: Arc::default(),
+                slow: Arc::default(),
+                log: Arc::clone(&log),
+                in_flight: Arc::default(),
+                failing_reads: Arc::default(),
+            },
+            agent: FakeAgent {
+                log: Arc::clone(&log),
+                failing_wipes: Arc::default(),
+                password: Arc::default(),
+                connected: Arc::default(),
+                wipe_time: Arc::default(),
+            },
+            log,
+        }
+    }
+
+    fn executor(&self) -> Executor<FakeStore, FakeBmc, FakeAgent> {
+        self.executor_with(16)
+    }
+
+    fn executor_with(&self, concurrency: usize) -> Executor<FakeStore, FakeBmc, FakeAgent> {
+        let mut settings = Settings::new(
+            Policy {
+                min_reboot_interval: Duration::from_secs(3600),
+                ..Policy::default()
+            },
+            BTreeMap::from([("rack".to_owned(), "a1".to_owned())]),
+        );
+        settings.power_poll_interval = Duration::from_secs(3600);
+        settings.retry_base = Duration::from_millis(10);
+        settings.concurrency = concurrency;
+        Executor::new(
+            self.store.clone(),
+            self.bmc.clone(),
+            self.agent.clone(),
+            settings,
+        )
+    }
+
+    fn set(&self, machine_id: &str, records: Records) {
+        self.store
+            .records
+            .lock()
+            .unwrap()
+            .insert(machine_id.to_owned(), records);
+    }
+
+    fn records(&self, machine_id: &str) -> Records {
+        self.store
+            .records
+            .lock()
+            .unwrap()
+            .get(machine_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds (failing after 5 s), then a little longer so that any
+    /// extra action would show in the log.
+    async fn settle(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not reached; log: {:#?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn accepted() -> omni::InfraMachineSpec {
+    omni::InfraMachineSpec {
+        acceptance_status: omni::infra_machine_config_spec::AcceptanceStatus::Accepted as i32,
+        node_unique_token: "tok-1".into(),
+        ..Default::default()
+    }
+}
+
+fn powered_off_and_ready(r: &Rig, id: &str) -> bool {
+    r.records(id).status.is_some_and(|s| {
+        s.ready_to_use
+            && s.power_state
+                == omni::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32
+    })
+}
+
+#[tokio::test]
+async fn accept_configures_bmc_wipes_and_powers_off_once() {
+    let rig = Rig::new();
+    rig.set(
+        "m1",
+        Records {
+            infra: Some(accepted()),
+            ..Records::default()
+        },
+    );
+    rig.bmc
+        .power
+        .lock()
+        .unwrap()
+        .insert("m1".into(), PowerState::On);
+    rig.agent.connect("m1");
+    let exec = rig.executor();
+    exec.event("m1", Event::TunnelConnected);
+    rig.settle("ready and off", |r| powered_off_and_ready(r, "m1"))
+        .await;
+    assert_eq!(
+        rig.log(),
+        [
+            "m1 store Status",
+            "m1 agent GetPowerManagement",
+            "m1 agent SetPowerManagement talos-agent",
+            "m1 store BmcConfiguration",
+            "m1 bmc status",
+            "m1 store WipeStarted \"\"",
+            "m1 agent WipeDisks zeroes=false",
+            "m1 store WipeDone \"\"",
+            "m1 store Status",
+            "m1 store PowerOp Off",
+            "m1 bmc Off",
+            "m1 store Status",
+        ]
+    );
+    // The stored credentials are the ones the agent set, from the OS random source.
+    let records = rig.records("m1");
+    let stored = records
+        .bmc_configuration
+        .and_then(|b| b.ipmi)
+        .expect("BMC credentials stored");
+    let given = rig.agent.password.lock().unwrap().clone();
+    assert_eq!(Some(stored.password.clone()), given);
+    assert_eq!(stored.password.len(), 16);
+    assert_eq!((stored.address.as_str(), stored.port), ("10.0.0.7", 623));
+    assert_eq!(
+        records.wipe,
+        Some(baremetal::WipeStatusSpec {
+            last_wipe_id: String::new(),
+            last_wipe_install_event_id: 0,
+            initial_wipe_done: true,
+            wiped_node_unique_token: "tok-1".into(),
+        })
+    );
+    drop(exec);
+
+    // A restarted executor over the same records repeats nothing: one power reading, no
+    // wipe, no power action, no write.
+    let before = rig.log().len();
+    let exec = rig.executor();
+    exec.wake("m1");
+    rig.settle("restart read", |r| r.log().len() > before).await;
+    assert_eq!(rig.log()[before..], ["m1 bmc status"]);
+}
+
+#[tokio::test]
+async fn pending_cordoned_and_unknown_machines_are_left_alone() {
+    let rig = Rig::new();
+    let pending = omni::InfraMachineSpec::default();
+    let cordoned = omni::InfraMachineSpec {
+        cordoned: true,
+        ..accepted()
+    };
+    rig.set(
+        "pending",
+        Records {
+            infra: Some(pending),
+            ..Records::default()
+        },
+    );
+    rig.set(
+        "cordoned",
+        Records {
+            infra: Some(cordoned),
+            ..Records::default()
+        },
+    );
+    let exec = rig.executor();
+    for id in ["pending", "cordoned", "unknown"] {
+        exec.event(id, Event::TunnelConnected);
+        exec.event(id, Event::PxeBoot);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(exec.machines(), ["cordoned", "pending", "unknown"]);
+    assert!(rig.log().is_empty(), "{:#?}", rig.log());
+}
+
+#[tokio::test]
+async fn a_failed_wipe_is_sent_again_and_recorded_once() {
+    let rig = Rig::new();
+    rig.set(
+        "m1",
+        Records {
+            infra: Some(accepted()),
+            bmc_configuration: Some(mapping::bmc_configuration_from_agent(
+                &GetPowerManagementResponse {
+                    ipmi: Some(get_power_management_response::Ipmi::default()),
+                    api: None,
+                },
+                "talos-agent",
+                "pw",
+            ))
+            .flatten(),
+            ..Records::default()
+        },
+    );
+    rig.bmc
+        .power
+        .lock()
+        .unwrap()
+        .insert("m1".into(), PowerState::On);
+    rig.agent.failing_wipes.store(1, Ordering::SeqCst);
+    rig.agent.connect("m1");
+    let exec = rig.executor();
+    exec.event("m1", Event::TunnelConnected);
+    rig.settle("ready and off", |r| powered_off_and_ready(r, "m1"))
+        .await;
+    let log = rig.log();
+    let count = |s: &str| log.iter().filter(|e| e.as_str() == s).count();
+    assert_eq!(count("m1 agent WipeDisks zeroes=false"), 2, "{log:#?}");
+    assert_eq!(count("m1 store WipeStarted \"\""), 1, "{log:#?}");
+    assert_eq!(count("m1 store WipeDone \"\""), 1, "{log:#?}");
+    assert_eq!(count("m1 bmc Off"), 1, "{log:#?}");
+    assert_eq!(
+        count("m1 agent SetPowerManagement talos-agent"),
+        0,
+        "{log:#?}"
+    );
+}
+
+fn wiped() -> Records {
+    Records {
+        infra: Some(accepted()),
+        bmc_configuration: Some(baremetal::BmcConfigurationSpec {
+            ipmi: Some(baremetal::bmc_configuration_spec::Ipmi {
+                address: "10.0.0.8".into(),
+                port: 623,
+                username: "talos-agent".into(),
+                password: "pw".into(),
+            }),
+            api: None,
+            manually_configured: false,
+        }),
+        wipe: Some(baremetal::WipeStatusSpec {
+            initial_wipe_done: true,
+            wiped_node_unique_token: "tok-1".into(),
+            ..Default::default()
+        }),
+        ..Records::default()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_bmc_delays_only_its_own_machine() {
+    let rig = Rig::new();
+    for id in ["slow", "fast"] {
+        rig.set(id, wiped());
+        rig.bmc
+            .power
+            .lock()
+            .unwrap()
+            .insert(id.into(), PowerState::On);
+    }
+    rig.bmc
+        .slow
+        .lock()
+        .unwrap()
+        .insert("slow".into(), Duration::from_secs(30));
+    let exec = rig.executor();
+    exec.wake("slow");
+    exec.wake("fast");
+    rig.settle("fast machine off", |r| powered_off_and_ready(r, "fast"))
+        .await;
+    let log = rig.log();
+    assert!(log.contains(&"fast bmc Off".to_owned()), "{log:#?}");
+    assert!(!log.iter().any(|e| e.starts_with("slow")), "{log:#?}");
+}
+
+#[tokio::test]
+async fn passes_at_once_are_bounded() {
+    let rig = Rig::new();
+    let ids: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    for id in &ids {
+        rig.set(id, wiped());
+        rig.bmc
+            .power
+            .lock()
+            .unwrap()
+            .insert(id.clone(), PowerState::On);
+        rig.bmc
+            .slow
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Duration::from_millis(50));
+    }
+    let exec = rig.executor_with(2);
+    for id in &ids {
+        exec.wake(id);
+    }
+    rig.settle("all off", |r| {
+        ids.iter().all(|id| powered_off_and_ready(r, id))
+    })
+    .await;
+    assert_eq!(
+        rig.bmc.in_flight.lock().unwrap().1,
+        2,
+        "at most 2 passes at once"
+    );
+    for id in &ids {
+        let offs = rig
+            .log()
+            .iter()
+            .filter(|e| **e == format!("{id} bmc Off"))
+            .count();
+        assert_eq!(offs, 1, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_power_reading_is_retried_soon() {
+    let rig = Rig::new();
+    rig.set("m1", wiped());
+    rig.bmc
+        .power
+        .lock()
+        .unwrap()
+        .insert("m1".into(), PowerState::On);
+    rig.bmc.failing_reads.store(2, Ordering::SeqCst);
+    // The poll interval is an hour: only the failure backoff can bring the next reading.
+    let exec = rig.executor();
+    exec.wake("m1");
+    rig.settle("off", |r| powered_off_and_ready(r, "m1")).await;
+    let log = rig.log();
+    let count = |s: &str| log.iter().filter(|e| e.as_str() == s).count();
+    assert_eq!(count("m1 bmc status failed"), 2, "{log:#?}");
+    assert_eq!(count("m1 bmc Off"), 1, "{log:#?}");
+}
+
+#[tokio::test]
+async fn a_long_wipe_holds_no_permit() {
+    let rig = Rig::new();
+    let mut wiping = wiped();
+    wiping.wipe = None;
+    rig.set("wiping", wiping);
+    rig.set("idle", wiped());
+    for id in ["wiping", "idle"] {
+        rig.bmc
+            .power
+            .lock()
+            .unwrap()
+            .insert(id.into(), PowerState::On);
+    }
+    rig.agent.connect("wiping");
+    *rig.agent.wipe_time.lock().unwrap() = Duration::from_secs(30);
+    // One pass at a time: the idle machine gets its turn only if the wipe lets go.
+    let exec = rig.executor_with(1);
+    exec.wake("wiping");
+    let started = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !rig
+        .log()
+        .iter()
+        .any(|e| e.starts_with("wiping agent WipeDisks"))
+    {
+        assert!(tokio::time::Instant::now() < started, "{:#?}", rig.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    exec.wake("idle");
+    rig.settle("idle machine off", |r| powered_off_and_ready(r, "idle"))
+        .await;
+    assert!(
+        !rig.log().iter().any(|e| e == "wiping store WipeDone \"\""),
+        "the wipe is still running: {:#?}",
+        rig.log()
+    );
+}

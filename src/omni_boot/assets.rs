@@ -1,0 +1,100 @@
+//! `GET /assets/<name>`: the local boot assets (`--use-local-boot-assets`) of air-gapped
+//! sites, as the Go provider serves `--boot-assets-path`: the agent's kernel and initramfs
+//! for each architecture, streamed from disk (they are large: nothing is held in memory).
+//!
+//! Only the six asset names (`kernel-<arch>`, `initramfs-metal-<arch>.xz`,
+//! `cmdline-metal-<arch>` for amd64 and arm64) are served; any other name is a 404, so no
+//! path from a request ever reaches the file system.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::io::ReaderStream;
+use tracing::warn;
+
+use crate::config::boot_asset_names;
+
+/// The asset directory and the names served from it.
+#[derive(Debug)]
+pub(crate) struct LocalAssets {
+    dir: PathBuf,
+    names: Vec<String>,
+}
+
+impl LocalAssets {
+    /// Serve the assets of `dir`.
+    pub(crate) fn new(dir: PathBuf) -> Arc<Self> {
+        let names = ["amd64", "arm64"]
+            .iter()
+            .flat_map(|arch| boot_asset_names(arch))
+            .collect();
+        Arc::new(Self { dir, names })
+    }
+
+    async fn serve(&self, name: &str) -> Response {
+        let plain = |status: StatusCode, msg: String| {
+            (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                )],
+                msg,
+            )
+                .into_response()
+        };
+        if !self.names.iter().any(|n| n == name) {
+            return plain(StatusCode::NOT_FOUND, "no such boot asset\n".to_owned());
+        }
+        let path = self.dir.join(name);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    format!("boot asset {name} is absent\n"),
+                );
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "boot asset unreadable");
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("boot asset {name} is unreadable\n"),
+                );
+            }
+        };
+        let len = match file.metadata().await {
+            Ok(m) => m.len(),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "boot asset unreadable");
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("boot asset {name} is unreadable\n"),
+                );
+            }
+        };
+        let mut response = Body::from_stream(ReaderStream::new(file)).into_response();
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        response
+    }
+
+    /// Add `GET /assets/<name>` to `router`.
+    pub(crate) fn mount(self: &Arc<Self>, router: Router) -> Router {
+        let me = self.clone();
+        router.route(
+            "/assets/{name}",
+            get(move |Path(name): Path<String>| async move { me.serve(&name).await }),
+        )
+    }
+}

@@ -1,0 +1,96 @@
+//! Omni-mode boot decisions (issue 6, item 3): what `/ipxe/boot.ipxe` answers each
+//! machine, from its state in Omni, and the routes Talos and the agent load from ironboot.
+//!
+//! - [`MachineStateCache`]: each machine's boot-relevant state (acceptance, cordon, the
+//!   cluster's Talos version and extensions, install and wipe records, BMC configured),
+//!   fed by the Omni watches through [`MachineStateCache::apply`], read without waiting
+//!   on Omni.
+//! - [`OmniBootDecider`]: the decision table ([`decide`], upstream's `RequiredBootMode`
+//!   through [`crate::lifecycle::required_boot`]) and its rendering: the Image Factory's
+//!   agent-mode or Talos install image (`chain --replace <factory PXE URL>`), the local
+//!   boot assets, boot from disk by `--boot-from-disk-method`, 404 for cordoned and
+//!   rejected machines, and the retrying script during a factory outage or before Omni's
+//!   state is loaded.
+//! - [`JoinConfig`]: `GET /config`, the join configuration from Omni's
+//!   `ProviderJoinConfig`, following its changes.
+//! - [`LocalAssets`]: `GET /assets/<name>`, the local boot assets.
+//! - [`follow`]: the Omni watches feeding the cache and the join configuration.
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "the Omni-mode wiring (watches feeding the cache and the join config, the \
+              decider in the router) lands with the control-loop executor of issue 6"
+)]
+
+mod assets;
+mod cache;
+mod decider;
+mod feed;
+mod join_config;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use assets::LocalAssets;
+pub(crate) use cache::{CacheEvent, InfraView, MachineBootState, MachineStateCache};
+pub(crate) use decider::{Decision, OmniBootDecider, OmniBootError, decide};
+pub(crate) use feed::follow;
+pub(crate) use join_config::JoinConfig;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::AgentBootSource;
+
+/// Everything Omni-mode boots need, built once at start: the cache and the join
+/// configuration (fed by [`follow`]), the decider (`ApiState::decider`), and the routes
+/// ([`OmniBoot::mount`]).
+#[derive(Debug, Clone)]
+pub(crate) struct OmniBoot {
+    /// Fed by [`follow`].
+    pub(crate) cache: Arc<MachineStateCache>,
+    /// Fed by [`follow`]; served on `/config`.
+    pub(crate) join: Arc<JoinConfig>,
+    /// The `boot.ipxe` decider.
+    pub(crate) decider: Arc<OmniBootDecider>,
+    /// `/assets/`, with `--use-local-boot-assets`.
+    pub(crate) assets: Option<Arc<LocalAssets>>,
+}
+
+impl OmniBoot {
+    /// For provider `provider_id`, reached by machines at `advertise:port`, booting the
+    /// agent from `source`.
+    pub(crate) fn new(
+        provider_id: &str,
+        advertise: IpAddr,
+        port: u16,
+        source: &AgentBootSource,
+    ) -> Result<Self, OmniBootError> {
+        let cache = Arc::new(MachineStateCache::new());
+        let decider = Arc::new(OmniBootDecider::new(
+            cache.clone(),
+            advertise,
+            port,
+            source,
+            crate::image_factory::DEFAULT_REQUEST_TIMEOUT,
+        )?);
+        let assets = match source {
+            AgentBootSource::LocalAssets { path } => Some(LocalAssets::new(path.clone())),
+            AgentBootSource::ImageFactory(_) => None,
+        };
+        Ok(Self {
+            cache,
+            join: JoinConfig::new(provider_id),
+            decider,
+            assets,
+        })
+    }
+
+    /// Add `/config` and, with local boot assets, `/assets/<name>` to `router`.
+    pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
+        let router = self.join.mount(router);
+        match &self.assets {
+            Some(assets) => assets.mount(router),
+            None => router,
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The control loop's executor against real peers: Omni's COSI state served by the Go
+//! harness built on the upstream modules (`tests/omni-harness`, see
+//! `tests/omni_conformance.rs`) and a BMC simulated by OpenIPMI's `ipmi_sim`
+//! (`bmc/tests/support/sim.rs`).
+//!
+//! - Started by Omni's watched changes alone, an accepted, already-wiped machine whose
+//!   operator gave BMC credentials in Omni is powered off exactly once (Omni prefers it
+//!   off); ironboot records the `PowerOperation` and publishes an `InfraMachineStatus`
+//!   that Omni's own Go types decode; a restarted executor repeats nothing.
+//! - A new machine whose metal agent (`tests/agent-harness`, the real grpctunnel Go
+//!   module) opened its tunnel is wiped through the agent once, recorded in `WipeStatus`,
+//!   then powered off once.
+//!
+//! Needs Go and the harnesses' modules and `ipmi_sim` (`tests/install-prereqs.sh`); a
+//! missing one fails the test naming it. Everything listens on 127.0.0.1.
+
+#[path = "common/go_harness.rs"]
+mod go_harness;
+#[path = "../bmc/tests/support/sim.rs"]
+mod sim;
+
+// The modules are compiled into this test as they are in the binary.
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/agent/mod.rs"]
+mod agent;
+// (executor and lifecycle allow dead code themselves.)
+#[allow(unreachable_pub, unused_imports)]
+#[path = "../src/executor/mod.rs"]
+mod executor;
+#[allow(unreachable_pub)]
+#[path = "../src/lifecycle/mod.rs"]
+mod lifecycle;
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/omni/mod.rs"]
+mod omni;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use ironboot_bmc::fleet::{Fleet, FleetOptions};
+use ironboot_bmc::{Selector, SelectorOptions};
+use ironboot_proto::{baremetal, omni as specs};
+use serde_json::{Value, json};
+
+use agent::client::{AgentClient, AgentTimeouts};
+use agent::tunnel::Tunnels;
+use executor::Settings;
+use executor::real::{FleetPower, Running};
+use lifecycle::Policy;
+use omni::auth::ServiceAccountKey;
+use omni::client::Client;
+use omni::transport::{OmniEndpoint, SignedChannel};
+
+const ID: &str = "bare-metal";
+
+/// The chassis changes, a request the IPMI client retransmitted (its reply was late, so
+/// `ipmi_sim` ran it twice) counted once: what is asserted is the executor's actions.
+fn power_changes(bmc: &sim::SimBmc) -> Vec<String> {
+    let mut changes = bmc.changes();
+    changes.dedup();
+    changes
+}
+
+/// The Omni harness, built once per test run (two tests building it at once would race).
+fn omni_harness() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| go_harness::build("the executor's Omni test", "omni-harness", "omniharness"))
+}
+
+/// The metal agent harness, built once per test run.
+fn agent_harness() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        go_harness::build("the executor's agent test", "agent-harness", "agentharness")
+    })
+}
+
+/// A running harness; killed (by its PID, through our handle) on drop.
+struct Harness {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start() -> Self {
+        let bin = omni_harness();
+        let out = Command::new(bin)
+            .args(["keygen", "--id", ID])
+            .output()
+            .expect("running omniharness keygen");
+        assert!(
+            out.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("sa.key");
+        std::fs::write(&key_file, &key).unwrap();
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--key-file")
+            .arg(&key_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting omniharness serve");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("harness first line");
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness start: {e}: {line:?}"));
+        let addr = v["listening"].as_str().expect("listening").to_owned();
+        Self {
+            child,
+            stdin,
+            stdout,
+            addr,
+            key,
+            _dir: dir,
+        }
+    }
+
+    fn ok(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness answer {line:?}: {e}"));
+        assert_eq!(
+            v["ok"], true,
+            "harness command {cmd} failed: {}",
+            v["error"]
+        );
+        v
+    }
+
+    fn client(&self) -> Client {
+        let url = format!("http://{}", self.addr);
+        let key =
+            Arc::new(ServiceAccountKey::parse(&self.key, ID, SystemTime::now()).expect("key"));
+        let endpoint = OmniEndpoint::parse(&url, true).expect("endpoint");
+        let channel = endpoint.channel().expect("channel");
+        Client::from_signed(SignedChannel::new(channel, key), ID.to_owned(), url)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
+    let mut h = Harness::start();
+    let bmc = sim::SimBmc::start("executor-omni");
+    bmc.set_power(true);
+    bmc.wait_ready_blocking();
+    let port = bmc
+        .address()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse::<u16>()
+        .unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let client = h.client();
+    // The provider's record of a wipe done by an earlier run.
+    let wiped = client.new_resource(
+        "m1",
+        baremetal::WipeStatusSpec {
+            initial_wipe_done: true,
+            wiped_node_unique_token: "tok-1".into(),
+            ..Default::default()
+        },
+    );
+    rt.block_on(client.create(&wiped, "bare-metal.WipeStatusController"))
+        .expect("seeding WipeStatus");
+
+    let running = start(&client);
+
+    // Omni: the machine is accepted (preferred power: off), the operator gave its BMC.
+    h.ok(json!({
+        "cmd": "put", "kind": "InfraMachine", "id": "m1",
+        "spec": {"acceptanceStatus": "ACCEPTED", "nodeUniqueToken": "tok-1"},
+        "labels": {"omni.sidero.dev/infra-provider-id": ID},
+    }));
+    h.ok(json!({
+        "cmd": "put", "kind": "BMCConfig", "id": "m1",
+        "spec": {"config": {"ipmi": {"address": "127.0.0.1", "port": port,
+            "username": sim::USER, "password": sim::PASSWORD}}},
+        "labels": {"omni.sidero.dev/infra-provider-id": ID},
+    }));
+
+    // Wait for the power-off and the status that reports it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rt
+            .block_on(client.get_opt::<specs::InfraMachineStatusSpec>("m1"))
+            .expect("reading InfraMachineStatus");
+        let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
+        if status.is_some_and(|s| s.spec.power_state == off) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no power-off reported; chassis log: {:?}",
+            bmc.chassis_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Long enough for a repeated action to show.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        power_changes(&bmc),
+        ["set power 0"],
+        "exactly one power-off"
+    );
+
+    let op = rt
+        .block_on(client.get::<baremetal::PowerOperationSpec>("m1"))
+        .expect("PowerOperation recorded");
+    assert_eq!(
+        op.spec.last_power_operation,
+        baremetal::PowerState::Off as i32
+    );
+    assert_eq!(op.metadata.owner, "bare-metal.PowerOperationController");
+
+    // Omni's Go types decode the status (protobuf and YAML) as written.
+    h.ok(json!({
+        "cmd": "check", "ns": "infra-provider", "type": "InfraMachineStatuses.omni.sidero.dev",
+        "id": "m1",
+        "spec": {"powerState": "POWER_STATE_OFF", "readyToUse": true,
+            "wipedNodeUniqueToken": "tok-1"},
+        "labels": {"rack": "a1", "omni.sidero.dev/infra-provider-id": ID},
+        "owner": "bare-metal.InfraMachineStatusController",
+    }));
+
+    // A restarted provider over the same records repeats nothing: it reads the power
+    // state (a chassis `get`) and leaves the machine alone.
+    drop(running);
+    let reads_before = bmc.chassis_log().len();
+    let running = start(&client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bmc.chassis_log().len() == reads_before {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted executor never read the BMC"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        power_changes(&bmc),
+        ["set power 0"],
+        "no power action after a restart"
+    );
+    let op_after = rt
+        .block_on(client.get::<baremetal::PowerOperationSpec>("m1"))
+        .expect("PowerOperation");
+    assert_eq!(
+        op_after.metadata.version, op.metadata.version,
+        "no new record"
+    );
+    drop(running);
+}
+
+/// The control loop over `client` as the binary starts it, with a fresh BMC fleet and a
+/// tunnel registry no agent connects to.
+fn start(client: &Client) -> Running {
+    start_with(client, &Tunnels::new())
+}
+
+/// Like [`start`], with the agents of `tunnels`.
+fn start_with(client: &Client, tunnels: &Tunnels) -> Running {
+    let power = FleetPower::new(
+        Selector::new(SelectorOptions {
+            redfish_use_when_available: false,
+            ..SelectorOptions::default()
+        }),
+        Fleet::new(FleetOptions::default()),
+    );
+    let agents = AgentClient::new(
+        tunnels.clone(),
+        AgentTimeouts {
+            call: Duration::from_secs(5),
+            fast_wipe: Duration::from_secs(5),
+            zeroes_wipe: Duration::from_secs(5),
+        },
+    );
+    let mut settings = Settings::new(
+        Policy::default(),
+        BTreeMap::from([("rack".to_owned(), "a1".to_owned())]),
+    );
+    settings.power_poll_interval = Duration::from_secs(3600);
+    executor::real::start(client, power, agents, tunnels.subscribe(), settings)
+}
+
+/// A metal agent played by `tests/agent-harness` (the real jhump/grpctunnel Go module),
+/// dialling ironboot's tunnel service; killed by PID on drop.
+struct GoAgent {
+    child: Child,
+    calls: std::sync::mpsc::Receiver<Value>,
+}
+
+impl GoAgent {
+    fn start(tunnel_addr: std::net::SocketAddr, machine_id: &str) -> Self {
+        let bin = agent_harness();
+        let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/proto");
+        let mut child = Command::new(bin)
+            .arg("--addr")
+            .arg(tunnel_addr.to_string())
+            .args(["--machine-id", machine_id, "--name", "agent"])
+            .args(["--proto-dir", proto_dir])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the agent harness");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, calls) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v.get("method").is_some() && tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, calls }
+    }
+
+    /// The methods the agent served so far.
+    fn methods(&self) -> Vec<String> {
+        self.calls
+            .try_iter()
+            .filter(|v| v["event"] != "cancelled")
+            .map(|v| v["method"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for GoAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
+    let mut h = Harness::start();
+    let bmc = sim::SimBmc::start("executor-agent");
+    bmc.set_power(true);
+    bmc.wait_ready_blocking();
+    let port = bmc
+        .address()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse::<u16>()
+        .unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let client = h.client();
+
+    // ironboot's tunnel service, as the binary mounts it on the API port.
+    let tunnels = Tunnels::new();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let tunnel_addr = listener.local_addr().unwrap();
+    let router = tunnels.mount(axum::Router::new());
+    let server = rt.spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let running = start_with(&client, &tunnels);
+
+    // The agent connects; Omni then creates the machine, and the operator accepts it
+    // with BMC credentials of their own (so no IPMI user is set up through the agent).
+    let mut events = tunnels.subscribe();
+    let agent = GoAgent::start(tunnel_addr, "uuid-1");
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(agent::tunnel::TunnelEvent::Connected { machine_id }) =
+                    events.recv().await
+                    && machine_id == "uuid-1"
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the Go agent never opened its tunnel");
+    });
+    h.ok(json!({
+        "cmd": "put", "kind": "BMCConfig", "id": "uuid-1",
+        "spec": {"config": {"ipmi": {"address": "127.0.0.1", "port": port,
+            "username": sim::USER, "password": sim::PASSWORD}}},
+        "labels": {"omni.sidero.dev/infra-provider-id": ID},
+    }));
+    h.ok(json!({
+        "cmd": "put", "kind": "InfraMachine", "id": "uuid-1",
+        "spec": {"acceptanceStatus": "ACCEPTED", "nodeUniqueToken": "tok-9"},
+        "labels": {"omni.sidero.dev/infra-provider-id": ID},
+    }));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
+    loop {
+        let status = rt
+            .block_on(client.get_opt::<specs::InfraMachineStatusSpec>("uuid-1"))
+            .expect("reading InfraMachineStatus");
+        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not wiped and powered off in time; chassis log: {:?}",
+            bmc.chassis_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.methods(), ["WipeDisks"], "one wipe, nothing else");
+    assert_eq!(
+        power_changes(&bmc),
+        ["set power 0"],
+        "one power-off, after the wipe"
+    );
+    let wipe = rt
+        .block_on(client.get::<baremetal::WipeStatusSpec>("uuid-1"))
+        .expect("WipeStatus recorded");
+    assert_eq!(
+        wipe.spec,
+        baremetal::WipeStatusSpec {
+            last_wipe_id: String::new(),
+            last_wipe_install_event_id: 0,
+            initial_wipe_done: true,
+            wiped_node_unique_token: "tok-9".into(),
+        }
+    );
+    assert_eq!(wipe.metadata.owner, "bare-metal.WipeStatusController");
+    h.ok(json!({
+        "cmd": "check", "ns": "infra-provider", "type": "InfraMachineStatuses.omni.sidero.dev",
+        "id": "uuid-1",
+        "spec": {"powerState": "POWER_STATE_OFF", "readyToUse": true,
+            "wipedNodeUniqueToken": "tok-9"},
+        "labels": {"rack": "a1", "omni.sidero.dev/infra-provider-id": ID},
+        "owner": "bare-metal.InfraMachineStatusController",
+    }));
+    drop(running);
+    tunnels.close_all();
+    server.abort();
+}
