@@ -16,6 +16,8 @@
 
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[path = "common/omni_harness.rs"]
+mod omni_harness;
 #[path = "../bmc/tests/support/sim.rs"]
 mod sim;
 
@@ -35,7 +37,7 @@ mod lifecycle;
 mod omni;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -92,58 +94,58 @@ struct Harness {
 impl Harness {
     fn start() -> Self {
         let bin = omni_harness();
-        let out = Command::new(bin)
-            .args(["keygen", "--id", ID])
-            .output()
-            .expect("running omniharness keygen");
-        assert!(
-            out.status.success(),
-            "keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("sa.key");
-        std::fs::write(&key_file, &key).unwrap();
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--key-file")
-            .arg(&key_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting omniharness serve");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("harness first line");
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness start: {e}: {line:?}"));
-        let addr = v["listening"].as_str().expect("listening").to_owned();
+        let key = omni_harness::keygen(bin, &["--id", ID]);
+        let s = omni_harness::serve(bin, &key, &[]);
         Self {
-            child,
-            stdin,
-            stdout,
-            addr,
+            child: s.child,
+            stdin: s.stdin,
+            stdout: s.stdout,
+            addr: s.addr,
             key,
-            _dir: dir,
+            _dir: s.dir,
         }
     }
 
     fn ok(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness answer {line:?}: {e}"));
+        let v = omni_harness::send(&mut self.stdin, &mut self.stdout, &cmd);
         assert_eq!(
             v["ok"], true,
             "harness command {cmd} failed: {}",
             v["error"]
         );
         v
+    }
+
+    /// Omni: `id` is accepted (preferred power: off) with `token` as its node token.
+    fn put_accepted(&mut self, id: &str, token: &str) {
+        self.ok(json!({
+            "cmd": "put", "kind": "InfraMachine", "id": id,
+            "spec": {"acceptanceStatus": "ACCEPTED", "nodeUniqueToken": token},
+            "labels": {"omni.sidero.dev/infra-provider-id": ID},
+        }));
+    }
+
+    /// Omni: the operator gave `id` the simulated BMC on 127.0.0.1:`port`.
+    fn put_bmc_config(&mut self, id: &str, port: u16) {
+        self.ok(json!({
+            "cmd": "put", "kind": "BMCConfig", "id": id,
+            "spec": {"config": {"ipmi": {"address": "127.0.0.1", "port": port,
+                "username": sim::USER, "password": sim::PASSWORD}}},
+            "labels": {"omni.sidero.dev/infra-provider-id": ID},
+        }));
+    }
+
+    /// Omni's Go types decode `id`'s status (protobuf and YAML) as ready, powered off and
+    /// wiped for `token`.
+    fn check_ready_and_off(&mut self, id: &str, token: &str) {
+        self.ok(json!({
+            "cmd": "check", "ns": "infra-provider", "type": "InfraMachineStatuses.omni.sidero.dev",
+            "id": id,
+            "spec": {"powerState": "POWER_STATE_OFF", "readyToUse": true,
+                "wipedNodeUniqueToken": token},
+            "labels": {"rack": "a1", "omni.sidero.dev/infra-provider-id": ID},
+            "owner": "bare-metal.InfraMachineStatusController",
+        }));
     }
 
     fn client(&self) -> Client {
@@ -163,10 +165,9 @@ impl Drop for Harness {
     }
 }
 
-#[test]
-fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
-    let mut h = Harness::start();
-    let bmc = sim::SimBmc::start("executor-omni");
+/// A simulated BMC named `name`, powered on and answering; with its port.
+fn powered_on_bmc(name: &str) -> (sim::SimBmc, u16) {
+    let bmc = sim::SimBmc::start(name);
     bmc.set_power(true);
     bmc.wait_ready_blocking();
     let port = bmc
@@ -176,12 +177,22 @@ fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
         .1
         .parse::<u16>()
         .unwrap();
+    (bmc, port)
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
+    let mut h = Harness::start();
+    let (bmc, port) = powered_on_bmc("executor-omni");
+    let rt = runtime();
     let _guard = rt.enter();
     let client = h.client();
     // The provider's record of a wipe done by an earlier run.
@@ -199,17 +210,8 @@ fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
     let running = start(&client);
 
     // Omni: the machine is accepted (preferred power: off), the operator gave its BMC.
-    h.ok(json!({
-        "cmd": "put", "kind": "InfraMachine", "id": "m1",
-        "spec": {"acceptanceStatus": "ACCEPTED", "nodeUniqueToken": "tok-1"},
-        "labels": {"omni.sidero.dev/infra-provider-id": ID},
-    }));
-    h.ok(json!({
-        "cmd": "put", "kind": "BMCConfig", "id": "m1",
-        "spec": {"config": {"ipmi": {"address": "127.0.0.1", "port": port,
-            "username": sim::USER, "password": sim::PASSWORD}}},
-        "labels": {"omni.sidero.dev/infra-provider-id": ID},
-    }));
+    h.put_accepted("m1", "tok-1");
+    h.put_bmc_config("m1", port);
 
     // Wait for the power-off and the status that reports it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -246,14 +248,7 @@ fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
     assert_eq!(op.metadata.owner, "bare-metal.PowerOperationController");
 
     // Omni's Go types decode the status (protobuf and YAML) as written.
-    h.ok(json!({
-        "cmd": "check", "ns": "infra-provider", "type": "InfraMachineStatuses.omni.sidero.dev",
-        "id": "m1",
-        "spec": {"powerState": "POWER_STATE_OFF", "readyToUse": true,
-            "wipedNodeUniqueToken": "tok-1"},
-        "labels": {"rack": "a1", "omni.sidero.dev/infra-provider-id": ID},
-        "owner": "bare-metal.InfraMachineStatusController",
-    }));
+    h.check_ready_and_off("m1", "tok-1");
 
     // A restarted provider over the same records repeats nothing: it reads the power
     // state (a chassis `get`) and leaves the machine alone.
@@ -371,22 +366,8 @@ impl Drop for GoAgent {
 #[test]
 fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
     let mut h = Harness::start();
-    let bmc = sim::SimBmc::start("executor-agent");
-    bmc.set_power(true);
-    bmc.wait_ready_blocking();
-    let port = bmc
-        .address()
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .parse::<u16>()
-        .unwrap();
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (bmc, port) = powered_on_bmc("executor-agent");
+    let rt = runtime();
     let _guard = rt.enter();
     let client = h.client();
 
@@ -420,17 +401,8 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
         .await
         .expect("the Go agent never opened its tunnel");
     });
-    h.ok(json!({
-        "cmd": "put", "kind": "BMCConfig", "id": "uuid-1",
-        "spec": {"config": {"ipmi": {"address": "127.0.0.1", "port": port,
-            "username": sim::USER, "password": sim::PASSWORD}}},
-        "labels": {"omni.sidero.dev/infra-provider-id": ID},
-    }));
-    h.ok(json!({
-        "cmd": "put", "kind": "InfraMachine", "id": "uuid-1",
-        "spec": {"acceptanceStatus": "ACCEPTED", "nodeUniqueToken": "tok-9"},
-        "labels": {"omni.sidero.dev/infra-provider-id": ID},
-    }));
+    h.put_bmc_config("uuid-1", port);
+    h.put_accepted("uuid-1", "tok-9");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
@@ -468,14 +440,7 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
         }
     );
     assert_eq!(wipe.metadata.owner, "bare-metal.WipeStatusController");
-    h.ok(json!({
-        "cmd": "check", "ns": "infra-provider", "type": "InfraMachineStatuses.omni.sidero.dev",
-        "id": "uuid-1",
-        "spec": {"powerState": "POWER_STATE_OFF", "readyToUse": true,
-            "wipedNodeUniqueToken": "tok-9"},
-        "labels": {"rack": "a1", "omni.sidero.dev/infra-provider-id": ID},
-        "owner": "bare-metal.InfraMachineStatusController",
-    }));
+    h.check_ready_and_off("uuid-1", "tok-9");
     drop(running);
     tunnels.close_all();
     server.abort();

@@ -15,10 +15,12 @@ mod go_harness;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/omni/mod.rs"]
 mod omni;
+#[path = "common/omni_harness.rs"]
+mod omni_harness;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -43,17 +45,7 @@ fn harness_binary() -> &'static Path {
 }
 
 fn keygen(args: &[&str]) -> String {
-    let out = Command::new(harness_binary())
-        .arg("keygen")
-        .args(args)
-        .output()
-        .expect("running omniharness keygen");
-    assert!(
-        out.status.success(),
-        "keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    omni_harness::keygen(harness_binary(), args)
 }
 
 /// The provider's key, generated once per test run.
@@ -77,37 +69,13 @@ impl Harness {
     }
 
     fn start_with_key(key: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key_file = dir.path().join("sa.key");
-        std::fs::write(&key_file, key).unwrap();
-        let mut child = Command::new(harness_binary())
-            .arg("serve")
-            .arg("--key-file")
-            .arg(&key_file)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting omniharness serve");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading the harness's first line");
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness start: {e}: {line:?}"));
-        let addr = v["listening"]
-            .as_str()
-            .expect("listening address")
-            .to_owned();
+        let s = omni_harness::serve(harness_binary(), key, extra);
         Self {
-            child,
-            stdin,
-            stdout,
-            addr,
-            _dir: dir,
+            child: s.child,
+            stdin: s.stdin,
+            stdout: s.stdout,
+            addr: s.addr,
+            _dir: s.dir,
         }
     }
 
@@ -117,11 +85,7 @@ impl Harness {
 
     /// Sends one control command; returns the answer (which has `ok`).
     fn send(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness answer {line:?}: {e}"))
+        omni_harness::send(&mut self.stdin, &mut self.stdout, &cmd)
     }
 
     /// Like [`Self::send`], and panics unless it succeeded.

@@ -274,6 +274,38 @@ impl Rig {
         self.log.lock().unwrap().clone()
     }
 
+    /// The fake BMC reads `machine_id` as powered on.
+    fn power_on(&self, machine_id: &str) {
+        self.bmc
+            .power
+            .lock()
+            .unwrap()
+            .insert(machine_id.to_owned(), PowerState::On);
+    }
+
+    /// The fake BMC of `machine_id` answers after `delay`.
+    fn slow_bmc(&self, machine_id: &str, delay: Duration) {
+        self.bmc
+            .slow
+            .lock()
+            .unwrap()
+            .insert(machine_id.to_owned(), delay);
+    }
+
+    /// Connects the agent of `machine_id`, starts an executor, reports the tunnel and
+    /// waits until the machine is ready and powered off.
+    async fn connect_until_ready_and_off(
+        &self,
+        machine_id: &str,
+    ) -> Executor<FakeStore, FakeBmc, FakeAgent> {
+        self.agent.connect(machine_id);
+        let exec = self.executor();
+        exec.event(machine_id, Event::TunnelConnected);
+        self.settle("ready and off", |r| powered_off_and_ready(r, machine_id))
+            .await;
+        exec
+    }
+
     /// Waits until `done` holds (failing after 5 s), then a little longer so that any
     /// extra action would show in the log.
     async fn settle(&self, what: &str, done: impl Fn(&Self) -> bool) {
@@ -298,6 +330,13 @@ fn accepted() -> omni::InfraMachineSpec {
     }
 }
 
+fn with_infra(infra: omni::InfraMachineSpec) -> Records {
+    Records {
+        infra: Some(infra),
+        ..Records::default()
+    }
+}
+
 fn powered_off_and_ready(r: &Rig, id: &str) -> bool {
     r.records(id).status.is_some_and(|s| {
         s.ready_to_use
@@ -309,23 +348,9 @@ fn powered_off_and_ready(r: &Rig, id: &str) -> bool {
 #[tokio::test]
 async fn accept_configures_bmc_wipes_and_powers_off_once() {
     let rig = Rig::new();
-    rig.set(
-        "m1",
-        Records {
-            infra: Some(accepted()),
-            ..Records::default()
-        },
-    );
-    rig.bmc
-        .power
-        .lock()
-        .unwrap()
-        .insert("m1".into(), PowerState::On);
-    rig.agent.connect("m1");
-    let exec = rig.executor();
-    exec.event("m1", Event::TunnelConnected);
-    rig.settle("ready and off", |r| powered_off_and_ready(r, "m1"))
-        .await;
+    rig.set("m1", with_infra(accepted()));
+    rig.power_on("m1");
+    let exec = rig.connect_until_ready_and_off("m1").await;
     assert_eq!(
         rig.log(),
         [
@@ -381,20 +406,8 @@ async fn pending_cordoned_and_unknown_machines_are_left_alone() {
         cordoned: true,
         ..accepted()
     };
-    rig.set(
-        "pending",
-        Records {
-            infra: Some(pending),
-            ..Records::default()
-        },
-    );
-    rig.set(
-        "cordoned",
-        Records {
-            infra: Some(cordoned),
-            ..Records::default()
-        },
-    );
+    rig.set("pending", with_infra(pending));
+    rig.set("cordoned", with_infra(cordoned));
     let exec = rig.executor();
     for id in ["pending", "cordoned", "unknown"] {
         exec.event(id, Event::TunnelConnected);
@@ -424,17 +437,9 @@ async fn a_failed_wipe_is_sent_again_and_recorded_once() {
             ..Records::default()
         },
     );
-    rig.bmc
-        .power
-        .lock()
-        .unwrap()
-        .insert("m1".into(), PowerState::On);
+    rig.power_on("m1");
     rig.agent.failing_wipes.store(1, Ordering::SeqCst);
-    rig.agent.connect("m1");
-    let exec = rig.executor();
-    exec.event("m1", Event::TunnelConnected);
-    rig.settle("ready and off", |r| powered_off_and_ready(r, "m1"))
-        .await;
+    let _exec = rig.connect_until_ready_and_off("m1").await;
     let log = rig.log();
     let count = |s: &str| log.iter().filter(|e| e.as_str() == s).count();
     assert_eq!(count("m1 agent WipeDisks zeroes=false"), 2, "{log:#?}");
@@ -475,17 +480,9 @@ async fn a_slow_bmc_delays_only_its_own_machine() {
     let rig = Rig::new();
     for id in ["slow", "fast"] {
         rig.set(id, wiped());
-        rig.bmc
-            .power
-            .lock()
-            .unwrap()
-            .insert(id.into(), PowerState::On);
+        rig.power_on(id);
     }
-    rig.bmc
-        .slow
-        .lock()
-        .unwrap()
-        .insert("slow".into(), Duration::from_secs(30));
+    rig.slow_bmc("slow", Duration::from_secs(30));
     let exec = rig.executor();
     exec.wake("slow");
     exec.wake("fast");
@@ -502,16 +499,8 @@ async fn passes_at_once_are_bounded() {
     let ids: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
     for id in &ids {
         rig.set(id, wiped());
-        rig.bmc
-            .power
-            .lock()
-            .unwrap()
-            .insert(id.clone(), PowerState::On);
-        rig.bmc
-            .slow
-            .lock()
-            .unwrap()
-            .insert(id.clone(), Duration::from_millis(50));
+        rig.power_on(id);
+        rig.slow_bmc(id, Duration::from_millis(50));
     }
     let exec = rig.executor_with(2);
     for id in &ids {
@@ -540,11 +529,7 @@ async fn passes_at_once_are_bounded() {
 async fn an_unanswered_power_reading_is_retried_soon() {
     let rig = Rig::new();
     rig.set("m1", wiped());
-    rig.bmc
-        .power
-        .lock()
-        .unwrap()
-        .insert("m1".into(), PowerState::On);
+    rig.power_on("m1");
     rig.bmc.failing_reads.store(2, Ordering::SeqCst);
     // The poll interval is an hour: only the failure backoff can bring the next reading.
     let exec = rig.executor();
@@ -564,11 +549,7 @@ async fn a_long_wipe_holds_no_permit() {
     rig.set("wiping", wiping);
     rig.set("idle", wiped());
     for id in ["wiping", "idle"] {
-        rig.bmc
-            .power
-            .lock()
-            .unwrap()
-            .insert(id.into(), PowerState::On);
+        rig.power_on(id);
     }
     rig.agent.connect("wiping");
     *rig.agent.wipe_time.lock().unwrap() = Duration::from_secs(30);

@@ -35,16 +35,33 @@ struct StandInState {
     mode: Arc<Mutex<Mode>>,
 }
 
-struct StandIn {
-    addr: std::net::SocketAddr,
-    state: StandInState,
+/// A router served on 127.0.0.1 (any free port) until dropped; the factory stand-ins of
+/// these tests and of `omni_boot`'s run on it.
+pub(crate) struct Served {
+    pub(crate) addr: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for StandIn {
+impl Served {
+    pub(crate) async fn start(router: axum::Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Served {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+struct StandIn {
+    served: Served,
+    state: StandInState,
 }
 
 impl StandIn {
@@ -56,12 +73,10 @@ impl StandIn {
         let router = axum::Router::new()
             .route("/schematics", axum::routing::post(create))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        Self { addr, state, task }
+        Self {
+            served: Served::start(router).await,
+            state,
+        }
     }
 
     fn set(&self, mode: Mode) {
@@ -73,7 +88,11 @@ impl StandIn {
     }
 
     fn factory(&self, timeout: Duration) -> ImageFactory {
-        ImageFactory::new(settings(&format!("http://{}/", self.addr), false), timeout).unwrap()
+        ImageFactory::new(
+            settings(&format!("http://{}/", self.served.addr), false),
+            timeout,
+        )
+        .unwrap()
     }
 }
 
@@ -184,7 +203,7 @@ async fn a_factory_error_is_reported_shared_and_not_cached() {
     let a = schematic("console=ttyS0");
 
     let results = concurrently(&factory, &a, 6).await;
-    let url = format!("http://{}/schematics", standin.addr);
+    let url = format!("http://{}/schematics", standin.served.addr);
     for r in results {
         let e = r.unwrap_err();
         assert_eq!(

@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use ironboot_bmc::PowerState;
 use ironboot_proto::{baremetal, omni};
 
-use crate::lifecycle::{Acceptance, InfraMachine, WipeRecord};
+use crate::lifecycle::{InfraMachine, WipeRecord};
 use crate::omni::client::{Phase, Resource};
 use crate::omni::watch::Event;
 
@@ -25,29 +24,8 @@ pub(crate) struct InfraView {
 impl InfraView {
     /// Map the protobuf spec once.
     pub(crate) fn from_spec(spec: &omni::InfraMachineSpec, phase: Phase) -> Self {
-        let acceptance = match spec.acceptance_status {
-            1 => Acceptance::Accepted,
-            2 => Acceptance::Rejected,
-            _ => Acceptance::Pending,
-        };
-        let preferred_power = if spec.preferred_power_state == 1 {
-            PowerState::On
-        } else {
-            PowerState::Off
-        };
         Self {
-            machine: InfraMachine {
-                acceptance,
-                cordoned: spec.cordoned,
-                preferred_power,
-                cluster_talos_version: spec.cluster_talos_version.clone(),
-                extensions: spec.extensions.clone(),
-                wipe_id: spec.wipe_id.clone(),
-                install_event_id: spec.install_event_id,
-                requested_reboot_id: spec.requested_reboot_id.clone(),
-                power_off_request_id: spec.power_off_request_id.clone(),
-                node_unique_token: spec.node_unique_token.clone(),
-            },
+            machine: crate::executor::mapping::infra_machine(spec),
             extra_kernel_args: spec
                 .extra_kernel_args
                 .split_whitespace()

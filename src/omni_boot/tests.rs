@@ -28,6 +28,7 @@ use crate::boot_script::tests::check_debian_2019_commands_and_labels;
 use crate::boot_script::{Answer, BootFromDiskMethod, Rendered, init_script};
 use crate::config::{AgentBootSource, ImageFactorySettings};
 use crate::image_factory::ImageFactory;
+use crate::image_factory::tests::Served;
 use crate::lifecycle::WipeRecord;
 use crate::machine::{Arch, MachineQuery, Uuid};
 use crate::omni::client::{Metadata, Phase, Resource};
@@ -123,6 +124,14 @@ fn every_row_of_the_decision_table() {
         wipe,
         bmc_configured: bmc,
     };
+    // Accepted (`f` adjusts it), the wipe record of [`wiped`], BMC configured.
+    let ready = |f: fn(&mut omni::InfraMachineSpec), wipe_id: &str, install_event_id: u64| {
+        Some(state(
+            Some(accepted(f)),
+            wiped(wipe_id, install_event_id),
+            true,
+        ))
+    };
     let install = |version: &str, ext: &[&str], args: &[&str]| Decision::Install {
         talos_version: version.to_owned(),
         extensions: ext.iter().map(|s| (*s).to_owned()).collect(),
@@ -133,7 +142,7 @@ fn every_row_of_the_decision_table() {
     let rows: Vec<(&str, Option<MachineBootState>, bool, Decision)> = vec![
         (
             "nothing loaded from Omni yet: wait, even for a known machine",
-            Some(state(Some(accepted(|_| {})), wiped("", 0), true)),
+            ready(|_| {}, "", 0),
             false,
             Decision::NotReady,
         ),
@@ -161,14 +170,14 @@ fn every_row_of_the_decision_table() {
         ),
         (
             "cordoned: 404",
-            Some(state(
-                Some(accepted(|s| {
+            ready(
+                |s| {
                     s.cordoned = true;
                     s.cluster_talos_version = "v1.11.0".into();
-                })),
-                wiped("", 0),
-                true,
-            )),
+                },
+                "",
+                0,
+            ),
             true,
             Decision::Refuse(super::decider::CORDONED),
         ),
@@ -186,7 +195,7 @@ fn every_row_of_the_decision_table() {
         ),
         (
             "accepted, not allocated: agent mode",
-            Some(state(Some(accepted(|_| {})), wiped("", 0), true)),
+            ready(|_| {}, "", 0),
             true,
             agent(&[]),
         ),
@@ -227,41 +236,41 @@ fn every_row_of_the_decision_table() {
         ),
         (
             "installed (install event above the wipe's): boot from disk",
-            Some(state(
-                Some(accepted(|s| {
+            ready(
+                |s| {
                     s.cluster_talos_version = "v1.11.0".into();
                     s.install_event_id = 3;
-                })),
-                wiped("", 2),
-                true,
-            )),
+                },
+                "",
+                2,
+            ),
             true,
             Decision::Disk,
         ),
         (
             "deallocated with a new wipe ID: agent mode to wipe",
-            Some(state(
-                Some(accepted(|s| {
+            ready(
+                |s| {
                     s.wipe_id = "w2".into();
                     s.install_event_id = 3;
-                })),
-                wiped("w1", 2),
-                true,
-            )),
+                },
+                "w1",
+                2,
+            ),
             true,
             agent(&[]),
         ),
         (
             "new wipe ID while still allocated: agent mode, not the disk",
-            Some(state(
-                Some(accepted(|s| {
+            ready(
+                |s| {
                     s.cluster_talos_version = "v1.11.0".into();
                     s.wipe_id = "w2".into();
                     s.install_event_id = 3;
-                })),
-                wiped("w1", 2),
-                true,
-            )),
+                },
+                "w1",
+                2,
+            ),
             true,
             agent(&[]),
         ),
@@ -352,15 +361,8 @@ struct FactoryState {
 }
 
 struct StandIn {
-    addr: std::net::SocketAddr,
+    served: Served,
     state: FactoryState,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -390,17 +392,15 @@ impl StandIn {
         let router = Router::new()
             .route("/schematics", axum::routing::post(create))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        Self { addr, state, task }
+        Self {
+            served: Served::start(router).await,
+            state,
+        }
     }
 
     fn settings(&self) -> ImageFactorySettings {
         ImageFactorySettings {
-            base_url: format!("http://{}", self.addr),
+            base_url: format!("http://{}", self.served.addr),
             pxe_base_url: "http://pxe.example.test".to_owned(),
             agent_mode_talos_version: AGENT_VERSION.to_owned(),
             secure_boot: false,
