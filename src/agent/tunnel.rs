@@ -661,19 +661,7 @@ impl Tunnel {
                             "more than one response message for a unary call".into(),
                         ));
                     }
-                    let size = m.size as usize;
-                    let data = m.data;
-                    if data.len() > size {
-                        return Err(CallError::Protocol(format!(
-                            "{} bytes in a response message announced as {size}",
-                            data.len()
-                        )));
-                    }
-                    if data.len() == size {
-                        message = Some(data);
-                    } else {
-                        partial = Some((size, data));
-                    }
+                    settle(m.size as usize, m.data, &mut message, &mut partial)?;
                 }
                 server_to_client::Frame::MoreResponseData(d) => {
                     let Some((size, mut data)) = partial.take() else {
@@ -682,17 +670,7 @@ impl Tunnel {
                         ));
                     };
                     data.extend_from_slice(&d);
-                    if data.len() > size {
-                        return Err(CallError::Protocol(format!(
-                            "{} bytes in a response message announced as {size}",
-                            data.len()
-                        )));
-                    }
-                    if data.len() == size {
-                        message = Some(data);
-                    } else {
-                        partial = Some((size, data));
-                    }
+                    settle(size, data, &mut message, &mut partial)?;
                 }
                 server_to_client::Frame::CloseStream(close) => {
                     let status: RpcStatus = close.status.unwrap_or_default();
@@ -757,6 +735,28 @@ fn grpc_timeout(timeout: Duration) -> String {
     } else {
         format!("{}S", timeout.as_secs().min(99_999_999))
     }
+}
+
+/// A response message's bytes so far against the size its envelope announced: complete
+/// (into `message`), still partial (into `partial`), or too long (a protocol error).
+fn settle(
+    size: usize,
+    data: Vec<u8>,
+    message: &mut Option<Vec<u8>>,
+    partial: &mut Option<(usize, Vec<u8>)>,
+) -> Result<(), CallError> {
+    if data.len() > size {
+        return Err(CallError::Protocol(format!(
+            "{} bytes in a response message announced as {size}",
+            data.len()
+        )));
+    }
+    if data.len() == size {
+        *message = Some(data);
+    } else {
+        *partial = Some((size, data));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

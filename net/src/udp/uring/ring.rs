@@ -651,7 +651,10 @@ impl Uring {
             }
             left -= 1;
             let last_of_run = left == 0;
-            match self.table.pick(meta.local_port, meta.ifindex) {
+            // One lookup serves the datagram and, at the end of a run, its segmented send:
+            // every datagram of a run has the same `meta`.
+            let socket = self.table.pick(meta.local_port, meta.ifindex);
+            match socket {
                 None => self.stats.send_dropped += 1,
                 Some(i) => match self.slots.prepare(meta, buf, len, body) {
                     None => self.stats.send_dropped += 1,
@@ -664,7 +667,7 @@ impl Uring {
                 },
             }
             if last_of_run && let Some(g) = group.take() {
-                match self.table.pick(meta.local_port, meta.ifindex) {
+                match socket {
                     Some(i) => self.submit_group(self.fds[i], g),
                     // Nothing was added (the same lookup failed for every member).
                     None => {
