@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::config::Config;
+use crate::omni_mode::OmniMode;
 use crate::{
     agent, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
 };
@@ -29,7 +30,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(path) => inventory::Inventory::load(path)?,
         None => inventory::Inventory::default(),
     };
-    info!(inventory = %inventory.summary(), "boot policy");
+    if config.omni_endpoint.is_none() {
+        info!(inventory = %inventory.summary(), "boot policy");
+    }
     let store = store::Store::open(&config.state_dir)?;
     info!(path = %store.path().display(), "machine store open");
     let store = store.start(store::DEFAULT_QUEUE)?;
@@ -51,6 +54,25 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     services.spawn(async move { ("TFTP", flatten(tftp.await)) });
 
+    // The metal agents' reverse gRPC tunnels (h2c) on the same port as the HTTP routes,
+    // and their client with the --agent-*-timeout values.
+    let agent_tunnels = agent::tunnel::Tunnels::new();
+    let agents = agent::client::AgentClient::new(agent_tunnels.clone(), config.agent.timeouts);
+    let mut omni = match &config.omni_endpoint {
+        Some(endpoint) => Some(OmniMode::start(&config, endpoint, &agent_tunnels, agents).await?),
+        None => None,
+    };
+    // The agents' tunnel over TLS: Omni mode prepared it; standalone needs your own files.
+    let agent_tls = match (omni.as_mut(), config.tls.enabled) {
+        (Some(omni), _) => omni.tls.take(),
+        (None, true) => Some(crate::omni_mode::prepare_tls(&config, None).await?),
+        (None, false) => None,
+    };
+    let decider: Arc<dyn boot_script::BootAnswerer> = match &omni {
+        Some(omni) => omni.decider.clone(),
+        None => Arc::new(inventory),
+    };
+
     let mut registry = metrics::Registry::new();
     registry.register(proxy_counters.clone());
     registry.register(tftp_counters.clone());
@@ -61,19 +83,18 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             config.api_port,
             config.boot_from_disk_method,
         ),
-        decider: Arc::new(inventory),
+        decider,
         disk_method: config.boot_from_disk_method,
         files,
         metrics: registry,
         recorder: store.recorder,
         machines: store.machines,
     });
-    // The metal agents' reverse gRPC tunnels (h2c) on the same port as the HTTP routes.
-    let agent_tunnels = agent::tunnel::Tunnels::new();
     let router = agent_tunnels.mount(router);
-    // The agents' client, with the --agent-*-timeout values; the control loop (issue 6,
-    // part 2) is its user, with `config.agent.wipe_with_zeroes`.
-    let _agents = agent::client::AgentClient::new(agent_tunnels.clone(), config.agent.timeouts);
+    let router = match &omni {
+        Some(omni) => omni.mount(router),
+        None => router,
+    };
     let http_addr = SocketAddrV4::new(
         config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
         config.api_port,
@@ -82,6 +103,25 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--api-port: listening on {http_addr}"))?;
     info!(addr = %http_addr, "HTTP API listening");
+    let tls_stop = match agent_tls {
+        Some(tls) => {
+            let addr = SocketAddrV4::new(
+                config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                config.tls.port,
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--tls-api-port: listening on {addr}"))?;
+            info!(%addr, "agents' TLS gRPC listening");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let served = tls.serve(listener, agent_tunnels.mount(axum::Router::new()), async {
+                let _ = stopped.await;
+            });
+            services.spawn(async move { ("agents' TLS", served.await.map_err(Into::into)) });
+            Some(stop)
+        }
+        None => None,
+    };
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     services.spawn(async move {
         let stopped = async {
@@ -108,10 +148,16 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    if let Some(omni) = &omni {
+        omni.stop();
+    }
     udp_shutdown.trigger();
     // Tunnels never end by themselves: close them so the HTTP server can drain.
     agent_tunnels.close_all();
     let _ = http_stop.send(());
+    if let Some(stop) = tls_stop {
+        let _ = stop.send(());
+    }
     while let Some(ended) = services.join_next().await {
         match ended {
             Ok((name, Err(e))) => {

@@ -50,9 +50,77 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = DEFAULT_API_PORT)]
     pub(crate) api_port: u16,
 
-    /// Omni API endpoint; empty runs ironboot standalone.
+    /// Omni API endpoint; empty runs ironboot standalone. Omni mode reads the
+    /// service-account key from OMNI_SERVICE_ACCOUNT_KEY.
     #[arg(long, env = "OMNI_ENDPOINT", default_value = "")]
     pub(crate) omni_api_endpoint: String,
+
+    /// Accept any TLS certificate from Omni.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) insecure_skip_tls_verify: bool,
+
+    /// Provider name shown in Omni.
+    #[arg(long, default_value = DEFAULT_PROVIDER_NAME)]
+    pub(crate) provider_name: String,
+
+    /// Provider description shown in Omni.
+    #[arg(long, default_value = DEFAULT_PROVIDER_DESCRIPTION)]
+    pub(crate) provider_description: String,
+
+    /// Kept for the Go provider's command lines; ironboot always caches Omni's state in
+    /// memory (its watches feed the boot decisions), so this changes nothing.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) enable_resource_cache: bool,
+
+    /// Boot the metal agent in test mode (`metal.provider.test.mode=1`: power through
+    /// the HTTP power API of emulated machines instead of IPMI).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) agent_test_mode: bool,
+
+    /// Serve the metal agents' gRPC tunnel over TLS too, on --tls-api-port.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) tls_enabled: bool,
+
+    /// Port of the TLS gRPC listener (with --tls-enabled).
+    #[arg(long, default_value_t = DEFAULT_TLS_API_PORT)]
+    pub(crate) tls_api_port: u16,
+
+    /// Tell the agents not to verify ironboot's TLS certificate
+    /// (`metal.provider.tls.skip.verify=1`).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub(crate) tls_agent_skip_verify: bool,
+
+    /// Lifetime of the generated CA (stored in Omni).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "262800h"
+    )]
+    pub(crate) tls_ca_ttl: String,
+
+    /// Lifetime of the serving certificate issued by the generated CA (renewed when less
+    /// than a tenth is left; at least 5m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "24h"
+    )]
+    pub(crate) tls_cert_ttl: String,
+
+    /// Your own CA certificate (PEM) instead of the generated CA; with --tls-cert-file and
+    /// --tls-key-file.
+    #[arg(long, default_value = "")]
+    pub(crate) tls_ca_cert_file: String,
+
+    /// Your own serving certificate (PEM), valid for the advertise address.
+    #[arg(long, default_value = "")]
+    pub(crate) tls_cert_file: String,
+
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, default_value = "")]
+    pub(crate) tls_key_file: String,
 
     /// Interface name, or an IP address whose interface serves ProxyDHCP (empty: the
     /// interface of the advertise address).
@@ -190,6 +258,17 @@ pub(crate) struct Cli {
     )]
     pub(crate) min_reboot_interval: String,
 
+    /// How often each machine's BMC power state is read (tuning and tests; upstream's is
+    /// fixed at 30s).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub(crate) power_poll_interval: String,
+
     /// Labels set on every machine, comma-separated `key=value` or `key` (empty value);
     /// may be repeated. Example: key1=value1,key2,key3=value3
     #[arg(long, value_delimiter = ',')]
@@ -222,6 +301,15 @@ pub(crate) struct Cli {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub(crate) secure_boot_enabled: bool,
 }
+
+/// Default `--provider-name`, as the Go provider's.
+pub(crate) const DEFAULT_PROVIDER_NAME: &str = "Bare Metal";
+/// Default `--provider-description`, as the Go provider's.
+pub(crate) const DEFAULT_PROVIDER_DESCRIPTION: &str = "Bare metal infrastructure provider";
+/// Default `--tls-api-port`, as the Go provider's.
+pub(crate) const DEFAULT_TLS_API_PORT: u16 = 50043;
+/// Shortest `--tls-cert-ttl` (the Go provider's bound).
+const MIN_TLS_CERT_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// Default `--boot-assets-path`, as the Go provider's (its container image's asset dir).
 pub(crate) const DEFAULT_BOOT_ASSETS_PATH: &str = "/assets";
@@ -313,6 +401,12 @@ pub(crate) struct Config {
     pub(crate) api_port: u16,
     /// Omni endpoint, or None for standalone mode.
     pub(crate) omni_endpoint: Option<String>,
+    /// How ironboot talks to and shows itself in Omni.
+    pub(crate) omni: OmniSettings,
+    /// `--agent-test-mode`.
+    pub(crate) agent_test_mode: bool,
+    /// The agents' TLS listener.
+    pub(crate) tls: TlsSettings,
     /// ProxyDHCP, unless disabled.
     pub(crate) dhcp_proxy: Option<DhcpProxyConfig>,
     /// UDP driver choice.
@@ -333,10 +427,51 @@ pub(crate) struct Config {
     pub(crate) agent: AgentSettings,
     /// `--min-reboot-interval`.
     pub(crate) min_reboot_interval: Duration,
+    /// `--power-poll-interval` (hidden).
+    pub(crate) power_poll_interval: Duration,
     /// `--machine-labels`, key to value.
     pub(crate) machine_labels: BTreeMap<String, String>,
     /// Where the metal agent's boot files come from.
     pub(crate) agent_boot: AgentBootSource,
+}
+
+/// Omni connection and presentation (`--insecure-skip-tls-verify`, `--provider-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OmniSettings {
+    /// Accept any certificate from Omni.
+    pub(crate) insecure_skip_tls_verify: bool,
+    /// Shown in Omni.
+    pub(crate) provider_name: String,
+    /// Shown in Omni.
+    pub(crate) provider_description: String,
+}
+
+/// The agents' TLS listener (`--tls-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    /// `--tls-enabled`.
+    pub(crate) enabled: bool,
+    /// `--tls-api-port`.
+    pub(crate) port: u16,
+    /// `--tls-agent-skip-verify`.
+    pub(crate) agent_skip_verify: bool,
+    /// `--tls-ca-ttl`.
+    pub(crate) ca_ttl: Duration,
+    /// `--tls-cert-ttl`.
+    pub(crate) cert_ttl: Duration,
+    /// Your own certificates, instead of the CA generated and stored in Omni.
+    pub(crate) user_certs: Option<UserCerts>,
+}
+
+/// `--tls-ca-cert-file`, `--tls-cert-file`, `--tls-key-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserCerts {
+    /// CA certificate (PEM).
+    pub(crate) ca_cert: PathBuf,
+    /// Serving certificate (PEM).
+    pub(crate) cert: PathBuf,
+    /// Its key (PEM).
+    pub(crate) key: PathBuf,
 }
 
 /// Metal agent call settings.
@@ -410,16 +545,15 @@ impl Config {
         };
         let omni_endpoint = match cli.omni_api_endpoint.trim() {
             "" => None,
-            v => {
-                return Err(refuse(
-                    "omni-api-endpoint",
-                    format!(
-                        "{v:?}: Omni mode is not in this build yet; run without it (or unset \
-                         OMNI_ENDPOINT) for standalone mode"
-                    ),
-                ));
-            }
+            v => Some(base_url("omni-api-endpoint", v)?),
         };
+        if omni_endpoint.is_some() && cli.inventory.is_some() {
+            return Err(refuse(
+                "inventory",
+                "an inventory gives boot targets in standalone mode only; with \
+                 --omni-api-endpoint, Omni decides what each machine boots",
+            ));
+        }
         let dhcp_proxy = if cli.disable_dhcp_proxy {
             None
         } else {
@@ -449,6 +583,13 @@ impl Config {
             advertise_address,
             api_port: cli.api_port,
             omni_endpoint,
+            omni: OmniSettings {
+                insecure_skip_tls_verify: cli.insecure_skip_tls_verify,
+                provider_name: cli.provider_name.clone(),
+                provider_description: cli.provider_description.clone(),
+            },
+            agent_test_mode: cli.agent_test_mode,
+            tls: tls_settings(cli)?,
             dhcp_proxy,
             udp_driver: cli.udp_driver,
             ipxe_dirs: nonempty_paths("ipxe-dir", &cli.ipxe_dir)?,
@@ -472,10 +613,77 @@ impl Config {
                 wipe_with_zeroes: cli.wipe_with_zeroes,
             },
             min_reboot_interval: duration("min-reboot-interval", &cli.min_reboot_interval)?,
+            power_poll_interval: positive_duration(
+                "power-poll-interval",
+                &cli.power_poll_interval,
+            )?,
             machine_labels: machine_labels(&cli.machine_labels)?,
             agent_boot: agent_boot_source(cli)?,
         })
     }
+}
+
+/// The TLS flags: the port must differ from --api-port; user certificates come as all
+/// three files or none, and must exist.
+fn tls_settings(cli: &Cli) -> Result<TlsSettings, ConfigError> {
+    if cli.tls_enabled && (cli.tls_api_port == 0 || cli.tls_api_port == cli.api_port) {
+        return Err(refuse(
+            "tls-api-port",
+            format!(
+                "{}: must be between 1 and 65535 and differ from --api-port",
+                cli.tls_api_port
+            ),
+        ));
+    }
+    let cert_ttl = duration("tls-cert-ttl", &cli.tls_cert_ttl)?;
+    if cert_ttl < MIN_TLS_CERT_TTL {
+        return Err(refuse(
+            "tls-cert-ttl",
+            format!("{:?}: must be at least 5m", cli.tls_cert_ttl),
+        ));
+    }
+    let ca_ttl = positive_duration("tls-ca-ttl", &cli.tls_ca_ttl)?;
+    let files = [
+        ("tls-ca-cert-file", cli.tls_ca_cert_file.trim()),
+        ("tls-cert-file", cli.tls_cert_file.trim()),
+        ("tls-key-file", cli.tls_key_file.trim()),
+    ];
+    let given = files.iter().filter(|(_, v)| !v.is_empty()).count();
+    let user_certs = match given {
+        0 => None,
+        3 => {
+            for (flag, path) in files {
+                if !Path::new(path).is_file() {
+                    return Err(refuse(flag, format!("{path:?} is not a readable file")));
+                }
+            }
+            Some(UserCerts {
+                ca_cert: files[0].1.into(),
+                cert: files[1].1.into(),
+                key: files[2].1.into(),
+            })
+        }
+        _ => {
+            let (flag, _) = files
+                .iter()
+                .find(|(_, v)| v.is_empty())
+                .copied()
+                .unwrap_or(files[0]);
+            return Err(refuse(
+                flag,
+                "your own TLS certificates need all three of --tls-ca-cert-file, \
+                 --tls-cert-file and --tls-key-file",
+            ));
+        }
+    };
+    Ok(TlsSettings {
+        enabled: cli.tls_enabled,
+        port: cli.tls_api_port,
+        agent_skip_verify: cli.tls_agent_skip_verify,
+        ca_ttl,
+        cert_ttl,
+        user_certs,
+    })
 }
 
 /// A Go duration flag (zero allowed).
@@ -895,8 +1103,30 @@ mod tests {
             (&["--id", "Bare Metal"], "id"),
             (&["--efi-ia32-boot-file", "../x.efi"], "efi-ia32-boot-file"),
             (
-                &["--omni-api-endpoint", "https://omni.example"],
+                &["--omni-api-endpoint", "omni.example"],
                 "omni-api-endpoint",
+            ),
+            (
+                &["--omni-api-endpoint", "grpc://omni.example"],
+                "omni-api-endpoint",
+            ),
+            (
+                &["--tls-enabled", "--tls-api-port", "50042"],
+                "tls-api-port",
+            ),
+            (&["--tls-cert-ttl", "1m"], "tls-cert-ttl"),
+            (&["--tls-ca-ttl", "0s"], "tls-ca-ttl"),
+            (&["--tls-cert-file", "cert.pem"], "tls-ca-cert-file"),
+            (
+                &[
+                    "--tls-ca-cert-file",
+                    "/nonexistent/ca.pem",
+                    "--tls-cert-file",
+                    "/nonexistent/c.pem",
+                    "--tls-key-file",
+                    "/nonexistent/k.pem",
+                ],
+                "tls-ca-cert-file",
             ),
         ];
         for (args, flag) in cases {

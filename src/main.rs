@@ -1,11 +1,5 @@
 //! The `ironboot` binary: composes configuration, logging and the services.
 
-// The agent client is used by the control loop (issue 6, part 2, not yet here) and by
-// tests/agent_conformance.rs; the binary so far serves the tunnels.
-#[allow(
-    dead_code,
-    reason = "the control loop (issue 6 part 2) will call the agents"
-)]
 mod agent;
 mod app;
 mod bmc_cli;
@@ -27,10 +21,12 @@ mod metrics;
 mod netif;
 mod omni;
 mod omni_boot;
+mod omni_mode;
 mod proxy_dhcp;
 mod store;
 mod storm;
 mod tftp_service;
+mod tls;
 
 use std::process::ExitCode;
 

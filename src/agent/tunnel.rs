@@ -140,6 +140,7 @@ impl Tunnels {
     }
 
     /// The machine IDs with an open tunnel, sorted.
+    #[allow(dead_code, reason = "read by the conformance tests")]
     pub(crate) fn connected(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.inner.lock().keys().cloned().collect();
         ids.sort_unstable();
@@ -410,6 +411,7 @@ impl SendWindow {
     }
 }
 
+#[allow(dead_code, reason = "read by the conformance tests")]
 impl Tunnel {
     /// The agent's machine ID.
     pub(crate) fn machine_id(&self) -> &str {

@@ -51,6 +51,10 @@ pub(crate) struct Records {
     pub(crate) reboot: Option<baremetal::RebootStatusSpec>,
     /// The `InfraMachineStatus` written last.
     pub(crate) status: Option<omni::InfraMachineStatusSpec>,
+    /// The `InfraMachine` is tearing down (Omni removes the machine).
+    pub(crate) infra_tearing_down: bool,
+    /// This provider's finalizer is on the `InfraMachine`.
+    pub(crate) held: bool,
 }
 
 /// One resource change derived from an action. `Debug` shows no BMC password.
@@ -100,6 +104,12 @@ pub(crate) enum Write {
         /// Labels to set on it.
         labels: BTreeMap<String, String>,
     },
+    /// Put the provider's finalizer on the `InfraMachine`.
+    Hold,
+    /// Delete the provider's records of the machine (its `BMCConfiguration`,
+    /// `WipeStatus`, `PowerOperation`, `RebootStatus` and `InfraMachineStatus`), then lift
+    /// the provider's finalizers from the `InfraMachine`. Idempotent.
+    Release,
 }
 
 /// A copy of a `BMCConfiguration` without its password, for `Debug`.
@@ -182,6 +192,8 @@ impl fmt::Debug for Write {
                 .field("spec", spec)
                 .field("labels", labels)
                 .finish(),
+            Write::Hold => f.write_str("Hold"),
+            Write::Release => f.write_str("Release"),
         }
     }
 }
@@ -358,6 +370,9 @@ pub(crate) fn observed(records: &Records, status: MachineStatus) -> lifecycle::O
         recorded: recorded(records),
         status,
         written_status: records.status.as_ref().map(written_status),
+        held: records.held,
+        tearing_down: records.infra.is_some() && records.infra_tearing_down,
+        agent_grace_until: None,
     }
 }
 
@@ -394,11 +409,13 @@ pub(crate) fn write_for(action: &Action, labels: &BTreeMap<String, String>) -> O
             spec: status_spec(s),
             labels: labels.clone(),
         },
+        Action::HoldMachine => Write::Hold,
         Action::ConfigureBmcViaAgent { .. }
         | Action::WipeDisks { .. }
         | Action::PowerOn { .. }
         | Action::PowerOff
-        | Action::Reboot { .. } => return None,
+        | Action::Reboot { .. }
+        | Action::ReleaseMachine { .. } => return None,
     })
 }
 
@@ -429,6 +446,7 @@ pub(crate) fn bmc_configuration_from_agent(
 }
 
 /// Applies a write to the records it touches (the store does the same per resource).
+#[cfg(test)]
 pub(crate) fn apply(records: &mut Records, write: &Write) {
     match write {
         Write::BmcConfiguration(spec) => records.bmc_configuration = Some(spec.clone()),
@@ -446,6 +464,15 @@ pub(crate) fn apply(records: &mut Records, write: &Write) {
             apply_reboot(records.reboot.get_or_insert_with(Default::default), write);
         }
         Write::Status { spec, .. } => records.status = Some(spec.clone()),
+        Write::Hold => records.held = true,
+        Write::Release => {
+            *records = Records {
+                infra: records.infra.take(),
+                bmc_config: records.bmc_config.take(),
+                infra_tearing_down: records.infra_tearing_down,
+                ..Records::default()
+            };
+        }
     }
 }
 

@@ -27,10 +27,6 @@
 //! Not done here either: the InfraMachine finalizer and the clean-up of the private
 //! records when Omni removes a machine, and writing the private `MachineStatus` resource
 //! (the live status is kept in memory; no rule needs it across a restart).
-#![allow(
-    dead_code,
-    reason = "the Omni-mode startup in app.rs (issue 6) will run the executor"
-)]
 
 pub(crate) mod feed;
 pub(crate) mod mapping;
@@ -224,6 +220,8 @@ struct Inner<S, P, A> {
     agent: A,
     settings: Settings,
     clock: Clock,
+    /// When this executor started: agents get a grace to reconnect from then.
+    started_at: SystemTime,
     secrets: Mutex<Box<dyn SecretSource + Send>>,
     permits: Semaphore,
     machines: Mutex<HashMap<String, Arc<Machine>>>,
@@ -272,6 +270,7 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
                 power,
                 agent,
                 settings,
+                started_at: clock(),
                 clock,
                 secrets: Mutex::new(secrets),
                 permits,
@@ -295,6 +294,7 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
     }
 
     /// The machines with a task.
+    #[cfg(test)]
     pub(crate) fn machines(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.lock_machines().keys().cloned().collect();
         ids.sort();
@@ -412,7 +412,9 @@ async fn pass<S: Store, P: Power, A: Agent>(
     };
     let mut status = machine.status();
     status.agent_connected = inner.agent.is_connected(machine_id);
-    let observed = mapping::observed(&records, status);
+    let mut observed = mapping::observed(&records, status);
+    observed.agent_grace_until =
+        Some(inner.started_at + inner.settings.policy.agent_reconnect_grace);
     let plan = {
         let mut secrets = inner.secrets.lock().unwrap_or_else(|e| e.into_inner());
         lifecycle::reconcile(
@@ -502,6 +504,25 @@ async fn execute<S: Store, P: Power, A: Agent>(
         Action::WipeDisks { zeroes } => {
             tracing::info!(machine_id, zeroes, "wiping disks");
             return inner.agent.wipe_disks(machine_id, *zeroes).await;
+        }
+        Action::ReleaseMachine { reboot_into_agent } => {
+            if let (Some(mode), Some(bmc)) = (reboot_into_agent, bmc) {
+                let reboot = PowerAction::Reboot(Some(*mode));
+                match inner.power.act(machine_id, bmc, reboot).await {
+                    Ok(()) => machine.apply(Event::PowerPolled(PowerState::On)),
+                    // Best effort: the machine leaves Omni either way.
+                    Err(e) => tracing::warn!(
+                        machine_id,
+                        error = %e,
+                        "could not reboot the removed machine into the agent"
+                    ),
+                }
+            }
+            tracing::info!(
+                machine_id,
+                "Omni removed the machine: releasing its records"
+            );
+            return inner.store.write(machine_id, &Write::Release).await;
         }
         Action::PowerOn { pxe_once } => (PowerAction::On(*pxe_once), PowerState::On, "on"),
         Action::PowerOff => (PowerAction::Off, PowerState::Off, "off"),

@@ -17,7 +17,7 @@ use super::mapping::{self, Records, WIPE_STARTED_ANNOTATION, Write};
 use super::{Agent, ExecError, Power, PowerAction, Store};
 use crate::agent::client::AgentClient;
 use crate::lifecycle::Secret;
-use crate::omni::client::{Client, OmniError};
+use crate::omni::client::{Client, OmniError, Phase};
 use crate::omni::resources::Spec;
 
 /// The owner of each record: the Go provider's controller names (prefixed with the
@@ -43,6 +43,82 @@ impl OmniStore {
             machine_id: machine_id.to_owned(),
             source,
         }
+    }
+
+    /// The finalizer this provider puts on its `InfraMachine`s (upstream's controller
+    /// name, so either provider can release the other's machines).
+    fn finalizer(&self) -> String {
+        owner(self.client.provider_id(), "MachineStatusController")
+    }
+
+    /// Destroys `machine_id`'s private records (absent ones are fine: a release
+    /// interrupted by a restart is run again), then lifts every finalizer of this provider
+    /// (ours, and the Go provider's controllers' after a takeover) from the InfraMachine.
+    async fn release(&self, machine_id: &str) -> Result<(), ExecError> {
+        let id = self.client.provider_id();
+        let err = Self::omni_error(machine_id);
+        let gone = |r: Result<(), OmniError>| match r {
+            Err(OmniError::NotFound { .. }) => Ok(()),
+            other => other,
+        };
+        let c = &self.client;
+        gone(
+            c.destroy::<baremetal::BmcConfigurationSpec>(
+                machine_id,
+                &owner(id, "BMCConfigurationController"),
+            )
+            .await,
+        )
+        .map_err(&err)?;
+        gone(
+            c.destroy::<baremetal::WipeStatusSpec>(machine_id, &owner(id, "WipeStatusController"))
+                .await,
+        )
+        .map_err(&err)?;
+        gone(
+            c.destroy::<baremetal::PowerOperationSpec>(
+                machine_id,
+                &owner(id, "PowerOperationController"),
+            )
+            .await,
+        )
+        .map_err(&err)?;
+        gone(
+            c.destroy::<baremetal::RebootStatusSpec>(
+                machine_id,
+                &owner(id, "RebootStatusController"),
+            )
+            .await,
+        )
+        .map_err(&err)?;
+        gone(
+            c.destroy::<omni::InfraMachineStatusSpec>(
+                machine_id,
+                &owner(id, "InfraMachineStatusController"),
+            )
+            .await,
+        )
+        .map_err(&err)?;
+        let prefix = format!("{id}.");
+        let infra = match c.get_opt::<omni::InfraMachineSpec>(machine_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(err(e)),
+        };
+        for f in infra
+            .metadata
+            .finalizers
+            .iter()
+            .filter(|f| f.starts_with(&prefix))
+        {
+            gone(
+                c.remove_finalizer::<omni::InfraMachineSpec>(machine_id, f)
+                    .await
+                    .map(drop),
+            )
+            .map_err(&err)?;
+        }
+        Ok(())
     }
 
     async fn modify<S: Spec>(
@@ -79,7 +155,16 @@ impl Store for OmniStore {
         let wipe_started = wipe
             .as_ref()
             .and_then(|w| w.metadata.annotations.get(WIPE_STARTED_ANNOTATION).cloned());
+        let (infra_tearing_down, held) = infra.as_ref().map_or((false, false), |r| {
+            let finalizer = self.finalizer();
+            (
+                r.metadata.phase == Phase::TearingDown,
+                r.metadata.finalizers.contains(&finalizer),
+            )
+        });
         Ok(Records {
+            infra_tearing_down,
+            held,
             infra: infra.map(|r| r.spec),
             bmc_config: bmc_config.map(|r| r.spec),
             bmc_configuration: bmc_configuration.map(|r| r.spec),
@@ -131,6 +216,13 @@ impl Store for OmniStore {
                 )
                 .await
             }
+            Write::Hold => self
+                .client
+                .add_finalizer::<omni::InfraMachineSpec>(machine_id, &self.finalizer())
+                .await
+                .map(drop)
+                .map_err(Self::omni_error(machine_id)),
+            Write::Release => self.release(machine_id).await,
             Write::Status { spec, labels } => {
                 self.modify::<omni::InfraMachineStatusSpec>(
                     machine_id,

@@ -49,6 +49,8 @@ impl Store for FakeStore {
             Write::PowerOffAcknowledged { request_id, .. } => format!("PowerOffAck {request_id}"),
             Write::RebootHandled { reboot_id, .. } => format!("RebootHandled {reboot_id}"),
             Write::Status { .. } => "Status".to_owned(),
+            Write::Hold => "Hold".to_owned(),
+            Write::Release => "Release".to_owned(),
         };
         push(&self.log, format!("{machine_id} store {name}"));
         let mut records = self.records.lock().unwrap();
@@ -330,9 +332,11 @@ fn accepted() -> omni::InfraMachineSpec {
     }
 }
 
+/// Omni's machine, with this provider's finalizer already on it.
 fn with_infra(infra: omni::InfraMachineSpec) -> Records {
     Records {
         infra: Some(infra),
+        held: true,
         ..Records::default()
     }
 }
@@ -456,6 +460,7 @@ async fn a_failed_wipe_is_sent_again_and_recorded_once() {
 fn wiped() -> Records {
     Records {
         infra: Some(accepted()),
+        held: true,
         bmc_configuration: Some(baremetal::BmcConfigurationSpec {
             ipmi: Some(baremetal::bmc_configuration_spec::Ipmi {
                 address: "10.0.0.8".into(),
@@ -573,4 +578,80 @@ async fn a_long_wipe_holds_no_permit() {
         "the wipe is still running: {:#?}",
         rig.log()
     );
+}
+
+#[tokio::test]
+async fn a_new_machine_gets_the_finalizer_once() {
+    let rig = Rig::new();
+    rig.set(
+        "m1",
+        Records {
+            held: false,
+            ..wiped()
+        },
+    );
+    rig.power_on("m1");
+    let exec = rig.executor();
+    exec.wake("m1");
+    rig.settle("held", |r| r.records("m1").held).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let holds = rig
+        .log()
+        .iter()
+        .filter(|e| e.ends_with("store Hold"))
+        .count();
+    assert_eq!(holds, 1, "{:#?}", rig.log());
+}
+
+/// Omni removes a machine that runs its installed Talos: it is rebooted into the agent
+/// over PXE (so it comes back as a new machine), its records are deleted and the
+/// finalizer lifted; nothing else happens, then or later.
+#[tokio::test]
+async fn a_removed_machine_is_sent_back_to_the_agent_and_released_once() {
+    let rig = Rig::new();
+    rig.set(
+        "m1",
+        Records {
+            infra_tearing_down: true,
+            ..wiped()
+        },
+    );
+    rig.power_on("m1");
+    let exec = rig.executor();
+    exec.wake("m1");
+    rig.settle("released", |r| !r.records("m1").held).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        rig.log(),
+        [
+            "m1 bmc status",
+            "m1 bmc Reboot(Some(Uefi))",
+            "m1 store Release",
+        ]
+    );
+    let r = rig.records("m1");
+    assert!(
+        r.bmc_configuration.is_none() && r.wipe.is_none() && r.status.is_none(),
+        "records left: {r:?}"
+    );
+}
+
+/// A machine removed while it runs the agent (or is off) is only released: no reboot.
+#[tokio::test]
+async fn a_removed_machine_running_the_agent_is_released_without_a_reboot() {
+    let rig = Rig::new();
+    rig.set(
+        "m1",
+        Records {
+            infra_tearing_down: true,
+            ..wiped()
+        },
+    );
+    rig.power_on("m1");
+    rig.agent.connect("m1");
+    let exec = rig.executor();
+    exec.event("m1", Event::TunnelConnected);
+    rig.settle("released", |r| !r.records("m1").held).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rig.log(), ["m1 bmc status", "m1 store Release"]);
 }

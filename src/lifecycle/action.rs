@@ -129,6 +129,17 @@ pub(crate) enum Action {
     },
     /// Write Omni's `InfraMachineStatus`.
     WriteInfraMachineStatus(InfraMachineStatus),
+    /// Put this provider's finalizer on the `InfraMachine`, so its removal waits for
+    /// [`Action::ReleaseMachine`].
+    HoldMachine,
+    /// Omni removes the machine: optionally reboot it into the agent over PXE (best effort:
+    /// a failing BMC does not keep the machine in Omni), then delete the provider's
+    /// records of it and lift the finalizer. A machine added again starts afresh (wiped
+    /// first).
+    ReleaseMachine {
+        /// PXE-once in this firmware mode and power-cycle first.
+        reboot_into_agent: Option<BootMode>,
+    },
 }
 
 impl Action {
@@ -140,6 +151,9 @@ impl Action {
                 | Action::PowerOn { .. }
                 | Action::PowerOff
                 | Action::Reboot { .. }
+                | Action::ReleaseMachine {
+                    reboot_into_agent: Some(_)
+                }
         )
     }
 }

@@ -193,6 +193,13 @@ pub(crate) struct Observed {
     pub(crate) status: MachineStatus,
     /// The `InfraMachineStatus` currently in Omni, to write only on change.
     pub(crate) written_status: Option<super::action::InfraMachineStatus>,
+    /// This provider's finalizer is on the `InfraMachine` (its records are not released).
+    pub(crate) held: bool,
+    /// Omni is removing the machine (the `InfraMachine` is tearing down).
+    pub(crate) tearing_down: bool,
+    /// Until then an absent agent tunnel proves nothing: this provider started recently
+    /// and the agent may not have reconnected yet (its gRPC backoff). `None`: no grace.
+    pub(crate) agent_grace_until: Option<SystemTime>,
 }
 
 /// The command-line policy the rules depend on.
@@ -205,15 +212,36 @@ pub(crate) struct Policy {
     pub(crate) wipe_with_zeroes: bool,
     /// `--ipmi-pxe-boot-mode`: the firmware mode for PXE-once.
     pub(crate) pxe_boot_mode: BootMode,
+    /// How long after the provider starts an agent gets to reconnect before its absence
+    /// counts (a machine that should run the agent is rebooted into it only after that).
+    pub(crate) agent_reconnect_grace: Duration,
+}
+
+/// The longest [`Policy::agent_reconnect_grace`]: gRPC's reconnect backoff tops out at two
+/// minutes, so every agent has redialled by then.
+pub(crate) const MAX_AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(120);
+
+impl Policy {
+    /// The policy of the command line: the agents get `--min-reboot-interval` to
+    /// reconnect after a start (the time a machine gets to boot), at most
+    /// [`MAX_AGENT_RECONNECT_GRACE`].
+    pub(crate) fn new(
+        min_reboot_interval: Duration,
+        wipe_with_zeroes: bool,
+        pxe_boot_mode: BootMode,
+    ) -> Self {
+        Self {
+            min_reboot_interval,
+            wipe_with_zeroes,
+            pxe_boot_mode,
+            agent_reconnect_grace: min_reboot_interval.min(MAX_AGENT_RECONNECT_GRACE),
+        }
+    }
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self {
-            min_reboot_interval: Duration::from_secs(15 * 60),
-            wipe_with_zeroes: false,
-            pxe_boot_mode: BootMode::Uefi,
-        }
+        Self::new(Duration::from_secs(15 * 60), false, BootMode::Uefi)
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use super::action::{Action, InfraMachineStatus, PowerOp};
 use super::model::{Acceptance, Observed, Policy, SecretSource};
 use super::rules::{
-    boot_mismatch, installed, power_off_hold, prefers_on, required_boot, requires_power_on,
-    requires_wipe,
+    BootDecision, boot_mismatch, installed, power_off_hold, prefers_on, required_boot,
+    requires_power_on, requires_wipe,
 };
 use ironboot_bmc::PowerState;
 
@@ -31,7 +31,8 @@ pub(crate) struct Plan {
 /// Decides what to do with one machine now.
 ///
 /// Cordoned, rejected and pending machines, and machines Omni does not (yet) know, are left
-/// alone entirely: no wipe, no power action, no status write.
+/// alone: no wipe, no power action, no status write (only the finalizer that lets the
+/// provider clean up when Omni removes the machine).
 pub(crate) fn reconcile(
     observed: &Observed,
     policy: &Policy,
@@ -42,6 +43,23 @@ pub(crate) fn reconcile(
     let Some(infra) = &observed.infra else {
         return plan;
     };
+    if observed.tearing_down {
+        if observed.held {
+            // Upstream: a machine not running the agent is sent back to it, so that it
+            // shows up in Omni again as a new machine.
+            let bmc_configured = observed.manual_bmc || observed.recorded.bmc.is_some();
+            let running_other =
+                observed.status.power == Some(PowerState::On) && !observed.status.agent_connected;
+            plan.actions.push(Action::ReleaseMachine {
+                reboot_into_agent: (bmc_configured && running_other)
+                    .then_some(policy.pxe_boot_mode),
+            });
+        }
+        return plan;
+    }
+    if !observed.held {
+        plan.actions.push(Action::HoldMachine);
+    }
     if infra.acceptance != Acceptance::Accepted || infra.cordoned {
         return plan;
     }
@@ -147,6 +165,17 @@ pub(crate) fn reconcile(
         PowerState::On => {
             let requested = infra.requested_reboot_id != rec.reboot.last_reboot_id;
             let mismatch = must_run && boot_mismatch(boot, status.agent_connected);
+            // Right after a (re)start every tunnel is closed: an agent that has not
+            // redialled yet is not an agent that is absent. Without this, each restart
+            // of the provider rebooted every machine running the agent.
+            let agent_grace = observed.agent_grace_until.filter(|until| now < *until);
+            let awaiting_agent =
+                mismatch && boot == BootDecision::AgentPxe && agent_grace.is_some();
+            let mismatch = mismatch && !awaiting_agent;
+            if awaiting_agent && !requested {
+                plan.wake_at = agent_grace;
+                return plan;
+            }
             // Omni prefers "on" until it has collected the machine's information
             // (upstream issue #55), so an idle, wiped machine waits for that.
             let power_off = !must_run && !prefers_on(infra);

@@ -2,13 +2,16 @@
 //! (upstream `makeBootDecision` and `RequiredBootMode`, see the lifecycle rules).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+use base64::Engine as _;
 
 use bytes::Bytes;
 use tracing::{error, warn};
 
 use super::cache::{MachineBootState, MachineStateCache};
+use super::join_config::JoinConfig;
 use crate::boot_script::{
     Answer, AnswerFuture, BootAnswerer, BootFromDiskMethod, BootTarget, IpxeScript, KernelBoot,
     Rendered, render, retry_script_because,
@@ -116,6 +119,56 @@ pub(crate) enum OmniBootError {
     Factory(#[from] FactoryError),
 }
 
+/// Agent-mode options beyond [`OmniBootDecider::new`]'s (upstream's `--agent-test-mode`
+/// and `--tls-*`), set by [`super::OmniBoot::with_agent_options`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AgentModeOptions {
+    /// `--agent-test-mode`: `metal.provider.test.mode=1`.
+    pub(crate) test_mode: bool,
+    /// `--tls-agent-skip-verify`: `metal.provider.tls.skip.verify=1` (added whenever the
+    /// flag is set, as upstream).
+    pub(crate) skip_verify: bool,
+    /// `--tls-enabled`: the agents dial the TLS port.
+    pub(crate) tls: Option<AgentTlsBoot>,
+}
+
+/// The agents' TLS listener as the machines see it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AgentTlsBoot {
+    /// `--tls-api-port`.
+    pub(crate) port: u16,
+    /// The CA Talos must trust (served in `/config` and inline).
+    pub(crate) ca_pem: String,
+}
+
+impl std::fmt::Debug for AgentTlsBoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTlsBoot")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent-mode options and, in TLS mode, the join configuration that goes inline.
+#[derive(Debug, Default)]
+struct Mode {
+    options: AgentModeOptions,
+    join: Option<Arc<JoinConfig>>,
+}
+
+/// Retry reason while the join configuration that TLS mode puts inline is not known.
+pub(crate) const WAITING_FOR_JOIN_CONFIG: &str =
+    "waiting for the join configuration from Omni (TLS mode puts it in the kernel arguments)";
+
+/// zstd level of the inline configuration (upstream uses its encoder's best compression).
+const INLINE_ZSTD_LEVEL: i32 = 19;
+
+/// `talos.config.inline=` value: base64 of the zstd frame of `doc` (upstream's encoding).
+pub(crate) fn inline_config(doc: &[u8]) -> std::io::Result<String> {
+    let compressed = zstd::bulk::compress(doc, INLINE_ZSTD_LEVEL)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(compressed))
+}
+
 /// The Omni-mode `boot.ipxe` decider.
 #[derive(Debug)]
 pub(crate) struct OmniBootDecider {
@@ -126,6 +179,21 @@ pub(crate) struct OmniBootDecider {
     /// Talos installs (and factory agent boots). `None` with local boot assets, whose
     /// configuration carries no factory (installs then wait with a retrying script).
     factory: Option<ImageFactory>,
+    /// Test mode and TLS.
+    mode: RwLock<Mode>,
+    /// The last inline configuration, by the document it encodes.
+    inline: InlineCache,
+}
+
+/// The last document put inline and its encoding. Its `Debug` shows neither: the join
+/// configuration carries the join token.
+#[derive(Default)]
+struct InlineCache(Mutex<Option<(Bytes, String)>>);
+
+impl std::fmt::Debug for InlineCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InlineCache")
+    }
 }
 
 /// The boot asset names of `arch` (kernel, initramfs, cmdline).
@@ -178,7 +246,43 @@ impl OmniBootDecider {
             port,
             agent,
             factory,
+            mode: RwLock::default(),
+            inline: InlineCache::default(),
         })
+    }
+
+    /// Boot agents with `options`; in TLS mode `join`'s document goes inline.
+    pub(crate) fn set_agent_options(&self, options: AgentModeOptions, join: Arc<JoinConfig>) {
+        *self.mode.write().unwrap_or_else(|p| p.into_inner()) = Mode {
+            options,
+            join: Some(join),
+        };
+    }
+
+    /// The agent-mode options in force.
+    pub(crate) fn agent_options(&self) -> AgentModeOptions {
+        self.mode
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .options
+            .clone()
+    }
+
+    /// `talos.config.inline=` of the join document served now; `Err`: why not (yet).
+    fn inline_arg(&self, join: &JoinConfig) -> Result<String, &'static str> {
+        let doc = join.current().ok_or(WAITING_FOR_JOIN_CONFIG)?;
+        let mut last = self.inline.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((d, value)) = &*last
+            && *d == doc
+        {
+            return Ok(format!("talos.config.inline={value}"));
+        }
+        let value = inline_config(&doc).map_err(|e| {
+            error!(error = %e, "compressing the inline machine configuration failed");
+            "the inline machine configuration could not be compressed"
+        })?;
+        *last = Some((doc, value.clone()));
+        Ok(format!("talos.config.inline={value}"))
     }
 
     /// A decider with this factory client (tests: a stand-in factory).
@@ -195,6 +299,8 @@ impl OmniBootDecider {
             port,
             agent: AgentImage::Factory,
             factory: Some(factory),
+            mode: RwLock::default(),
+            inline: InlineCache::default(),
         }
     }
 
@@ -216,16 +322,41 @@ impl OmniBootDecider {
     }
 
     /// Kernel arguments in the Go provider's order, so equal content gives the factory
-    /// the same schematic (and ID) as it would: `talos.config=`, for the agent
-    /// `metal.provider.address=`, then the console arguments, then the user's.
-    fn kernel_args(&self, arch: Arch, agent: bool, extra: &[String]) -> Vec<String> {
+    /// the same schematic (and ID) as it would: `talos.config=`, in TLS mode
+    /// `talos.config.inline=`, for the agent `metal.provider.address=` (`https://` and the
+    /// TLS port in TLS mode), `metal.provider.test.mode=1`,
+    /// `metal.provider.tls.skip.verify=1`, then the console arguments, then the user's.
+    /// `Err`: why the machine must ask again.
+    pub(crate) fn kernel_args(
+        &self,
+        arch: Arch,
+        agent: bool,
+        extra: &[String],
+    ) -> Result<Vec<String>, &'static str> {
+        let (options, join) = {
+            let mode = self.mode.read().unwrap_or_else(|p| p.into_inner());
+            (mode.options.clone(), mode.join.clone())
+        };
         let mut args = vec![self.config_arg()];
+        if options.tls.is_some() {
+            let join = join.as_deref().ok_or(WAITING_FOR_JOIN_CONFIG)?;
+            args.push(self.inline_arg(join)?);
+        }
         if agent {
-            args.push(format!(
-                "metal.provider.address={}:{}",
-                self.host(),
-                self.port
-            ));
+            args.push(match &options.tls {
+                Some(tls) => format!(
+                    "metal.provider.address=https://{}:{}",
+                    self.host(),
+                    tls.port
+                ),
+                None => format!("metal.provider.address={}:{}", self.host(), self.port),
+            });
+            if options.test_mode {
+                args.push("metal.provider.test.mode=1".to_owned());
+            }
+            if options.skip_verify {
+                args.push("metal.provider.tls.skip.verify=1".to_owned());
+            }
         }
         args.push("console=tty0".to_owned());
         args.push(
@@ -236,7 +367,7 @@ impl OmniBootDecider {
             .to_owned(),
         );
         args.extend(extra.iter().cloned());
-        args
+        Ok(args)
     }
 
     fn retry(&self, reason: &'static str) -> Answer {
@@ -275,7 +406,10 @@ impl OmniBootDecider {
 
     async fn agent(&self, who: &MachineQuery, extra: &[String]) -> Answer {
         let arch = who.arch;
-        let args = self.kernel_args(arch, true, extra);
+        let args = match self.kernel_args(arch, true, extra) {
+            Ok(args) => args,
+            Err(reason) => return self.retry(reason),
+        };
         match &self.agent {
             AgentImage::Factory => {
                 let Some(factory) = &self.factory else {
@@ -331,7 +465,10 @@ impl OmniBootDecider {
             error!(machine = %who.machine_id(), "a Talos install needs the Image Factory, which local boot assets do not configure");
             return self.retry("a Talos install needs the Image Factory");
         };
-        let args = self.kernel_args(who.arch, false, extra);
+        let args = match self.kernel_args(who.arch, false, extra) {
+            Ok(args) => args,
+            Err(reason) => return self.retry(reason),
+        };
         match factory
             .talos_url(talos_version, factory_arch(who.arch), extensions, args)
             .await

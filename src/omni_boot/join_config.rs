@@ -7,6 +7,10 @@
 //! rotated join token needed a restart), the served document follows every change the
 //! watch delivers. Until the first one arrives the route answers 503 with a message, and
 //! Talos retries.
+//!
+//! In TLS mode ([`JoinConfig::set_trusted_ca`]) a `TrustedRootsConfig` document named
+//! `infra-provider-ca` with the agents' CA follows Omni's documents, as upstream adds it,
+//! so Talos (and the metal agent on it) trusts ironboot's TLS listener.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -26,7 +30,57 @@ use crate::omni::watch::Event;
 /// Its `Debug` leaves the document out: it carries the join token.
 pub(crate) struct JoinConfig {
     provider_id: String,
-    current: RwLock<Option<Bytes>>,
+    docs: RwLock<Docs>,
+}
+
+/// Omni's documents, the CA to add, and what is served from both.
+#[derive(Default)]
+struct Docs {
+    omni: Option<Bytes>,
+    trusted_ca: Option<String>,
+    served: Option<Bytes>,
+}
+
+impl Docs {
+    fn recompute(&mut self) {
+        self.served = self.omni.as_ref().map(|omni| match &self.trusted_ca {
+            None => omni.clone(),
+            Some(pem) => {
+                let mut text = String::from_utf8_lossy(omni).into_owned();
+                if !text.trim_end().ends_with("---") {
+                    text.push_str("---\n");
+                }
+                text.push_str(&trusted_roots_document(pem));
+                Bytes::from(text)
+            }
+        });
+    }
+}
+
+/// Name of the `TrustedRootsConfig` document carrying the agents' CA (upstream's).
+pub(crate) const INFRA_PROVIDER_CA: &str = "infra-provider-ca";
+
+/// The Talos `TrustedRootsConfig` document named [`INFRA_PROVIDER_CA`] holding `pem`
+/// (a literal block: every line of the PEM text, indented).
+pub(crate) fn trusted_roots_document(pem: &str) -> String {
+    let lines: Vec<&str> = pem.trim_matches('\n').lines().map(str::trim_end).collect();
+    // A first line starting with a blank would defeat indentation detection.
+    let indicator = if lines.first().is_some_and(|l| l.starts_with([' ', '\t'])) {
+        "|2"
+    } else {
+        "|"
+    };
+    let mut doc = format!(
+        "apiVersion: v1alpha1\nkind: TrustedRootsConfig\nname: {INFRA_PROVIDER_CA}\ncertificates: {indicator}\n"
+    );
+    for line in lines {
+        if !line.is_empty() {
+            doc.push_str("  ");
+            doc.push_str(line);
+        }
+        doc.push('\n');
+    }
+    doc
 }
 
 impl std::fmt::Debug for JoinConfig {
@@ -43,8 +97,16 @@ impl JoinConfig {
     pub(crate) fn new(provider_id: &str) -> Arc<Self> {
         Arc::new(Self {
             provider_id: provider_id.to_owned(),
-            current: RwLock::new(None),
+            docs: RwLock::new(Docs::default()),
         })
+    }
+
+    /// TLS mode: serve a `TrustedRootsConfig` named `infra-provider-ca` with `ca_pem`
+    /// after Omni's documents (`None`: none).
+    pub(crate) fn set_trusted_ca(&self, ca_pem: Option<String>) {
+        let mut docs = self.docs.write().unwrap_or_else(|p| p.into_inner());
+        docs.trusted_ca = ca_pem;
+        docs.recompute();
     }
 
     /// Fold a watch event in. Events of other IDs are ignored; a destroyed resource makes
@@ -79,14 +141,17 @@ impl JoinConfig {
             known = value.is_some(),
             "machine join configuration updated from Omni"
         );
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = value;
+        let mut docs = self.docs.write().unwrap_or_else(|p| p.into_inner());
+        docs.omni = value;
+        docs.recompute();
     }
 
-    /// The document served now, if any.
+    /// The document served now (Omni's, then the CA in TLS mode), if any.
     pub(crate) fn current(&self) -> Option<Bytes> {
-        self.current
+        self.docs
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .served
             .clone()
     }
 

@@ -15,6 +15,9 @@
 //!   `ProviderJoinConfig`, following its changes.
 //! - [`LocalAssets`]: `GET /assets/<name>`, the local boot assets.
 //! - [`follow`]: the Omni watches feeding the cache and the join configuration.
+//! - [`OmniBoot::with_agent_options`]: `--agent-test-mode` and the TLS listener
+//!   (`metal.provider.address=https://…`, `talos.config.inline=`, the CA as a
+//!   `TrustedRootsConfig` in `/config`), see [`crate::tls`].
 #![allow(
     dead_code,
     unused_imports,
@@ -32,7 +35,9 @@ mod tests;
 
 pub(crate) use assets::LocalAssets;
 pub(crate) use cache::{CacheEvent, InfraView, MachineBootState, MachineStateCache};
-pub(crate) use decider::{Decision, OmniBootDecider, OmniBootError, decide};
+pub(crate) use decider::{
+    AgentModeOptions, AgentTlsBoot, Decision, OmniBootDecider, OmniBootError, decide,
+};
 pub(crate) use feed::follow;
 pub(crate) use join_config::JoinConfig;
 
@@ -83,6 +88,16 @@ impl OmniBoot {
             decider,
             assets,
         })
+    }
+
+    /// Boot agents with `options` (`--agent-test-mode`, `--tls-*`): the kernel
+    /// arguments of agent boots (and, in TLS mode, `talos.config.inline=` for every boot),
+    /// and in TLS mode the CA as a `TrustedRootsConfig` in `/config`.
+    pub(crate) fn with_agent_options(self, options: AgentModeOptions) -> Self {
+        self.join
+            .set_trusted_ca(options.tls.as_ref().map(|t| t.ca_pem.clone()));
+        self.decider.set_agent_options(options, self.join.clone());
+        self
     }
 
     /// Add `/config` and, with local boot assets, `/assets/<name>` to `router`.

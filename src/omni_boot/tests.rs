@@ -913,3 +913,205 @@ async fn the_router_serves_local_boot_assets() {
     let (status, _) = h.get("/assets/kernel-amd64").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+// ---------------------------------------------------------------------------------------
+// Agent-mode options: test mode and TLS (`with_agent_options`).
+
+const TLS_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\nAAAA==\n-----END CERTIFICATE-----\n";
+
+fn tls_options(test_mode: bool, skip_verify: bool) -> AgentModeOptions {
+    AgentModeOptions {
+        test_mode,
+        skip_verify,
+        tls: Some(AgentTlsBoot {
+            port: 50043,
+            ca_pem: TLS_CA.to_owned(),
+        }),
+    }
+}
+
+/// The document a `talos.config.inline=` argument carries.
+fn inline_doc(arg: &str) -> String {
+    use base64::Engine as _;
+    let value = arg
+        .strip_prefix("talos.config.inline=")
+        .unwrap_or_else(|| panic!("not an inline config: {arg}"));
+    let compressed = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .unwrap();
+    String::from_utf8(zstd::decode_all(compressed.as_slice()).unwrap()).unwrap()
+}
+
+#[test]
+fn tls_join_config_appends_the_infra_provider_ca_document() {
+    let j = JoinConfig::new("bare-metal");
+    j.set_trusted_ca(Some(TLS_CA.to_owned()));
+    assert_eq!(j.current(), None, "nothing before Omni's documents");
+    j.apply(join_event("bare-metal", JOIN_DOCS));
+    let served = String::from_utf8(j.current().unwrap().to_vec()).unwrap();
+    assert_eq!(
+        served,
+        format!(
+            "{JOIN_DOCS}---\napiVersion: v1alpha1\nkind: TrustedRootsConfig\n\
+             name: infra-provider-ca\ncertificates: |\n  \
+             -----BEGIN CERTIFICATE-----\n  MIIBtest\n  AAAA==\n  \
+             -----END CERTIFICATE-----\n"
+        )
+    );
+    // Two YAML documents; the second carries the PEM text exactly.
+    let docs: Vec<std::collections::BTreeMap<String, String>> =
+        serde_saphyr::from_multiple(&served).unwrap();
+    assert_eq!(docs.len(), 2, "{served}");
+    assert_eq!(docs[0]["kind"], "SideroLinkConfig");
+    assert_eq!(docs[1]["kind"], "TrustedRootsConfig");
+    assert_eq!(docs[1]["name"], "infra-provider-ca");
+    assert_eq!(docs[1]["certificates"], TLS_CA);
+    // It follows Omni's changes, and goes when TLS is off.
+    j.apply(join_event("bare-metal", &JOIN_DOCS.replace("t1", "t2")));
+    let served = String::from_utf8(j.current().unwrap().to_vec()).unwrap();
+    assert!(served.contains("jointoken=t2") && served.contains("infra-provider-ca"));
+    j.set_trusted_ca(None);
+    assert_eq!(
+        j.current().unwrap(),
+        JOIN_DOCS.replace("t1", "t2").as_bytes()
+    );
+    // A PEM whose first line is indented still parses back exactly.
+    let doc = join_config::trusted_roots_document("  odd\nlines\n");
+    let parsed: std::collections::BTreeMap<String, String> = serde_saphyr::from_str(&doc).unwrap();
+    assert_eq!(parsed["certificates"], "  odd\nlines\n");
+}
+
+#[test]
+fn tls_agent_kernel_args_follow_upstream() {
+    let omni = OmniBoot::new(
+        "bare-metal",
+        ADVERTISE,
+        PORT,
+        &AgentBootSource::ImageFactory(ImageFactorySettings {
+            base_url: "http://127.0.0.1:9".into(),
+            pxe_base_url: "http://127.0.0.1:9".into(),
+            agent_mode_talos_version: AGENT_VERSION.into(),
+            secure_boot: false,
+        }),
+    )
+    .unwrap();
+    let extra = vec!["foo=bar".to_owned()];
+
+    // Defaults: no TLS, no test mode (as before).
+    assert_eq!(
+        omni.decider.kernel_args(Arch::Amd64, true, &extra).unwrap(),
+        [
+            "talos.config=http://10.0.0.1:50042/config?u=${uuid}",
+            "metal.provider.address=10.0.0.1:50042",
+            "console=tty0",
+            "console=ttyS0",
+            "foo=bar"
+        ]
+    );
+
+    // Test mode without TLS; skip-verify is passed whenever the flag is set, as upstream.
+    let omni = omni.with_agent_options(AgentModeOptions {
+        test_mode: true,
+        skip_verify: true,
+        tls: None,
+    });
+    assert_eq!(
+        omni.decider.kernel_args(Arch::Arm64, true, &[]).unwrap(),
+        [
+            "talos.config=http://10.0.0.1:50042/config?u=${uuid}",
+            "metal.provider.address=10.0.0.1:50042",
+            "metal.provider.test.mode=1",
+            "metal.provider.tls.skip.verify=1",
+            "console=tty0",
+            "console=ttyAMA0",
+        ]
+    );
+    assert!(omni.join.current().is_none());
+
+    // TLS: the inline configuration needs the join configuration first.
+    let omni = omni.with_agent_options(tls_options(false, false));
+    assert_eq!(
+        omni.decider.kernel_args(Arch::Amd64, true, &extra),
+        Err(decider::WAITING_FOR_JOIN_CONFIG)
+    );
+    omni.join.apply(join_event("bare-metal", JOIN_DOCS));
+    let agent = omni.decider.kernel_args(Arch::Amd64, true, &extra).unwrap();
+    assert_eq!(agent.len(), 6, "{agent:?}");
+    assert_eq!(
+        agent[0],
+        "talos.config=http://10.0.0.1:50042/config?u=${uuid}"
+    );
+    assert_eq!(
+        inline_doc(&agent[1]).as_bytes(),
+        omni.join.current().unwrap(),
+        "the inline configuration is the served one, CA included"
+    );
+    assert!(inline_doc(&agent[1]).contains("name: infra-provider-ca"));
+    assert_eq!(
+        agent[2..],
+        [
+            "metal.provider.address=https://10.0.0.1:50043",
+            "console=tty0",
+            "console=ttyS0",
+            "foo=bar"
+        ]
+    );
+    // Talos installs carry the inline configuration too (upstream's default arguments),
+    // but nothing of the agent's.
+    let install = omni
+        .decider
+        .kernel_args(Arch::Amd64, false, &extra)
+        .unwrap();
+    assert_eq!(install[..2], agent[..2]);
+    assert_eq!(install[2..], ["console=tty0", "console=ttyS0", "foo=bar"]);
+
+    // A rotated join token changes the inline configuration.
+    omni.join
+        .apply(join_event("bare-metal", &JOIN_DOCS.replace("t1", "t2")));
+    let rotated = omni.decider.kernel_args(Arch::Amd64, true, &[]).unwrap();
+    assert!(inline_doc(&rotated[1]).contains("jointoken=t2"));
+    assert!(!format!("{:?}", omni.decider.agent_options()).contains("BEGIN"));
+    let dbg = format!("{:?}", omni.decider);
+    assert!(
+        !dbg.contains("jointoken")
+            && !dbg.contains("BEGIN")
+            && !dbg.contains(rotated[1].trim_start_matches("talos.config.inline=")),
+        "no join token or inline configuration in Debug: {dbg}"
+    );
+}
+
+#[tokio::test]
+async fn tls_agent_boots_reach_the_factory_and_wait_for_the_join_config() {
+    let f = StandIn::start().await;
+    let cache = Arc::new(synced_cache());
+    let d = f.decider(cache.clone());
+    let join = JoinConfig::new("bare-metal");
+    join.set_trusted_ca(Some(TLS_CA.to_owned()));
+    d.set_agent_options(tls_options(true, true), join.clone());
+
+    let a = d
+        .answer_for(&query(Some(U1), Arch::Amd64), BootFromDiskMethod::IpxeExit)
+        .await;
+    assert_eq!(a.kind, "retry", "no join configuration yet");
+    assert!(script(&a).contains("join configuration"), "{}", script(&a));
+
+    join.apply(join_event("bare-metal", JOIN_DOCS));
+    let a = d
+        .answer_for(&query(Some(U1), Arch::Amd64), BootFromDiskMethod::IpxeExit)
+        .await;
+    assert_eq!(a.kind, "script");
+    let body = f.last_body();
+    let inline = format!(
+        "- talos.config.inline={}\n",
+        decider::inline_config(&join.current().unwrap()).unwrap()
+    );
+    for arg in [
+        "- talos.config=http://10.0.0.1:50042/config?u=${uuid}\n",
+        inline.as_str(),
+        "- metal.provider.address=https://10.0.0.1:50043\n",
+        "- metal.provider.test.mode=1\n",
+        "- metal.provider.tls.skip.verify=1\n",
+    ] {
+        assert!(body.contains(arg), "{arg:?} missing from:\n{body}");
+    }
+}

@@ -16,10 +16,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"hash/fnv"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -30,6 +33,7 @@ import (
 	"github.com/jhump/grpctunnel/tunnelpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -40,7 +44,9 @@ import (
 )
 
 var (
-	addr       = flag.String("addr", "", "ironboot's API address, host:port")
+	addr       = flag.String("addr", "", "ironboot's API address, host:port (plaintext h2c), or https://host:port (TLS), as metal.provider.address")
+	tlsCAFile  = flag.String("tls-ca-file", "", "with https://: trust only this CA (PEM), standing in for Talos's trusted roots")
+	tlsSkip    = flag.Bool("tls-skip-verify", false, "with https://: do not verify the certificate (metal.provider.tls.skip.verify=1)")
 	machineID  = flag.String("machine-id", "", "the machine-id metadata to send")
 	name       = flag.String("name", "agent", "label of this agent in the printed events")
 	protoDir   = flag.String("proto-dir", "", "directory holding agent/agent.proto")
@@ -48,6 +54,7 @@ var (
 	ipmiPort   = flag.Uint("ipmi-port", 623, "GetPowerManagement: ipmi.port")
 	bigAddress = flag.Int("big-address", 0, "GetPowerManagement: answer an ipmi.address of this many bytes")
 	wipeDelay  = flag.Duration("wipe-delay", 0, "WipeDisks: take this long (cancellable)")
+	reconnect  = flag.Bool("reconnect", false, "open the tunnel again whenever it ends, as the metal agent does")
 	setError   = flag.String("set-error", "", "SetPowerManagement: fail with PermissionDenied and this message")
 )
 
@@ -117,6 +124,14 @@ func (a *agent) handler(m protoreflect.MethodDescriptor) func(any, context.Conte
 				emit(ev)
 				return nil, status.Error(codes.PermissionDenied, *setError)
 			}
+			if *ipmiAdmin != "" && in.Has(ipmiField) {
+				user := in.Get(ipmiField).Message().Get(ipmiField.Message().Fields().ByName("username")).String()
+				pw := in.Get(ipmiField).Message().Get(ipmiField.Message().Fields().ByName("password")).String()
+				if err := configureInBand(user, pw); err != nil {
+					emit(ev)
+					return nil, status.Error(codes.Internal, err.Error())
+				}
+			}
 		case "WipeDisks":
 			if *wipeDelay > 0 {
 				emit(ev)
@@ -166,12 +181,33 @@ func main() {
 		desc.Methods = append(desc.Methods, grpc.MethodDesc{MethodName: string(m.Name()), Handler: a.handler(m)})
 	}
 
-	// As the metal agent: plaintext gRPC, machine-id added to every call by interceptors.
+	// As the metal agent: TLS when the address has the https scheme (skip-verify on
+	// request), else plaintext gRPC; machine-id added to every call by interceptors.
 	withID := func(ctx context.Context) context.Context {
 		return metadata.AppendToOutgoingContext(ctx, "machine-id", *machineID)
 	}
-	conn, err := grpc.NewClient(*addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	target := *addr
+	creds := insecure.NewCredentials()
+	if u, perr := url.Parse(*addr); perr == nil && u.Scheme == "https" {
+		target = u.Host
+		cfg := &tls.Config{InsecureSkipVerify: *tlsSkip}
+		if *tlsCAFile != "" {
+			pem, rerr := os.ReadFile(*tlsCAFile)
+			if rerr != nil {
+				fmt.Fprintln(os.Stderr, "reading --tls-ca-file:", rerr)
+				os.Exit(1)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				fmt.Fprintln(os.Stderr, "--tls-ca-file: no certificate")
+				os.Exit(1)
+			}
+			cfg.RootCAs = pool
+		}
+		creds = credentials.NewTLS(cfg)
+	}
+	conn, err := grpc.NewClient(target,
+		grpc.WithTransportCredentials(creds),
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return invoker(withID(ctx), method, req, reply, cc, opts...)
 		}),
@@ -187,11 +223,18 @@ func main() {
 
 	server := grpctunnel.NewReverseTunnelServer(tunnelpb.NewTunnelServiceClient(conn))
 	server.RegisterService(&desc, a)
-	emit(map[string]any{"event": "serving"})
-	started, err := server.Serve(ctx)
-	ev := map[string]any{"event": "serve-ended", "started": started}
-	if err != nil {
-		ev["error"] = err.Error()
+	for {
+		emit(map[string]any{"event": "serving"})
+		started, err := server.Serve(ctx)
+		ev := map[string]any{"event": "serve-ended", "started": started}
+		if err != nil {
+			ev["error"] = err.Error()
+		}
+		emit(ev)
+		// As the metal agent does: keep dialling the provider (it may be restarting).
+		if !*reconnect {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	emit(ev)
 }

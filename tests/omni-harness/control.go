@@ -141,6 +141,31 @@ func (h *harness) run(ctx context.Context, c *command) (map[string]any, error) {
 		return map[string]any{}, h.inner.Destroy(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
 	case "check":
 		return h.check(ctx, c)
+	case "get": // read a resource's spec (protojson) and metadata; found=false if absent
+		r, err := h.inner.Get(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
+		if state.IsNotFoundError(err) {
+			return map[string]any{"found": false}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out := metaOf(r)
+		out["found"] = true
+		// Types without a registered Go spec (the provider's private ones) give metadata only.
+		if spec, specErr := specOf(r); specErr == nil {
+			js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(spec)
+			if err != nil {
+				return nil, err
+			}
+			out["spec"] = json.RawMessage(js)
+		}
+		return out, nil
+	case "teardown": // Omni starts removing a resource: phase tearingDown, finalizers pending
+		ready, err := state.WrapCore(h.inner).Teardown(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"destroy_ready": ready}, nil
 	case "meta":
 		r, err := h.inner.Get(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
 		if err != nil {

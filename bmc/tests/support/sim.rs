@@ -115,10 +115,14 @@ impl SimBmc {
 
     /// Every command the chassis script got, without its time stamp.
     pub(crate) fn chassis_log(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.dir.path().join("chassis/log")).unwrap_or_default();
-        log.lines()
-            .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_owned())
-            .collect()
+        read_chassis_log(&self.dir.path().join("chassis/log"))
+    }
+
+    /// [`SimBmc::chassis_log`] for another thread (a simulated host following its BMC).
+    #[allow(dead_code, reason = "not every test binary simulates hosts")]
+    pub(crate) fn log_reader(&self) -> impl Fn() -> Vec<String> + Send + 'static {
+        let path = self.dir.path().join("chassis/log");
+        move || read_chassis_log(&path)
     }
 
     /// The chassis log without status reads (`get ...`).
@@ -175,4 +179,11 @@ impl Drop for SimBmc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn read_chassis_log(path: &Path) -> Vec<String> {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    log.lines()
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_owned())
+        .collect()
 }

@@ -82,6 +82,9 @@ impl Sim {
             recorded: self.recorded.clone(),
             status: self.status,
             written_status: self.written.clone(),
+            held: true,
+            tearing_down: false,
+            agent_grace_until: None,
         }
     }
 
@@ -164,6 +167,9 @@ impl Sim {
                 self.status = apply_event(self.status, Event::TunnelClosed);
             }
             Action::WriteInfraMachineStatus(s) => self.written = Some(s.clone()),
+            Action::HoldMachine | Action::ReleaseMachine { .. } => {
+                panic!("the simulated machine is held and never removed: {action:?}")
+            }
         }
     }
 

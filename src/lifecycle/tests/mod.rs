@@ -63,6 +63,9 @@ fn ready() -> Observed {
             initialized: true,
         },
         written_status: None,
+        held: true,
+        tearing_down: false,
+        agent_grace_until: None,
     }
 }
 

@@ -606,3 +606,58 @@ fn regression_no_power_off_before_omni_collected_info() {
     let plan = plan_at(&o, at(100 * MIN));
     assert_eq!(steps(&plan.actions), power_off_at(at(100 * MIN)));
 }
+
+/// Found by the chaos scenario (`tests/lifecycle_scenario.rs`): a provider restart closes
+/// every tunnel, and a machine that runs the agent for a pending wipe, with no recent
+/// power action of ours to cool down from, was rebooted before its agent redialled. An
+/// absent agent counts only after the reconnect grace; a user's reboot request does not
+/// wait for it.
+#[test]
+fn regression_restart_does_not_reboot_machines_whose_agent_has_not_redialled() {
+    let mut o = ready();
+    deallocated(&mut o);
+    o.status.power = Some(PowerState::On);
+    o.status.agent_connected = false;
+    o.recorded.power.last = None;
+    let grace = policy().agent_reconnect_grace;
+    assert_eq!(
+        grace,
+        std::time::Duration::from_secs(120),
+        "the default grace"
+    );
+    o.agent_grace_until = Some(at(grace.as_secs()));
+    for secs in [0, 1, 60, grace.as_secs() - 1] {
+        let plan = plan_at(&o, at(secs));
+        assert!(
+            !plan.actions.iter().any(Action::is_destructive),
+            "{secs} s after the start: rebooted before the agent could redial: {plan:?}"
+        );
+        assert_eq!(plan.wake_at, Some(at(grace.as_secs())));
+    }
+    // The grace is over and the agent is still absent: reboot into it.
+    let now = at(grace.as_secs());
+    let plan = plan_at(&o, now);
+    assert_eq!(
+        steps(&plan.actions),
+        reboot_at(now, Some(policy().pxe_boot_mode))
+    );
+    // A requested reboot is done at once, grace or not.
+    infra(&mut o).requested_reboot_id = "r1".into();
+    let plan = plan_at(&o, at(1));
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Reboot { .. })),
+        "requested reboot waited: {plan:?}"
+    );
+}
+
+#[test]
+fn the_reconnect_grace_follows_min_reboot_interval_up_to_two_minutes() {
+    use crate::lifecycle::Policy;
+    use std::time::Duration;
+    let p = |secs| Policy::new(Duration::from_secs(secs), false, BootMode::Uefi);
+    assert_eq!(p(4).agent_reconnect_grace, Duration::from_secs(4));
+    assert_eq!(p(0).agent_reconnect_grace, Duration::ZERO);
+    assert_eq!(p(15 * MIN).agent_reconnect_grace, Duration::from_secs(120));
+}
