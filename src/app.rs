@@ -77,6 +77,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     registry.register(proxy_counters.clone());
     registry.register(tftp_counters.clone());
     registry.register(store.stats.clone());
+    if let Some(omni) = &omni {
+        registry.register(omni.stats());
+    }
     let router = http::router(http::ApiState {
         init_script: boot_script::init_script(
             config.advertise_address.into(),

@@ -77,6 +77,21 @@ pub(crate) struct Cli {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub(crate) agent_test_mode: bool,
 
+    /// Extra Talos machine configuration documents (YAML) appended to the join
+    /// configuration served on /config.
+    #[arg(long, default_value = "")]
+    pub(crate) extra_machine_config_path: String,
+
+    /// Directory of `talos provision` launch configs (`*.config`, JSON) giving each emulated
+    /// machine's HTTP power API address (with --agent-test-mode).
+    #[arg(long, default_value = "")]
+    pub(crate) api_power_mgmt_state_dir: String,
+
+    /// A CA certificate (PEM) iPXE should trust instead of its built-in root CA (for a
+    /// self-hosted Image Factory over HTTPS).
+    #[arg(long, default_value = "")]
+    pub(crate) tls_custom_ipxe_ca_cert_file: String,
+
     /// Serve the metal agents' gRPC tunnel over TLS too, on --tls-api-port.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub(crate) tls_enabled: bool,
@@ -405,6 +420,12 @@ pub(crate) struct Config {
     pub(crate) omni: OmniSettings,
     /// `--agent-test-mode`.
     pub(crate) agent_test_mode: bool,
+    /// `--extra-machine-config-path`.
+    pub(crate) extra_machine_config: Option<PathBuf>,
+    /// `--api-power-mgmt-state-dir`.
+    pub(crate) api_power_mgmt_state_dir: Option<PathBuf>,
+    /// `--tls-custom-ipxe-ca-cert-file`.
+    pub(crate) ipxe_ca_cert: Option<PathBuf>,
     /// The agents' TLS listener.
     pub(crate) tls: TlsSettings,
     /// ProxyDHCP, unless disabled.
@@ -589,6 +610,24 @@ impl Config {
                 provider_description: cli.provider_description.clone(),
             },
             agent_test_mode: cli.agent_test_mode,
+            extra_machine_config: existing_file(
+                "extra-machine-config-path",
+                &cli.extra_machine_config_path,
+            )?,
+            api_power_mgmt_state_dir: match cli.api_power_mgmt_state_dir.trim() {
+                "" => None,
+                d if Path::new(d).is_dir() => Some(d.into()),
+                d => {
+                    return Err(refuse(
+                        "api-power-mgmt-state-dir",
+                        format!("{d:?} is not a directory"),
+                    ));
+                }
+            },
+            ipxe_ca_cert: existing_file(
+                "tls-custom-ipxe-ca-cert-file",
+                &cli.tls_custom_ipxe_ca_cert_file,
+            )?,
             tls: tls_settings(cli)?,
             dhcp_proxy,
             udp_driver: cli.udp_driver,
@@ -684,6 +723,15 @@ fn tls_settings(cli: &Cli) -> Result<TlsSettings, ConfigError> {
         cert_ttl,
         user_certs,
     })
+}
+
+/// An optional file flag: empty is `None`; otherwise the file must exist.
+fn existing_file(flag: &'static str, value: &str) -> Result<Option<PathBuf>, ConfigError> {
+    match value.trim() {
+        "" => Ok(None),
+        v if Path::new(v).is_file() => Ok(Some(v.into())),
+        v => Err(refuse(flag, format!("{v:?} is not a readable file"))),
+    }
 }
 
 /// A Go duration flag (zero allowed).
@@ -1115,6 +1163,18 @@ mod tests {
                 "tls-api-port",
             ),
             (&["--tls-cert-ttl", "1m"], "tls-cert-ttl"),
+            (
+                &["--extra-machine-config-path", "/nonexistent.yaml"],
+                "extra-machine-config-path",
+            ),
+            (
+                &["--api-power-mgmt-state-dir", "/nonexistent"],
+                "api-power-mgmt-state-dir",
+            ),
+            (
+                &["--tls-custom-ipxe-ca-cert-file", "/nonexistent.pem"],
+                "tls-custom-ipxe-ca-cert-file",
+            ),
             (&["--tls-ca-ttl", "0s"], "tls-ca-ttl"),
             (&["--tls-cert-file", "cert.pem"], "tls-ca-cert-file"),
             (

@@ -32,6 +32,12 @@ impl PrometheusSource for ironboot_net::tftp::TftpCounters {
     }
 }
 
+impl PrometheusSource for crate::executor::stats::ExecutorStats {
+    fn render(&self, out: &mut String) {
+        self.render_prometheus(out);
+    }
+}
+
 /// The sources `/metrics` shows, in registration order.
 #[derive(Default, Clone)]
 pub(crate) struct Registry {

@@ -136,6 +136,11 @@ impl OmniMode {
         })
     }
 
+    /// The control loop's counters, for `/metrics`.
+    pub(crate) fn stats(&self) -> Arc<crate::executor::stats::ExecutorStats> {
+        self.control.executor.stats()
+    }
+
     /// Adds Omni mode's routes (`/config`, `/assets/`) to `router`.
     pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
         self.boot.mount(router)

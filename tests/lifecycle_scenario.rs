@@ -1076,6 +1076,29 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
     }
     eprintln!("phase done: removed and released");
 
+    if !chaos {
+        // One ironboot ran it all: its counters tell the same story as the peers.
+        let (status, metrics) =
+            http_get(world.ironboot.lock().unwrap().api(), "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        let n = MACHINES;
+        for (step, want) in [
+            ("bmc_setup", n),
+            ("wipe", 2 * n),
+            ("power_on", n),
+            ("power_off", 2 * n),
+            ("reboot", 2 * n),
+            ("hold", n),
+            ("release", n),
+        ] {
+            let line = format!("ironboot_lifecycle_steps_total{{step=\"{step}\"}} {want}\n");
+            assert!(
+                metrics.contains(&line),
+                "want {line:?} in /metrics:\n{metrics}"
+            );
+        }
+    }
+
     let starts = world.ironboot.lock().unwrap().starts;
     eprintln!("ironboot was started {starts} times");
     for m in &world.machines {

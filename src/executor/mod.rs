@@ -32,6 +32,7 @@ pub(crate) mod feed;
 pub(crate) mod mapping;
 pub(crate) mod real;
 pub(crate) mod secrets;
+pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -225,6 +226,7 @@ struct Inner<S, P, A> {
     secrets: Mutex<Box<dyn SecretSource + Send>>,
     permits: Semaphore,
     machines: Mutex<HashMap<String, Arc<Machine>>>,
+    stats: Arc<stats::ExecutorStats>,
 }
 
 /// Runs the control loop of every machine it is told about. Dropping it stops the tasks.
@@ -275,6 +277,7 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
                 secrets: Mutex::new(secrets),
                 permits,
                 machines: Mutex::new(HashMap::new()),
+                stats: Arc::default(),
             }),
         }
     }
@@ -301,6 +304,11 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
         ids
     }
 
+    /// Its counters, for `/metrics`.
+    pub(crate) fn stats(&self) -> Arc<stats::ExecutorStats> {
+        Arc::clone(&self.inner.stats)
+    }
+
     /// Stops every machine's task (also done on drop).
     pub(crate) fn shutdown(&self) {
         for m in self.lock_machines().values() {
@@ -322,6 +330,7 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
         if let Some(m) = machines.get(machine_id) {
             return Arc::clone(m);
         }
+        self.inner.stats.machine_added();
         let m = Arc::new(Machine::default());
         machines.insert(machine_id.to_owned(), Arc::clone(&m));
         let task = tokio::spawn(run_machine(
@@ -376,6 +385,7 @@ async fn run_machine<S: Store, P: Power, A: Agent>(
             Err(e) => {
                 streak = 0;
                 failures = failures.saturating_add(1);
+                inner.stats.failed_pass();
                 tracing::warn!(machine_id, error = %e, failures, "lifecycle step failed");
                 let shift = failures.saturating_sub(1).min(16);
                 inner
@@ -434,6 +444,7 @@ async fn pass<S: Store, P: Power, A: Agent>(
             permit = inner.permits.acquire().await.ok();
         }
         execute(inner, machine_id, machine, bmc.as_ref(), action).await?;
+        inner.stats.step(action);
     }
     drop(permit);
     // A BMC that could not be read is retried with the failure backoff, not at the next
