@@ -39,7 +39,10 @@ use crate::config::{Cli, Command, Config};
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        // The OpenPGP crate's debug lines dump the packets it parses, the service-account
+        // secret key among them: never below warn, whatever RUST_LOG says.
+        .add_directive("pgp=warn".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

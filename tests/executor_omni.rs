@@ -25,8 +25,7 @@ mod sim;
 #[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/agent/mod.rs"]
 mod agent;
-// (executor and lifecycle allow dead code themselves.)
-#[allow(unreachable_pub, unused_imports)]
+#[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/executor/mod.rs"]
 mod executor;
 #[allow(unreachable_pub)]

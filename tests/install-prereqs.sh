@@ -28,6 +28,9 @@ PACKAGES=(
   procps          # ps, kill
   curl            # ironboot's HTTP API; curl tftp:// (tests/tftp_conformance.rs)
   bc
+  # real-firmware Omni scenario (tests/firmware/omni.sh): reads the schematic YAML the
+  # Image Factory stand-in receives
+  python3-yaml
   # TFTP conformance with real clients (tests/tftp_conformance.rs)
   atftp    # TFTP client with windowsize
   tftp-hpa # plain TFTP client (netascii and binary)

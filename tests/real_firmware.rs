@@ -14,7 +14,14 @@
 //!   DHCPs again, fetches init.ipxe and boot.ipxe and prints the marker of its own
 //!   `[[machine]]` entry;
 //! - a storm of 20 BIOS VMs at once, all of which must reach their marker, after which
-//!   `GET /api/v1/machines` lists exactly those 20 UUIDs with their MACs.
+//!   `GET /api/v1/machines` lists exactly those 20 UUIDs with their MACs;
+//! - Omni mode (`tests/firmware/omni.sh`): ironboot registered with "Omni" (the Go harness
+//!   `tests/omni-harness`, the real COSI runtime) answers both firmwares' `boot.ipxe` with
+//!   the agent-mode image of an Image Factory stand-in on the LAN: the schematic it POSTs
+//!   (once for both) has upstream's agent kernel arguments and extensions, and each VM
+//!   fetches `/pxe/<id>/<version>/metal-amd64` from the stand-in, prints its marker and
+//!   loads the schematic's `talos.config` URL (`/config?u=<its uuid>`) from ironboot, which
+//!   serves Omni's join document.
 //!
 //! The checks are made on packet captures with tshark and through ironboot's HTTP API. The
 //! tests need root and the packages of `tests/install-prereqs.sh`; without them they FAIL
@@ -29,9 +36,12 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "common/go_harness.rs"]
+mod go_harness;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/run.sh");
 const STORM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/storm.sh");
+const OMNI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/omni.sh");
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 /// The scripts bound each VM (60 s BIOS, 120 s UEFI, in parallel; 180 s for the storm);
 /// this only guards a hang.
@@ -87,6 +97,7 @@ fn run_script(script: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
         .env_remove("IRONBOOT_ARGS")
         .env_remove("STORM_VMS")
         .env_remove("STORM_TIMEOUT")
+        .env_remove("OMNI_HARNESS_BIN")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log file"))
@@ -203,5 +214,24 @@ fn pxe_storm_of_bios_vms() {
             ("STORM_VMS", STORM_VMS),
             ("STORM_TIMEOUT", "180"),
         ],
+    );
+}
+
+/// Omni mode: a BIOS (iPXE ROM) and a UEFI (EDK2) VM unknown to Omni PXE-boot through
+/// ironboot and chain to the agent-mode image of the Image Factory stand-in; ironboot
+/// registered with the Omni harness and posted one schematic with upstream's agent-mode
+/// kernel arguments and extensions (see `tests/firmware/omni.sh`).
+#[test]
+fn real_firmware_omni_agent_mode_boot() {
+    check_prerequisites();
+    let harness = go_harness::build("the real-firmware Omni test", "omni-harness", "omniharness");
+    let harness = harness
+        .to_str()
+        .expect("the harness path is UTF-8")
+        .to_owned();
+    scenario(
+        "Omni mode, agent image from the factory stand-in",
+        OMNI,
+        &[("IRONBOOT_ARGS", BASE_ARGS), ("OMNI_HARNESS_BIN", &harness)],
     );
 }
