@@ -355,6 +355,16 @@ async fn accept_configures_bmc_wipes_and_powers_off_once() {
     rig.set("m1", with_infra(accepted()));
     rig.power_on("m1");
     let exec = rig.connect_until_ready_and_off("m1").await;
+    let stats = exec.stats();
+    assert_eq!(
+        (
+            stats.steps("bmc_setup"),
+            stats.steps("wipe"),
+            stats.steps("power_off")
+        ),
+        (1, 1, 1),
+        "counted steps"
+    );
     assert_eq!(
         rig.log(),
         [
@@ -400,16 +410,6 @@ async fn accept_configures_bmc_wipes_and_powers_off_once() {
     exec.wake("m1");
     rig.settle("restart read", |r| r.log().len() > before).await;
     assert_eq!(rig.log()[before..], ["m1 bmc status"]);
-    let stats = exec.stats();
-    assert_eq!(
-        (
-            stats.steps("bmc_setup"),
-            stats.steps("wipe"),
-            stats.steps("power_off")
-        ),
-        (1, 1, 1),
-        "counted steps"
-    );
 }
 
 #[tokio::test]
