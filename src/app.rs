@@ -23,8 +23,12 @@ type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 /// Run ironboot until SIGINT/SIGTERM, or until a service fails.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let (files, report) = boot_files::load(&config.ipxe_dirs)?;
+    let (mut files, report) = boot_files::load(&config.ipxe_dirs)?;
     report.log();
+    if let Some(cert) = &config.ipxe_ca_cert {
+        boot_files::trust_ca(&mut files, cert)?.log();
+    }
+    warn_if_ipxe_cannot_reach_the_factory(&config, &files);
     let files = Arc::new(files);
     let inventory = match &config.inventory {
         Some(path) => inventory::Inventory::load(path)?,
@@ -181,6 +185,26 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         "totals"
     );
     outcome
+}
+
+/// In Omni mode the agent and installer boots chain to the Image Factory's PXE front end;
+/// over `https://` that needs an iPXE built with HTTPS, which Debian's is not.
+fn warn_if_ipxe_cannot_reach_the_factory(config: &Config, files: &ironboot_net::files::FileSet) {
+    let crate::config::AgentBootSource::ImageFactory(factory) = &config.agent_boot else {
+        return;
+    };
+    if config.omni_endpoint.is_none() || !factory.pxe_base_url.starts_with("https://") {
+        return;
+    }
+    if boot_files::efi_ipxe_speaks_https(files) == Some(false) {
+        tracing::warn!(
+            pxe_base_url = %factory.pxe_base_url,
+            "the iPXE binaries loaded have no HTTPS: machines cannot chain to the Image \
+             Factory's https:// PXE URLs. Put HTTPS-capable iPXE builds in a directory \
+             named by --ipxe-dir, serve the factory over http:// \
+             (--image-factory-pxe-base-url), or use --use-local-boot-assets"
+        );
+    }
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

@@ -5,6 +5,11 @@
 //! `undionly.kpxe` and `snponly.efi` in `/usr/lib/ipxe` and `ipxe.efi` in `/boot`) under
 //! the names the Go provider serves and ProxyDHCP advertises. iPXE without an embedded
 //! script does DHCP again, and ProxyDHCP then sends it to `/ipxe/init.ipxe`.
+//!
+//! [`trust_ca`] (`--tls-custom-ipxe-ca-cert-file`) then makes the binaries trust another
+//! CA than iPXE's own, for HTTPS to a self-hosted Image Factory. Debian's binaries cannot
+//! be patched (built without HTTPS; `undionly.kpxe` is compressed): it needs HTTPS-enabled
+//! builds in `--ipxe-dir`.
 
 use std::fmt;
 use std::io;
@@ -12,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 /// Where Debian's `ipxe` package installs its binaries; the `--ipxe-dir` default.
@@ -104,6 +110,240 @@ pub(crate) enum BootFilesError {
         /// Its size.
         size: u64,
     },
+}
+
+/// Why `--tls-custom-ipxe-ca-cert-file` cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TrustCaError {
+    /// The certificate file cannot be read.
+    #[error("--tls-custom-ipxe-ca-cert-file {path}: cannot read it: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file holds no usable PEM certificate.
+    #[error("--tls-custom-ipxe-ca-cert-file {path}: {reason}")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No served binary holds iPXE's root CA fingerprint, so none would trust the CA.
+    #[error(
+        "--tls-custom-ipxe-ca-cert-file {path}: no iPXE binary could be made to trust it, \
+         none holds iPXE's root CA fingerprint ({files}); use --ipxe-dir with iPXE builds \
+         made with HTTPS (DOWNLOAD_PROTO_HTTPS) and the default trust anchor, and an \
+         uncompressed BIOS image"
+    )]
+    NothingPatched {
+        /// The certificate file.
+        path: PathBuf,
+        /// Each binary and why it was not patched, joined for the message.
+        files: String,
+    },
+}
+
+/// The SHA-256 fingerprint of iPXE's built-in root CA (`ca.crt` of ipxe.org), which iPXE
+/// builds with HTTPS and no `TRUST=` carry as their only trust anchor (`rootcert.c`).
+pub(crate) const IPXE_ROOT_CA_FINGERPRINT: [u8; 32] = [
+    0x9f, 0xaf, 0x71, 0x7b, 0x7f, 0x8c, 0xa2, 0xf9, 0x3c, 0x25, 0x6c, 0x79, 0xf8, 0xac, 0x55, 0x91,
+    0x89, 0x5d, 0x66, 0xd1, 0xff, 0x3b, 0xee, 0x63, 0x97, 0xa7, 0x0d, 0x29, 0xc6, 0x5e, 0xed, 0x1a,
+];
+
+/// A binary (under all its served names) whose root CA fingerprint was replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CaPatched {
+    /// Served names sharing the content.
+    pub(crate) names: Vec<String>,
+    /// Occurrences replaced.
+    pub(crate) occurrences: usize,
+}
+
+/// A binary that could not be patched, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CaUnpatched {
+    /// Served names sharing the content.
+    pub(crate) names: Vec<String>,
+    /// Why (no fingerprint in it, and the likely cause).
+    pub(crate) reason: &'static str,
+}
+
+/// What [`trust_ca`] did, for the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TrustReport {
+    /// The certificate file.
+    pub(crate) cert: PathBuf,
+    /// SHA-256 of its DER, now the binaries' trust anchor.
+    pub(crate) fingerprint: [u8; 32],
+    /// Binaries that now trust the certificate.
+    pub(crate) patched: Vec<CaPatched>,
+    /// Binaries that still trust what they were built with.
+    pub(crate) unpatched: Vec<CaUnpatched>,
+}
+
+impl TrustReport {
+    /// One warning per binary that could not be patched.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.unpatched
+            .iter()
+            .map(|u| {
+                format!(
+                    "{} will not trust --tls-custom-ipxe-ca-cert-file {}: {}",
+                    u.names.join("/"),
+                    self.cert.display(),
+                    u.reason
+                )
+            })
+            .collect()
+    }
+
+    /// Log the report: one info line per patched binary, a warning per other one.
+    pub(crate) fn log(&self) {
+        let fingerprint = hex(&self.fingerprint);
+        for p in &self.patched {
+            info!(
+                files = %p.names.join(", "),
+                occurrences = p.occurrences,
+                original = %hex(&IPXE_ROOT_CA_FINGERPRINT),
+                custom = %fingerprint,
+                "iPXE root CA replaced with the custom CA"
+            );
+        }
+        for w in self.warnings() {
+            warn!("{w}");
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of the DER of the first PEM block of `path`, which must be a certificate
+/// (upstream's rule; the certificate is also parsed, so a damaged one is refused here
+/// rather than at every boot).
+pub(crate) fn ca_fingerprint(path: &Path) -> Result<[u8; 32], TrustCaError> {
+    let pem = std::fs::read(path).map_err(|source| TrustCaError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |reason: String| TrustCaError::BadCertificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let (_, block) =
+        x509_parser::pem::parse_x509_pem(&pem).map_err(|e| bad(format!("no PEM block: {e}")))?;
+    if block.label != "CERTIFICATE" {
+        return Err(bad(format!(
+            "expected a PEM CERTIFICATE, found {:?}",
+            block.label
+        )));
+    }
+    x509_parser::parse_x509_certificate(&block.contents)
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    Ok(Sha256::digest(&block.contents).into())
+}
+
+/// Replace every occurrence of [`IPXE_ROOT_CA_FINGERPRINT`] in `image` with
+/// `fingerprint`; returns how many there were.
+pub(crate) fn replace_root_ca(image: &mut [u8], fingerprint: &[u8; 32]) -> usize {
+    let old = &IPXE_ROOT_CA_FINGERPRINT;
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = image[at..].windows(old.len()).position(|w| w == old) {
+        let start = at + found;
+        image[start..start + old.len()].copy_from_slice(fingerprint);
+        at = start + old.len();
+        count += 1;
+    }
+    count
+}
+
+/// Why an image without the fingerprint has none.
+fn unpatched_reason(names: &[String], image: &[u8]) -> &'static str {
+    if names.iter().any(|n| n.contains(".kpxe")) {
+        "a compressed BIOS image (the fingerprint is not visible in it; upstream patches the \
+         uncompressed undionly.kpxe.bin and recompresses it with its .zinfo, which Debian's \
+         package does not ship)"
+    } else if !image.windows(6).any(|w| w == b"https\0") {
+        "built without HTTPS (no https:// support, hence no root CA; Debian's ipxe package \
+         is built so)"
+    } else {
+        "it does not trust iPXE's root CA (built with other trust anchors, TRUST=)"
+    }
+}
+
+/// `--tls-custom-ipxe-ca-cert-file`: make every binary in `files` that trusts iPXE's
+/// root CA trust the certificate at `cert` instead, as upstream does (the fingerprint
+/// iPXE checks a server's chain against is replaced in place: sizes do not change).
+/// Names sharing content ([`load`]'s aliases) keep sharing the patched copy.
+///
+/// Binaries without the fingerprint are left as they are and listed in the report's
+/// warnings; an error when no binary at all could be patched.
+/// The UEFI iPXE (`snp.efi`) can fetch `https://` URLs: its binary names the scheme (an
+/// iPXE built with HTTPS registers an opener for "https"; one without never names it).
+/// `None` without that file. Debian's builds cannot (no HTTPS in them).
+pub(crate) fn efi_ipxe_speaks_https(files: &FileSet) -> Option<bool> {
+    let image = files.get("snp.efi").ok().flatten()?;
+    Some(image.windows(5).any(|w| w == b"https"))
+}
+
+pub(crate) fn trust_ca(files: &mut FileSet, cert: &Path) -> Result<TrustReport, TrustCaError> {
+    let fingerprint = ca_fingerprint(cert)?;
+    // Group names by content (aliases share the same bytes).
+    let mut groups: Vec<(Bytes, Vec<String>)> = Vec::new();
+    for (name, content) in files.iter() {
+        match groups
+            .iter_mut()
+            .find(|(c, _)| c.as_ptr() == content.as_ptr() && c.len() == content.len())
+        {
+            Some((_, names)) => names.push(name.to_owned()),
+            None => groups.push((content.clone(), vec![name.to_owned()])),
+        }
+    }
+    let mut report = TrustReport {
+        cert: cert.to_owned(),
+        fingerprint,
+        patched: Vec::new(),
+        unpatched: Vec::new(),
+    };
+    for (content, names) in groups {
+        let mut image = content.to_vec();
+        let occurrences = replace_root_ca(&mut image, &fingerprint);
+        if occurrences == 0 {
+            let reason = unpatched_reason(&names, &content);
+            report.unpatched.push(CaUnpatched { names, reason });
+            continue;
+        }
+        let image = Bytes::from(image);
+        for name in &names {
+            // Names come from the set itself: they are valid.
+            files
+                .insert(name, image.clone())
+                .expect("served names are valid");
+        }
+        report.patched.push(CaPatched { names, occurrences });
+    }
+    if report.patched.is_empty() {
+        let files = report
+            .unpatched
+            .iter()
+            .map(|u| format!("{}: {}", u.names.join("/"), u.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(TrustCaError::NothingPatched {
+            path: cert.to_owned(),
+            files: if files.is_empty() {
+                "no binaries loaded".to_owned()
+            } else {
+                files
+            },
+        });
+    }
+    Ok(report)
 }
 
 /// A file that was loaded.
@@ -411,6 +651,232 @@ mod tests {
         );
     }
 
+    /// A self-signed CA: its PEM and its DER.
+    fn ca() -> (String, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["factory.example".to_owned()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), cert.der().to_vec())
+    }
+
+    fn write_ca(dir: &Path, content: &str) -> PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn count(hay: &[u8], needle: &[u8]) -> usize {
+        hay.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_sha256_of_the_first_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, der) = ca();
+        let expected: [u8; 32] = Sha256::digest(&der).into();
+        let path = write_ca(dir.path(), &format!("a comment line\n{pem}{}", ca().0));
+        assert_eq!(ca_fingerprint(&path).unwrap(), expected);
+
+        let path = write_ca(
+            dir.path(),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        let e = ca_fingerprint(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--tls-custom-ipxe-ca-cert-file ") && e.contains("\"PRIVATE KEY\""),
+            "{e}"
+        );
+        let path = write_ca(dir.path(), "not pem at all\n");
+        let e = ca_fingerprint(&path).unwrap_err();
+        assert!(matches!(e, TrustCaError::BadCertificate { .. }), "{e}");
+        let path = write_ca(
+            dir.path(),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let e = ca_fingerprint(&path).unwrap_err().to_string();
+        assert!(e.contains("not an X.509 certificate"), "{e}");
+        let e = ca_fingerprint(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(
+            matches!(e, TrustCaError::Read { .. }) && e.to_string().contains("missing.pem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_occurrence_is_replaced_in_place() {
+        let new = [0x42; 32];
+        let mut image = b"MZ..".to_vec();
+        image.extend_from_slice(&IPXE_ROOT_CA_FINGERPRINT);
+        image.extend_from_slice(&IPXE_ROOT_CA_FINGERPRINT);
+        image.extend_from_slice(b"middle");
+        image.extend_from_slice(&IPXE_ROOT_CA_FINGERPRINT[..31]);
+        image.extend_from_slice(b"!tail");
+        let before = image.clone();
+        assert_eq!(replace_root_ca(&mut image, &new), 2);
+        assert_eq!(image.len(), before.len());
+        assert_eq!(&image[4..36], &new);
+        assert_eq!(&image[36..68], &new);
+        assert_eq!(image[68..], before[68..], "a partial match is left alone");
+        assert_eq!(replace_root_ca(&mut image, &new), 0);
+    }
+
+    #[test]
+    fn trust_ca_patches_binaries_holding_the_root_ca_and_keeps_aliases_shared() {
+        let lib = tempfile::tempdir().unwrap();
+        // An HTTPS-enabled EFI build: the root CA fingerprint in its data, twice.
+        let mut efi = b"MZ\x90\0 https\0 code".to_vec();
+        efi.extend_from_slice(&IPXE_ROOT_CA_FINGERPRINT);
+        efi.extend_from_slice(b" data ");
+        efi.extend_from_slice(&IPXE_ROOT_CA_FINGERPRINT);
+        write(lib.path(), "snponly.efi", &efi);
+        write(lib.path(), "undionly.kpxe", b"compressed kpxe");
+        write(lib.path(), "ipxe.efi", b"MZ no tls here");
+        let (mut files, _) = load(&[lib.path().into()]).unwrap();
+        let (pem, der) = ca();
+        let custom: [u8; 32] = Sha256::digest(&der).into();
+        let report = trust_ca(&mut files, &write_ca(lib.path(), &pem)).unwrap();
+
+        assert_eq!(report.fingerprint, custom);
+        assert_eq!(
+            report.patched,
+            [CaPatched {
+                names: vec!["amd64/snp.efi".to_owned(), "snp.efi".to_owned()],
+                occurrences: 2
+            }]
+        );
+        let snp = files.get("snp.efi").unwrap().unwrap();
+        assert_eq!(snp.len(), efi.len());
+        assert_eq!(count(snp, &custom), 2);
+        assert_eq!(count(snp, &IPXE_ROOT_CA_FINGERPRINT), 0);
+        assert_eq!(
+            files.get("amd64/snp.efi").unwrap().unwrap().as_ptr(),
+            snp.as_ptr(),
+            "the alias serves the patched copy"
+        );
+        assert_eq!(
+            files.get("undionly.kpxe.0").unwrap().unwrap().as_ref(),
+            b"compressed kpxe"
+        );
+
+        let reasons: Vec<(String, &str)> = report
+            .unpatched
+            .iter()
+            .map(|u| (u.names.join("/"), u.reason))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].0 == "amd64/ipxe.efi/ipxe.efi" && reasons[0].1.contains("without HTTPS")
+        );
+        assert!(
+            reasons[1].0 == "undionly.kpxe/undionly.kpxe.0" && reasons[1].1.contains("compressed")
+        );
+        let warnings = report.warnings();
+        assert!(
+            warnings[1].starts_with(
+                "undionly.kpxe/undionly.kpxe.0 will not trust --tls-custom-ipxe-ca-cert-file "
+            ),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn trust_ca_fails_when_no_binary_can_be_patched() {
+        let lib = tempfile::tempdir().unwrap();
+        let mut other_trust = b"MZ https\0".to_vec();
+        other_trust.extend_from_slice(&[7; 32]);
+        write(lib.path(), "snponly.efi", &other_trust);
+        write(lib.path(), "undionly.kpxe", b"compressed kpxe");
+        let (mut files, _) = load(&[lib.path().into()]).unwrap();
+        let before: Vec<(String, Bytes)> = files
+            .iter()
+            .map(|(n, c)| (n.to_owned(), c.clone()))
+            .collect();
+        let cert = write_ca(lib.path(), &ca().0);
+        let e = trust_ca(&mut files, &cert).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, TrustCaError::NothingPatched { .. }), "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "--tls-custom-ipxe-ca-cert-file {}",
+                cert.display()
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("amd64/snp.efi/snp.efi: it does not trust iPXE's root CA"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("undionly.kpxe/undionly.kpxe.0: a compressed BIOS image"),
+            "{msg}"
+        );
+        let after: Vec<(String, Bytes)> = files
+            .iter()
+            .map(|(n, c)| (n.to_owned(), c.clone()))
+            .collect();
+        assert_eq!(before, after, "nothing changed");
+    }
+
+    /// Debian's binaries (bookworm: ipxe 1.0.0+git-20190125) are built without HTTPS, so
+    /// they hold no root CA fingerprint; `undionly.kpxe` is compressed anyway. The flag
+    /// is then an error that says why, and nothing is changed. Should a later package
+    /// carry the fingerprint, its EFI binaries must come out patched (same size, the
+    /// custom fingerprint in place of the old).
+    #[test]
+    fn trust_ca_on_the_installed_debian_package() {
+        assert!(
+            Path::new("/usr/lib/ipxe/undionly.kpxe").exists(),
+            "Debian's ipxe package is missing: run tests/install-prereqs.sh (apt-get install ipxe)"
+        );
+        let dirs: Vec<PathBuf> = DEFAULT_IPXE_DIRS.iter().map(PathBuf::from).collect();
+        let (mut files, _) = load(&dirs).unwrap();
+        let original: Vec<(String, Bytes)> = files
+            .iter()
+            .map(|(n, c)| (n.to_owned(), c.clone()))
+            .collect();
+        let holding: Vec<&str> = original
+            .iter()
+            .filter(|(_, c)| count(c, &IPXE_ROOT_CA_FINGERPRINT) > 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, der) = ca();
+        let custom: [u8; 32] = Sha256::digest(&der).into();
+        let result = trust_ca(&mut files, &write_ca(dir.path(), &pem));
+        assert!(
+            !holding.iter().any(|n| n.contains("kpxe")),
+            "a compressed image cannot show the fingerprint: {holding:?}"
+        );
+        if holding.is_empty() {
+            let msg = result.unwrap_err().to_string();
+            assert!(msg.contains("snp.efi: built without HTTPS"), "{msg}");
+            assert!(
+                msg.contains("undionly.kpxe/undionly.kpxe.0: a compressed BIOS image"),
+                "{msg}"
+            );
+            let after: Vec<(String, Bytes)> = files
+                .iter()
+                .map(|(n, c)| (n.to_owned(), c.clone()))
+                .collect();
+            assert_eq!(original, after, "nothing changed");
+        } else {
+            let report = result.unwrap();
+            assert!(!report.patched.is_empty());
+            for (name, before) in &original {
+                let after = files.get(name).unwrap().unwrap();
+                assert_eq!(after.len(), before.len(), "{name}");
+                if holding.contains(&name.as_str()) {
+                    assert_eq!(count(after, &IPXE_ROOT_CA_FINGERPRINT), 0, "{name}");
+                    assert!(count(after, &custom) > 0, "{name}");
+                } else {
+                    assert_eq!(after, before, "{name}");
+                }
+            }
+        }
+    }
+
     /// Debian's `ipxe` package (installed on development machines and in CI by
     /// tests/install-prereqs.sh; the test fails without it).
     #[test]
@@ -442,5 +908,19 @@ mod tests {
                 .contains("snp.efi=/usr/lib/ipxe/snponly.efi"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn https_support_is_read_from_the_efi_binary() {
+        let mut files = FileSet::new();
+        assert_eq!(efi_ipxe_speaks_https(&files), None);
+        files
+            .insert("snp.efi", Bytes::from_static(b"\0iPXE http\0tftp\0"))
+            .unwrap();
+        assert_eq!(efi_ipxe_speaks_https(&files), Some(false));
+        files
+            .insert("snp.efi", Bytes::from_static(b"\0iPXE http\0https\0tftp\0"))
+            .unwrap();
+        assert_eq!(efi_ipxe_speaks_https(&files), Some(true));
     }
 }

@@ -22,6 +22,7 @@ mod netif;
 mod omni;
 mod omni_boot;
 mod omni_mode;
+mod power_mgmt_dir;
 mod proxy_dhcp;
 mod store;
 mod storm;

@@ -82,6 +82,14 @@ impl OmniMode {
             &config.agent_boot,
         )
         .context("Omni-mode boot decisions")?
+        .with_extra_documents(match &config.extra_machine_config {
+            Some(path) => {
+                let docs = omni_boot::ExtraDocuments::load(path)?;
+                info!(documents = %docs, path = %path.display(), "extra machine configuration");
+                docs
+            }
+            None => omni_boot::ExtraDocuments::default(),
+        })
         .with_agent_options(AgentModeOptions {
             test_mode: config.agent_test_mode,
             skip_verify: config.tls.agent_skip_verify,
@@ -104,6 +112,9 @@ impl OmniMode {
             config.machine_labels.clone(),
         );
         settings.power_poll_interval = config.power_poll_interval;
+        settings
+            .power_api_dir
+            .clone_from(&config.api_power_mgmt_state_dir);
         let control =
             crate::executor::real::start(&client, power, agents, tunnels.subscribe(), settings);
 

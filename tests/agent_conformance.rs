@@ -15,7 +15,6 @@ mod agent;
 #[path = "common/go_harness.rs"]
 mod go_harness;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,18 +112,7 @@ impl GoAgent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting the agent harness");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, events) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("agent harness line {line:?}: {e}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
+        let events = go_harness::json_lines(child.stdout.take().unwrap());
         Self { child, events }
     }
 

@@ -32,7 +32,6 @@ mod omni;
 #[path = "../src/tls/mod.rs"]
 mod tls;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -144,18 +143,7 @@ impl GoAgent {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting the agent harness");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, events) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("agent harness line {line:?}: {e}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
+        let events = go_harness::json_lines(child.stdout.take().unwrap());
         Self { child, events }
     }
 

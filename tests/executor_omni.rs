@@ -34,6 +34,9 @@ mod lifecycle;
 #[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/omni/mod.rs"]
 mod omni;
+#[allow(unreachable_pub)]
+#[path = "../src/power_mgmt_dir.rs"]
+mod power_mgmt_dir;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -87,6 +87,14 @@ pub(crate) enum ExecError {
     /// A metal agent call failed (the error names machine and RPC).
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The emulated machine's HTTP power API address could not be found.
+    #[error("machine {machine_id}: HTTP power API: {detail}")]
+    PowerApi {
+        /// The machine.
+        machine_id: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The agent reports no in-band IPMI to configure.
     #[error("machine {machine_id}: the metal agent reports no in-band IPMI interface")]
     NoIpmi {
@@ -174,6 +182,8 @@ pub(crate) struct Settings {
     pub(crate) power_poll_interval: Duration,
     /// First wait after a failed pass (doubling up to `power_poll_interval`).
     pub(crate) retry_base: Duration,
+    /// `--api-power-mgmt-state-dir`: launch configurations of emulated machines.
+    pub(crate) power_api_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -185,6 +195,7 @@ impl Settings {
             concurrency: 16,
             power_poll_interval: Duration::from_secs(30),
             retry_base: Duration::from_secs(1),
+            power_api_dir: None,
         }
     }
 }
@@ -479,6 +490,39 @@ async fn poll_power<S: Store, P: Power, A: Agent>(
     Ok(())
 }
 
+/// The `BMCConfiguration` of an emulated machine: its power API address from the launch
+/// configurations in `--api-power-mgmt-state-dir`.
+async fn power_api_configuration<S: Store, P: Power, A: Agent>(
+    inner: &Inner<S, P, A>,
+    machine_id: &str,
+) -> Result<ironboot_proto::baremetal::BmcConfigurationSpec, ExecError> {
+    use ironboot_proto::baremetal::{BmcConfigurationSpec, bmc_configuration_spec::Api};
+    let failed = |detail: String| ExecError::PowerApi {
+        machine_id: machine_id.to_owned(),
+        detail,
+    };
+    let Some(dir) = inner.settings.power_api_dir.clone() else {
+        return Err(failed(
+            "the agent offers an HTTP power API (test mode), which needs \
+             --api-power-mgmt-state-dir"
+                .into(),
+        ));
+    };
+    let uuid = machine_id.to_owned();
+    let found = tokio::task::spawn_blocking(move || crate::power_mgmt_dir::lookup(&dir, &uuid))
+        .await
+        .map_err(|e| failed(format!("looking the address up: {e}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    let address = found.ok_or_else(|| {
+        failed("no launch configuration in --api-power-mgmt-state-dir names this machine".into())
+    })?;
+    Ok(BmcConfigurationSpec {
+        ipmi: None,
+        api: Some(Api { address }),
+        manually_configured: false,
+    })
+}
+
 async fn execute<S: Store, P: Power, A: Agent>(
     inner: &Inner<S, P, A>,
     machine_id: &str,
@@ -492,6 +536,16 @@ async fn execute<S: Store, P: Power, A: Agent>(
     let (power_action, after, operation) = match action {
         Action::ConfigureBmcViaAgent { username, password } => {
             let answer = inner.agent.get_power_management(machine_id).await?;
+            // An agent in test mode offers the emulated machine's HTTP power API: its
+            // address comes from the launch configurations (upstream's behaviour).
+            if answer.ipmi.is_none() && answer.api.is_some() {
+                let spec = power_api_configuration(inner, machine_id).await?;
+                tracing::info!(machine_id, "BMC: the HTTP power API of an emulated machine");
+                return inner
+                    .store
+                    .write(machine_id, &Write::BmcConfiguration(spec))
+                    .await;
+            }
             // Check before creating the user: nothing to store without an address.
             if answer.ipmi.is_none() {
                 return Err(ExecError::NoIpmi {

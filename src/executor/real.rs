@@ -55,50 +55,27 @@ impl OmniStore {
     /// interrupted by a restart is run again), then lifts every finalizer of this provider
     /// (ours, and the Go provider's controllers' after a takeover) from the InfraMachine.
     async fn release(&self, machine_id: &str) -> Result<(), ExecError> {
-        let id = self.client.provider_id();
+        self.destroy_record::<baremetal::BmcConfigurationSpec>(
+            machine_id,
+            "BMCConfigurationController",
+        )
+        .await?;
+        self.destroy_record::<baremetal::WipeStatusSpec>(machine_id, "WipeStatusController")
+            .await?;
+        self.destroy_record::<baremetal::PowerOperationSpec>(
+            machine_id,
+            "PowerOperationController",
+        )
+        .await?;
+        self.destroy_record::<baremetal::RebootStatusSpec>(machine_id, "RebootStatusController")
+            .await?;
+        self.destroy_record::<omni::InfraMachineStatusSpec>(
+            machine_id,
+            "InfraMachineStatusController",
+        )
+        .await?;
+        let (c, id) = (&self.client, self.client.provider_id());
         let err = Self::omni_error(machine_id);
-        let gone = |r: Result<(), OmniError>| match r {
-            Err(OmniError::NotFound { .. }) => Ok(()),
-            other => other,
-        };
-        let c = &self.client;
-        gone(
-            c.destroy::<baremetal::BmcConfigurationSpec>(
-                machine_id,
-                &owner(id, "BMCConfigurationController"),
-            )
-            .await,
-        )
-        .map_err(&err)?;
-        gone(
-            c.destroy::<baremetal::WipeStatusSpec>(machine_id, &owner(id, "WipeStatusController"))
-                .await,
-        )
-        .map_err(&err)?;
-        gone(
-            c.destroy::<baremetal::PowerOperationSpec>(
-                machine_id,
-                &owner(id, "PowerOperationController"),
-            )
-            .await,
-        )
-        .map_err(&err)?;
-        gone(
-            c.destroy::<baremetal::RebootStatusSpec>(
-                machine_id,
-                &owner(id, "RebootStatusController"),
-            )
-            .await,
-        )
-        .map_err(&err)?;
-        gone(
-            c.destroy::<omni::InfraMachineStatusSpec>(
-                machine_id,
-                &owner(id, "InfraMachineStatusController"),
-            )
-            .await,
-        )
-        .map_err(&err)?;
         let prefix = format!("{id}.");
         let infra = match c.get_opt::<omni::InfraMachineSpec>(machine_id).await {
             Ok(Some(r)) => r,
@@ -111,14 +88,29 @@ impl OmniStore {
             .iter()
             .filter(|f| f.starts_with(&prefix))
         {
-            gone(
-                c.remove_finalizer::<omni::InfraMachineSpec>(machine_id, f)
-                    .await
-                    .map(drop),
-            )
-            .map_err(&err)?;
+            match c
+                .remove_finalizer::<omni::InfraMachineSpec>(machine_id, f)
+                .await
+            {
+                Ok(_) | Err(OmniError::NotFound { .. }) => {}
+                Err(e) => return Err(err(e)),
+            }
         }
         Ok(())
+    }
+
+    /// Destroys `machine_id`'s record of type `S` written by `controller`; one already gone
+    /// is fine (a release interrupted by a restart runs again).
+    async fn destroy_record<S: Spec>(
+        &self,
+        machine_id: &str,
+        controller: &str,
+    ) -> Result<(), ExecError> {
+        let owner = owner(self.client.provider_id(), controller);
+        match self.client.destroy::<S>(machine_id, &owner).await {
+            Ok(()) | Err(OmniError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::omni_error(machine_id)(e)),
+        }
     }
 
     async fn modify<S: Spec>(

@@ -4,7 +4,7 @@
 //! Omni client, the BMC crate and the agent tunnel.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +134,8 @@ struct FakeAgent {
     connected: Arc<Mutex<HashSet<String>>>,
     /// How long a wipe takes.
     wipe_time: Arc<Mutex<Duration>>,
+    /// Answer GetPowerManagement as an agent in test mode (`api {}`, no IPMI).
+    api_only: Arc<AtomicBool>,
 }
 
 impl FakeAgent {
@@ -152,6 +154,12 @@ impl Agent for FakeAgent {
         machine_id: &str,
     ) -> Result<GetPowerManagementResponse, ExecError> {
         push(&self.log, format!("{machine_id} agent GetPowerManagement"));
+        if self.api_only.load(Ordering::SeqCst) {
+            return Ok(GetPowerManagementResponse {
+                ipmi: None,
+                api: Some(Default::default()),
+            });
+        }
         Ok(GetPowerManagementResponse {
             ipmi: Some(get_power_management_response::Ipmi {
                 address: "10.0.0.7".into(),
@@ -202,6 +210,8 @@ struct Rig {
     store: FakeStore,
     bmc: FakeBmc,
     agent: FakeAgent,
+    /// `--api-power-mgmt-state-dir`.
+    power_api_dir: Arc<Mutex<Option<std::path::PathBuf>>>,
     log: Log,
 }
 
@@ -226,7 +236,9 @@ impl Rig {
                 password: Arc::default(),
                 connected: Arc::default(),
                 wipe_time: Arc::default(),
+                api_only: Arc::default(),
             },
+            power_api_dir: Arc::default(),
             log,
         }
     }
@@ -246,6 +258,7 @@ impl Rig {
         settings.power_poll_interval = Duration::from_secs(3600);
         settings.retry_base = Duration::from_millis(10);
         settings.concurrency = concurrency;
+        settings.power_api_dir = self.power_api_dir.lock().unwrap().clone();
         Executor::new(
             self.store.clone(),
             self.bmc.clone(),
@@ -613,11 +626,8 @@ async fn a_new_machine_gets_the_finalizer_once() {
     assert_eq!(holds, 1, "{:#?}", rig.log());
 }
 
-/// Omni removes a machine that runs its installed Talos: it is rebooted into the agent
-/// over PXE (so it comes back as a new machine), its records are deleted and the
-/// finalizer lifted; nothing else happens, then or later.
-#[tokio::test]
-async fn a_removed_machine_is_sent_back_to_the_agent_and_released_once() {
+/// A rig with one wiped, held machine `m1`, powered on, that Omni is removing.
+fn removed_while_on() -> Rig {
     let rig = Rig::new();
     rig.set(
         "m1",
@@ -627,6 +637,15 @@ async fn a_removed_machine_is_sent_back_to_the_agent_and_released_once() {
         },
     );
     rig.power_on("m1");
+    rig
+}
+
+/// Omni removes a machine that runs its installed Talos: it is rebooted into the agent
+/// over PXE (so it comes back as a new machine), its records are deleted and the
+/// finalizer lifted; nothing else happens, then or later.
+#[tokio::test]
+async fn a_removed_machine_is_sent_back_to_the_agent_and_released_once() {
+    let rig = removed_while_on();
     let exec = rig.executor();
     exec.wake("m1");
     rig.settle("released", |r| !r.records("m1").held).await;
@@ -649,19 +668,74 @@ async fn a_removed_machine_is_sent_back_to_the_agent_and_released_once() {
 /// A machine removed while it runs the agent (or is off) is only released: no reboot.
 #[tokio::test]
 async fn a_removed_machine_running_the_agent_is_released_without_a_reboot() {
-    let rig = Rig::new();
-    rig.set(
-        "m1",
-        Records {
-            infra_tearing_down: true,
-            ..wiped()
-        },
-    );
-    rig.power_on("m1");
+    let rig = removed_while_on();
     rig.agent.connect("m1");
     let exec = rig.executor();
     exec.event("m1", Event::TunnelConnected);
     rig.settle("released", |r| !r.records("m1").held).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rig.log(), ["m1 bmc status", "m1 store Release"]);
+}
+
+/// An agent in test mode offers the emulated machine's HTTP power API: its address comes
+/// from the launch configuration naming the machine, no IPMI user is created, and the
+/// machine is then wiped and powered off through that API.
+#[tokio::test]
+async fn a_test_mode_agent_gets_the_power_api_from_the_launch_configs() {
+    let rig = Rig::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node-1.config"),
+        r#"{"NodeUUID": "m1", "Network": {"GatewayAddrs": ["10.5.0.1"]},
+            "APIBindAddress": {"IP": "10.5.0.1", "Port": 40123, "Zone": ""}}"#,
+    )
+    .unwrap();
+    *rig.power_api_dir.lock().unwrap() = Some(dir.path().to_owned());
+    rig.agent.api_only.store(true, Ordering::SeqCst);
+    rig.set("m1", with_infra(accepted()));
+    rig.power_on("m1");
+    let _exec = rig.connect_until_ready_and_off("m1").await;
+    let bmc = rig
+        .records("m1")
+        .bmc_configuration
+        .expect("BMC configuration");
+    assert_eq!(
+        bmc.api.map(|a| a.address).as_deref(),
+        Some("10.5.0.1:40123")
+    );
+    assert!(bmc.ipmi.is_none());
+    let log = rig.log();
+    assert!(
+        !log.iter().any(|e| e.contains("SetPowerManagement")),
+        "no IPMI user for an emulated machine: {log:#?}"
+    );
+    assert!(log.contains(&"m1 bmc Off".to_owned()), "{log:#?}");
+}
+
+/// Without the state directory the step fails, naming the flag, and is retried: nothing
+/// is stored and no power action is taken.
+#[tokio::test]
+async fn a_test_mode_agent_without_the_state_dir_is_an_error() {
+    let rig = Rig::new();
+    rig.agent.api_only.store(true, Ordering::SeqCst);
+    rig.set("m1", with_infra(accepted()));
+    rig.power_on("m1");
+    rig.agent.connect("m1");
+    let exec = rig.executor();
+    exec.event("m1", Event::TunnelConnected);
+    rig.settle("tried twice", |r| {
+        r.log()
+            .iter()
+            .filter(|e| e.ends_with("GetPowerManagement"))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(rig.records("m1").bmc_configuration.is_none());
+    assert!(
+        !rig.log().iter().any(|e| e.contains(" bmc ")),
+        "{:#?}",
+        rig.log()
+    );
+    assert!(exec.stats().steps("bmc_setup") == 0);
 }

@@ -11,6 +11,10 @@
 //! In TLS mode ([`JoinConfig::set_trusted_ca`]) a `TrustedRootsConfig` document named
 //! `infra-provider-ca` with the agents' CA follows Omni's documents, as upstream adds it,
 //! so Talos (and the metal agent on it) trusts ironboot's TLS listener.
+//!
+//! The operator's documents from `--extra-machine-config-path`
+//! ([`JoinConfig::set_extra_documents`], checked by [`ExtraDocuments`]) come last, as
+//! upstream appends them after the CA.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -24,6 +28,7 @@ use bytes::Bytes;
 use ironboot_proto::omni::ProviderJoinConfigSpec;
 use tracing::{debug, info};
 
+use super::ExtraDocuments;
 use crate::omni::watch::Event;
 
 /// The served join configuration, shared by the watch (writer) and the route (readers).
@@ -33,27 +38,45 @@ pub(crate) struct JoinConfig {
     docs: RwLock<Docs>,
 }
 
-/// Omni's documents, the CA to add, and what is served from both.
+/// Omni's documents, the CA and the operator's documents to add, and what is served.
 #[derive(Default)]
 struct Docs {
     omni: Option<Bytes>,
     trusted_ca: Option<String>,
+    extra: ExtraDocuments,
     served: Option<Bytes>,
 }
 
 impl Docs {
     fn recompute(&mut self) {
-        self.served = self.omni.as_ref().map(|omni| match &self.trusted_ca {
-            None => omni.clone(),
-            Some(pem) => {
-                let mut text = String::from_utf8_lossy(omni).into_owned();
-                if !text.trim_end().ends_with("---") {
-                    text.push_str("---\n");
-                }
-                text.push_str(&trusted_roots_document(pem));
-                Bytes::from(text)
+        self.served = self.omni.as_ref().map(|omni| {
+            if self.trusted_ca.is_none() && self.extra.is_empty() {
+                return omni.clone();
             }
+            let mut text = String::from_utf8_lossy(omni).into_owned();
+            if let Some(pem) = &self.trusted_ca {
+                append_document(&mut text, &trusted_roots_document(pem));
+            }
+            for doc in self.extra.texts() {
+                append_document(&mut text, doc);
+            }
+            Bytes::from(text)
         });
+    }
+}
+
+/// Append `doc` to the YAML stream `text` as a document of its own.
+fn append_document(text: &mut String, doc: &str) {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    // Omni's documents may end with a separator already.
+    if text.trim_end().rsplit('\n').next().map(str::trim_end) != Some("---") {
+        text.push_str("---\n");
+    }
+    text.push_str(doc);
+    if !doc.ends_with('\n') {
+        text.push('\n');
     }
 }
 
@@ -109,6 +132,13 @@ impl JoinConfig {
         docs.recompute();
     }
 
+    /// `--extra-machine-config-path`: serve `extra` after Omni's documents and the CA.
+    pub(crate) fn set_extra_documents(&self, extra: ExtraDocuments) {
+        let mut docs = self.docs.write().unwrap_or_else(|p| p.into_inner());
+        docs.extra = extra;
+        docs.recompute();
+    }
+
     /// Fold a watch event in. Events of other IDs are ignored; a destroyed resource makes
     /// the configuration unknown again; on a reset the last known one is kept until the
     /// contents arrive again (a stale join token beats none).
@@ -146,7 +176,8 @@ impl JoinConfig {
         docs.recompute();
     }
 
-    /// The document served now (Omni's, then the CA in TLS mode), if any.
+    /// The document served now (Omni's, then the CA in TLS mode, then the operator's), if
+    /// any.
     pub(crate) fn current(&self) -> Option<Bytes> {
         self.docs
             .read()

@@ -12,7 +12,8 @@
 //!   rejected machines, and the retrying script during a factory outage or before Omni's
 //!   state is loaded.
 //! - [`JoinConfig`]: `GET /config`, the join configuration from Omni's
-//!   `ProviderJoinConfig`, following its changes.
+//!   `ProviderJoinConfig`, following its changes, plus the operator's documents from
+//!   `--extra-machine-config-path` ([`ExtraDocuments`], [`OmniBoot::with_extra_documents`]).
 //! - [`LocalAssets`]: `GET /assets/<name>`, the local boot assets.
 //! - [`follow`]: the Omni watches feeding the cache and the join configuration.
 //! - [`OmniBoot::with_agent_options`]: `--agent-test-mode` and the TLS listener
@@ -28,6 +29,7 @@
 mod assets;
 mod cache;
 mod decider;
+mod extra_docs;
 mod feed;
 mod join_config;
 #[cfg(test)]
@@ -38,6 +40,7 @@ pub(crate) use cache::{CacheEvent, InfraView, MachineBootState, MachineStateCach
 pub(crate) use decider::{
     AgentModeOptions, AgentTlsBoot, Decision, OmniBootDecider, OmniBootError, decide,
 };
+pub(crate) use extra_docs::{DocumentProblem, ExtraDocuments, ExtraDocumentsError};
 pub(crate) use feed::follow;
 pub(crate) use join_config::JoinConfig;
 
@@ -97,6 +100,14 @@ impl OmniBoot {
         self.join
             .set_trusted_ca(options.tls.as_ref().map(|t| t.ca_pem.clone()));
         self.decider.set_agent_options(options, self.join.clone());
+        self
+    }
+
+    /// `--extra-machine-config-path`: serve `docs` (from [`ExtraDocuments::load`]) in
+    /// `/config` after Omni's documents and the CA; in TLS mode they are in
+    /// `talos.config.inline=` too, which encodes the served document.
+    pub(crate) fn with_extra_documents(self, docs: ExtraDocuments) -> Self {
+        self.join.set_extra_documents(docs);
         self
     }
 

@@ -73,3 +73,24 @@ pub(crate) fn build(what: &str, module_dir: &str, bin_name: &str) -> PathBuf {
     }
     bin
 }
+
+/// The JSON lines a Go harness prints on `stdout`, read on a thread into a channel (closed
+/// when the harness exits); a line that is not JSON fails the test.
+#[allow(dead_code, reason = "not every test binary reads a harness's events")]
+pub(crate) fn json_lines(
+    stdout: std::process::ChildStdout,
+) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    use std::io::BufRead;
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("Go harness line {line:?}: {e}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    events
+}

@@ -354,3 +354,37 @@ check_marker_line() {
   if [[ "$target" == *"$MARK_TARGET=$2" ]]; then ok "$1: serial console: $MARK_TARGET=$2 (the inventory's target for it)"
   else fail "$1: want '$MARK_TARGET=$2' on the serial console (the inventory's target for this machine), got '${target:-nothing}'"; fi
 }
+
+# Starts every VM of VMS (TAP, MAC, VMUUID, TIMEOUT per firmware) and waits until each
+# has reached its end (the function named by $1 succeeds for it), iPXE gave up, QEMU
+# exited or its limit passed; fills the caller's T0, RESULT and ELAPSED.
+declare -A T0=() RESULT=() ELAPSED=() # per firmware: start time, outcome, time taken
+run_vms_until() { # DONE_FN
+  local done_fn=$1 fw el gave_up pending
+  for fw in "${VMS[@]}"; do
+    T0[$fw]=$(now_ms)
+    "start_${fw}_vm" "$fw" "${TAP[$fw]}" "${MAC[$fw]}" "${VMUUID[$fw]}"
+    say "$fw VM started (${TAP[$fw]}, ${MAC[$fw]}, uuid ${VMUUID[$fw]}, limit ${TIMEOUT[$fw]}s)"
+  done
+  pending=${#VMS[@]}
+  while [ "$pending" -gt 0 ]; do
+    for fw in "${VMS[@]}"; do
+      [ -z "${RESULT[$fw]:-}" ] || continue
+      el=$(($(now_ms) - T0[$fw]))
+      # Gave up is looked for first: iPXE prints it after the marker, so once it is there
+      # the marker line, if any, is complete.
+      gave_up=0
+      if log_has "serial-$fw.log" "$IPXE_GAVE_UP"; then gave_up=1; fi
+      if "$done_fn" "$fw"; then RESULT[$fw]=reached
+      elif [ "$gave_up" = 1 ]; then RESULT[$fw]="iPXE gave up ('$IPXE_GAVE_UP' on the console)"
+      elif ! alive "qemu-$fw"; then RESULT[$fw]="QEMU exited"
+      elif [ "$el" -ge $((TIMEOUT[$fw] * 1000)) ]; then RESULT[$fw]="timeout"
+      else continue; fi
+      ELAPSED[$fw]=$el
+      say "$fw VM: ${RESULT[$fw]} after $(secs "$el") s"
+      stop "qemu-$fw"
+      pending=$((pending - 1))
+    done
+    sleep 0.2
+  done
+}

@@ -377,31 +377,7 @@ done
 
 # A VM is done once the factory script's last line is complete.
 done_marker() { grep -aqE "$FMARK_CONFIG (ok|failed|none)" "$out/serial-$1.log" 2>/dev/null; }
-declare -A T0=() RESULT=() ELAPSED=()
-for fw in "${VMS[@]}"; do
-  T0[$fw]=$(now_ms)
-  "start_${fw}_vm" "$fw" "${TAP[$fw]}" "${MAC[$fw]}" "${VMUUID[$fw]}"
-  say "$fw VM started (${TAP[$fw]}, ${MAC[$fw]}, uuid ${VMUUID[$fw]}, limit ${TIMEOUT[$fw]}s)"
-done
-pending=${#VMS[@]}
-while [ "$pending" -gt 0 ]; do
-  for fw in "${VMS[@]}"; do
-    [ -z "${RESULT[$fw]:-}" ] || continue
-    el=$(($(now_ms) - T0[$fw]))
-    gave_up=0
-    if log_has "serial-$fw.log" "$IPXE_GAVE_UP"; then gave_up=1; fi
-    if done_marker "$fw"; then RESULT[$fw]=reached
-    elif [ "$gave_up" = 1 ]; then RESULT[$fw]="iPXE gave up ('$IPXE_GAVE_UP' on the console)"
-    elif ! alive "qemu-$fw"; then RESULT[$fw]="QEMU exited"
-    elif [ "$el" -ge $((TIMEOUT[$fw] * 1000)) ]; then RESULT[$fw]="timeout"
-    else continue; fi
-    ELAPSED[$fw]=$el
-    say "$fw VM: ${RESULT[$fw]} after $(secs "$el") s"
-    stop "qemu-$fw"
-    pending=$((pending - 1))
-  done
-  sleep 0.2
-done
+run_vms_until done_marker
 sleep 0.5
 for fw in "${VMS[@]}"; do stop "tcpdump-$fw"; done
 

@@ -283,33 +283,7 @@ for fw in "${VMS[@]}"; do
   wait_for "tcpdump on ${TAP[$fw]} is listening" 10 "tcpdump-$fw" log_has "tcpdump-$fw.err" "listening on"
 done
 
-declare -A T0=() RESULT=() ELAPSED=()
-for fw in "${VMS[@]}"; do
-  T0[$fw]=$(now_ms)
-  "start_${fw}_vm" "$fw" "${TAP[$fw]}" "${MAC[$fw]}" "${VMUUID[$fw]}"
-  say "$fw VM started (${TAP[$fw]}, ${MAC[$fw]}, limit ${TIMEOUT[$fw]}s)"
-done
-pending=${#VMS[@]}
-while [ "$pending" -gt 0 ]; do
-  for fw in "${VMS[@]}"; do
-    [ -z "${RESULT[$fw]:-}" ] || continue
-    el=$(($(now_ms) - T0[$fw]))
-    # Gave up is looked for first: iPXE prints it after the marker, so once it is there
-    # the marker line, if any, is complete.
-    gave_up=0
-    if log_has "serial-$fw.log" "$IPXE_GAVE_UP"; then gave_up=1; fi
-    if marker_reached "$fw"; then RESULT[$fw]=reached
-    elif [ "$gave_up" = 1 ]; then RESULT[$fw]="iPXE gave up ('$IPXE_GAVE_UP' on the console)"
-    elif ! alive "qemu-$fw"; then RESULT[$fw]="QEMU exited"
-    elif [ "$el" -ge $((TIMEOUT[$fw] * 1000)) ]; then RESULT[$fw]="timeout"
-    else continue; fi
-    ELAPSED[$fw]=$el
-    say "$fw VM: ${RESULT[$fw]} after $(secs "$el") s"
-    stop "qemu-$fw"
-    pending=$((pending - 1))
-  done
-  sleep 0.2
-done
+run_vms_until marker_reached
 sleep 0.5 # let the last replies reach the captures (tcpdump reads them at once: --immediate-mode)
 for fw in "${VMS[@]}"; do stop "tcpdump-$fw"; done
 
