@@ -953,6 +953,17 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
             && !is_true(s, "installed")
     });
 
+    // Every status carries the --machine-labels, next to the provider's own label.
+    for id in world.ids() {
+        let v = omni.send(&json!({
+            "cmd": "get", "ns": "infra-provider",
+            "type": "InfraMachineStatuses.omni.sidero.dev", "id": id,
+        }));
+        assert_eq!(v["labels"]["rack"], "a1", "labels of {id}: {v}");
+        assert_eq!(v["labels"]["scenario"], "", "labels of {id}: {v}");
+        assert_eq!(v["owner"], "bare-metal.InfraMachineStatusController", "{v}");
+    }
+
     // Allocation: the cluster's Talos version; Omni wants the machines on.
     world.each(|s| {
         s.insert("clusterTalosVersion".into(), json!(CLUSTER_TALOS));
