@@ -28,7 +28,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(cert) = &config.ipxe_ca_cert {
         boot_files::trust_ca(&mut files, cert)?.log();
     }
-    warn_if_ipxe_cannot_reach_the_factory(&config, &files);
+    let factory_proxy = factory_proxy(&config, &files)?;
+    if factory_proxy.is_none() {
+        warn_if_ipxe_cannot_reach_the_factory(&config, &files);
+    }
     let files = Arc::new(files);
     let inventory = match &config.inventory {
         Some(path) => inventory::Inventory::load(path)?,
@@ -63,7 +66,16 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let agent_tunnels = agent::tunnel::Tunnels::new();
     let agents = agent::client::AgentClient::new(agent_tunnels.clone(), config.agent.timeouts);
     let mut omni = match &config.omni_endpoint {
-        Some(endpoint) => Some(OmniMode::start(&config, endpoint, &agent_tunnels, agents).await?),
+        Some(endpoint) => Some(
+            OmniMode::start(
+                &config,
+                endpoint,
+                &agent_tunnels,
+                agents,
+                factory_proxy.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     // The agents' tunnel over TLS: Omni mode prepared it; standalone needs your own files.
@@ -83,6 +95,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     registry.register(store.stats.clone());
     if let Some(omni) = &omni {
         registry.register(omni.stats());
+    }
+    if let Some(proxy) = &factory_proxy {
+        registry.register(proxy.stats());
     }
     let router = http::router(http::ApiState {
         init_script: boot_script::init_script(
@@ -185,6 +200,43 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         "totals"
     );
     outcome
+}
+
+/// The Image Factory proxy (`--image-factory-proxy`): Omni mode with the factory as the
+/// agent's source, when asked for or when the iPXE binaries cannot speak HTTPS.
+fn factory_proxy(
+    config: &Config,
+    files: &ironboot_net::files::FileSet,
+) -> anyhow::Result<Option<Arc<crate::factory_proxy::FactoryProxy>>> {
+    use crate::config::{AgentBootSource, FactoryProxyMode};
+    use crate::factory_proxy::{CACHE_DIR_NAME, FactoryProxy, Options, ipxe_needs_proxy};
+    let (Some(_), AgentBootSource::ImageFactory(settings)) =
+        (&config.omni_endpoint, &config.agent_boot)
+    else {
+        return Ok(None);
+    };
+    let on = match config.image_factory_proxy {
+        FactoryProxyMode::On => true,
+        FactoryProxyMode::Off => false,
+        FactoryProxyMode::Auto => ipxe_needs_proxy(files),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let cache = config.state_dir.join(CACHE_DIR_NAME);
+    let proxy = FactoryProxy::new(
+        settings,
+        config.advertise_address.into(),
+        config.api_port,
+        Options::new(cache.clone()),
+    )
+    .context("--image-factory-proxy")?;
+    info!(
+        pxe_base_url = %settings.pxe_base_url,
+        cache = %cache.display(),
+        "machines get the Image Factory's images through ironboot (plain HTTP, cached)"
+    );
+    Ok(Some(proxy))
 }
 
 /// In Omni mode the agent and installer boots chain to the Image Factory's PXE front end;

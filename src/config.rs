@@ -311,6 +311,14 @@ pub(crate) struct Cli {
     #[arg(long, default_value = DEFAULT_AGENT_MODE_TALOS_VERSION)]
     pub(crate) agent_mode_talos_version: String,
 
+    /// Serve the Image Factory's PXE scripts, kernels and initramfs to machines through
+    /// ironboot over plain HTTP on --api-port, caching the images under
+    /// <--state-dir>/factory-cache (one download per image for the whole fleet): auto = when
+    /// the iPXE binaries served cannot fetch https:// URLs (Debian's), on, or off (machines
+    /// fetch from --image-factory-pxe-base-url themselves).
+    #[arg(long, default_value = "auto")]
+    pub(crate) image_factory_proxy: String,
+
     /// Boot the Image Factory's secure-boot (UKI) PXE assets; needs
     /// --ipmi-pxe-boot-mode uefi and no local boot assets.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
@@ -454,6 +462,19 @@ pub(crate) struct Config {
     pub(crate) machine_labels: BTreeMap<String, String>,
     /// Where the metal agent's boot files come from.
     pub(crate) agent_boot: AgentBootSource,
+    /// `--image-factory-proxy`.
+    pub(crate) image_factory_proxy: FactoryProxyMode,
+}
+
+/// `--image-factory-proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FactoryProxyMode {
+    /// When the iPXE binaries cannot fetch `https://`.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
 }
 
 /// Omni connection and presentation (`--insecure-skip-tls-verify`, `--provider-*`).
@@ -658,6 +679,17 @@ impl Config {
             )?,
             machine_labels: machine_labels(&cli.machine_labels)?,
             agent_boot: agent_boot_source(cli)?,
+            image_factory_proxy: match cli.image_factory_proxy.trim() {
+                "auto" => FactoryProxyMode::Auto,
+                "on" => FactoryProxyMode::On,
+                "off" => FactoryProxyMode::Off,
+                other => {
+                    return Err(refuse(
+                        "image-factory-proxy",
+                        format!("{other:?}: use auto, on or off"),
+                    ));
+                }
+            },
         })
     }
 }
@@ -1163,6 +1195,7 @@ mod tests {
                 "tls-api-port",
             ),
             (&["--tls-cert-ttl", "1m"], "tls-cert-ttl"),
+            (&["--image-factory-proxy", "yes"], "image-factory-proxy"),
             (
                 &["--extra-machine-config-path", "/nonexistent.yaml"],
                 "extra-machine-config-path",

@@ -7,6 +7,7 @@ mod boot_files;
 mod boot_script;
 mod config;
 mod executor;
+mod factory_proxy;
 mod go_duration;
 mod http;
 #[allow(

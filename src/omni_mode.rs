@@ -58,6 +58,7 @@ impl OmniMode {
         endpoint: &str,
         tunnels: &Tunnels,
         agents: AgentClient,
+        factory_proxy: Option<Arc<crate::factory_proxy::FactoryProxy>>,
     ) -> anyhow::Result<Self> {
         let key = ServiceAccountKey::from_env(&config.provider_id, SystemTime::now())
             .context("OMNI_SERVICE_ACCOUNT_KEY")?;
@@ -99,6 +100,10 @@ impl OmniMode {
             }),
         });
 
+        let boot = match factory_proxy {
+            Some(proxy) => boot.with_factory_proxy(proxy),
+            None => boot,
+        };
         let power = FleetPower::new(
             Selector::new(config.bmc.clone()),
             Fleet::new(FleetOptions::default()),

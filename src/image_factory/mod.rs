@@ -283,28 +283,47 @@ impl ImageFactory {
         pxe_url(&self.inner.settings, id, talos_version, arch)
     }
 
-    /// The agent-mode iPXE URL: the agent schematic with `kernel_args`, at
+    /// The factory's iPXE URL of `image`: `<pxe base>/pxe/<image path>`.
+    pub(crate) fn url_of(&self, image: &PxeImage) -> String {
+        image.url(&self.inner.settings.pxe_base_url)
+    }
+
+    /// The agent-mode PXE image: the agent schematic with `kernel_args`, at
     /// `--agent-mode-talos-version`.
+    pub(crate) async fn agent_mode_image(
+        &self,
+        arch: Arch,
+        kernel_args: Vec<String>,
+    ) -> Result<PxeImage, FactoryError> {
+        let id = self
+            .schematic_id(&Schematic::agent_mode(kernel_args))
+            .await?;
+        PxeImage::new(
+            &self.inner.settings,
+            id,
+            &self.inner.settings.agent_mode_talos_version,
+            arch,
+        )
+    }
+
+    /// The agent-mode iPXE URL ([`ImageFactory::agent_mode_image`] on the factory).
     pub(crate) async fn agent_mode_url(
         &self,
         arch: Arch,
         kernel_args: Vec<String>,
     ) -> Result<String, FactoryError> {
-        let id = self
-            .schematic_id(&Schematic::agent_mode(kernel_args))
-            .await?;
-        self.pxe_url(&id, &self.inner.settings.agent_mode_talos_version, arch)
+        Ok(self.url_of(&self.agent_mode_image(arch, kernel_args).await?))
     }
 
-    /// The iPXE URL of Talos `talos_version` with a cluster's `extensions` and
+    /// The PXE image of Talos `talos_version` with a cluster's `extensions` and
     /// `kernel_args`.
-    pub(crate) async fn talos_url(
+    pub(crate) async fn talos_image(
         &self,
         talos_version: &str,
         arch: Arch,
         extensions: Vec<String>,
         kernel_args: Vec<String>,
-    ) -> Result<String, FactoryError> {
+    ) -> Result<PxeImage, FactoryError> {
         check_talos_version(talos_version)?;
         let id = self
             .schematic_id(&Schematic {
@@ -312,7 +331,71 @@ impl ImageFactory {
                 official_extensions: extensions,
             })
             .await?;
-        self.pxe_url(&id, talos_version, arch)
+        PxeImage::new(&self.inner.settings, id, talos_version, arch)
+    }
+
+    /// The iPXE URL of Talos `talos_version` ([`ImageFactory::talos_image`] on the
+    /// factory).
+    pub(crate) async fn talos_url(
+        &self,
+        talos_version: &str,
+        arch: Arch,
+        extensions: Vec<String>,
+        kernel_args: Vec<String>,
+    ) -> Result<String, FactoryError> {
+        Ok(self.url_of(
+            &self
+                .talos_image(talos_version, arch, extensions, kernel_args)
+                .await?,
+        ))
+    }
+}
+
+/// A PXE image of the factory: its iPXE script is `<pxe base>/pxe/<schematic>/<version>/
+/// <asset>`; every part is URL- and script-safe (checked on creation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PxeImage {
+    /// The schematic.
+    pub(crate) schematic: SchematicId,
+    /// The Talos version (`v1.13.7`).
+    pub(crate) talos_version: String,
+    /// `metal-<arch>`, with `-secureboot` when secure boot is on.
+    pub(crate) asset: String,
+}
+
+impl PxeImage {
+    fn new(
+        settings: &ImageFactorySettings,
+        schematic: SchematicId,
+        talos_version: &str,
+        arch: Arch,
+    ) -> Result<Self, FactoryError> {
+        check_talos_version(talos_version)?;
+        let secure = if settings.secure_boot {
+            "-secureboot"
+        } else {
+            ""
+        };
+        Ok(Self {
+            schematic,
+            talos_version: talos_version.to_owned(),
+            asset: format!("metal-{}{secure}", arch.as_str()),
+        })
+    }
+
+    /// `<schematic>/<version>/<asset>`, the path under the factory's `/pxe/`.
+    pub(crate) fn path(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.schematic.as_str(),
+            self.talos_version,
+            self.asset
+        )
+    }
+
+    /// The iPXE URL under `pxe_base_url` (the factory's, or ironboot's proxy).
+    pub(crate) fn url(&self, pxe_base_url: &str) -> String {
+        format!("{}/pxe/{}", pxe_base_url.trim_end_matches('/'), self.path())
     }
 }
 
@@ -397,18 +480,7 @@ fn pxe_url(
     talos_version: &str,
     arch: Arch,
 ) -> Result<String, FactoryError> {
-    check_talos_version(talos_version)?;
-    let secure = if settings.secure_boot {
-        "-secureboot"
-    } else {
-        ""
-    };
-    Ok(format!(
-        "{}/pxe/{}/{talos_version}/metal-{}{secure}",
-        settings.pxe_base_url.trim_end_matches('/'),
-        id.as_str(),
-        arch.as_str(),
-    ))
+    Ok(PxeImage::new(settings, id.clone(), talos_version, arch)?.url(&settings.pxe_base_url))
 }
 
 /// A version goes into a URL path and an iPXE script: letters, digits, `.`, `-`, `+`.

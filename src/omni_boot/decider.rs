@@ -2,6 +2,7 @@
 //! (upstream `makeBootDecision` and `RequiredBootMode`, see the lifecycle rules).
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::boot_script::{
     Rendered, render, retry_script_because,
 };
 use crate::config::{AgentBootSource, boot_asset_names};
-use crate::image_factory::{self, FactoryError, ImageFactory};
+use crate::image_factory::{self, FactoryError, ImageFactory, PxeImage};
 use crate::lifecycle::{BootDecision, Recorded, required_boot};
 use crate::machine::{Arch, MachineQuery};
 
@@ -160,6 +161,12 @@ struct Mode {
 pub(crate) const WAITING_FOR_JOIN_CONFIG: &str =
     "waiting for the join configuration from Omni (TLS mode puts it in the kernel arguments)";
 
+/// Retry reason when a proxied factory image could not be fetched through ironboot.
+pub(crate) const PROXY_FAILED: &str = "ironboot could not fetch it from the Image Factory";
+
+/// Label of the proxied chain's fallback.
+const PROXY_FAILED_LABEL: &str = "factory_failed";
+
 /// zstd level of the inline configuration (upstream uses its encoder's best compression).
 const INLINE_ZSTD_LEVEL: i32 = 19;
 
@@ -183,6 +190,8 @@ pub(crate) struct OmniBootDecider {
     mode: RwLock<Mode>,
     /// The last inline configuration, by the document it encodes.
     inline: InlineCache,
+    /// Factory images through ironboot's `/factory/` routes ([`crate::factory_proxy`]).
+    proxied: AtomicBool,
 }
 
 /// The last document put inline and its encoding. Its `Debug` shows neither: the join
@@ -248,6 +257,7 @@ impl OmniBootDecider {
             factory,
             mode: RwLock::default(),
             inline: InlineCache::default(),
+            proxied: AtomicBool::new(false),
         })
     }
 
@@ -257,6 +267,17 @@ impl OmniBootDecider {
             options,
             join: Some(join),
         };
+    }
+
+    /// Chain factory images through ironboot's `/factory/pxe/` route (`true`) instead of
+    /// the factory's PXE front end (see [`crate::factory_proxy`]).
+    pub(crate) fn set_factory_proxy(&self, on: bool) {
+        self.proxied.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether factory images go through ironboot.
+    pub(crate) fn factory_proxied(&self) -> bool {
+        self.proxied.load(Ordering::Relaxed)
     }
 
     /// The agent-mode options in force.
@@ -301,6 +322,7 @@ impl OmniBootDecider {
             factory: Some(factory),
             mode: RwLock::default(),
             inline: InlineCache::default(),
+            proxied: AtomicBool::new(false),
         }
     }
 
@@ -389,6 +411,26 @@ impl OmniBootDecider {
         }
     }
 
+    /// The answer for a factory image: chain to its script on the factory, or, proxied,
+    /// on ironboot, falling back to the retrying script when ironboot cannot get it
+    /// (the factory unreachable: a 502).
+    fn factory_chain(&self, factory: &ImageFactory, image: &PxeImage) -> Answer {
+        if !self.factory_proxied() {
+            return Self::chain(&factory.url_of(image));
+        }
+        let url = crate::factory_proxy::script_url(self.advertise, self.port, image);
+        let retry = retry_script_because(self.advertise, self.port, PROXY_FAILED);
+        let retry = String::from_utf8_lossy(&retry);
+        let retry = retry.strip_prefix("#!ipxe\n").unwrap_or(&retry);
+        let text = format!(
+            "#!ipxe\nchain --replace {url} || goto {PROXY_FAILED_LABEL}\n:{PROXY_FAILED_LABEL}\n{retry}"
+        );
+        Answer {
+            kind: "script",
+            rendered: Rendered::Script(Bytes::from(text)),
+        }
+    }
+
     fn chain(url: &str) -> Answer {
         let text = format!("#!ipxe\nchain --replace {url}\n");
         match IpxeScript::new(&text) {
@@ -415,8 +457,8 @@ impl OmniBootDecider {
                 let Some(factory) = &self.factory else {
                     return self.retry("no Image Factory configured");
                 };
-                match factory.agent_mode_url(factory_arch(arch), args).await {
-                    Ok(url) => Self::chain(&url),
+                match factory.agent_mode_image(factory_arch(arch), args).await {
+                    Ok(image) => self.factory_chain(factory, &image),
                     Err(e) => self.factory_failed(who, &e),
                 }
             }
@@ -470,10 +512,10 @@ impl OmniBootDecider {
             Err(reason) => return self.retry(reason),
         };
         match factory
-            .talos_url(talos_version, factory_arch(who.arch), extensions, args)
+            .talos_image(talos_version, factory_arch(who.arch), extensions, args)
             .await
         {
-            Ok(url) => Self::chain(&url),
+            Ok(image) => self.factory_chain(factory, &image),
             Err(e) => self.factory_failed(who, &e),
         }
     }

@@ -16,6 +16,8 @@
 //!   `--extra-machine-config-path` ([`ExtraDocuments`], [`OmniBoot::with_extra_documents`]).
 //! - [`LocalAssets`]: `GET /assets/<name>`, the local boot assets.
 //! - [`follow`]: the Omni watches feeding the cache and the join configuration.
+//! - [`OmniBoot::with_factory_proxy`]: agent and install boots through ironboot's
+//!   Image Factory proxy ([`crate::factory_proxy`]), for iPXE builds without HTTPS.
 //! - [`OmniBoot::with_agent_options`]: `--agent-test-mode` and the TLS listener
 //!   (`metal.provider.address=https://…`, `talos.config.inline=`, the CA as a
 //!   `TrustedRootsConfig` in `/config`), see [`crate::tls`].
@@ -48,6 +50,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::AgentBootSource;
+use crate::factory_proxy::FactoryProxy;
 
 /// Everything Omni-mode boots need, built once at start: the cache and the join
 /// configuration (fed by [`follow`]), the decider (`ApiState::decider`), and the routes
@@ -62,6 +65,8 @@ pub(crate) struct OmniBoot {
     pub(crate) decider: Arc<OmniBootDecider>,
     /// `/assets/`, with `--use-local-boot-assets`.
     pub(crate) assets: Option<Arc<LocalAssets>>,
+    /// `/factory/`, the Image Factory through ironboot ([`OmniBoot::with_factory_proxy`]).
+    pub(crate) factory_proxy: Option<Arc<FactoryProxy>>,
 }
 
 impl OmniBoot {
@@ -90,6 +95,7 @@ impl OmniBoot {
             join: JoinConfig::new(provider_id),
             decider,
             assets,
+            factory_proxy: None,
         })
     }
 
@@ -111,9 +117,24 @@ impl OmniBoot {
         self
     }
 
-    /// Add `/config` and, with local boot assets, `/assets/<name>` to `router`.
+    /// Boot factory images through `proxy` (machines whose iPXE has no HTTPS): agent and
+    /// install boots chain to `http://<advertise>:<port>/factory/pxe/...` instead of the
+    /// factory's PXE front end, and [`OmniBoot::mount`] adds the proxy's routes. Without
+    /// this call (the default) machines chain to the factory directly.
+    pub(crate) fn with_factory_proxy(mut self, proxy: Arc<FactoryProxy>) -> Self {
+        self.decider.set_factory_proxy(true);
+        self.factory_proxy = Some(proxy);
+        self
+    }
+
+    /// Add `/config` and, with local boot assets, `/assets/<name>`, with the factory
+    /// proxy `/factory/...`, to `router`.
     pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
         let router = self.join.mount(router);
+        let router = match &self.factory_proxy {
+            Some(proxy) => proxy.mount(router),
+            None => router,
+        };
         match &self.assets {
             Some(assets) => assets.mount(router),
             None => router,

@@ -1115,3 +1115,124 @@ async fn tls_agent_boots_reach_the_factory_and_wait_for_the_join_config() {
         assert!(body.contains(arg), "{arg:?} missing from:\n{body}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The Image Factory through ironboot (`--image-factory-proxy`).
+
+/// The proxied chain's URL and the rest of the script.
+fn proxied_chain(script: &str) -> (String, String, String) {
+    let first = script
+        .strip_prefix("#!ipxe\nchain --replace http://10.0.0.1:50042/factory/pxe/")
+        .and_then(|r| r.split_once(" || goto factory_failed\n:factory_failed\n"))
+        .unwrap_or_else(|| panic!("not a proxied chain: {script:?}"));
+    let parts: Vec<&str> = first.0.split('/').collect();
+    assert_eq!(parts.len(), 3, "{script}");
+    // If ironboot cannot get the image (a 502), the machine waits and asks again.
+    let fallback = first.1;
+    assert!(fallback.contains(decider::PROXY_FAILED), "{script}");
+    assert!(
+        fallback.contains("chain --replace http://10.0.0.1:50042/ipxe/boot.ipxe?uuid=${uuid}"),
+        "{script}"
+    );
+    (
+        parts[0].to_owned(),
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn with_the_factory_proxy_agent_and_install_boots_chain_to_ironboot() {
+    let f = StandIn::start().await;
+    let cache = Arc::new(synced_cache());
+    let d = f.decider(cache.clone());
+    assert!(!d.factory_proxied(), "off by default");
+    d.set_factory_proxy(true);
+
+    let a = d
+        .answer_for(&query(Some(U1), Arch::Amd64), BootFromDiskMethod::IpxeExit)
+        .await;
+    assert_eq!(a.kind, "script");
+    let (id, version, asset) = proxied_chain(&script(&a));
+    assert_eq!(id, hex(&Sha256::digest(f.last_body().as_bytes())));
+    assert_eq!(
+        (version.as_str(), asset.as_str()),
+        (AGENT_VERSION, "metal-amd64")
+    );
+    assert!(
+        f.last_body()
+            .contains("- metal.provider.address=10.0.0.1:50042"),
+        "the same schematic as without the proxy"
+    );
+
+    ready_machine(&cache, U1, |s| {
+        s.cluster_talos_version = "v1.11.2".into();
+    });
+    let a = d
+        .answer_for(&query(Some(U1), Arch::Arm64), BootFromDiskMethod::IpxeExit)
+        .await;
+    let (id, version, asset) = proxied_chain(&script(&a));
+    assert_eq!(id, hex(&Sha256::digest(f.last_body().as_bytes())));
+    assert_eq!(
+        (version.as_str(), asset.as_str()),
+        ("v1.11.2", "metal-arm64")
+    );
+
+    // A factory outage at schematic creation is still the plain retrying script.
+    f.state.down.store(true, Ordering::SeqCst);
+    let a = d
+        .answer_for(&query(Some(U1), Arch::Amd64), BootFromDiskMethod::IpxeExit)
+        .await;
+    assert_eq!(a.kind, "retry");
+    assert!(script(&a).contains("Image Factory unreachable"));
+
+    // Off again: straight to the factory.
+    f.state.down.store(false, Ordering::SeqCst);
+    d.set_factory_proxy(false);
+    let a = d
+        .answer_for(&query(Some(U1), Arch::Amd64), BootFromDiskMethod::IpxeExit)
+        .await;
+    let (_, version, _) = chained(&script(&a));
+    assert_eq!(version, "v1.11.2");
+}
+
+#[tokio::test]
+async fn the_router_mounts_the_factory_proxy_with_omni_boot() {
+    let f = StandIn::start().await;
+    // The proxy's upstream is the stand-in, which has no PXE front end: its 404 passes
+    // through, proving the request reached the proxy and the factory.
+    let mut settings = f.settings();
+    settings.pxe_base_url = format!("http://{}", f.served.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = crate::factory_proxy::FactoryProxy::new(
+        &settings,
+        ADVERTISE,
+        PORT,
+        crate::factory_proxy::Options::new(dir.path().join("factory-cache")),
+    )
+    .unwrap();
+    let omni = OmniBoot::new(
+        "bare-metal",
+        ADVERTISE,
+        PORT,
+        &AgentBootSource::ImageFactory(settings),
+    )
+    .unwrap()
+    .with_factory_proxy(proxy.clone());
+    synced(&omni);
+    let h = http(&omni);
+    let (status, body) = h.get(BOOT).await;
+    assert_eq!(status, StatusCode::OK);
+    let (id, version, asset) = proxied_chain(std::str::from_utf8(&body).unwrap());
+    let (status, body) = h.get(&format!("/factory/pxe/{id}/{version}/{asset}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        body.starts_with(&format!(
+            "ironboot: Image Factory http://{}/pxe/{id}/{version}/{asset}: not found",
+            f.served.addr
+        )),
+        "{body}"
+    );
+    assert!(dir.path().join("factory-cache").is_dir());
+}

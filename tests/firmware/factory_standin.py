@@ -7,10 +7,13 @@ It speaks the two requests ironboot's agent-mode boot involves:
   GET  /pxe/<id>/<version>/metal-<arch>     -> an iPXE script printing the marker lines
                                                  IBFACTORY-AGENT v=<version> a=<arch>
                                                  IBFACTORY-ID <id>
-                                               then fetching the schematic's talos.config=
-                                               URL as the booted image would, and printing
+                                               then fetching its kernel (below) and the
+                                               schematic's talos.config= URL as the booted
+                                               image would, and printing
+                                                 IBFACTORY-KERNEL ok|failed
                                                  IBFACTORY-CONFIG ok|failed|none
                                                (404 for an ID never posted)
+  GET  /image/<id>/<version>/kernel-<arch>  -> 3 MiB of a byte pattern (the "kernel")
 
 The real factory's script puts the schematic's kernel arguments on iPXE's `kernel` line,
 where iPXE expands `${uuid}`; the stand-in's `imgfetch` line gets the same expansion, so
@@ -34,6 +37,9 @@ import threading
 import yaml
 
 PXE_PATH = re.compile(r"^/pxe/([0-9a-f]{64})/([A-Za-z0-9.+-]+)/metal-([a-z0-9-]+)$")
+IMAGE_PATH = re.compile(r"^/image/([0-9a-f]{64})/([A-Za-z0-9.+-]+)/kernel-([a-z0-9-]+)$")
+# The "kernel" the stand-in serves: 3 MiB, a byte pattern the test can check by its size.
+KERNEL = bytes(i % 251 for i in range(3 << 20))
 
 
 class Factory(http.server.ThreadingHTTPServer):
@@ -92,6 +98,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.server.record(self.entry())
+        img = IMAGE_PATH.match(self.path)
+        if img is not None:
+            with self.server.lock:
+                known = img.group(1) in self.server.schematics
+            if not known:
+                self.reply(404, "unknown schematic\n", "text/plain")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(KERNEL)))
+            self.end_headers()
+            self.wfile.write(KERNEL)
+            return
         m = PXE_PATH.match(self.path)
         with self.server.lock:
             known = m is not None and m.group(1) in self.server.schematics
@@ -105,6 +124,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             version,
             arch,
             sid,
+        )
+        # As the real factory's script names its kernel: on its own public URL. ironboot's
+        # proxy rewrites it to itself (plain HTTP, cached); the VM downloads it from there.
+        host = self.headers.get("Host") or "%s:%d" % self.server.server_address[:2]
+        script += (
+            "imgfetch --name kernel http://%s/image/%s/%s/kernel-%s && "
+            "echo IBFACTORY-KERNEL ok || echo IBFACTORY-KERNEL failed\n" % (host, sid, version, arch)
         )
         if config is None:
             script += "echo IBFACTORY-CONFIG none\n"

@@ -26,8 +26,11 @@
 #     version) and watches its state (the harness counts the authenticated calls);
 #   - each VM: the OFFER names http://10.98.0.3:50042/ipxe/init.ipxe (BIOS) / the 4011 ACK
 #     and snp.efi over TFTP (UEFI); GET init.ipxe and boot.ipxe?uuid=<its uuid>; then GET
-#     /pxe/<id>/<version>/metal-amd64 FROM THE VM to the factory (capture and stand-in log);
-#     both marker lines on its console, naming the schematic ironboot created; then
+#     /factory/pxe/<id>/<version>/metal-amd64 and the script's kernel (rewritten to
+#     /factory/image/...) from the VM to ironboot's Image Factory proxy (Debian's iPXE has
+#     no HTTPS), never to the factory; the factory served the kernel once for all VMs;
+#     the marker lines on its console (IBFACTORY-KERNEL ok: 3 MiB through the proxy),
+#     naming the schematic ironboot created; then
 #     GET /config?u=<its uuid> from ironboot answered 200 with Omni's join document (the
 #     run's token) and IBFACTORY-CONFIG ok on its console;
 #   - the factory saw the schematic POST from ironboot (10.98.0.3), exactly one for all VMs
@@ -199,18 +202,38 @@ check_offer_and_gets() { # FW
   else fail "$fw: no GET ${boot}... from $mac to $PROV_IP:$API_PORT; GETs: [$(tr '\n' ' ' <<<"$uris")]"; fi
 }
 
-# The VM itself fetched the agent-mode script from the factory: in its capture, and with
-# its address in the stand-in's log.
+# The VM fetched the agent-mode script and its kernel through ironboot's Image Factory
+# proxy (Debian's iPXE has no HTTPS, so --image-factory-proxy auto turns it on): in its
+# capture the GETs go to ironboot's /factory/ routes, and the stand-in saw ironboot ask.
 check_factory_get() { # FW ID
-  local fw=$1 id=$2 mac=${MAC[$1]} want uris
-  want="/pxe/$id/$AGENT_VERSION/metal-amd64"
-  uris=$(tsh "$out/$fw.pcap" "eth.src==$mac && ip.dst==$SITE_IP && tcp.dstport==$FACTORY_PORT && http.request.method==\"GET\"" http.request.uri)
-  if grep -qxF "$want" <<<"$uris"; then ok "$fw: the VM sent GET $FACTORY$want (agent-mode image: schematic, --agent-mode-talos-version, amd64)"
-  else fail "$fw: no GET $FACTORY$want from $mac in the capture; GETs to the factory: [$(tr '\n' ' ' <<<"$uris")]"; fi
+  local fw=$1 id=$2 mac=${MAC[$1]} want kernel uris
+  want="/factory/pxe/$id/$AGENT_VERSION/metal-amd64"
+  kernel="/factory/image/$id/$AGENT_VERSION/kernel-amd64"
+  uris=$(tsh "$out/$fw.pcap" "eth.src==$mac && ip.dst==$PROV_IP && tcp.dstport==$API_PORT && http.request.method==\"GET\"" http.request.uri)
+  if grep -qxF "$want" <<<"$uris"; then ok "$fw: the VM sent GET $want to ironboot (agent-mode image: schematic, --agent-mode-talos-version, amd64)"
+  else fail "$fw: no GET $want from $mac to ironboot; its GETs: [$(tr '\n' ' ' <<<"$uris")]"; fi
+  if grep -qxF "$kernel" <<<"$uris"; then ok "$fw: the VM sent GET $kernel to ironboot (the script's kernel URL rewritten to the proxy)"
+  else fail "$fw: no GET $kernel from $mac to ironboot; its GETs: [$(tr '\n' ' ' <<<"$uris")]"; fi
+  uris=$(tsh "$out/$fw.pcap" "eth.src==$mac && ip.dst==$SITE_IP && tcp.dstport==$FACTORY_PORT" http.request.uri)
+  if [ -z "$uris" ]; then ok "$fw: the VM itself never talked to the factory"
+  else fail "$fw: the VM went to the factory directly: [$(tr '\n' ' ' <<<"$uris")]"; fi
+}
+
+# Every VM booted the same image: the factory served its script once per VM (scripts are
+# kept a minute at most) but its kernel once for all (the proxy's cache).
+check_factory_fetches() {
+  local n
+  n=$(python3 -c 'import json,sys
+print(sum(1 for l in open(sys.argv[1]) if json.loads(l)["path"].startswith("/image/") and json.loads(l)["client"] == sys.argv[2]))' "$out/factory-requests.jsonl" "$PROV_IP")
+  if [ "$n" = 1 ]; then ok "the factory served the kernel once, to ironboot, for ${#VMS[@]} VMs"
+  else fail "the factory served the kernel $n times to ironboot (want 1: cached)"; fi
 }
 
 check_marker() { # FW ID
-  local fw=$1 id=$2 a i c
+  local fw=$1 id=$2 a i c k
+  k=$(grep -a "IBFACTORY-KERNEL" "$out/serial-$fw.log" 2>/dev/null | clean | head -n 1 || true)
+  if [[ "$k" == *"IBFACTORY-KERNEL ok"* ]]; then ok "$fw: serial console: IBFACTORY-KERNEL ok (3 MiB through ironboot's proxy)"
+  else fail "$fw: want 'IBFACTORY-KERNEL ok' on the serial console, got '${k:-nothing}'"; fi
   a=$(grep -a "$FMARK_AGENT" "$out/serial-$fw.log" 2>/dev/null | clean | head -n 1 || true)
   i=$(grep -a "$FMARK_ID" "$out/serial-$fw.log" 2>/dev/null | clean | head -n 1 || true)
   if [[ "$a" == *"$FMARK_AGENT v=$AGENT_VERSION a=amd64"* ]]; then ok "$fw: serial console: $FMARK_AGENT v=$AGENT_VERSION a=amd64"
@@ -297,13 +320,16 @@ if posts:
                  "siderolabs/metal-agent; id %s" % (prov, args, len(exts), sid[:12]))
 gets = [r for r in reqs if r["method"] == "GET"]
 want_get = "/pxe/%s/%s/metal-amd64" % (sid, version)
-vm_gets = [g for g in gets if g["path"] == want_get and g["client"] != prov
-           and g["client"].startswith("10.98.0.")]
-if len(vm_gets) < nvms:
-    problems.append("%d GET %s from VMs, want >= %d; GETs seen: %s"
-                    % (len(vm_gets), want_get, nvms, [(g["client"], g["path"]) for g in gets]))
+# Through ironboot's proxy: the factory sees ironboot ask (scripts are kept up to a
+# minute, so once or once per VM), never a VM.
+proxied = [g for g in gets if g["path"] == want_get and g["client"] == prov]
+direct = [g for g in gets if g["client"] != prov]
+if not 1 <= len(proxied) <= nvms or direct:
+    problems.append("%d GET %s from ironboot (want 1 to %d) and %d from elsewhere (want 0); "
+                    "GETs seen: %s" % (len(proxied), want_get, nvms, len(direct),
+                                       [(g["client"], g["path"]) for g in gets]))
 else:
-    notes.append("GET %s from %s" % (want_get, sorted({g["client"] for g in vm_gets})))
+    notes.append("GET %s from ironboot's proxy %d time(s) for %d VMs" % (want_get, len(proxied), nvms))
 os.write(3, sid.encode())
 print("; ".join(problems or notes))
 sys.exit(1 if problems else 0)
@@ -392,6 +418,7 @@ for fw in "${VMS[@]}"; do
   check_marker "$fw" "${SCHEMATIC_ID:-<none posted>}"
   check_config_fetch "$fw"
 done
+check_factory_fetches
 if api_get /metrics "$out/metrics.txt"; then
   check_metric_at_least "$out/metrics.txt" 'ironboot_http_requests_total{route="boot_script",status="200"}' "${#VMS[@]}" "boot.ipxe per VM"
   say "info (not asserted): $(grep -a '^ironboot_boot_decisions_total' "$out/metrics.txt" | xargs)"
