@@ -11,6 +11,7 @@
 //! | `GET /api/v1/machines` | JSON array of recorded machines |
 //! | `GET /config?u=<uuid>` | Omni mode: the machines' join configuration ([`crate::omni_boot`]) |
 //! | `GET /assets/<name>` | Omni mode with `--use-local-boot-assets`: the agent's kernel and initramfs |
+//! | `GET /factory/pxe/...`, `GET`/`HEAD /factory/image/...` | Omni mode with `--image-factory-proxy`: the factory's scripts and cached images ([`crate::factory_proxy`]) |
 //!
 //! Handlers never block: the boot decision is in memory (in Omni mode it may await the
 //! Image Factory, bounded by its request timeout and shared by every request for the same
