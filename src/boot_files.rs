@@ -652,6 +652,14 @@ mod tests {
     }
 
     /// A self-signed CA: its PEM and its DER.
+    /// Every served name with its bytes, to compare before and after.
+    fn snapshot(files: &FileSet) -> Vec<(String, Bytes)> {
+        files
+            .iter()
+            .map(|(n, c)| (n.to_owned(), c.clone()))
+            .collect()
+    }
+
     fn ca() -> (String, Vec<u8>) {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
@@ -789,10 +797,7 @@ mod tests {
         write(lib.path(), "snponly.efi", &other_trust);
         write(lib.path(), "undionly.kpxe", b"compressed kpxe");
         let (mut files, _) = load(&[lib.path().into()]).unwrap();
-        let before: Vec<(String, Bytes)> = files
-            .iter()
-            .map(|(n, c)| (n.to_owned(), c.clone()))
-            .collect();
+        let before = snapshot(&files);
         let cert = write_ca(lib.path(), &ca().0);
         let e = trust_ca(&mut files, &cert).unwrap_err();
         let msg = e.to_string();
@@ -812,10 +817,7 @@ mod tests {
             msg.contains("undionly.kpxe/undionly.kpxe.0: a compressed BIOS image"),
             "{msg}"
         );
-        let after: Vec<(String, Bytes)> = files
-            .iter()
-            .map(|(n, c)| (n.to_owned(), c.clone()))
-            .collect();
+        let after = snapshot(&files);
         assert_eq!(before, after, "nothing changed");
     }
 
@@ -832,10 +834,7 @@ mod tests {
         );
         let dirs: Vec<PathBuf> = DEFAULT_IPXE_DIRS.iter().map(PathBuf::from).collect();
         let (mut files, _) = load(&dirs).unwrap();
-        let original: Vec<(String, Bytes)> = files
-            .iter()
-            .map(|(n, c)| (n.to_owned(), c.clone()))
-            .collect();
+        let original = snapshot(&files);
         let holding: Vec<&str> = original
             .iter()
             .filter(|(_, c)| count(c, &IPXE_ROOT_CA_FINGERPRINT) > 0)
@@ -856,10 +855,7 @@ mod tests {
                 msg.contains("undionly.kpxe/undionly.kpxe.0: a compressed BIOS image"),
                 "{msg}"
             );
-            let after: Vec<(String, Bytes)> = files
-                .iter()
-                .map(|(n, c)| (n.to_owned(), c.clone()))
-                .collect();
+            let after = snapshot(&files);
             assert_eq!(original, after, "nothing changed");
         } else {
             let report = result.unwrap();

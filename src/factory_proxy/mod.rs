@@ -217,17 +217,7 @@ impl UpstreamError {
     }
 }
 
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+use crate::image_factory::chain as error_chain;
 
 /// Why the proxy could not be built.
 #[derive(Debug, thiserror::Error)]
