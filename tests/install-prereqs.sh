@@ -91,4 +91,11 @@ if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
   die "go mod download failed in tests/agent-harness (is the Go module proxy reachable?)"
 # --- end metal agent harness -------------------------------------------------------------
 
+# --- Bounded fuzzing (tests/fuzz-smoke.sh): cargo-fuzz on the nightly toolchain --------
+rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal ||
+  die "installing the nightly toolchain failed (cargo-fuzz needs it)"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked ||
+  die "cargo install cargo-fuzz failed (is crates.io reachable?)"
+# --- end bounded fuzzing -----------------------------------------------------------------
+
 echo "install-prereqs: done ($(cargo --version); $(cargo fmt --version); $(cargo clippy --version))"

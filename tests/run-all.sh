@@ -6,3 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-prereqs.sh
 cargo test --workspace --all-targets --locked "$@"
+# Every fuzz target for a bounded time from its kept corpus (FUZZ_SECONDS, default 20).
+tests/fuzz-smoke.sh

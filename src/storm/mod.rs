@@ -1,11 +1,15 @@
 //! `ironboot storm`: load generators that behave like a rack of booting machines (issue 7).
 //!
+//! `storm pxe` boots N emulated machines the whole PXE way (DISCOVER, proxy OFFER, 4011
+//! REQUEST, ACK, TFTP, HTTP boot script) and reports per stage; see [`pxe`].
+//!
 //! `storm tftp` runs N concurrent TFTP clients against any server (ironboot, dnsmasq,
 //! tftpd-hpa, ...), each fetching a file over and over like firmware would, and reports
 //! goodput, latency percentiles, failures by reason and retransmissions. The protocol is
 //! the library's sans-IO [`ironboot_net::tftp::TftpClient`]; this module only moves its
 //! datagrams (`transfer`), runs the clients (`run`) and does the arithmetic (`report`).
 
+mod pxe;
 mod report;
 mod run;
 mod transfer;
@@ -36,6 +40,9 @@ pub(crate) enum StormTarget {
     /// Concurrent TFTP read transfers, closed loop (each client starts its next transfer
     /// when the last one ends).
     Tftp(TftpArgs),
+    /// Whole PXE boots of emulated machines: DISCOVER, proxy OFFER, 4011 REQUEST, ACK,
+    /// TFTP fetch, HTTP boot script; open loop (--rate) or closed loop (--concurrency).
+    Pxe(pxe::PxeArgs),
 }
 
 /// `ironboot storm tftp`.
@@ -302,9 +309,12 @@ fn raise_file_limit(needed: u64) -> Result<(), StormError> {
 /// Run `ironboot storm ...`: exit 0 if every transfer succeeded, 1 if any failed, 2 if
 /// the storm could not run.
 pub(crate) fn main(args: &StormArgs) -> ExitCode {
-    let StormTarget::Tftp(tftp) = &args.target;
-    match storm_tftp(tftp) {
-        Ok(report) if report.failed() == 0 => ExitCode::SUCCESS,
+    let failed = match &args.target {
+        StormTarget::Tftp(tftp) => storm_tftp(tftp).map(|r| r.failed()),
+        StormTarget::Pxe(p) => pxe::storm_pxe(p).map(|r| r.failed),
+    };
+    match failed {
+        Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {
             let mut msg = format!("ironboot storm: error: {e}");

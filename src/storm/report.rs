@@ -48,7 +48,7 @@ impl ClientCounters {
         self.foreign += u64::from(s.foreign);
     }
 
-    fn merge(&mut self, o: ClientCounters) {
+    pub(crate) fn merge(&mut self, o: ClientCounters) {
         self.retransmissions += o.retransmissions;
         self.gap_acks += o.gap_acks;
         self.repeated_acks += o.repeated_acks;

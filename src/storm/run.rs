@@ -76,7 +76,7 @@ impl Shared {
     }
 }
 
-fn open(bind: Ipv4Addr) -> std::io::Result<UdpSocket> {
+pub(super) fn open(bind: Ipv4Addr) -> std::io::Result<UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddrV4::new(bind, 0))?;
     socket.set_nonblocking(true)?;
     // Let the kernel hand over a server's segmented window in one piece (see
@@ -208,7 +208,7 @@ async fn progress(shared: Arc<Shared>, start: Instant) {
 }
 
 /// CPU time this process has used so far (user + system).
-fn cpu_time() -> Duration {
+pub(super) fn cpu_time() -> Duration {
     use nix::sys::resource::{UsageWho, getrusage};
     getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
         let t = |tv: nix::sys::time::TimeVal| {
@@ -351,7 +351,9 @@ mod tests {
         let Some(Command::Storm(storm)) = cli.command else {
             panic!("not a storm command");
         };
-        let StormTarget::Tftp(tftp) = storm.target;
+        let StormTarget::Tftp(tftp) = storm.target else {
+            panic!("not a tftp storm");
+        };
         tftp.plan().unwrap()
     }
 

@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use ironboot_net::wire::dhcpv4::{FLAG_BROADCAST, MIN_REPLY_LEN, layout};
 use ironboot_net::wire::options::code;
 use ironboot_net::wire::pxe::{BootItem, discovery, sub};
-use ironboot_net::wire::{MessageType, Op, OptionWriter, Options, Packet, Repr};
+use ironboot_net::wire::{MessageType, Op, OptionWriter, Packet, Repr};
 
 /// The emulated firmware kind of one machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,20 +67,12 @@ impl Firmware {
             Firmware::Bios => "i386",
         }
     }
-
-    /// Label in reports.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Firmware::Uefi => "uefi",
-            Firmware::Bios => "bios",
-        }
-    }
 }
 
 /// EDK2's option 55 list (PxeBcBuildDhcp4Options).
 const PARAMETER_REQUEST_LIST: [u8; 35] = [
-    1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60,
-    66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
+    1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60, 66,
+    67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
 ];
 /// EDK2's option 57: `sizeof (EFI_PXE_BASE_CODE_PACKET) - 8`.
 const MAX_MESSAGE_SIZE: u16 = 1464;
@@ -268,16 +260,12 @@ pub(crate) fn parse_reply(bytes: &[u8]) -> Result<Reply, NotReply> {
         .filter(|f| !f.is_empty())
         .or(Some(repr.boot_file).filter(|f| !f.is_empty()))
         .map(|f| String::from_utf8_lossy(f).into_owned());
-    let vendor = repr.vendor_specific.unwrap_or(Options::new_unchecked(&[]));
-    let menu_item = vendor
-        .find(sub::BOOT_MENU)
+    let vendor = |code: u8| repr.vendor_specific.and_then(|v| v.find(code));
+    let menu_item = vendor(sub::BOOT_MENU)
         .and_then(|m| m.get(..2))
         .map(|t| u16::from_be_bytes([t[0], t[1]]));
-    let boot_server = vendor
-        .find(sub::BOOT_SERVERS)
-        .and_then(|list| first_boot_server(list, menu_item));
-    let use_boot_file = vendor
-        .find(sub::DISCOVERY_CONTROL)
+    let boot_server = vendor(sub::BOOT_SERVERS).and_then(|list| first_boot_server(list, menu_item));
+    let use_boot_file = vendor(sub::DISCOVERY_CONTROL)
         .and_then(|c| c.first())
         .is_some_and(|c| c & discovery::USE_BOOT_FILE != 0);
     Ok(Reply {
@@ -294,9 +282,7 @@ pub(crate) fn parse_reply(bytes: &[u8]) -> Result<Reply, NotReply> {
         menu_item,
         boot_server,
         use_boot_file,
-        boot_item: vendor
-            .find(sub::BOOT_ITEM)
-            .and_then(ironboot_net::wire::pxe::BootItem::parse),
+        boot_item: vendor(sub::BOOT_ITEM).and_then(ironboot_net::wire::pxe::BootItem::parse),
     })
 }
 
@@ -321,9 +307,7 @@ fn first_boot_server(mut list: &[u8], want: Option<u16>) -> Option<Ipv4Addr> {
 impl Reply {
     /// A proxy offer a PXE client would take: OFFER, no address, `PXEClient`.
     pub(crate) fn is_proxy_offer(&self) -> bool {
-        self.message_type == Some(MessageType::Offer)
-            && self.yiaddr.is_unspecified()
-            && self.pxe
+        self.message_type == Some(MessageType::Offer) && self.yiaddr.is_unspecified() && self.pxe
     }
 
     /// Where the client sends its 4011 REQUEST, and the item it asks for: the menu's
@@ -406,6 +390,7 @@ impl<T> Demux<T> {
     }
 
     /// Exchanges in flight.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.waiting.len()
     }
@@ -414,6 +399,7 @@ impl<T> Demux<T> {
 #[cfg(test)]
 mod tests {
     use ironboot_net::proxy::{BootPolicy, Decision, decide};
+
     use ironboot_net::udp::RecvMeta;
 
     use super::*;
@@ -446,8 +432,14 @@ mod tests {
             let id = uefi(i);
             assert!(seen.insert((id.mac, id.uuid)), "{i}");
         }
-        assert_eq!(Firmware::Uefi.vendor_class(), "PXEClient:Arch:00007:UNDI:003016");
-        assert_eq!(Firmware::Bios.vendor_class(), "PXEClient:Arch:00000:UNDI:002001");
+        assert_eq!(
+            Firmware::Uefi.vendor_class(),
+            "PXEClient:Arch:00007:UNDI:003016"
+        );
+        assert_eq!(
+            Firmware::Bios.vendor_class(),
+            "PXEClient:Arch:00000:UNDI:002001"
+        );
     }
 
     #[test]
@@ -455,7 +447,10 @@ mod tests {
         let id = uefi(7);
         let mut buf = [0xeeu8; BUFFER_LEN];
         let len = discover(&mut buf, &id, 0xdead_beef, 4);
-        assert_eq!(len, 300, "padded to the BOOTP minimum");
+        // 53, 57, 55 (35), 97 (17), 94, 93, 60 (32) and END after the 240-byte header:
+        // above the BOOTP minimum of 300, so no padding.
+        assert_eq!(len, 240 + 3 + 4 + 37 + 19 + 5 + 4 + 34 + 1);
+        assert_eq!(buf[len - 1], 255);
         let packet = Packet::new_checked(&buf[..len]).unwrap();
         let repr = Repr::parse(&packet).unwrap();
         assert_eq!(repr.op, Op::BootRequest);
@@ -466,7 +461,10 @@ mod tests {
         assert_eq!(repr.client_hardware_address, id.mac);
         assert_eq!(repr.message_type, Some(MessageType::Discover));
         assert_eq!(repr.max_message_size, Some(1464));
-        assert_eq!(repr.parameter_request_list, Some(&PARAMETER_REQUEST_LIST[..]));
+        assert_eq!(
+            repr.parameter_request_list,
+            Some(&PARAMETER_REQUEST_LIST[..])
+        );
         assert_eq!(
             repr.vendor_class_id,
             Some(&b"PXEClient:Arch:00007:UNDI:003016"[..])
@@ -542,15 +540,17 @@ mod tests {
         let packet = Packet::new_checked(&req[..len]).unwrap();
         let repr = Repr::parse(&packet).unwrap();
         let src = std::net::SocketAddrV4::new(ciaddr, 68);
-        let Decision::Reply(r) = decide(&repr, &meta(4011, src), &policy, &mut out).unwrap()
-        else {
+        let Decision::Reply(r) = decide(&repr, &meta(4011, src), &policy, &mut out).unwrap() else {
             panic!("no ack");
         };
         assert_eq!(r.send.dst, src);
         let ack = parse_reply(&out[..r.len]).unwrap();
         assert_eq!(ack.message_type, Some(MessageType::Ack));
         assert_eq!(ack.boot_item, Some(item));
-        assert_eq!(ack.boot_file.as_deref(), Some(policy.efi_x64_file.as_str()));
+        assert_eq!(
+            ack.boot_file.as_deref(),
+            Some(ironboot_net::proxy::DEFAULT_EFI_X64_FILE)
+        );
         assert_eq!(ack.tftp_server(), Some(server));
     }
 
@@ -595,7 +595,14 @@ mod tests {
         );
         assert_eq!(r.tftp_server(), Some(Ipv4Addr::new(10, 0, 0, 9)));
         // siaddr wins over option 54; the file field when there is no option 67.
-        let r = parse_reply(&reply(5, mac, Ipv4Addr::new(10, 0, 0, 7), b"f.0", &opts[..9])).unwrap();
+        let r = parse_reply(&reply(
+            5,
+            mac,
+            Ipv4Addr::new(10, 0, 0, 7),
+            b"f.0",
+            &opts[..9],
+        ))
+        .unwrap();
         assert_eq!(r.boot_file.as_deref(), Some("f.0"));
         assert_eq!(r.tftp_server(), Some(Ipv4Addr::new(10, 0, 0, 7)));
         assert!(!r.is_proxy_offer(), "no PXEClient: not a PXE offer");

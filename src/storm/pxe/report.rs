@@ -1,0 +1,408 @@
+//! What a PXE storm measured: boots that completed, failures by stage and reason, latency
+//! percentiles per stage and for the whole boot, throughput. Each machine task fills a
+//! [`BootTally`]; they are merged once at the end (the percentile arithmetic and the TFTP
+//! client counters are the TFTP storm's).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::storm::report::{ClientCounters, Latency, percentile};
+
+/// The stages of one boot, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    /// DISCOVER broadcast until the proxy OFFER.
+    Discover,
+    /// 4011 REQUEST until the ACK.
+    Request,
+    /// TFTP fetch of the boot file (the EDK2 size probe included).
+    Tftp,
+    /// `GET /ipxe/boot.ipxe`.
+    Http,
+}
+
+impl Stage {
+    pub(crate) const ALL: [Stage; 4] = [Stage::Discover, Stage::Request, Stage::Tftp, Stage::Http];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Stage::Discover => "discover",
+            Stage::Request => "request",
+            Stage::Tftp => "tftp",
+            Stage::Http => "http",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Results of any number of boots.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct BootTally {
+    /// Boots that went through every stage.
+    pub(crate) booted: u64,
+    /// Whole-boot latency of those.
+    pub(crate) boot_latencies: Vec<Duration>,
+    /// Per stage: how many completed, and how long each took.
+    pub(crate) stage_ok: [u64; 4],
+    pub(crate) stage_latencies: [Vec<Duration>; 4],
+    /// Failed boots by (stage, reason).
+    pub(crate) failures: BTreeMap<(Stage, String), u64>,
+    /// DHCP messages sent again after a silent timeout (DISCOVER, REQUEST).
+    pub(crate) dhcp_retransmissions: [u64; 2],
+    /// Boot file bytes fetched by TFTP.
+    pub(crate) tftp_bytes: u64,
+    /// TFTP client counters.
+    pub(crate) tftp_client: ClientCounters,
+    /// HTTP response body bytes.
+    pub(crate) http_bytes: u64,
+}
+
+impl BootTally {
+    /// `stage` completed in `latency`.
+    pub(crate) fn stage_done(&mut self, stage: Stage, latency: Duration) {
+        self.stage_ok[stage.index()] += 1;
+        self.stage_latencies[stage.index()].push(latency);
+    }
+
+    /// The boot failed in `stage` for `reason`.
+    pub(crate) fn failure(&mut self, stage: Stage, reason: &str) {
+        *self.failures.entry((stage, reason.to_owned())).or_default() += 1;
+    }
+
+    /// Add `other` into this tally.
+    pub(crate) fn merge(&mut self, other: BootTally) {
+        self.booted += other.booted;
+        self.boot_latencies.extend(other.boot_latencies);
+        for i in 0..4 {
+            self.stage_ok[i] += other.stage_ok[i];
+            self.stage_latencies[i].extend_from_slice(&other.stage_latencies[i]);
+        }
+        for (k, n) in other.failures {
+            *self.failures.entry(k).or_default() += n;
+        }
+        for i in 0..2 {
+            self.dhcp_retransmissions[i] += other.dhcp_retransmissions[i];
+        }
+        self.tftp_bytes += other.tftp_bytes;
+        self.tftp_client.merge(other.tftp_client);
+        self.http_bytes += other.http_bytes;
+    }
+}
+
+fn latency(mut v: Vec<Duration>) -> Latency {
+    v.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Latency {
+        p50_ms: ms(percentile(&v, 50.0)),
+        p90_ms: ms(percentile(&v, 90.0)),
+        p99_ms: ms(percentile(&v, 99.0)),
+        max_ms: ms(v.last().copied().unwrap_or_default()),
+    }
+}
+
+/// One stage in the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct StageReport {
+    /// Machines that completed the stage.
+    pub(crate) ok: u64,
+    /// Machines whose boot failed in it.
+    pub(crate) failed: u64,
+    /// Failures by reason.
+    pub(crate) failures: BTreeMap<String, u64>,
+    /// Latency of the completed ones.
+    pub(crate) latency: Latency,
+}
+
+/// What arrived on the client port: replies by type (whether a machine used them or
+/// not: what a server's own reply counters should equal on a lossless link), and those
+/// that were not for a waiting machine.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct ReplyCounters {
+    /// OFFERs received.
+    pub(crate) offers: u64,
+    /// ACKs received.
+    pub(crate) acks: u64,
+    /// Replies whose xid nobody waited on (late duplicates after a retransmission).
+    pub(crate) unknown_xid: u64,
+    /// Replies whose xid was waited on by another MAC.
+    pub(crate) wrong_chaddr: u64,
+    /// Datagrams on the client port that were not DHCP replies.
+    pub(crate) malformed: u64,
+}
+
+/// The final report of `storm pxe`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct PxeReport {
+    /// The server address given.
+    pub(crate) server: String,
+    /// Machines emulated.
+    pub(crate) machines: u64,
+    /// `uefi`, `bios` or `mixed`.
+    pub(crate) firmware: String,
+    /// `edk2`, `ipxe` or `auto`.
+    pub(crate) tftp_mode: String,
+    /// `rate N/s` or `concurrency N`.
+    pub(crate) load: String,
+    /// Whether the HTTP stage ran.
+    pub(crate) http: bool,
+    /// Boots that went through every stage.
+    pub(crate) booted: u64,
+    /// Boots that failed (in some stage).
+    pub(crate) failed: u64,
+    /// Per stage (`discover`, `request`, `tftp`, `http`).
+    pub(crate) stages: BTreeMap<String, StageReport>,
+    /// Whole-boot latency (first DISCOVER to the last stage's end) of completed boots.
+    pub(crate) boot_latency: Latency,
+    /// First DISCOVER to the last boot's end, seconds.
+    pub(crate) wall_secs: f64,
+    /// `booted / wall_secs`.
+    pub(crate) boots_per_sec: f64,
+    /// Boot file bytes fetched by TFTP.
+    pub(crate) tftp_bytes: u64,
+    /// `tftp_bytes / wall_secs`, 10^6 bytes per second.
+    pub(crate) tftp_mb_s: f64,
+    /// HTTP body bytes.
+    pub(crate) http_bytes: u64,
+    /// DISCOVERs sent again after a silent timeout.
+    pub(crate) discover_retransmissions: u64,
+    /// 4011 REQUESTs sent again.
+    pub(crate) request_retransmissions: u64,
+    /// TFTP client counters.
+    pub(crate) tftp_client: ClientCounters,
+    /// Replies received on the client port, and those not for a waiting machine.
+    pub(crate) replies: ReplyCounters,
+    /// CPU time (user + system) of the load generator itself, seconds.
+    pub(crate) generator_cpu_secs: f64,
+}
+
+/// What the report is about, besides the tally.
+#[derive(Debug, Clone)]
+pub(crate) struct PxeContext {
+    pub(crate) server: String,
+    pub(crate) machines: u64,
+    pub(crate) firmware: String,
+    pub(crate) tftp_mode: String,
+    pub(crate) load: String,
+    pub(crate) http: bool,
+    pub(crate) replies: ReplyCounters,
+    pub(crate) wall: Duration,
+    pub(crate) cpu: Duration,
+}
+
+impl PxeReport {
+    pub(crate) fn new(tally: BootTally, ctx: PxeContext) -> PxeReport {
+        let wall_secs = ctx.wall.as_secs_f64();
+        let per_sec = |n: f64| if wall_secs > 0.0 { n / wall_secs } else { 0.0 };
+        let [l0, l1, l2, l3] = tally.stage_latencies;
+        let mut stages = BTreeMap::new();
+        for (stage, lat) in Stage::ALL.into_iter().zip([l0, l1, l2, l3]) {
+            if stage == Stage::Http && !ctx.http {
+                continue;
+            }
+            let failures: BTreeMap<String, u64> = tally
+                .failures
+                .iter()
+                .filter(|((s, _), _)| *s == stage)
+                .map(|((_, r), n)| (r.clone(), *n))
+                .collect();
+            stages.insert(
+                stage.label().to_owned(),
+                StageReport {
+                    ok: tally.stage_ok[stage.index()],
+                    failed: failures.values().sum(),
+                    failures,
+                    latency: latency(lat),
+                },
+            );
+        }
+        PxeReport {
+            server: ctx.server,
+            machines: ctx.machines,
+            firmware: ctx.firmware,
+            tftp_mode: ctx.tftp_mode,
+            load: ctx.load,
+            http: ctx.http,
+            booted: tally.booted,
+            failed: tally.failures.values().sum(),
+            stages,
+            boot_latency: latency(tally.boot_latencies),
+            wall_secs,
+            boots_per_sec: per_sec(tally.booted as f64),
+            tftp_bytes: tally.tftp_bytes,
+            tftp_mb_s: per_sec(tally.tftp_bytes as f64) / 1e6,
+            http_bytes: tally.http_bytes,
+            discover_retransmissions: tally.dhcp_retransmissions[0],
+            request_retransmissions: tally.dhcp_retransmissions[1],
+            tftp_client: tally.tftp_client,
+            replies: ctx.replies,
+            generator_cpu_secs: ctx.cpu.as_secs_f64(),
+        }
+    }
+
+    /// One JSON object.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The human-readable report.
+    pub(crate) fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "storm pxe: {} machines ({}, tftp {}, {}) against {}",
+            self.machines, self.firmware, self.tftp_mode, self.load, self.server
+        );
+        let _ = writeln!(
+            s,
+            "boots:      {} ok, {} failed in {:.3} s ({:.1} boots/s)",
+            self.booted, self.failed, self.wall_secs, self.boots_per_sec
+        );
+        let _ = writeln!(
+            s,
+            "{:<10}{:>7}{:>7}{:>10}{:>10}{:>10}{:>10}  failures",
+            "stage", "ok", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        );
+        let row = |s: &mut String, name: &str, ok: u64, failed: u64, l: &Latency, f: String| {
+            let _ = writeln!(
+                s,
+                "{name:<10}{ok:>7}{failed:>7}{:>10.1}{:>10.1}{:>10.1}{:>10.1}  {f}",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            );
+        };
+        for stage in Stage::ALL {
+            let Some(st) = self.stages.get(stage.label()) else {
+                continue;
+            };
+            let f: Vec<String> = st
+                .failures
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            row(
+                &mut s,
+                stage.label(),
+                st.ok,
+                st.failed,
+                &st.latency,
+                f.join(", "),
+            );
+        }
+        row(
+            &mut s,
+            "boot",
+            self.booted,
+            self.failed,
+            &self.boot_latency,
+            String::new(),
+        );
+        let _ = writeln!(
+            s,
+            "tftp:       {} bytes, {:.2} MB/s; {} retransmissions, {} gap ACKs, {} foreign",
+            self.tftp_bytes,
+            self.tftp_mb_s,
+            self.tftp_client.retransmissions,
+            self.tftp_client.gap_acks,
+            self.tftp_client.foreign
+        );
+        let _ = writeln!(
+            s,
+            "dhcp:       {} DISCOVER and {} REQUEST retransmissions; {} OFFERs and {} ACKs \
+             received; stray: {} unknown xid, {} wrong chaddr, {} malformed",
+            self.discover_retransmissions,
+            self.request_retransmissions,
+            self.replies.offers,
+            self.replies.acks,
+            self.replies.unknown_xid,
+            self.replies.wrong_chaddr,
+            self.replies.malformed
+        );
+        let _ = writeln!(s, "generator:  {:.2} s CPU", self.generator_cpu_secs);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn stages_failures_and_throughput() {
+        let mut a = BootTally::default();
+        for (i, stage) in Stage::ALL.into_iter().enumerate() {
+            a.stage_done(stage, ms(10 * (i as u64 + 1)));
+        }
+        a.booted = 1;
+        a.boot_latencies.push(ms(100));
+        a.tftp_bytes = 1_000_000;
+        let mut b = BootTally::default();
+        b.stage_done(Stage::Discover, ms(30));
+        b.failure(Stage::Request, "timeout");
+        b.dhcp_retransmissions = [2, 4];
+        let mut c = BootTally::default();
+        c.failure(Stage::Request, "timeout");
+        c.failure(Stage::Tftp, "server_error_1");
+        b.merge(c);
+        a.merge(b);
+        let r = PxeReport::new(
+            a,
+            PxeContext {
+                server: "10.0.0.1".into(),
+                machines: 4,
+                firmware: "uefi".into(),
+                tftp_mode: "edk2".into(),
+                load: "concurrency 4".into(),
+                http: true,
+                replies: ReplyCounters::default(),
+                wall: ms(500),
+                cpu: ms(20),
+            },
+        );
+        assert_eq!((r.booted, r.failed), (1, 3));
+        assert_eq!(r.stages["discover"].ok, 2);
+        assert_eq!(r.stages["discover"].latency.max_ms, 30.0);
+        assert_eq!(r.stages["discover"].latency.p50_ms, 10.0);
+        assert_eq!(r.stages["request"].failed, 2);
+        assert_eq!(r.stages["request"].failures["timeout"], 2);
+        assert_eq!(r.stages["tftp"].failures["server_error_1"], 1);
+        assert_eq!(r.stages["http"].ok, 1);
+        assert!((r.boots_per_sec - 2.0).abs() < 1e-9);
+        assert!((r.tftp_mb_s - 2.0).abs() < 1e-9);
+        assert_eq!(
+            (r.discover_retransmissions, r.request_retransmissions),
+            (2, 4)
+        );
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["stages"]["request"]["failures"]["timeout"], 2);
+        assert_eq!(json["boot_latency"]["p99_ms"], 100.0);
+        let text = r.to_text();
+        assert!(text.contains("1 ok, 3 failed"), "{text}");
+        assert!(text.contains("timeout 2"), "{text}");
+        // Without HTTP there is no http stage.
+        let r = PxeReport::new(
+            BootTally::default(),
+            PxeContext {
+                server: "s".into(),
+                machines: 0,
+                firmware: "bios".into(),
+                tftp_mode: "ipxe".into(),
+                load: "rate 1/s".into(),
+                http: false,
+                replies: ReplyCounters::default(),
+                wall: Duration::ZERO,
+                cpu: Duration::ZERO,
+            },
+        );
+        assert!(!r.stages.contains_key("http"));
+        assert_eq!(r.boots_per_sec, 0.0);
+    }
+}

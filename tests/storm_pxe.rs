@@ -1,0 +1,638 @@
+//! `ironboot storm pxe` against real servers: the `ironboot` binary of this package with
+//! each UDP driver, and dnsmasq in proxy-DHCP + TFTP mode.
+//!
+//! Each test makes two network namespaces of its own joined by a veth pair: the server's
+//! (`10.77.0.1/16`) and the load generator's (`10.77.0.2/16` plus 50 more addresses the
+//! emulated machines use in turn, as a rack's machines each have their own). Two hundred
+//! machines (half UEFI, half BIOS, `--firmware mixed`) boot at once: DISCOVER broadcast,
+//! proxy OFFER, 4011 REQUEST, ACK, TFTP (EDK2's way for UEFI, lock-step for BIOS) and, for
+//! ironboot, the HTTP boot script. Then the servers' own accounts must agree with the
+//! generator's report:
+//! - ironboot: `/metrics` counted one OFFER per DISCOVER sent, one ACK per REQUEST, one
+//!   completed TFTP transfer per machine (plus one aborted EDK2 size probe per UEFI
+//!   machine), one `boot_script` request per machine; `/api/v1/machines` lists exactly the
+//!   200 emulated UUIDs, each with its MAC. Before ironboot starts, a storm against the
+//!   silent namespace must fail every machine in the discover stage (exit status 1).
+//! - dnsmasq (`--no-http`): every DHCP and TFTP stage succeeds, and its log shows every
+//!   boot file sent: the generator is not ironboot-specific.
+//!
+//! Needs root (namespaces, port 68) and the packages of `tests/install-prereqs.sh`; without
+//! them each test FAILS (never skips) and says what is missing.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+
+const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
+const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";
+const UNDIONLY: &str = "/usr/lib/ipxe/undionly.kpxe";
+const SERVER_IP: &str = "10.77.0.1";
+const LOAD_IP: &str = "10.77.0.2";
+const API: &str = "http://10.77.0.1:50042";
+const MACHINES: u64 = 200;
+/// Addresses of the emulated machines: 10.77.1.10 .. 10.77.1.59 (four machines each,
+/// under ironboot's default cap of eight TFTP transfers per client address).
+const SOURCES: u32 = 50;
+/// First machine index (MAC 52:54:00:00:10:00 on, UUIDs 57a7c000-0000-4000-8000-...1000 on).
+const FIRST: u64 = 0x1000;
+/// Lab timeouts: DISCOVER 0.8, 1.6, 3.2, 6.4 s; REQUEST 0.2 s x 4; TFTP 0.8 s (EDK2) or
+/// 0.2 s (lock-step), six tries; HTTP 3 s.
+const TIMEOUT_SCALE: &str = "0.2";
+
+const COMMANDS: [(&str, &str); 5] = [
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("curl", "curl"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("timeout", "coreutils"),
+];
+const FILES: [(&str, &str); 2] = [(SNPONLY, "ipxe"), (UNDIONLY, "ipxe")];
+
+fn check_prerequisites() {
+    if let Some(why) =
+        common::missing_prerequisites("the PXE storm tests", "storm_pxe", &COMMANDS, &FILES)
+    {
+        panic!("{why}");
+    }
+}
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", common::path_env())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth pair, and the processes started in them. Dropping it
+/// stops those processes (by PID: SIGTERM, then SIGKILL) and deletes the namespaces (which
+/// deletes the veth pair).
+struct Lab {
+    srv: String,
+    load: String,
+    srv_if: String,
+    load_if: String,
+    children: Vec<(String, Child)>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(label: &str) -> Lab {
+        check_prerequisites();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ironboot-storm-pxe-{label}-"))
+            .tempdir()
+            .expect("temporary directory");
+        let id = format!("ibsp{}{label}", std::process::id());
+        let lab = Lab {
+            srv: format!("{id}-srv"),
+            load: format!("{id}-load"),
+            // Interface names are at most 15 bytes: keep them short and unique per test.
+            srv_if: format!("sp{}{label}s", std::process::id() % 100_000),
+            load_if: format!("sp{}{label}l", std::process::id() % 100_000),
+            children: Vec::new(),
+            dir,
+        };
+        for ns in [&lab.srv, &lab.load] {
+            // Left over only by a crashed run of this very PID.
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .env("PATH", common::path_env())
+                .stderr(Stdio::null())
+                .status();
+            run_ok("ip", &["netns", "add", ns]);
+            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &lab.srv,
+                "link",
+                "add",
+                &lab.srv_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &lab.load_if,
+                "netns",
+                &lab.load,
+            ],
+        );
+        let cidr = |ip: &str| format!("{ip}/16");
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &lab.srv,
+                "addr",
+                "add",
+                &cidr(SERVER_IP),
+                "dev",
+                &lab.srv_if,
+            ],
+        );
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &lab.load,
+                "addr",
+                "add",
+                &cidr(LOAD_IP),
+                "dev",
+                &lab.load_if,
+            ],
+        );
+        let batch = lab.dir.path().join("addrs.batch");
+        let lines: String = sources()
+            .iter()
+            .map(|ip| format!("addr add {ip}/16 dev {}\n", lab.load_if))
+            .collect();
+        fs::write(&batch, lines).expect("write ip batch");
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &lab.load,
+                "-batch",
+                batch.to_str().expect("utf-8 path"),
+            ],
+        );
+        for (ns, ifname) in [(&lab.srv, &lab.srv_if), (&lab.load, &lab.load_if)] {
+            run_ok("ip", &["-n", ns, "link", "set", ifname, "up"]);
+        }
+        lab
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Start `args` in the server namespace, output to `<name>.out` / `<name>.err`.
+    fn start_server(&mut self, name: &str, args: &[&str]) {
+        let log = |ext: &str| {
+            fs::File::create(self.path(&format!("{name}.{ext}"))).expect("create log file")
+        };
+        // `ip netns exec` execs the program: the child's PID is the server's own.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.srv])
+            .args(args)
+            .env("PATH", common::path_env())
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log("out"))
+            .stderr(log("err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {args:?} in {}: {e}", self.srv));
+        self.children.push((name.to_owned(), child));
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let mut s = String::new();
+        for ext in ["err", "out", "log"] {
+            let text = fs::read_to_string(self.path(&format!("{name}.{ext}"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            if !lines.is_empty() {
+                s.push_str(&format!("--- {name}.{ext} (tail)\n"));
+                s.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    /// Run `program args` in namespace `ns`, killed after `limit_s` seconds.
+    fn exec(&self, ns: &str, program: &str, args: &[&str], limit_s: u32) -> Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "timeout",
+                "-k",
+                "5",
+                &limit_s.to_string(),
+            ])
+            .arg(program)
+            .args(args)
+            .env("PATH", common::path_env())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} in {ns}: {e}"))
+    }
+
+    /// The storm, from the load namespace; its exit status and JSON report.
+    fn storm(&self, machines: u64, scale: &str, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let first = FIRST.to_string();
+        let machines = machines.to_string();
+        let bind = sources().join(",");
+        let mut args = vec![
+            "storm",
+            "pxe",
+            "--server",
+            SERVER_IP,
+            "--interface",
+            &self.load_if,
+            "--firmware",
+            "mixed",
+            "--timeout-scale",
+            scale,
+            "--first",
+            &first,
+            "--bind",
+            &bind,
+            "--machines",
+            &machines,
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.exec(&self.load, IRONBOOT, &args, 50);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "storm pxe {extra:?}: no JSON report ({e}), exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
+                out.status.code()
+            )
+        });
+        (out.status.code(), report, stderr)
+    }
+
+    fn http_get(&self, url: &str) -> String {
+        let out = self.exec(&self.srv, "curl", &["-sS", "--max-time", "5", url], 10);
+        assert!(
+            out.status.success(),
+            "GET {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .env("PATH", common::path_env())
+                .status();
+        }
+        for (_, child) in &mut self.children {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.srv, &self.load] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .env("PATH", common::path_env())
+                .status();
+        }
+    }
+}
+
+fn sources() -> Vec<String> {
+    (0..SOURCES)
+        .map(|i| format!("10.77.1.{}", 10 + i))
+        .collect()
+}
+
+/// The value of one sample (name and labels exactly as rendered).
+fn metric(text: &str, sample: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn num(v: &Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("report has no number at {path:?}: {v}"))
+}
+
+/// Every machine booted, every stage counted once per machine.
+fn assert_all_booted(report: &Value, stages: &[&str], what: &str) {
+    let ok = num(report, &["booted"]);
+    let failed = num(report, &["failed"]);
+    assert!(
+        ok == MACHINES && failed == 0,
+        "{what}: {ok} of {MACHINES} machines booted, {failed} failed; report: {report:#}"
+    );
+    for stage in stages {
+        assert_eq!(
+            num(report, &["stages", stage, "ok"]),
+            MACHINES,
+            "{what}: stage {stage}; report: {report:#}"
+        );
+    }
+    assert_eq!(
+        report["stages"].as_object().map(|m| m.len()),
+        Some(stages.len()),
+        "{what}: stages reported; report: {report:#}"
+    );
+    assert!(num(report, &["tftp_bytes"]) > 0);
+}
+
+/// The file sizes the machines must have fetched: half snponly.efi, half undionly.kpxe.
+fn expected_tftp_bytes() -> u64 {
+    let size = |p: &str| fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}")).len();
+    MACHINES / 2 * (size(SNPONLY) + size(UNDIONLY))
+}
+
+fn storm_against_ironboot(label: &str, driver: &str) {
+    let mut lab = Lab::new(label);
+
+    // Nobody answers yet: every machine must fail in the discover stage, and say so.
+    let (code, report, stderr) = lab.storm(3, "0.02", &[]);
+    assert_eq!(
+        code,
+        Some(1),
+        "a storm with failures exits 1; stderr: {stderr}"
+    );
+    assert_eq!(
+        (
+            num(&report, &["booted"]),
+            num(&report, &["stages", "discover", "failures", "timeout"])
+        ),
+        (0, 3),
+        "silent server: {report:#}"
+    );
+    assert_eq!(num(&report, &["discover_retransmissions"]), 3 * 3);
+
+    let state = lab.path("state");
+    let inventory = lab.path("inventory.toml");
+    fs::write(
+        &inventory,
+        "[default]\nscript = \"\"\"#!ipxe\necho storm ${uuid}\n\"\"\"\n",
+    )
+    .expect("write inventory");
+    let srv_if = lab.srv_if.clone();
+    lab.start_server(
+        "ironboot",
+        &[
+            IRONBOOT,
+            "--dhcp-proxy-iface-or-ip",
+            &srv_if,
+            "--api-advertise-address",
+            SERVER_IP,
+            "--state-dir",
+            &state,
+            "--inventory",
+            &inventory,
+            "--ipxe-dir",
+            "/usr/lib/ipxe",
+            "--udp-driver",
+            driver,
+        ],
+    );
+    let start = Instant::now();
+    loop {
+        let out = lab.exec(
+            &lab.srv,
+            "curl",
+            &["-sf", "--max-time", "1", &format!("{API}/healthz")],
+            5,
+        );
+        if out.status.success() {
+            break;
+        }
+        let exited = lab
+            .children
+            .last_mut()
+            .and_then(|(_, c)| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            panic!(
+                "ironboot exited at start ({status}):\n{}",
+                lab.log_tail("ironboot")
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "ironboot did not answer /healthz within 20 s:\n{}",
+            lab.log_tail("ironboot")
+        );
+        sleep(Duration::from_millis(100));
+    }
+
+    let (code, report, stderr) = lab.storm(MACHINES, TIMEOUT_SCALE, &[]);
+    eprintln!("[{driver}] storm report: {report}");
+    let context = || format!("stderr: {stderr}\n{}", lab.log_tail("ironboot"));
+    assert_all_booted(&report, &["discover", "request", "tftp", "http"], driver);
+    assert_eq!(code, Some(0), "{}", context());
+    assert_eq!(num(&report, &["tftp_bytes"]), expected_tftp_bytes());
+    let replies = &report["replies"];
+    assert_eq!(
+        num(replies, &["wrong_chaddr"]) + num(replies, &["malformed"]),
+        0,
+        "{report:#}"
+    );
+    // Every reply ironboot sent reached the generator (veth loses nothing once the
+    // generator's buffers are large): between one per machine and one per DHCP message
+    // sent, the rest being answers to retransmissions of lost messages, or late.
+    let offers = num(replies, &["offers"]);
+    let acks = num(replies, &["acks"]);
+    assert!(
+        (MACHINES..=MACHINES + num(&report, &["discover_retransmissions"])).contains(&offers)
+            && (MACHINES..=MACHINES + num(&report, &["request_retransmissions"])).contains(&acks),
+        "{report:#}"
+    );
+
+    // ironboot's own account. Its counters are updated as it goes; poll briefly.
+    let want = [
+        ("ironboot_dhcp_replies_total{type=\"offer\"}", offers),
+        ("ironboot_dhcp_replies_total{type=\"ack\"}", acks),
+        ("ironboot_tftp_transfers_completed_total", MACHINES),
+        // The UEFI half's EDK2 size probes, aborted with ERROR 8 as OVMF aborts them.
+        (
+            "ironboot_tftp_transfers_failed_total{reason=\"negotiation_aborted\"}",
+            MACHINES / 2,
+        ),
+        (
+            "ironboot_http_requests_total{route=\"boot_script\",status=\"200\"}",
+            MACHINES,
+        ),
+    ];
+    let start = Instant::now();
+    let metrics = loop {
+        let m = lab.http_get(&format!("{API}/metrics"));
+        let all = want.iter().all(|(s, n)| metric(&m, s) == Some(*n));
+        if all || start.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        sleep(Duration::from_millis(100));
+    };
+    for (sample, n) in want {
+        assert_eq!(
+            metric(&metrics, sample),
+            Some(n),
+            "[{driver}] /metrics {sample}, want {n} as the storm's report says; report: \
+             {report:#}\n/metrics (DHCP, UDP):\n{}",
+            metrics
+                .lines()
+                .filter(|l| !l.starts_with('#') && (l.contains("dhcp") || l.contains("udp")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    // Every emulated machine is recorded, with its own UUID and MAC.
+    let want: BTreeSet<(String, String)> = (FIRST..FIRST + MACHINES)
+        .map(|i| {
+            let m = i.to_be_bytes();
+            (
+                format!("57a7c000-0000-4000-8000-{i:012x}"),
+                format!("52:54:00:{:02x}:{:02x}:{:02x}", m[5], m[6], m[7]),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let got = loop {
+        let body = lab.http_get(&format!("{API}/api/v1/machines"));
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let got: BTreeSet<(String, String)> = v
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|m| {
+                        (
+                            m["uuid"].as_str().unwrap_or_default().to_owned(),
+                            m["macs"][0].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if got == want || start.elapsed() > Duration::from_secs(10) {
+            break got;
+        }
+        sleep(Duration::from_millis(200));
+    };
+    assert!(
+        got == want,
+        "[{driver}] /api/v1/machines: {} machines, want the {MACHINES} emulated ones; missing {:?}, unexpected {:?}",
+        got.len(),
+        want.difference(&got).take(5).collect::<Vec<_>>(),
+        got.difference(&want).take(5).collect::<Vec<_>>()
+    );
+    let err = fs::read_to_string(lab.path("ironboot.err")).unwrap_or_default();
+    assert!(!err.contains("panicked"), "{}", lab.log_tail("ironboot"));
+}
+
+#[test]
+fn storm_of_200_against_ironboot_io_uring() {
+    storm_against_ironboot("u", "io-uring");
+}
+
+#[test]
+fn storm_of_200_against_ironboot_portable() {
+    storm_against_ironboot("p", "portable");
+}
+
+#[test]
+fn storm_of_200_against_dnsmasq_proxy_and_tftp() {
+    let mut lab = Lab::new("d");
+    let root = lab.dir.path().join("tftp");
+    fs::create_dir(&root).expect("mkdir tftp root");
+    for (src, name) in [(SNPONLY, "snp.efi"), (UNDIONLY, "undionly.kpxe")] {
+        fs::copy(src, root.join(name)).unwrap_or_else(|e| panic!("copy {src}: {e}"));
+    }
+    let conf = lab.path("dnsmasq.conf");
+    fs::write(
+        &conf,
+        format!(
+            "port=0\ninterface={}\nbind-interfaces\ndhcp-range={SERVER_IP},proxy,255.255.0.0\n\
+             pxe-service=X86-64_EFI,\"storm\",snp.efi\npxe-service=x86PC,\"storm\",undionly.kpxe\n\
+             enable-tftp\ntftp-root={}\ntftp-max=1000\n\
+             # the temporary tftp-root is readable by root only\nuser=root\n",
+            lab.srv_if,
+            root.display()
+        ),
+    )
+    .expect("write dnsmasq.conf");
+    let log = lab.path("dnsmasq.log");
+    lab.start_server(
+        "dnsmasq",
+        &[
+            "dnsmasq",
+            "-k",
+            &format!("--conf-file={conf}"),
+            "--pid-file=",
+            &format!("--log-facility={log}"),
+        ],
+    );
+    // Listening once its DHCP socket is bound.
+    let start = Instant::now();
+    loop {
+        let out = lab.exec(&lab.srv, "ss", &["-Hlnu", "sport = :4011"], 5);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dnsmasq does not listen on 4011:\n{}",
+            lab.log_tail("dnsmasq")
+        );
+        sleep(Duration::from_millis(100));
+    }
+
+    let (code, report, stderr) = lab.storm(MACHINES, TIMEOUT_SCALE, &["--no-http"]);
+    assert_all_booted(&report, &["discover", "request", "tftp"], "dnsmasq");
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(num(&report, &["tftp_bytes"]), expected_tftp_bytes());
+
+    // dnsmasq's own account: every boot file sent, and the UEFI half's size probes
+    // aborted with ERROR 8. dnsmasq logs "sent" for an aborted probe too, so snp.efi
+    // shows twice per UEFI machine.
+    let count =
+        |text: &str, needle: &str| text.lines().filter(|l| l.contains(needle)).count() as u64;
+    let sent = |file: &str| format!("sent {} to ", Path::new(&root).join(file).display());
+    let want = (MACHINES, MACHINES / 2, MACHINES / 2);
+    let start = Instant::now();
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let got = (
+            count(&text, &sent("snp.efi")),
+            count(&text, &sent("undionly.kpxe")),
+            count(&text, "error 8 User aborted the transfer"),
+        );
+        if got == want {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "dnsmasq's log shows (snp.efi sent, undionly.kpxe sent, probes aborted) = {got:?}, \
+             want {want:?}:\n{}",
+            lab.log_tail("dnsmasq")
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
