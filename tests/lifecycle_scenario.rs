@@ -888,11 +888,15 @@ fn is_true(s: &Value, name: &str) -> bool {
     field(s, name).as_bool().unwrap_or(false)
 }
 
-/// Runs the scenario; with `chaos`, a thread kills and restarts ironboot meanwhile.
-fn scenario(ip: &str, chaos: bool, tls: bool) {
-    let world = World::start(ip, tls);
-    let chaos_stop = Arc::new(AtomicBool::new(false));
-    let chaos_thread = chaos.then(|| {
+/// A thread killing ironboot (SIGKILL) at random moments and starting it again; stopped
+/// and joined on drop, so a failing test leaves no ironboot behind.
+struct Chaos {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Chaos {
+    fn start(ironboot: Arc<Mutex<Ironboot>>) -> Self {
         let seed = std::env::var("IRONBOOT_SCENARIO_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -903,22 +907,57 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
                     .as_nanos() as u64
             });
         eprintln!("chaos seed: {seed} (IRONBOOT_SCENARIO_SEED={seed} replays it)");
-        let (ironboot, stop) = (world.ironboot.clone(), chaos_stop.clone());
-        thread::spawn(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            while !stop.load(Ordering::Relaxed) {
+            // Sleeps in short steps, so a stop is seen at once.
+            let pause = |ms: u64| {
+                let until = Instant::now() + Duration::from_millis(ms);
+                while Instant::now() < until && !stopped.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            };
+            while !stopped.load(Ordering::Relaxed) {
                 // Up for 0.3 to 8 s: often enough to hit every step, with stretches
                 // longer than the agents' reconnect grace (--min-reboot-interval), which
                 // each start begins anew.
-                thread::sleep(Duration::from_millis(rng.gen_range(300..8000)));
-                let mut ib = ironboot.lock().unwrap();
-                ib.kill();
-                drop(ib);
-                thread::sleep(Duration::from_millis(rng.gen_range(50..800)));
-                ironboot.lock().unwrap().start();
+                pause(rng.gen_range(300..8000));
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                ironboot.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                pause(rng.gen_range(50..800));
+                // Always up again: the rest of the test talks to it.
+                ironboot.lock().unwrap_or_else(|e| e.into_inner()).start();
             }
-        })
-    });
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the scenario; with `chaos`, a thread kills and restarts ironboot meanwhile.
+fn scenario(ip: &str, chaos: bool, tls: bool) {
+    let world = World::start(ip, tls);
+    // Declared after `world`, so dropped first: a failing assertion stops the restarts
+    // before the world (and its ironboot) goes.
+    let mut restarts = chaos.then(|| Chaos::start(world.ironboot.clone()));
 
     let omni = &world.omni;
     // Discovery: each machine boots the agent; Omni creates it; then accepts it.
@@ -1010,9 +1049,8 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
         s.insert("preferredPowerState".into(), json!("POWER_STATE_ON"));
     });
 
-    chaos_stop.store(true, Ordering::Relaxed);
-    if let Some(t) = chaos_thread {
-        t.join().unwrap();
+    if let Some(r) = restarts.as_mut() {
+        r.stop();
     }
     // Long enough for a wrongful action on the cordoned machines to show.
     thread::sleep(Duration::from_secs(3));
