@@ -1067,9 +1067,29 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
         );
     }
     // Those requests told ironboot the machines were on (a PXE boot proves it, and a
-    // removed machine that is on gets rebooted into the agent); its next BMC reading says
-    // they are off again.
-    thread::sleep(Duration::from_millis(3500));
+    // removed machine that is on gets rebooted into the agent); wait for its next BMC
+    // reading of each (a `get power` in the chassis log), which says off again.
+    let seen: Vec<usize> = world
+        .machines
+        .iter()
+        .map(|m| m.bmc.chassis_log().len())
+        .collect();
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    for (m, n) in world.machines.iter().zip(seen) {
+        while !m.bmc.chassis_log()[n..]
+            .iter()
+            .any(|l| l.starts_with("get power"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "ironboot never read the power state of {} again",
+                m.id
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The reading lands in the machine's status right after the BMC answers.
+    thread::sleep(Duration::from_millis(300));
 
     // Removal: Omni tears the machines down; ironboot deletes its records of them and
     // lifts its finalizer (they are off and cordoned: no power action).
@@ -1126,12 +1146,10 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
     eprintln!("phase done: removed and released");
 
     if !chaos {
-        // One ironboot ran it all: its counters tell the same story as the peers.
-        let (status, metrics) =
-            http_get(world.ironboot.lock().unwrap().api(), "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200);
+        // One ironboot ran it all: its counters tell the same story as the peers. A step
+        // is counted once its pass returns, a moment after its effect shows in Omni.
         let n = MACHINES;
-        for (step, want) in [
+        let want: Vec<String> = [
             ("bmc_setup", n),
             ("wipe", 2 * n),
             ("power_on", n),
@@ -1139,12 +1157,24 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
             ("reboot", 2 * n),
             ("hold", n),
             ("release", n),
-        ] {
-            let line = format!("ironboot_lifecycle_steps_total{{step=\"{step}\"}} {want}\n");
+        ]
+        .iter()
+        .map(|(step, count)| format!("ironboot_lifecycle_steps_total{{step=\"{step}\"}} {count}\n"))
+        .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, metrics) =
+                http_get(world.ironboot.lock().unwrap().api(), "/metrics").expect("GET /metrics");
+            assert_eq!(status, 200);
+            let missing: Vec<&String> = want.iter().filter(|l| !metrics.contains(*l)).collect();
+            if missing.is_empty() {
+                break;
+            }
             assert!(
-                metrics.contains(&line),
-                "want {line:?} in /metrics:\n{metrics}"
+                Instant::now() < deadline,
+                "want {missing:?} in /metrics:\n{metrics}"
             );
+            thread::sleep(Duration::from_millis(100));
         }
     }
 
