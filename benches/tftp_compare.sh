@@ -9,7 +9,8 @@
 #
 # Knobs (environment): SERVERS, PROFILES (edk2 ipxe), CLIENTS (1 50 500), SHAPES (none
 # 1gbit), TBF_BURST (tbf burst for the 1 Gbit/s shaping), SOURCES (client source
-# addresses), THREADS (storm worker threads), OUT (results directory, kept).
+# addresses), THREADS (storm worker threads), IRONBOOT_ARGS (more ironboot flags, e.g.
+# "--udp-workers 2"), OUT (results directory, kept).
 #
 # Per run it records the storm's JSON report plus, for the server process: CPU seconds
 # (utime+stime+cutime+cstime from /proc/PID/stat, so tftpd-hpa's forked children count)
@@ -25,94 +26,29 @@ TBF_BURST=${TBF_BURST:-256kbit}
 SOURCES=${SOURCES:-500}
 THREADS=${THREADS:-1}
 FILE_SRC=${FILE_SRC:-/usr/lib/ipxe/snponly.efi}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+read -ra IRONBOOT_ARGS <<<"${IRONBOOT_ARGS:-}"
+BENCH=tftp_compare
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 OUT=${OUT:-$REPO/target/tftp_compare/$(date +%Y%m%d-%H%M%S)}
 
-[ "$(id -u)" = 0 ] || { echo "tftp_compare: run as root (namespaces, tc, port 69)" >&2; exit 1; }
-[ -r "$FILE_SRC" ] || { echo "tftp_compare: $FILE_SRC missing: apt-get install ipxe" >&2; exit 1; }
-command -v dnsmasq >/dev/null || { echo "tftp_compare: apt-get install dnsmasq-base" >&2; exit 1; }
+bench_require_root
+[ -r "$FILE_SRC" ] || bench_die "$FILE_SRC missing: apt-get install ipxe"
+command -v dnsmasq >/dev/null || bench_die "apt-get install dnsmasq-base"
 
 SRV_IP=10.97.0.1
 LOAD_IP=10.97.0.2
-ID=tfc$$                       # unique per run: namespaces and links
-NS_SRV=$ID-srv
-NS_LOAD=$ID-load
-VETH_SRV=${ID}s
-VETH_LOAD=${ID}l
-WORK=$(mktemp -d /tmp/tftp_compare.XXXXXX)
-SERVER_PID=""
-SAMPLER_PID=""
 
-cleanup() {
-    set +e
-    stop_sampler
-    stop_server
-    ip netns del "$NS_SRV" 2>/dev/null
-    ip netns del "$NS_LOAD" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-
-stop_sampler() {
-    if [ -n "$SAMPLER_PID" ]; then
-        kill "$SAMPLER_PID" 2>/dev/null || true
-        wait "$SAMPLER_PID" 2>/dev/null || true
-        SAMPLER_PID=""
-    fi
-}
-
-in_srv() { ip netns exec "$NS_SRV" "$@"; }
-in_load() { ip netns exec "$NS_LOAD" "$@"; }
-
-# --- build and peers ---------------------------------------------------------------------
-echo "== building ironboot (release)" >&2
-(cd "$REPO" && cargo build --release --bin ironboot >&2)
-BIN=$REPO/target/release/ironboot
-
-mkdir -p "$OUT" "$WORK/root" "$WORK/ipxe" "$WORK/hpa"
-chmod 755 "$WORK" "$WORK/root" "$WORK/ipxe"
+# --- build, peers and network ------------------------------------------------------------
+build_ironboot
+# The generator's addresses: one per client (10.97.1.1 ...), as in a rack.
+bench_setup "$SRV_IP" "$LOAD_IP" 10.97 "$SOURCES"
+mkdir -p "$OUT" "$WORK/root" "$WORK/ipxe"
+chmod 755 "$WORK/root" "$WORK/ipxe"
 install -m 644 "$FILE_SRC" "$WORK/root/snp.efi"       # dnsmasq, tftpd-hpa
 install -m 644 "$FILE_SRC" "$WORK/ipxe/snponly.efi"   # ironboot serves it as snp.efi
 SIZE=$(stat -c %s "$WORK/root/snp.efi")
-
-if [[ " $SERVERS " == *" tftpd-hpa "* ]]; then
-    # Installing the package would start a system service (and atftpd would remove it):
-    # unpack it instead.
-    (cd "$WORK/hpa" && apt-get download tftpd-hpa >/dev/null 2>&1 ||
-        { apt-get update >/dev/null && apt-get download tftpd-hpa >/dev/null; })
-    dpkg-deb -x "$WORK"/hpa/tftpd-hpa_*.deb "$WORK/hpa/x"
-    HPA=$WORK/hpa/x/usr/sbin/in.tftpd
-fi
-
-# --- network -----------------------------------------------------------------------------
-ip netns add "$NS_SRV"
-ip netns add "$NS_LOAD"
-ip link add "$VETH_SRV" type veth peer name "$VETH_LOAD"
-ip link set "$VETH_SRV" netns "$NS_SRV"
-ip link set "$VETH_LOAD" netns "$NS_LOAD"
-in_srv ip addr add "$SRV_IP/16" dev "$VETH_SRV"
-in_srv ip link set "$VETH_SRV" up
-in_srv ip link set lo up
-in_load ip addr add "$LOAD_IP/16" dev "$VETH_LOAD"
-# One source address per client at most, as in a rack (servers may cap transfers per
-# address: ironboot at 8; a few clients per address also collide on reused ephemeral ports).
-BINDS=$LOAD_IP
-for i in $(seq 1 $((SOURCES - 1))); do
-    ip_i=10.97.$((1 + i / 250)).$((1 + i % 250))
-    in_load ip addr add "$ip_i/16" dev "$VETH_LOAD"
-    BINDS=$BINDS,$ip_i
-done
-in_load ip link set "$VETH_LOAD" up
-in_load ip link set lo up
+if [[ " $SERVERS " == *" tftpd-hpa "* ]]; then fetch_tftpd_hpa; fi
 
 # --- servers -----------------------------------------------------------------------------
 start_server() {
@@ -122,7 +58,7 @@ start_server() {
         rm -rf "$WORK/state" && mkdir -p "$WORK/state"
         ip netns exec "$NS_SRV" "$BIN" --disable-dhcp-proxy --api-listen-address "$SRV_IP" \
             --api-advertise-address "$SRV_IP" --state-dir "$WORK/state" \
-            --ipxe-dir "$WORK/ipxe" --udp-driver "${name#ironboot-}" \
+            --ipxe-dir "$WORK/ipxe" --udp-driver "${name#ironboot-}" "${IRONBOOT_ARGS[@]}" \
             >"$OUT/$name.log" 2>&1 &
         ;;
     dnsmasq)
@@ -150,28 +86,6 @@ start_server() {
     return 1
 }
 
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}'; }
-# Busy ticks of the whole machine (all CPUs): user nice system irq softirq steal. What is
-# left after the server's and the storm's own CPU time is everybody else's (other
-# engineers' builds and VMs on a shared machine), recorded so a disturbed run shows.
-machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-
-# Peak of the summed VmRSS of the server and its children, into $1.
-sample_rss() {
-    local out=$1 peak=0 sum pid rss
-    while true; do
-        sum=0
-        for pid in "$SERVER_PID" $(pgrep -P "$SERVER_PID" 2>/dev/null); do
-            # Empty for a child that just exited (a zombie has no VmRSS).
-            rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-            sum=$((sum + ${rss:-0}))
-        done
-        [ "$sum" -gt "$peak" ] && peak=$sum && echo "$peak" >"$out"
-        sleep 0.2
-    done
-}
-
 # Enough transfers for several seconds per run (the file is 173,792 bytes).
 transfers_for() {
     case $1 in
@@ -181,14 +95,6 @@ transfers_for() {
     esac
 }
 
-shape() {
-    in_srv tc qdisc del dev "$VETH_SRV" root 2>/dev/null || true
-    if [ "$1" = 1gbit ]; then
-        in_srv tc qdisc add dev "$VETH_SRV" root tbf rate 1gbit burst "$TBF_BURST" latency 50ms
-    fi
-}
-
-TCK=$(getconf CLK_TCK)
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 for server in $SERVERS; do
@@ -203,9 +109,7 @@ for server in $SERVERS; do
                 echo 5 >"/proc/$SERVER_PID/clear_refs"      # reset VmHWM
                 cpu0=$(cpu_ticks "$SERVER_PID")
                 busy0=$(machine_ticks)
-                echo 0 >"$WORK/rss"
-                sample_rss "$WORK/rss" &
-                SAMPLER_PID=$!
+                start_sampler "$WORK/rss"
                 in_load "$BIN" storm tftp --server "$SRV_IP" --file snp.efi --clients "$n" \
                     --transfers "$t" "--$profile" --bind "$BINDS" --verify "$WORK/root/snp.efi" \
                     --threads "$THREADS" --json >"$OUT/$run.json" 2>"$OUT/$run.log" || true

@@ -290,7 +290,7 @@ impl TftpArgs {
 
 /// Raise the soft limit of open files to the hard limit if `needed` descriptors do not
 /// fit under it (every client holds a socket, a probing one briefly two).
-fn raise_file_limit(needed: u64) -> Result<(), StormError> {
+fn raise_file_limit(needed: u64, fewer: &str) -> Result<(), StormError> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| StormError::FileLimit(e.to_string()))?;
@@ -300,7 +300,7 @@ fn raise_file_limit(needed: u64) -> Result<(), StormError> {
     if needed > hard {
         return Err(StormError::FileLimit(format!(
             "{needed} descriptors needed, the hard limit is {hard}; raise it (ulimit -Hn) or \
-             use fewer --clients"
+             use fewer {fewer}"
         )));
     }
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| StormError::FileLimit(e.to_string()))
@@ -331,7 +331,7 @@ pub(crate) fn main(args: &StormArgs) -> ExitCode {
 
 fn storm_tftp(args: &TftpArgs) -> Result<Report, StormError> {
     let plan = args.plan()?;
-    raise_file_limit(2 * plan.clients as u64 + 64)?;
+    raise_file_limit(2 * plan.clients as u64 + 64, "--clients")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
         .enable_all()

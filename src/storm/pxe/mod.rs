@@ -19,6 +19,7 @@ use clap::{Args, ValueEnum};
 use ironboot_net::tftp::client::ClientOptions;
 
 pub(crate) use report::PxeReport;
+use report::Stage;
 
 use super::{EDK2_BLKSIZE, EDK2_WINDOWSIZE, IPXE_BLKSIZE, StormError, flag};
 use packet::Firmware;
@@ -85,9 +86,15 @@ pub(crate) struct PxeArgs {
     #[arg(long, default_value_t = 1.0)]
     pub(crate) timeout_scale: f64,
 
-    /// Stop after TFTP (servers without ironboot's HTTP API, e.g. dnsmasq).
-    #[arg(long)]
+    /// Stop after TFTP (servers without ironboot's HTTP API, e.g. dnsmasq); the same as
+    /// `--stop-after tftp`.
+    #[arg(long, conflicts_with = "stop_after")]
     pub(crate) no_http: bool,
+
+    /// The last stage of each boot: `discover` measures ProxyDHCP alone (DISCOVER to
+    /// OFFER), `request` adds the 4011 exchange, `tftp` the boot file, `http` the script.
+    #[arg(long, value_enum, default_value_t = Stage::Http)]
+    pub(crate) stop_after: Stage,
 
     /// The server's HTTP API port.
     #[arg(long, default_value_t = crate::config::DEFAULT_API_PORT)]
@@ -201,7 +208,8 @@ pub(crate) struct PxePlan {
     pub(crate) load: Load,
     pub(crate) firmware: FirmwareChoice,
     pub(crate) tftp: TftpMode,
-    pub(crate) http: bool,
+    /// The last stage each boot runs.
+    pub(crate) last_stage: Stage,
     pub(crate) api_port: u16,
     pub(crate) bind: Vec<Ipv4Addr>,
     pub(crate) mac_base: [u8; 6],
@@ -318,7 +326,11 @@ impl PxeArgs {
             load,
             firmware: self.firmware,
             tftp: self.tftp,
-            http: !self.no_http,
+            last_stage: if self.no_http {
+                Stage::Tftp
+            } else {
+                self.stop_after
+            },
             api_port: self.api_port,
             bind: self.bind.clone(),
             mac_base: self.mac_base,
@@ -351,8 +363,17 @@ pub(crate) fn storm_pxe(args: &PxeArgs) -> Result<PxeReport, StormError> {
         Load::Concurrency(c) => c,
         Load::Rate(_) => plan.machines,
     };
-    // A TFTP socket (two while the EDK2 probe's lingers) and an HTTP socket per machine.
-    super::raise_file_limit(3 * concurrent + 64)?;
+    // A TFTP socket (two while the EDK2 probe's lingers) and an HTTP socket per machine
+    // that gets that far; the DHCP stages share the client-port sockets.
+    let per_machine = match plan.last_stage {
+        Stage::Discover | Stage::Request => 0,
+        Stage::Tftp => 2,
+        Stage::Http => 3,
+    };
+    super::raise_file_limit(
+        per_machine * concurrent + 64 + plan.bind.len() as u64,
+        "machines at once (--concurrency, --rate)",
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
         .enable_all()
@@ -392,7 +413,7 @@ mod tests {
     fn defaults_and_scaled_timeouts() {
         let plan = parse(&["--machines", "10"]).unwrap().plan().unwrap();
         assert_eq!(plan.load, Load::Concurrency(10));
-        assert!(plan.http);
+        assert_eq!(plan.last_stage, Stage::Http);
         assert_eq!(plan.discover_timeouts, timeouts::DISCOVER);
         assert_eq!(plan.tftp_edk2_retransmit, Duration::from_secs(4));
         let id = plan.identity(0);
@@ -434,7 +455,7 @@ mod tests {
             Load::Concurrency(4),
             "never more than the machines"
         );
-        assert!(!plan.http);
+        assert_eq!(plan.last_stage, Stage::Tftp, "--no-http stops after TFTP");
         assert_eq!(plan.discover_timeouts[0], Duration::from_millis(400));
         assert_eq!(plan.request_timeouts[3], Duration::from_millis(100));
         assert_eq!(plan.http_timeout, timeouts::HTTP_FLOOR);
@@ -451,6 +472,11 @@ mod tests {
             .unwrap();
         assert_eq!(plan.load, Load::Rate(50.0));
         assert!(plan.tftp_requests(Firmware::Bios, "f").1.is_some());
+        let plan = parse(&["--stop-after", "discover"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(plan.last_stage, Stage::Discover);
     }
 
     #[test]
@@ -472,5 +498,7 @@ mod tests {
         assert!(parse(&["--mac-base", "52:54:00:00:00"]).is_err());
         assert!(parse(&["--mac-base", "52:54:00:00:00:0g"]).is_err());
         assert!(parse(&["--firmware", "arm"]).is_err());
+        assert!(parse(&["--stop-after", "tftp", "--no-http"]).is_err());
+        assert!(parse(&["--stop-after", "boot"]).is_err());
     }
 }

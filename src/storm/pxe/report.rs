@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::storm::report::{ClientCounters, Latency, percentile};
 
-/// The stages of one boot, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// The stages of one boot, in order (also the values of `--stop-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub(crate) enum Stage {
     /// DISCOVER broadcast until the proxy OFFER.
     Discover,
@@ -61,6 +61,8 @@ pub(crate) struct BootTally {
     pub(crate) tftp_client: ClientCounters,
     /// HTTP response body bytes.
     pub(crate) http_bytes: u64,
+    /// When each completed boot ended, counted from the storm's start.
+    pub(crate) completions: Vec<Duration>,
 }
 
 impl BootTally {
@@ -92,7 +94,27 @@ impl BootTally {
         self.tftp_bytes += other.tftp_bytes;
         self.tftp_client.merge(other.tftp_client);
         self.http_bytes += other.http_bytes;
+        self.completions.extend(other.completions);
     }
+}
+
+/// Points of the completion curve: one per percent of the completed boots.
+const CURVE_POINTS: usize = 100;
+
+/// The storm's completion over time: `[ms since the start, boots completed by then]`,
+/// at every percent of the completed boots (and the first one), for charts.
+fn completion_curve(mut ends: Vec<Duration>) -> Vec<[f64; 2]> {
+    ends.sort_unstable();
+    let n = ends.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut points: Vec<[f64; 2]> = (0..=CURVE_POINTS)
+        .map(|k| (k * n).div_ceil(CURVE_POINTS).max(1))
+        .map(|count| [ends[count - 1].as_secs_f64() * 1e3, count as f64])
+        .collect();
+    points.dedup_by(|b, a| a[1] == b[1]);
+    points
 }
 
 fn latency(mut v: Vec<Duration>) -> Latency {
@@ -136,9 +158,9 @@ pub(crate) struct ReplyCounters {
     pub(crate) malformed: u64,
 }
 
-/// The final report of `storm pxe`.
+/// What a storm was asked to do (the head of its report).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct PxeReport {
+pub(crate) struct PxeSetup {
     /// The server address given.
     pub(crate) server: String,
     /// Machines emulated.
@@ -151,6 +173,16 @@ pub(crate) struct PxeReport {
     pub(crate) load: String,
     /// Whether the HTTP stage ran.
     pub(crate) http: bool,
+    /// The last stage a boot went through (`discover` ... `http`).
+    pub(crate) stop_after: &'static str,
+}
+
+/// The final report of `storm pxe`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct PxeReport {
+    /// What was asked.
+    #[serde(flatten)]
+    pub(crate) setup: PxeSetup,
     /// Boots that went through every stage.
     pub(crate) booted: u64,
     /// Boots that failed (in some stage).
@@ -179,17 +211,17 @@ pub(crate) struct PxeReport {
     pub(crate) replies: ReplyCounters,
     /// CPU time (user + system) of the load generator itself, seconds.
     pub(crate) generator_cpu_secs: f64,
+    /// `[ms since the start, boots completed by then]` at every percent of the completed
+    /// boots: the storm's completion over time.
+    pub(crate) completion_curve: Vec<[f64; 2]>,
 }
 
 /// What the report is about, besides the tally.
 #[derive(Debug, Clone)]
 pub(crate) struct PxeContext {
-    pub(crate) server: String,
-    pub(crate) machines: u64,
-    pub(crate) firmware: String,
-    pub(crate) tftp_mode: String,
-    pub(crate) load: String,
-    pub(crate) http: bool,
+    pub(crate) setup: PxeSetup,
+    /// The last stage each boot runs.
+    pub(crate) last_stage: Stage,
     pub(crate) replies: ReplyCounters,
     pub(crate) wall: Duration,
     pub(crate) cpu: Duration,
@@ -202,7 +234,7 @@ impl PxeReport {
         let [l0, l1, l2, l3] = tally.stage_latencies;
         let mut stages = BTreeMap::new();
         for (stage, lat) in Stage::ALL.into_iter().zip([l0, l1, l2, l3]) {
-            if stage == Stage::Http && !ctx.http {
+            if stage > ctx.last_stage {
                 continue;
             }
             let failures: BTreeMap<String, u64> = tally
@@ -222,12 +254,7 @@ impl PxeReport {
             );
         }
         PxeReport {
-            server: ctx.server,
-            machines: ctx.machines,
-            firmware: ctx.firmware,
-            tftp_mode: ctx.tftp_mode,
-            load: ctx.load,
-            http: ctx.http,
+            setup: ctx.setup,
             booted: tally.booted,
             failed: tally.failures.values().sum(),
             stages,
@@ -242,6 +269,7 @@ impl PxeReport {
             tftp_client: tally.tftp_client,
             replies: ctx.replies,
             generator_cpu_secs: ctx.cpu.as_secs_f64(),
+            completion_curve: completion_curve(tally.completions),
         }
     }
 
@@ -255,8 +283,13 @@ impl PxeReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "storm pxe: {} machines ({}, tftp {}, {}) against {}",
-            self.machines, self.firmware, self.tftp_mode, self.load, self.server
+            "storm pxe: {} machines ({}, tftp {}, {}, to {}) against {}",
+            self.setup.machines,
+            self.setup.firmware,
+            self.setup.tftp_mode,
+            self.setup.load,
+            self.setup.stop_after,
+            self.setup.server
         );
         let _ = writeln!(
             s,
@@ -335,6 +368,18 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    fn setup(machines: u64, last: Stage) -> PxeSetup {
+        PxeSetup {
+            server: "10.0.0.1".into(),
+            machines,
+            firmware: "uefi".into(),
+            tftp_mode: "edk2".into(),
+            load: "concurrency 4".into(),
+            http: last == Stage::Http,
+            stop_after: last.label(),
+        }
+    }
+
     #[test]
     fn stages_failures_and_throughput() {
         let mut a = BootTally::default();
@@ -356,12 +401,8 @@ mod tests {
         let r = PxeReport::new(
             a,
             PxeContext {
-                server: "10.0.0.1".into(),
-                machines: 4,
-                firmware: "uefi".into(),
-                tftp_mode: "edk2".into(),
-                load: "concurrency 4".into(),
-                http: true,
+                setup: setup(4, Stage::Http),
+                last_stage: Stage::Http,
                 replies: ReplyCounters::default(),
                 wall: ms(500),
                 cpu: ms(20),
@@ -391,12 +432,8 @@ mod tests {
         let r = PxeReport::new(
             BootTally::default(),
             PxeContext {
-                server: "s".into(),
-                machines: 0,
-                firmware: "bios".into(),
-                tftp_mode: "ipxe".into(),
-                load: "rate 1/s".into(),
-                http: false,
+                setup: setup(0, Stage::Tftp),
+                last_stage: Stage::Tftp,
                 replies: ReplyCounters::default(),
                 wall: Duration::ZERO,
                 cpu: Duration::ZERO,
@@ -404,5 +441,50 @@ mod tests {
         );
         assert!(!r.stages.contains_key("http"));
         assert_eq!(r.boots_per_sec, 0.0);
+        assert!(r.completion_curve.is_empty());
+    }
+
+    #[test]
+    fn the_report_keeps_the_setup_at_the_top_level_of_the_json() {
+        let r = PxeReport::new(
+            BootTally::default(),
+            PxeContext {
+                setup: setup(3, Stage::Discover),
+                last_stage: Stage::Discover,
+                replies: ReplyCounters::default(),
+                wall: ms(1),
+                cpu: ms(1),
+            },
+        );
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["machines"], 3);
+        assert_eq!(json["server"], "10.0.0.1");
+        assert_eq!(json["stop_after"], "discover");
+        assert_eq!(json["http"], false);
+        assert!(json.get("setup").is_none());
+        let stages: Vec<&String> = r.stages.keys().collect();
+        assert_eq!(
+            stages,
+            ["discover"],
+            "stages after --stop-after are left out"
+        );
+    }
+
+    #[test]
+    fn the_completion_curve_has_a_point_per_percent_ending_at_the_last_boot() {
+        let ends: Vec<Duration> = (1..=1000).rev().map(ms).collect();
+        let curve = completion_curve(ends);
+        assert_eq!(curve.len(), 101, "the first boot, then every percent");
+        assert_eq!(curve[0], [1.0, 1.0]);
+        assert_eq!(curve[1], [10.0, 10.0]);
+        assert_eq!(curve[100], [1000.0, 1000.0]);
+        assert!(
+            curve
+                .windows(2)
+                .all(|w| w[0][0] <= w[1][0] && w[0][1] < w[1][1])
+        );
+        // Fewer boots than points: one point per boot, no repeats.
+        let curve = completion_curve(vec![ms(5), ms(3), ms(9)]);
+        assert_eq!(curve, [[3.0, 1.0], [5.0, 2.0], [9.0, 3.0]]);
     }
 }

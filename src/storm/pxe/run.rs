@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::packet::{self, Demux, Identity, Reply, Route};
-use super::report::{BootTally, PxeContext, PxeReport, ReplyCounters, Stage};
+use super::report::{BootTally, PxeContext, PxeReport, PxeSetup, ReplyCounters, Stage};
 use super::{Load, PxePlan};
 use crate::storm::StormError;
 use crate::storm::run::{cpu_time, open as open_tftp};
@@ -52,6 +52,8 @@ struct Shared {
     tftp_bytes: AtomicU64,
     /// Next machine index (closed loop).
     next: AtomicU64,
+    /// When the storm started: completions are counted from here.
+    start: Instant,
 }
 
 /// Receive buffer of the DHCP client sockets.
@@ -267,6 +269,7 @@ async fn boot(shared: &Shared, index: u64, tally: &mut BootTally) {
         Ok(()) => {
             tally.booted += 1;
             tally.boot_latencies.push(start.elapsed());
+            tally.completions.push(shared.start.elapsed());
             shared.booted.fetch_add(1, Ordering::Relaxed);
         }
         Err((stage, reason)) => {
@@ -312,6 +315,9 @@ async fn stages(
     tally.dhcp_retransmissions[0] += retrans;
     let offer = offer.map_err(|r| (Stage::Discover, r))?;
     done(shared, tally, Stage::Discover, start);
+    if plan.last_stage == Stage::Discover {
+        return Ok(());
+    }
 
     // REQUEST to the boot server's 4011 -> ACK.
     let t = Instant::now();
@@ -343,6 +349,9 @@ async fn stages(
         .or(offer.tftp_server())
         .unwrap_or(plan.server);
     done(shared, tally, Stage::Request, t);
+    if plan.last_stage == Stage::Request {
+        return Ok(());
+    }
 
     // TFTP.
     let t = Instant::now();
@@ -361,7 +370,7 @@ async fn stages(
     done(shared, tally, Stage::Tftp, t);
 
     // HTTP boot script, as the chained iPXE asks for it.
-    if plan.http {
+    if plan.last_stage == Stage::Http {
         let t = Instant::now();
         let path = format!(
             "/ipxe/boot.ipxe?uuid={}&mac={}&arch={}",
@@ -453,6 +462,7 @@ pub(crate) async fn run(
         stage_ok: Default::default(),
         tftp_bytes: AtomicU64::new(0),
         next: AtomicU64::new(0),
+        start: Instant::now(),
         plan,
     });
     let mut receivers = JoinSet::new();
@@ -461,7 +471,7 @@ pub(crate) async fn run(
         receivers.spawn(receive(shared.clone(), s.clone()));
     }
     let cpu_start = cpu_time();
-    let start = Instant::now();
+    let start = shared.start;
     let ticker = shared
         .plan
         .progress
@@ -515,15 +525,19 @@ pub(crate) async fn run(
     Ok(PxeReport::new(
         tally,
         PxeContext {
-            server: plan.server.to_string(),
-            machines: plan.machines,
-            firmware,
-            tftp_mode,
-            load: match load {
-                Load::Rate(r) => format!("rate {r}/s"),
-                Load::Concurrency(c) => format!("concurrency {c}"),
+            setup: PxeSetup {
+                server: plan.server.to_string(),
+                machines: plan.machines,
+                firmware,
+                tftp_mode,
+                load: match load {
+                    Load::Rate(r) => format!("rate {r}/s"),
+                    Load::Concurrency(c) => format!("concurrency {c}"),
+                },
+                http: plan.last_stage == Stage::Http,
+                stop_after: plan.last_stage.label(),
             },
-            http: plan.http,
+            last_stage: plan.last_stage,
             replies: ReplyCounters {
                 offers: n(&shared.replies[0]),
                 acks: n(&shared.replies[1]),
