@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ironboot_net::proxy::{BootPolicy, ProxyCounters, ProxyService};
-use ironboot_net::udp::{self, BindSpec, BoundSockets, Shutdown};
+use ironboot_net::udp::{BindSpec, BoundSockets, Shutdown};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
+use crate::udp_workers::{self, Worker};
 
 /// The running ProxyDHCP task; resolves when it stops (on shutdown or a fatal error).
 pub(crate) type ProxyTask = JoinHandle<anyhow::Result<()>>;
@@ -21,7 +22,8 @@ pub(crate) type ProxyTask = JoinHandle<anyhow::Result<()>>;
 const RECV_BUFFER: usize = 4 << 20;
 
 /// Open the ProxyDHCP sockets now (so a busy port or a missing interface stops the start
-/// with a clear error) and serve them in a task. `None` when ProxyDHCP is disabled.
+/// with a clear error) and serve them in a task running `--udp-workers` drivers. `None`
+/// when ProxyDHCP is disabled.
 pub(crate) fn start(
     config: &Config,
     counters: Arc<ProxyCounters>,
@@ -34,38 +36,67 @@ pub(crate) fn start(
     let policy = BootPolicy::new(config.advertise_address, config.api_port)
         .with_efi_ia32_file(dhcp.efi_ia32_boot_file.clone());
     let ports = policy.ports();
-    let mut listen = Vec::with_capacity(2);
-    if dhcp.listen_broadcast {
-        listen.push(ports.server);
-    }
-    listen.push(ports.pxe);
     // Broadcasts only reach sockets bound to the wildcard address; SO_BINDTODEVICE keeps
     // them to the one interface.
-    let binds: Vec<BindSpec> = listen
-        .iter()
-        .map(|&port| BindSpec {
-            addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-            device: Some(dhcp.interface.name.clone()),
-            broadcast: true,
-            recv_buffer: Some(RECV_BUFFER),
-            ..BindSpec::default()
+    let spec = |port| BindSpec {
+        addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        device: Some(dhcp.interface.name.clone()),
+        broadcast: true,
+        recv_buffer: Some(RECV_BUFFER),
+        ..BindSpec::default()
+    };
+    let mut listen = Vec::with_capacity(2);
+    // Port 67 hears broadcasts, which Linux delivers to every socket of a reuse-port
+    // group: one socket per worker would answer each DISCOVER once per worker. So it is
+    // opened once and duplicated into every worker; each datagram is read by one of them.
+    let mut broadcast = if dhcp.listen_broadcast {
+        listen.push(ports.server);
+        Some(BoundSockets::open(&[spec(ports.server)]).context("opening the ProxyDHCP sockets")?)
+    } else {
+        None
+    };
+    listen.push(ports.pxe);
+    let policy = Arc::new(policy);
+    let workers = (0..config.udp_workers)
+        .map(|index| {
+            // The last worker takes the socket itself, the others a duplicate (with one
+            // worker, nothing is duplicated).
+            let shared = if index + 1 == config.udp_workers {
+                broadcast.take()
+            } else {
+                broadcast
+                    .as_ref()
+                    .map(BoundSockets::try_clone)
+                    .transpose()
+                    .context("sharing the ProxyDHCP broadcast socket")?
+            };
+            let mut sockets = match shared {
+                Some(sockets) => sockets,
+                None => BoundSockets::open(&[]).context("opening the ProxyDHCP sockets")?,
+            };
+            // 4011 is unicast: every worker has its own socket on the shared port.
+            sockets.append(
+                BoundSockets::open(&[spec(ports.pxe).with_reuse_port(true)])
+                    .with_context(|| format!("opening the ProxyDHCP sockets of worker {index}"))?,
+            );
+            Ok(Worker {
+                sockets,
+                service: ProxyService::new(policy.clone(), counters.clone()),
+            })
         })
-        .collect();
-    let sockets = BoundSockets::open(&binds).context("opening the ProxyDHCP sockets")?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
     info!(
         interface = %dhcp.interface.name,
         ports = ?listen,
+        workers = workers.len(),
         advertise = %config.advertise_address,
         ipxe_script = policy.ipxe_script_url(),
         "ProxyDHCP listening"
     );
-    let service = ProxyService::new(Arc::new(policy), counters);
-    let kind = config.udp_driver;
-    Ok(Some(tokio::spawn(async move {
-        let report = udp::serve_bound(kind, sockets, service, shutdown)
-            .await
-            .context("ProxyDHCP UDP driver")?;
-        info!(driver = ?report.driver, stats = ?report.stats, "ProxyDHCP stopped");
-        Ok(())
-    })))
+    Ok(Some(tokio::spawn(udp_workers::run(
+        "ProxyDHCP",
+        config.udp_driver,
+        workers,
+        shutdown,
+    ))))
 }

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use ironboot_net::files::FileSet;
 
 use crate::boot_script::{BootAnswerer, BootFromDiskMethod};
+use crate::machine::MachineQuery;
 use crate::metrics::{HttpCounters, Registry, Route};
 use crate::store::{Machines, Recorder};
 
@@ -86,6 +87,15 @@ pub(crate) fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), count))
         .with_state(shared)
+}
+
+/// The `boot.ipxe` query of `uri` read and checked as the handler does (axum's `Query`,
+/// then [`ipxe::machine_query`]); the `Err` is the 400 body. For the benchmarks'
+/// parse-and-render case ([`crate::bench_api`]).
+pub(crate) fn parse_boot_query(uri: &axum::http::Uri) -> Result<MachineQuery, String> {
+    let axum::extract::Query(params) = axum::extract::Query::<ipxe::BootParams>::try_from_uri(uri)
+        .map_err(|e| format!("bad query: {}\n", e.body_text()))?;
+    ipxe::machine_query(params).map_err(|msg| msg + "\n")
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in

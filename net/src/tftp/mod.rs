@@ -32,6 +32,7 @@ mod config;
 mod counters;
 /// Property check shared by the `tftp` fuzz target and the corpus replay test.
 pub mod fuzz;
+mod limits;
 mod negotiate;
 pub mod netascii;
 mod server;
@@ -45,4 +46,5 @@ pub use config::{
     MAX_WINDOWSIZE_LIMIT, TftpConfig,
 };
 pub use counters::{RequestOutcome, TftpCounters, TransferFailure};
+pub use limits::SharedLimits;
 pub use server::TftpServer;

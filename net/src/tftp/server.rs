@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::config::{ConfigError, TftpConfig};
 use super::counters::{RequestOutcome, TftpCounters, TransferFailure};
+use super::limits::SharedLimits;
 use super::negotiate::Negotiated;
 use super::netascii::NetasciiCache;
 use super::session::{AckOutcome, Session, Start, TimeoutOutcome};
@@ -91,6 +92,8 @@ pub struct TftpServer {
     by_client: HashMap<SocketAddrV4, u32>,
     per_ip: HashMap<Ipv4Addr, u32>,
     active: usize,
+    /// Limits kept together with other workers' servers, when there are any.
+    shared: Option<Arc<SharedLimits>>,
     timers: Timers,
     netascii: NetasciiCache,
 }
@@ -133,9 +136,18 @@ impl TftpServer {
             by_client: HashMap::with_capacity(initial),
             per_ip: HashMap::with_capacity(initial),
             active: 0,
+            shared: None,
             timers: Timers::with_capacity(initial),
             netascii: NetasciiCache::default(),
         })
+    }
+
+    /// Apply [`TftpConfig::max_transfers`] and [`TftpConfig::max_per_client`] to the
+    /// transfers of every server given the same `limits` (the UDP workers of one service),
+    /// not to this server's alone.
+    pub fn with_shared_limits(mut self, limits: Arc<SharedLimits>) -> Self {
+        self.shared = Some(limits);
+        self
     }
 
     /// Serve `files` from now on. Transfers in progress keep the file they started with.
@@ -157,6 +169,22 @@ impl TftpServer {
     /// Transfers in progress.
     pub fn active_transfers(&self) -> usize {
         self.active
+    }
+
+    /// Whether a transfer for `ip` may start under the transfer limits (counted in the
+    /// shared limits at once when there are any: the transfer then must begin).
+    fn admit(&self, ip: Ipv4Addr) -> Result<(), RequestOutcome> {
+        let (max, per_client) = (self.config.max_transfers, self.config.max_per_client);
+        if let Some(shared) = &self.shared {
+            return shared.admit(ip, max, per_client);
+        }
+        if self.active >= max {
+            return Err(RequestOutcome::ServerBusy);
+        }
+        if self.transfers_of(ip) >= per_client {
+            return Err(RequestOutcome::ClientBusy);
+        }
+        Ok(())
     }
 
     /// Transfers in progress for one client IP.
@@ -303,23 +331,12 @@ impl TftpServer {
                 );
             }
         };
-        if self.active >= self.config.max_transfers {
-            return self.refuse(
-                tx,
-                meta,
-                RequestOutcome::ServerBusy,
-                ErrorCode::NotDefined,
-                "server busy, retry",
-            );
-        }
-        if self.transfers_of(*client.ip()) >= self.config.max_per_client {
-            return self.refuse(
-                tx,
-                meta,
-                RequestOutcome::ClientBusy,
-                ErrorCode::NotDefined,
-                "busy: too many transfers from this address, retry",
-            );
+        if let Err(outcome) = self.admit(*client.ip()) {
+            let message = match outcome {
+                RequestOutcome::ClientBusy => "busy: too many transfers from this address, retry",
+                _ => "server busy, retry",
+            };
+            return self.refuse(tx, meta, outcome, ErrorCode::NotDefined, message);
         }
         let file = if netascii {
             self.netascii.get(file)
@@ -414,6 +431,9 @@ impl TftpServer {
             p.load -= 1;
         }
         self.active -= 1;
+        if let Some(shared) = &self.shared {
+            shared.release(ip);
+        }
         match how {
             End::Completed => self.counters.transfer_completed(
                 now.saturating_duration_since(session.started()),

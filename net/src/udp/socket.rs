@@ -30,10 +30,19 @@ pub struct BindSpec {
     /// Send buffer size in bytes (`SO_SNDBUF`); `None` keeps the system default. As for
     /// `recv_buffer`, with `SO_SNDBUFFORCE` tried first and `net.core.wmem_max` the cap.
     pub send_buffer: Option<usize>,
+    /// Share the port (`SO_REUSEADDR` and `SO_REUSEPORT`, set before `bind`) with other
+    /// sockets that set it too: a restarted server, or the other workers of this one. The
+    /// kernel then spreads unicast datagrams among the group by a hash of their 4-tuple (a
+    /// client keeps reaching the same socket), while every broadcast or multicast datagram
+    /// reaches every socket of the group. On by default; only applied to a fixed port (an
+    /// ephemeral port has one owner, and with the flags the kernel may hand out a port
+    /// another reuse socket holds). Off, a second bind on the port fails.
+    pub reuse_port: bool,
 }
 
 impl BindSpec {
-    /// A spec for `addr` with no device, no broadcast and default buffer sizes.
+    /// A spec for `addr` with no device, no broadcast, default buffer sizes, and the port
+    /// shared with other `SO_REUSEPORT` sockets if it is a fixed one.
     pub fn new(addr: SocketAddrV4) -> Self {
         BindSpec {
             addr,
@@ -41,7 +50,15 @@ impl BindSpec {
             broadcast: false,
             recv_buffer: None,
             send_buffer: None,
+            reuse_port: true,
         }
+    }
+
+    /// Share the port with other sockets that ask for it (`SO_REUSEPORT`), or not; see
+    /// [`BindSpec::reuse_port`].
+    pub fn with_reuse_port(mut self, reuse_port: bool) -> Self {
+        self.reuse_port = reuse_port;
+        self
     }
 
     /// Bind to interface `device` (`SO_BINDTODEVICE`).
@@ -70,7 +87,7 @@ impl BindSpec {
 }
 
 impl Default for BindSpec {
-    /// `0.0.0.0:0`, no device, no broadcast, default buffer sizes.
+    /// `0.0.0.0:0`, as [`BindSpec::new`] makes it.
     fn default() -> Self {
         BindSpec::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
     }
@@ -111,6 +128,14 @@ pub enum SocketError {
     #[error("binding the UDP socket to {addr} failed")]
     Bind {
         /// The address.
+        addr: SocketAddrV4,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The socket could not be duplicated (`dup`) to share it with another driver.
+    #[error("duplicating the UDP socket bound to {addr} failed")]
+    Duplicate {
+        /// The address the socket is bound to.
         addr: SocketAddrV4,
         /// The OS error.
         source: io::Error,
@@ -174,6 +199,37 @@ impl BoundSockets {
             .collect()
     }
 
+    /// Duplicate every socket (`dup`): the copies share the originals' queues, so each
+    /// datagram is read by exactly one of the drivers serving them. This is how several
+    /// workers share a broadcast port: a broadcast reaches every socket bound to the
+    /// port, one shared socket hands each one to a single worker. Both drivers tolerate
+    /// another reader on their sockets (a wake-up that finds the queue empty is ignored).
+    pub fn try_clone(&self) -> Result<Self, SocketError> {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|s| {
+                Ok(BoundSocket {
+                    socket: s
+                        .socket
+                        .try_clone()
+                        .map_err(|source| SocketError::Duplicate {
+                            addr: s.local,
+                            source,
+                        })?,
+                    local: s.local,
+                    ifindex: s.ifindex,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BoundSockets { sockets })
+    }
+
+    /// Append `other`'s sockets after these (for [`BoundSockets::local_addrs`] order).
+    pub fn append(&mut self, other: BoundSockets) {
+        self.sockets.extend(other.sockets);
+    }
+
     /// Number of sockets.
     pub fn len(&self) -> usize {
         self.sockets.len()
@@ -200,10 +256,11 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
 
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
         .map_err(|source| SocketError::Create { addr, source })?;
-    // Reuse flags let several servers (or a restarted one) share a well-known port. An
-    // ephemeral port has a single owner by definition, and with the flags set the kernel
-    // may hand out a port another reuse socket already holds, so they are skipped there.
-    if addr.port() != 0 {
+    // Reuse flags let several servers (or a restarted one, or several workers) share a
+    // well-known port. An ephemeral port has a single owner by definition, and with the
+    // flags set the kernel may hand out a port another reuse socket already holds, so they
+    // are skipped there.
+    if spec.reuse_port && addr.port() != 0 {
         socket
             .set_reuse_address(true)
             .map_err(opt("SO_REUSEADDR"))?;
@@ -330,6 +387,57 @@ mod tests {
         assert_eq!(t.pick(69, None), None);
         // Unknown interface on a port only device-bound sockets hold: first one.
         assert_eq!(t.pick(67, Some(9)), Some(0));
+    }
+
+    /// A fixed loopback port nobody holds right now (from an ephemeral bind, released).
+    fn free_port() -> SocketAddrV4 {
+        let probe = BoundSockets::open(&[BindSpec::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))])
+            .unwrap();
+        probe.local_addrs()[0]
+    }
+
+    #[test]
+    fn reuse_port_shares_a_fixed_port_and_without_it_the_port_is_exclusive() {
+        let addr = free_port();
+        let spec = BindSpec::new(addr);
+        assert!(spec.reuse_port, "on by default");
+        let first = BoundSockets::open(&[spec.clone(), spec.clone()]).unwrap();
+        assert_eq!(first.local_addrs(), [addr, addr]);
+        // A socket without the flag cannot join the group.
+        let err = BoundSockets::open(&[spec.clone().with_reuse_port(false)]).unwrap_err();
+        assert!(
+            matches!(err, SocketError::Bind { addr: a, .. } if a == addr),
+            "{err}"
+        );
+        drop(first);
+
+        let addr = free_port();
+        let exclusive = BindSpec::new(addr).with_reuse_port(false);
+        let _held = BoundSockets::open(std::slice::from_ref(&exclusive)).unwrap();
+        let err = BoundSockets::open(&[BindSpec::new(addr)]).unwrap_err();
+        assert!(matches!(err, SocketError::Bind { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cloned_socket_shares_the_queue_so_each_datagram_is_read_once() {
+        let mut original =
+            BoundSockets::open(&[BindSpec::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))])
+                .unwrap();
+        let clone = original.try_clone().unwrap();
+        assert_eq!(clone.local_addrs(), original.local_addrs());
+        let to = original.local_addrs()[0];
+        let client = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        client.send_to(b"one", to).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 16];
+        assert_eq!(clone.sockets[0].socket.recv(&mut buf).unwrap(), 3);
+        let again = original.sockets[0].socket.recv(&mut buf).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::WouldBlock, "read once only");
+
+        let other = BoundSockets::open(&[BindSpec::default()]).unwrap();
+        original.append(other);
+        assert_eq!(original.len(), 2);
+        assert_eq!(original.local_addrs()[0], to);
     }
 
     #[test]

@@ -1,0 +1,94 @@
+//! Two TFTP servers (two UDP workers of one service) sharing their transfer limits:
+//! `max_transfers` and `max_per_client` bound both together, and a slot freed on one
+//! server is free for the other.
+
+mod tftp_sim;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use ironboot_net::files::FileSet;
+use ironboot_net::tftp::{RequestOutcome, SharedLimits, TftpConfig, TftpCounters, TftpServer};
+use ironboot_net::wire::tftp::ErrorCode;
+use tftp_sim::{Driver, REQUEST_PORT, ack, config, content, rrq};
+
+fn files() -> FileSet {
+    let mut files = FileSet::new();
+    files.insert("f", content(3000, 1)).unwrap();
+    files.insert("small", content(10, 2)).unwrap();
+    files
+}
+
+/// A worker: a driven server whose limits are `shared`; both workers count into the
+/// same counters, as the binary's do.
+fn worker(cfg: &TftpConfig, shared: &Arc<SharedLimits>, counters_of: Option<&Driver>) -> Driver {
+    let mut d = Driver::new(cfg.clone(), files());
+    let counters = counters_of.map_or_else(
+        || Arc::new(TftpCounters::default()),
+        |other| other.counters.clone(),
+    );
+    let server = TftpServer::new(
+        cfg.clone(),
+        Arc::new(files()),
+        &tftp_sim::POOL,
+        counters.clone(),
+    )
+    .unwrap()
+    .with_shared_limits(shared.clone());
+    drop(std::mem::replace(&mut d.server, server));
+    d.counters = counters;
+    d
+}
+
+#[test]
+fn limits_bound_the_workers_together() {
+    let cfg = TftpConfig {
+        max_transfers: 3,
+        max_per_client: 2,
+        ..config()
+    };
+    let shared = Arc::new(SharedLimits::new());
+    let mut a = worker(&cfg, &shared, None);
+    let mut b = worker(&cfg, &shared, Some(&a));
+    let host = |h: u8, p: u16| SocketAddrV4::new(Ipv4Addr::new(10, 0, 5, h), p);
+
+    // One client's transfers land on both workers (the kernel hashes its ports): the
+    // per-client cap counts them together.
+    assert_eq!(
+        a.send(host(1, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    assert_eq!(
+        b.send(host(1, 2), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    let busy = a.send(host(1, 3), REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(busy[0].error().0, ErrorCode::NotDefined);
+    assert!(
+        busy[0].error().1.contains("too many transfers"),
+        "{:?}",
+        busy[0].error()
+    );
+    assert_eq!(a.counters.requests(RequestOutcome::ClientBusy), 1);
+    assert_eq!(shared.transfers_of(Ipv4Addr::new(10, 0, 5, 1)), 2);
+    assert_eq!(a.server.transfers_of(Ipv4Addr::new(10, 0, 5, 1)), 1);
+
+    // The server cap too: a third transfer anywhere, then nothing on either worker.
+    let small = b.send(host(2, 1), REQUEST_PORT, &rrq("small", &[]));
+    assert_eq!(small[0].data(), (1, 10));
+    assert_eq!(shared.active(), 3);
+    let busy = a.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(busy[0].error().1, "server busy, retry");
+    assert_eq!(a.counters.requests(RequestOutcome::ServerBusy), 1);
+    assert_eq!(a.counters.active(), 3, "shared counters see both workers");
+
+    // A transfer completing on worker b frees a slot worker a may use.
+    b.send(host(2, 1), small[0].meta.local_port, &ack(1));
+    assert_eq!(shared.active(), 2);
+    assert_eq!(
+        a.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
+        1
+    );
+    assert_eq!(shared.active(), 3);
+    assert_eq!(shared.transfers_of(Ipv4Addr::new(10, 0, 5, 2)), 0);
+}

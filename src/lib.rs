@@ -1,0 +1,114 @@
+//! ironboot as a library: every module of the `ironboot` binary, so that benchmarks can
+//! drive the real hot paths (`benches/`). The binary (`src/main.rs`) only calls [`main`].
+//!
+//! Nothing here is a stable interface: [`main`] is the whole command, and the hidden
+//! `bench_api` module exists only for the benchmarks.
+
+mod agent;
+mod app;
+#[doc(hidden)]
+pub mod bench_api;
+mod bmc_cli;
+mod boot_files;
+mod boot_script;
+mod config;
+mod executor;
+mod factory_proxy;
+mod go_duration;
+mod http;
+#[allow(
+    dead_code,
+    reason = "the boot decisions (issue 6, part 3) will create schematics and PXE URLs"
+)]
+mod image_factory;
+mod inventory;
+mod lifecycle;
+mod machine;
+mod metrics;
+mod netif;
+mod omni;
+mod omni_boot;
+mod omni_mode;
+mod power_mgmt_dir;
+mod proxy_dhcp;
+mod store;
+mod storm;
+mod tftp_service;
+mod tls;
+mod udp_workers;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::info;
+
+use crate::config::{Cli, Command, Config};
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        // The OpenPGP crate's debug lines dump the packets it parses, the service-account
+        // secret key among them: never below warn, whatever RUST_LOG says.
+        .add_directive("pgp=warn".parse().expect("a valid directive"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in files or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The `ironboot` command: parses the command line (`std::env::args_os`), then runs the
+/// service, `ironboot storm`, `ironboot bmc` or the Omni provider CLI, and returns the
+/// process exit code.
+pub fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if omni::cli::wants(&args) {
+        init_logging(false);
+        return omni::cli::main(&args);
+    }
+    let cli = Cli::parse();
+    if let Some(Command::Storm(storm)) = &cli.command {
+        return storm::main(storm);
+    }
+    if let Some(Command::Bmc(bmc)) = &cli.command {
+        return bmc_cli::main(bmc);
+    }
+    init_logging(cli.debug);
+    match start(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line, without a backtrace: start-up
+            // errors are about configuration or the host, not about our code.
+            eprintln!("ironboot: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: &Cli) -> anyhow::Result<()> {
+    let interfaces = netif::host_interfaces().context("listing network interfaces")?;
+    let config = Config::from_cli(cli, &interfaces)?;
+    info!(
+        provider_id = %config.provider_id,
+        advertise = %config.advertise_address,
+        api_port = config.api_port,
+        mode = if config.omni_endpoint.is_some() { "omni" } else { "standalone" },
+        "ironboot starting"
+    );
+    tracing::debug!(selection = ?config.bmc, "BMC back-end selection");
+    tracing::debug!(
+        agent = ?config.agent,
+        min_reboot_interval = ?config.min_reboot_interval,
+        machine_labels = ?config.machine_labels,
+        agent_boot = ?config.agent_boot,
+        "lifecycle settings"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(app::run(config))
+}
