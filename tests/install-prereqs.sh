@@ -91,6 +91,14 @@ if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
   die "go mod download failed in tests/agent-harness (is the Go module proxy reachable?)"
 # --- end metal agent harness -------------------------------------------------------------
 
+# --- Go provider's PXE peer (tests/storm_pxe.rs, benches): Go + dhcp/tftp modules ---------
+# tests/pxe-peer serves ProxyDHCP and TFTP on the Go provider's own libraries
+# (insomniacslk/dhcp, pin/tftp/v3) at the versions its go.mod pins; pinned by the peer's
+# go.mod/go.sum. Uses the Go found for the Omni harness above.
+(cd "$(dirname "$0")/pxe-peer" && "$GO" mod download) ||
+  die "go mod download failed in tests/pxe-peer (is the Go module proxy reachable?)"
+# --- end Go provider's PXE peer ----------------------------------------------------------
+
 # --- Bounded fuzzing (tests/fuzz-smoke.sh): cargo-fuzz on the nightly toolchain --------
 rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal ||
   die "installing the nightly toolchain failed (cargo-fuzz needs it)"

@@ -15,9 +15,14 @@
 //!   silent namespace must fail every machine in the discover stage (exit status 1).
 //! - dnsmasq (`--no-http`): every DHCP and TFTP stage succeeds, and its log shows every
 //!   boot file sent: the generator is not ironboot-specific.
+//! - the Go provider's own libraries (`tests/pxe-peer`: insomniacslk/dhcp server4 and
+//!   pin/tftp v3, configured as the provider configures them, built with `go build`):
+//!   50 machines through every stage, the TFTP bytes those of the served files (and curl
+//!   fetches them byte for byte), and the peer logs no error but the aborted size probes.
 //!
-//! Needs root (namespaces, port 68) and the packages of `tests/install-prereqs.sh`; without
-//! them each test FAILS (never skips) and says what is missing.
+//! Needs root (namespaces, port 68), Go with the peer's modules, and the packages of
+//! `tests/install-prereqs.sh`; without them each test FAILS (never skips) and says what is
+//! missing.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -29,6 +34,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+#[path = "common/go_harness.rs"]
+mod go_harness;
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";
@@ -37,6 +44,8 @@ const SERVER_IP: &str = "10.77.0.1";
 const LOAD_IP: &str = "10.77.0.2";
 const API: &str = "http://10.77.0.1:50042";
 const MACHINES: u64 = 200;
+/// Machines of the ProxyDHCP-only storm (`--stop-after discover`) after the full one.
+const DHCP_ONLY_MACHINES: u64 = 300;
 /// Addresses of the emulated machines: 10.77.1.10 .. 10.77.1.59 (four machines each,
 /// under ironboot's default cap of eight TFTP transfers per client address).
 const SOURCES: u32 = 50;
@@ -54,6 +63,9 @@ const COMMANDS: [(&str, &str); 5] = [
     ("timeout", "coreutils"),
 ];
 const FILES: [(&str, &str); 2] = [(SNPONLY, "ipxe"), (UNDIONLY, "ipxe")];
+/// Machines storming the Go provider's own libraries (`tests/pxe-peer`): its single-port
+/// TFTP sends 512-byte blocks only, so a smaller storm keeps the test to seconds.
+const GO_PEER_MACHINES: u64 = 50;
 
 fn check_prerequisites() {
     if let Some(why) =
@@ -339,18 +351,18 @@ fn num(v: &Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("report has no number at {path:?}: {v}"))
 }
 
-/// Every machine booted, every stage counted once per machine.
-fn assert_all_booted(report: &Value, stages: &[&str], what: &str) {
+/// Every one of `machines` booted, every stage counted once per machine.
+fn assert_all_booted(report: &Value, machines: u64, stages: &[&str], what: &str) {
     let ok = num(report, &["booted"]);
     let failed = num(report, &["failed"]);
     assert!(
-        ok == MACHINES && failed == 0,
-        "{what}: {ok} of {MACHINES} machines booted, {failed} failed; report: {report:#}"
+        ok == machines && failed == 0,
+        "{what}: {ok} of {machines} machines booted, {failed} failed; report: {report:#}"
     );
     for stage in stages {
         assert_eq!(
             num(report, &["stages", stage, "ok"]),
-            MACHINES,
+            machines,
             "{what}: stage {stage}; report: {report:#}"
         );
     }
@@ -362,10 +374,11 @@ fn assert_all_booted(report: &Value, stages: &[&str], what: &str) {
     assert!(num(report, &["tftp_bytes"]) > 0);
 }
 
-/// The file sizes the machines must have fetched: half snponly.efi, half undionly.kpxe.
-fn expected_tftp_bytes() -> u64 {
+/// The file sizes `machines` (an even number) must have fetched: half snponly.efi, half
+/// undionly.kpxe.
+fn expected_tftp_bytes(machines: u64) -> u64 {
     let size = |p: &str| fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}")).len();
-    MACHINES / 2 * (size(SNPONLY) + size(UNDIONLY))
+    machines / 2 * (size(SNPONLY) + size(UNDIONLY))
 }
 
 fn storm_against_ironboot(label: &str, driver: &str) {
@@ -446,9 +459,14 @@ fn storm_against_ironboot(label: &str, driver: &str) {
     let (code, report, stderr) = lab.storm(MACHINES, TIMEOUT_SCALE, &[]);
     eprintln!("[{driver}] storm report: {report}");
     let context = || format!("stderr: {stderr}\n{}", lab.log_tail("ironboot"));
-    assert_all_booted(&report, &["discover", "request", "tftp", "http"], driver);
+    assert_all_booted(
+        &report,
+        MACHINES,
+        &["discover", "request", "tftp", "http"],
+        driver,
+    );
     assert_eq!(code, Some(0), "{}", context());
-    assert_eq!(num(&report, &["tftp_bytes"]), expected_tftp_bytes());
+    assert_eq!(num(&report, &["tftp_bytes"]), expected_tftp_bytes(MACHINES));
     let replies = &report["replies"];
     assert_eq!(
         num(replies, &["wrong_chaddr"]) + num(replies, &["malformed"]),
@@ -543,6 +561,67 @@ fn storm_against_ironboot(label: &str, driver: &str) {
         want.difference(&got).take(5).collect::<Vec<_>>(),
         got.difference(&want).take(5).collect::<Vec<_>>()
     );
+
+    // ProxyDHCP alone (`--stop-after discover`, open loop): one OFFER per machine, no
+    // REQUEST, no TFTP, and a completion curve that ends at the last machine.
+    let (code, dhcp_only, stderr) = lab.storm(
+        DHCP_ONLY_MACHINES,
+        TIMEOUT_SCALE,
+        &["--stop-after", "discover", "--rate", "2000"],
+    );
+    assert_eq!(code, Some(0), "stderr: {stderr}\n{dhcp_only:#}");
+    let stages: Vec<&String> = dhcp_only["stages"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(stages, ["discover"], "{dhcp_only:#}");
+    assert_eq!(num(&dhcp_only, &["booted"]), DHCP_ONLY_MACHINES);
+    assert_eq!(dhcp_only["stop_after"], "discover");
+    assert_eq!(
+        (
+            num(&dhcp_only, &["tftp_bytes"]),
+            num(&dhcp_only, &["replies", "acks"])
+        ),
+        (0, 0),
+        "{dhcp_only:#}"
+    );
+    let curve = dhcp_only["completion_curve"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no completion_curve: {dhcp_only:#}"));
+    let last = &curve[curve.len() - 1];
+    assert_eq!(last[1].as_f64(), Some(DHCP_ONLY_MACHINES as f64));
+    assert!(
+        curve
+            .windows(2)
+            .all(|w| w[0][0].as_f64() <= w[1][0].as_f64() && w[0][1].as_f64() < w[1][1].as_f64()),
+        "{dhcp_only:#}"
+    );
+    let more_offers = num(&dhcp_only, &["replies", "offers"]);
+    let want = [
+        (
+            "ironboot_dhcp_replies_total{type=\"offer\"}",
+            offers + more_offers,
+        ),
+        ("ironboot_dhcp_replies_total{type=\"ack\"}", acks),
+    ];
+    let start = Instant::now();
+    let metrics = loop {
+        let m = lab.http_get(&format!("{API}/metrics"));
+        if want.iter().all(|(s, n)| metric(&m, s) == Some(*n))
+            || start.elapsed() > Duration::from_secs(5)
+        {
+            break m;
+        }
+        sleep(Duration::from_millis(100));
+    };
+    for (sample, n) in want {
+        assert_eq!(
+            metric(&metrics, sample),
+            Some(n),
+            "[{driver}] after the DHCP-only storm, /metrics {sample}; report: {dhcp_only:#}"
+        );
+    }
+
     let err = fs::read_to_string(lab.path("ironboot.err")).unwrap_or_default();
     assert!(!err.contains("panicked"), "{}", lab.log_tail("ironboot"));
 }
@@ -605,9 +684,14 @@ fn storm_of_200_against_dnsmasq_proxy_and_tftp() {
     }
 
     let (code, report, stderr) = lab.storm(MACHINES, TIMEOUT_SCALE, &["--no-http"]);
-    assert_all_booted(&report, &["discover", "request", "tftp"], "dnsmasq");
+    assert_all_booted(
+        &report,
+        MACHINES,
+        &["discover", "request", "tftp"],
+        "dnsmasq",
+    );
     assert_eq!(code, Some(0), "stderr: {stderr}");
-    assert_eq!(num(&report, &["tftp_bytes"]), expected_tftp_bytes());
+    assert_eq!(num(&report, &["tftp_bytes"]), expected_tftp_bytes(MACHINES));
 
     // dnsmasq's own account: every boot file sent, and the UEFI half's size probes
     // aborted with ERROR 8. dnsmasq logs "sent" for an aborted probe too, so snp.efi
@@ -635,4 +719,155 @@ fn storm_of_200_against_dnsmasq_proxy_and_tftp() {
         );
         sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn storm_of_50_against_the_go_providers_dhcp_and_tftp_libraries() {
+    let mut lab = Lab::new("g");
+    let peer = go_harness::build(
+        "the PXE storm test against the Go provider's DHCP/TFTP libraries",
+        "pxe-peer",
+        "pxepeer",
+    );
+    let root = lab.dir.path().join("tftp");
+    fs::create_dir(&root).expect("mkdir tftp root");
+    let served = [(SNPONLY, "snp.efi"), (UNDIONLY, "undionly.kpxe")];
+    for (src, name) in served {
+        fs::copy(src, root.join(name)).unwrap_or_else(|e| panic!("copy {src}: {e}"));
+    }
+    let (peer, root, srv_if) = (
+        peer.display().to_string(),
+        root.display().to_string(),
+        lab.srv_if.clone(),
+    );
+    lab.start_server(
+        "pxepeer",
+        &[
+            &peer,
+            "--iface",
+            &srv_if,
+            "--advertise",
+            SERVER_IP,
+            "--listen",
+            SERVER_IP,
+            "--tftp-root",
+            &root,
+        ],
+    );
+    // Ready once it prints its one "listening" line: every socket is bound by then.
+    let start = Instant::now();
+    let listening: Value = loop {
+        let out = fs::read_to_string(lab.path("pxepeer.out")).unwrap_or_default();
+        if let Some(line) = out.lines().next() {
+            break serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("pxepeer's first line {line:?}: {e}"));
+        }
+        let exited = lab
+            .children
+            .last_mut()
+            .and_then(|(_, c)| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            panic!(
+                "pxepeer exited at start ({status}):\n{}",
+                lab.log_tail("pxepeer")
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pxepeer did not say it listens within 10 s:\n{}",
+            lab.log_tail("pxepeer")
+        );
+        sleep(Duration::from_millis(50));
+    };
+    let size = |p: &str| fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}")).len();
+    assert_eq!(
+        (
+            listening["msg"].as_str(),
+            listening["tftp"].as_str(),
+            listening["files"]["snp.efi"].as_u64(),
+            listening["files"]["undionly.kpxe"].as_u64(),
+        ),
+        (
+            Some("listening"),
+            Some("10.77.0.1:69"),
+            Some(size(SNPONLY)),
+            Some(size(UNDIONLY))
+        ),
+        "{listening}"
+    );
+
+    let (code, report, stderr) = lab.storm(GO_PEER_MACHINES, TIMEOUT_SCALE, &[]);
+    eprintln!("[go peer] storm report: {report}");
+    let what = "the Go provider's libraries";
+    assert_all_booted(
+        &report,
+        GO_PEER_MACHINES,
+        &["discover", "request", "tftp", "http"],
+        what,
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "stderr: {stderr}\n{}",
+        lab.log_tail("pxepeer")
+    );
+    assert_eq!(
+        num(&report, &["tftp_bytes"]),
+        expected_tftp_bytes(GO_PEER_MACHINES)
+    );
+    let replies = &report["replies"];
+    assert_eq!(
+        num(replies, &["wrong_chaddr"]) + num(replies, &["malformed"]),
+        0,
+        "{report:#}"
+    );
+    assert!(
+        num(replies, &["offers"]) >= GO_PEER_MACHINES
+            && num(replies, &["acks"]) >= GO_PEER_MACHINES,
+        "{report:#}"
+    );
+    // Each machine got the peer's boot script.
+    let script = lab.http_get(&format!("{API}/ipxe/boot.ipxe?uuid=x"));
+    assert!(script.starts_with("#!ipxe\n"), "{script:?}");
+    assert_eq!(
+        num(&report, &["http_bytes"]),
+        GO_PEER_MACHINES * script.len() as u64,
+        "{report:#}"
+    );
+    // pin/tftp serves the files byte for byte (the storm counts bytes; curl fetches them
+    // from the machines' namespace).
+    for (src, name) in served {
+        let url = format!("tftp://{SERVER_IP}/{name}");
+        let out = lab.exec(&lab.load, "curl", &["-sS", "--max-time", "20", &url], 30);
+        assert!(
+            out.status.success(),
+            "GET {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = fs::read(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert!(
+            out.stdout == want,
+            "{url}: {} bytes differ from {src} ({} bytes)",
+            out.stdout.len(),
+            want.len()
+        );
+    }
+    // The peer's own account: errors only for the UEFI half's EDK2 size probes, each
+    // aborted with ERROR 8 after the OACK (pin/tftp reports it from the read handler).
+    let err = fs::read_to_string(lab.path("pxepeer.err")).unwrap_or_default();
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("panic"))
+        .collect();
+    let aborted = errors
+        .iter()
+        .filter(|l| l.contains("\"filename\":\"snp.efi\"") && l.contains("code=8"))
+        .count() as u64;
+    assert!(
+        aborted == GO_PEER_MACHINES / 2 && errors.len() as u64 == aborted,
+        "pxepeer logged {} errors, want exactly the {} aborted size probes:\n{}",
+        errors.len(),
+        GO_PEER_MACHINES / 2,
+        lab.log_tail("pxepeer")
+    );
 }
