@@ -163,3 +163,76 @@ start_sampler() {
     sample_rss "$1" &
     SAMPLER_PID=$!
 }
+
+# The PXE servers' files in $WORK: tftp/ (snp.efi, undionly.kpxe) for dnsmasq, tftpd-hpa and
+# the Go peer, ipxe/ for ironboot, and dnsmasq's proxy configurations: dnsmasq.conf (a boot
+# service per architecture, TFTP by dnsmasq itself, tftp-max raised, quiet) and
+# dnsmasq-proxy.conf (the same without TFTP, for dnsmasq+tftpd-hpa).
+# shellcheck disable=SC2153 # SRV_IP, OUT: set by the sourcing script
+stage_pxe_files() {
+    mkdir -p "$OUT" "$WORK/tftp" "$WORK/ipxe"
+    chmod 755 "$WORK/tftp" "$WORK/ipxe"
+    install -m 644 /usr/lib/ipxe/snponly.efi "$WORK/tftp/snp.efi"
+    install -m 644 /usr/lib/ipxe/undionly.kpxe "$WORK/tftp/undionly.kpxe"
+    install -m 644 /usr/lib/ipxe/snponly.efi /usr/lib/ipxe/undionly.kpxe "$WORK/ipxe/"
+    cat >"$WORK/dnsmasq-proxy.conf" <<EOF
+port=0
+interface=$VETH_SRV
+bind-interfaces
+dhcp-range=$SRV_IP,proxy,255.255.0.0
+pxe-service=X86-64_EFI,"bench",snp.efi
+pxe-service=x86PC,"bench",undionly.kpxe
+EOF
+    cp "$WORK/dnsmasq-proxy.conf" "$WORK/dnsmasq.conf"
+    printf 'enable-tftp\ntftp-root=%s\ntftp-max=4000\nquiet-tftp\n' "$WORK/tftp" >>"$WORK/dnsmasq.conf"
+}
+
+# start_pxe_server NAME [STORM ARGS...]: start one PXE server in the server namespace, at
+# $SRV_IP on $VETH_SRV, its output in $OUT/NAME.log, and wait until a one-machine storm
+# (with STORM ARGS, e.g. `--stop-after discover` or `--no-http`) boots through it. NAME:
+#   ironboot-io-uring, ironboot-portable  $BIN with that driver, $WORK/ipxe, and
+#                       $WORK/inventory.toml if there is one, plus $IRONBOOT_ARGS
+#   dnsmasq             dnsmasq with $WORK/dnsmasq.conf
+#   dnsmasq+tftpd-hpa   dnsmasq with $WORK/dnsmasq-proxy.conf, and $HPA serving $WORK/tftp
+#   go-provider         $GO_PEER (tests/pxe-peer) serving $WORK/tftp
+# shellcheck disable=SC2153 # SRV_IP, OUT, BIN, HPA, GO_PEER: set by the sourcing script
+start_pxe_server() {
+    local name=$1 inventory=()
+    shift
+    case $name in
+    ironboot-io-uring | ironboot-portable)
+        rm -rf "$WORK/state" && mkdir -p "$WORK/state"
+        [ -f "$WORK/inventory.toml" ] && inventory=(--inventory "$WORK/inventory.toml")
+        ip netns exec "$NS_SRV" "$BIN" --dhcp-proxy-iface-or-ip "$VETH_SRV" \
+            --api-advertise-address "$SRV_IP" --state-dir "$WORK/state" "${inventory[@]}" \
+            --ipxe-dir "$WORK/ipxe" --udp-driver "${name#ironboot-}" "${IRONBOOT_ARGS[@]}" \
+            >"$OUT/$name.log" 2>&1 &
+        ;;
+    dnsmasq)
+        ip netns exec "$NS_SRV" dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq.conf" \
+            --user=root --pid-file= --log-facility=/dev/null >"$OUT/$name.log" 2>&1 &
+        ;;
+    dnsmasq+tftpd-hpa)
+        ip netns exec "$NS_SRV" "$HPA" -L -s "$WORK/tftp" -a "$SRV_IP:69" >"$OUT/$name-tftpd.log" 2>&1 &
+        SERVER2_PID=$!
+        ip netns exec "$NS_SRV" dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq-proxy.conf" \
+            --user=root --pid-file= --log-facility=/dev/null >"$OUT/$name.log" 2>&1 &
+        ;;
+    go-provider)
+        ip netns exec "$NS_SRV" "$GO_PEER" --iface "$VETH_SRV" --advertise "$SRV_IP" \
+            --listen "$SRV_IP" --tftp-root "$WORK/tftp" >"$OUT/$name.log" 2>&1 &
+        ;;
+    *) bench_die "unknown server $name" ;;
+    esac
+    # `ip netns exec` execs the server: $! is the server's own PID (not a subshell's).
+    SERVER_PID=$!
+    for _ in $(seq 1 50); do
+        if in_load "$BIN" storm pxe --server "$SRV_IP" --interface "$VETH_LOAD" --machines 1 \
+            --first 999999 --timeout-scale 0.05 --quiet "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    bench_die "$name did not start; see $OUT/$name.log"
+}

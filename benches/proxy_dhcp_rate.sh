@@ -40,50 +40,9 @@ LOAD_IP=10.96.0.2
 build_ironboot
 bench_setup "$SRV_IP" "$LOAD_IP" 10.96 0
 if [[ " $SERVERS " == *" go-provider "* ]]; then build_go_peer; fi
-mkdir -p "$OUT" "$WORK/tftp" "$WORK/ipxe"
-chmod 755 "$WORK/tftp" "$WORK/ipxe"
-install -m 644 /usr/lib/ipxe/snponly.efi "$WORK/tftp/snp.efi"
-install -m 644 /usr/lib/ipxe/undionly.kpxe "$WORK/tftp/undionly.kpxe"
-install -m 644 /usr/lib/ipxe/snponly.efi /usr/lib/ipxe/undionly.kpxe "$WORK/ipxe/"
-cat >"$WORK/dnsmasq.conf" <<EOF
-port=0
-interface=$VETH_SRV
-bind-interfaces
-dhcp-range=$SRV_IP,proxy,255.255.0.0
-pxe-service=X86-64_EFI,"bench",snp.efi
-pxe-service=x86PC,"bench",undionly.kpxe
-EOF
-
-start_server() {
-    local name=$1
-    case $name in
-    ironboot-io-uring | ironboot-portable)
-        rm -rf "$WORK/state" && mkdir -p "$WORK/state"
-        ip netns exec "$NS_SRV" "$BIN" --dhcp-proxy-iface-or-ip "$VETH_SRV" --api-advertise-address "$SRV_IP" \
-            --state-dir "$WORK/state" --ipxe-dir "$WORK/ipxe" --udp-driver "${name#ironboot-}" \
-            "${IRONBOOT_ARGS[@]}" >"$OUT/$name.log" 2>&1 &
-        ;;
-    dnsmasq)
-        ip netns exec "$NS_SRV" dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq.conf" \
-            --user=root --pid-file= --log-facility=/dev/null >"$OUT/$name.log" 2>&1 &
-        ;;
-    go-provider)
-        ip netns exec "$NS_SRV" "$GO_PEER" --iface "$VETH_SRV" --advertise "$SRV_IP" --listen "$SRV_IP" \
-            --tftp-root "$WORK/tftp" >"$OUT/$name.log" 2>&1 &
-        ;;
-    *) bench_die "unknown server $name" ;;
-    esac
-    SERVER_PID=$!
-    for _ in $(seq 1 50); do
-        if in_load "$BIN" storm pxe --server "$SRV_IP" --interface "$VETH_LOAD" --machines 1 \
-            --first 999999 --timeout-scale 0.05 --stop-after discover --quiet >/dev/null 2>&1; then
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.2
-    done
-    bench_die "$name did not start; see $OUT/$name.log"
-}
+stage_pxe_files
+# ProxyDHCP alone: dnsmasq without its TFTP server.
+cp "$WORK/dnsmasq-proxy.conf" "$WORK/dnsmasq.conf"
 
 # A BIOS PXE ROM's identity: option 60 "PXEClient:Arch:00000:UNDI:002001", 93 arch 0,
 # 94 UNDI 2.1, 97 a zero GUID (type 0 + 16 bytes).
@@ -113,7 +72,7 @@ RESULTS=$OUT/results.jsonl
 first=1
 for server in $SERVERS; do
     echo "== $server" >&2
-    start_server "$server"
+    start_pxe_server "$server" --stop-after discover
     for gen in $GENERATORS; do
         for rate in $RATES; do
             run=$server-$gen-$rate

@@ -60,73 +60,11 @@ bench_setup "$SRV_IP" "$LOAD_IP" 10.98 "$SOURCES"
 if [[ " $SERVERS " == *"tftpd-hpa "* ]]; then fetch_tftpd_hpa; fi
 if [[ " $SERVERS " == *" go-provider "* ]]; then build_go_peer; fi
 
-mkdir -p "$OUT" "$WORK/tftp" "$WORK/ipxe"
-chmod 755 "$WORK/tftp" "$WORK/ipxe"
-install -m 644 /usr/lib/ipxe/snponly.efi "$WORK/tftp/snp.efi"
-install -m 644 /usr/lib/ipxe/undionly.kpxe "$WORK/tftp/undionly.kpxe"
-install -m 644 /usr/lib/ipxe/snponly.efi /usr/lib/ipxe/undionly.kpxe "$WORK/ipxe/"
+stage_pxe_files
 # shellcheck disable=SC2016 # ${uuid} is iPXE's, not the shell's
 printf '[default]\nscript = """#!ipxe\necho storm ${uuid}\n"""\n' >"$WORK/inventory.toml"
-# dnsmasq's proxy: a boot service per architecture, TFTP by dnsmasq itself or (for
-# dnsmasq+tftpd-hpa) by tftpd-hpa on the same address.
-dnsmasq_conf() {
-    cat <<EOF
-port=0
-interface=$VETH_SRV
-bind-interfaces
-dhcp-range=$SRV_IP,proxy,255.255.0.0
-pxe-service=X86-64_EFI,"storm",snp.efi
-pxe-service=x86PC,"storm",undionly.kpxe
-EOF
-    if [ "$1" = tftp ]; then
-        printf 'enable-tftp\ntftp-root=%s\ntftp-max=4000\nquiet-tftp\n' "$WORK/tftp"
-    fi
-}
-dnsmasq_conf tftp >"$WORK/dnsmasq.conf"
-dnsmasq_conf notftp >"$WORK/dnsmasq-proxy.conf"
 
-# --- servers -----------------------------------------------------------------------------
-start_server() {
-    local name=$1
-    http_args "$name"
-    case $name in
-    ironboot-io-uring | ironboot-portable)
-        rm -rf "$WORK/state" && mkdir -p "$WORK/state"
-        ip netns exec "$NS_SRV" "$BIN" --dhcp-proxy-iface-or-ip "$VETH_SRV" \
-            --api-advertise-address "$SRV_IP" --state-dir "$WORK/state" \
-            --inventory "$WORK/inventory.toml" --ipxe-dir "$WORK/ipxe" \
-            --udp-driver "${name#ironboot-}" "${IRONBOOT_ARGS[@]}" >"$OUT/$name.log" 2>&1 &
-        ;;
-    dnsmasq)
-        ip netns exec "$NS_SRV" dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq.conf" \
-            --user=root --pid-file= --log-facility=/dev/null >"$OUT/$name.log" 2>&1 &
-        ;;
-    dnsmasq+tftpd-hpa)
-        ip netns exec "$NS_SRV" "$HPA" -L -s "$WORK/tftp" -a "$SRV_IP:69" >"$OUT/$name-tftpd.log" 2>&1 &
-        SERVER2_PID=$!
-        ip netns exec "$NS_SRV" dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq-proxy.conf" \
-            --user=root --pid-file= --log-facility=/dev/null >"$OUT/$name.log" 2>&1 &
-        ;;
-    go-provider)
-        ip netns exec "$NS_SRV" "$GO_PEER" --iface "$VETH_SRV" --advertise "$SRV_IP" --listen "$SRV_IP" \
-            --tftp-root "$WORK/tftp" >"$OUT/$name.log" 2>&1 &
-        ;;
-    *) bench_die "unknown server $name" ;;
-    esac
-    # `ip netns exec` execs the server: $! is the server's own PID (not a subshell's).
-    SERVER_PID=$!
-    # Ready when one machine boots.
-    for _ in $(seq 1 50); do
-        if in_load "$BIN" storm pxe --server "$SRV_IP" --interface "$VETH_LOAD" --machines 1 \
-            --first 999999 --timeout-scale 0.05 --quiet "${HTTP_ARGS[@]}" >/dev/null 2>&1; then
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.2
-    done
-    bench_die "$name did not start; see $OUT/$name.log"
-}
-
+# --- servers (start_pxe_server is in lib.sh) --------------------------------------------
 # The HTTP stage: not for dnsmasq (no HTTP API).
 http_args() {
     HTTP_ARGS=()
@@ -143,7 +81,8 @@ RESULTS=$OUT/results.jsonl
 first=1
 for server in $SERVERS; do
     echo "== $server" >&2
-    start_server "$server"
+    http_args "$server"
+    start_pxe_server "$server" "${HTTP_ARGS[@]}"
     for shaping in $SHAPES; do
         shape "$shaping"
         for load in $LOADS; do

@@ -36,6 +36,10 @@ use serde_json::Value;
 mod common;
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[path = "common/netns.rs"]
+mod netns;
+
+use netns::{VethPair, run_ok, stop};
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";
@@ -75,27 +79,11 @@ fn check_prerequisites() {
     }
 }
 
-fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("PATH", common::path_env())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Two namespaces joined by a veth pair, and the processes started in them. Dropping it
 /// stops those processes (by PID: SIGTERM, then SIGKILL) and deletes the namespaces (which
 /// deletes the veth pair).
 struct Lab {
-    srv: String,
-    load: String,
-    srv_if: String,
-    load_if: String,
+    net: VethPair,
     children: Vec<(String, Child)>,
     dir: tempfile::TempDir,
 }
@@ -107,86 +95,31 @@ impl Lab {
             .prefix(&format!("ironboot-storm-pxe-{label}-"))
             .tempdir()
             .expect("temporary directory");
-        let id = format!("ibsp{}{label}", std::process::id());
         let lab = Lab {
-            srv: format!("{id}-srv"),
-            load: format!("{id}-load"),
-            // Interface names are at most 15 bytes: keep them short and unique per test.
-            srv_if: format!("sp{}{label}s", std::process::id() % 100_000),
-            load_if: format!("sp{}{label}l", std::process::id() % 100_000),
+            net: VethPair::new(
+                "sp",
+                label,
+                &format!("{SERVER_IP}/16"),
+                &format!("{LOAD_IP}/16"),
+            ),
             children: Vec::new(),
             dir,
         };
-        for ns in [&lab.srv, &lab.load] {
-            // Left over only by a crashed run of this very PID.
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .env("PATH", common::path_env())
-                .stderr(Stdio::null())
-                .status();
-            run_ok("ip", &["netns", "add", ns]);
-            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        run_ok(
-            "ip",
-            &[
-                "-n",
-                &lab.srv,
-                "link",
-                "add",
-                &lab.srv_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &lab.load_if,
-                "netns",
-                &lab.load,
-            ],
-        );
-        let cidr = |ip: &str| format!("{ip}/16");
-        run_ok(
-            "ip",
-            &[
-                "-n",
-                &lab.srv,
-                "addr",
-                "add",
-                &cidr(SERVER_IP),
-                "dev",
-                &lab.srv_if,
-            ],
-        );
-        run_ok(
-            "ip",
-            &[
-                "-n",
-                &lab.load,
-                "addr",
-                "add",
-                &cidr(LOAD_IP),
-                "dev",
-                &lab.load_if,
-            ],
-        );
         let batch = lab.dir.path().join("addrs.batch");
         let lines: String = sources()
             .iter()
-            .map(|ip| format!("addr add {ip}/16 dev {}\n", lab.load_if))
+            .map(|ip| format!("addr add {ip}/16 dev {}\n", lab.net.client_if))
             .collect();
         fs::write(&batch, lines).expect("write ip batch");
         run_ok(
             "ip",
             &[
                 "-n",
-                &lab.load,
+                &lab.net.client_ns,
                 "-batch",
                 batch.to_str().expect("utf-8 path"),
             ],
         );
-        for (ns, ifname) in [(&lab.srv, &lab.srv_if), (&lab.load, &lab.load_if)] {
-            run_ok("ip", &["-n", ns, "link", "set", ifname, "up"]);
-        }
         lab
     }
 
@@ -201,7 +134,7 @@ impl Lab {
         };
         // `ip netns exec` execs the program: the child's PID is the server's own.
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.srv])
+            .args(["netns", "exec", &self.net.server_ns])
             .args(args)
             .env("PATH", common::path_env())
             .env("RUST_BACKTRACE", "1")
@@ -210,7 +143,7 @@ impl Lab {
             .stdout(log("out"))
             .stderr(log("err"))
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {args:?} in {}: {e}", self.srv));
+            .unwrap_or_else(|e| panic!("starting {args:?} in {}: {e}", self.net.server_ns));
         self.children.push((name.to_owned(), child));
     }
 
@@ -230,22 +163,7 @@ impl Lab {
 
     /// Run `program args` in namespace `ns`, killed after `limit_s` seconds.
     fn exec(&self, ns: &str, program: &str, args: &[&str], limit_s: u32) -> Output {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "timeout",
-                "-k",
-                "5",
-                &limit_s.to_string(),
-            ])
-            .arg(program)
-            .args(args)
-            .env("PATH", common::path_env())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {program} in {ns}: {e}"))
+        self.net.exec(ns, program, args, limit_s)
     }
 
     /// The storm, from the load namespace; its exit status and JSON report.
@@ -259,7 +177,7 @@ impl Lab {
             "--server",
             SERVER_IP,
             "--interface",
-            &self.load_if,
+            &self.net.client_if,
             "--firmware",
             "mixed",
             "--timeout-scale",
@@ -274,7 +192,7 @@ impl Lab {
             "--quiet",
         ];
         args.extend_from_slice(extra);
-        let out = self.exec(&self.load, IRONBOOT, &args, 50);
+        let out = self.exec(&self.net.client_ns, IRONBOOT, &args, 50);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -286,8 +204,61 @@ impl Lab {
         (out.status.code(), report, stderr)
     }
 
+    /// Poll `ready` until it gives a value; fail with `name`'s log if the process started
+    /// last exits first, or if `limit` passes.
+    fn wait_started<T>(
+        &mut self,
+        name: &str,
+        limit: Duration,
+        what: &str,
+        mut ready: impl FnMut(&Lab) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = ready(self) {
+                return v;
+            }
+            let exited = self
+                .children
+                .last_mut()
+                .and_then(|(_, c)| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "{name} exited at start ({status}):\n{}",
+                    self.log_tail(name)
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{name} did not {what} within {limit:?}:\n{}",
+                self.log_tail(name)
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// ironboot's `/metrics` once every sample in `want` has its value, or after 5 s (its
+    /// counters are updated as it goes, so they may trail the storm's report briefly).
+    fn metrics_when(&self, want: &[(&str, u64)]) -> String {
+        let start = Instant::now();
+        loop {
+            let m = self.http_get(&format!("{API}/metrics"));
+            if want.iter().all(|(s, n)| metric(&m, s) == Some(*n))
+                || start.elapsed() > Duration::from_secs(5)
+            {
+                return m;
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
     fn http_get(&self, url: &str) -> String {
-        let out = self.exec(&self.srv, "curl", &["-sS", "--max-time", "5", url], 10);
+        let out = self.exec(
+            &self.net.server_ns,
+            "curl",
+            &["-sS", "--max-time", "5", url],
+            10,
+        );
         assert!(
             out.status.success(),
             "GET {url} failed: {}",
@@ -299,28 +270,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The namespaces go with `net`, after this.
         for (_, child) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .env("PATH", common::path_env())
-                .status();
-        }
-        for (_, child) in &mut self.children {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in [&self.srv, &self.load] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .env("PATH", common::path_env())
-                .status();
+            stop(child);
         }
     }
 }
@@ -408,7 +360,7 @@ fn storm_against_ironboot(label: &str, driver: &str) {
         "[default]\nscript = \"\"\"#!ipxe\necho storm ${uuid}\n\"\"\"\n",
     )
     .expect("write inventory");
-    let srv_if = lab.srv_if.clone();
+    let srv_if = lab.net.server_if.clone();
     lab.start_server(
         "ironboot",
         &[
@@ -427,34 +379,21 @@ fn storm_against_ironboot(label: &str, driver: &str) {
             driver,
         ],
     );
-    let start = Instant::now();
-    loop {
-        let out = lab.exec(
-            &lab.srv,
-            "curl",
-            &["-sf", "--max-time", "1", &format!("{API}/healthz")],
-            5,
-        );
-        if out.status.success() {
-            break;
-        }
-        let exited = lab
-            .children
-            .last_mut()
-            .and_then(|(_, c)| c.try_wait().ok().flatten());
-        if let Some(status) = exited {
-            panic!(
-                "ironboot exited at start ({status}):\n{}",
-                lab.log_tail("ironboot")
+    lab.wait_started(
+        "ironboot",
+        Duration::from_secs(20),
+        "answer /healthz",
+        |lab| {
+            let url = format!("{API}/healthz");
+            let out = lab.exec(
+                &lab.net.server_ns,
+                "curl",
+                &["-sf", "--max-time", "1", &url],
+                5,
             );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "ironboot did not answer /healthz within 20 s:\n{}",
-            lab.log_tail("ironboot")
-        );
-        sleep(Duration::from_millis(100));
-    }
+            out.status.success().then_some(())
+        },
+    );
 
     let (code, report, stderr) = lab.storm(MACHINES, TIMEOUT_SCALE, &[]);
     eprintln!("[{driver}] storm report: {report}");
@@ -499,15 +438,7 @@ fn storm_against_ironboot(label: &str, driver: &str) {
             MACHINES,
         ),
     ];
-    let start = Instant::now();
-    let metrics = loop {
-        let m = lab.http_get(&format!("{API}/metrics"));
-        let all = want.iter().all(|(s, n)| metric(&m, s) == Some(*n));
-        if all || start.elapsed() > Duration::from_secs(5) {
-            break m;
-        }
-        sleep(Duration::from_millis(100));
-    };
+    let metrics = lab.metrics_when(&want);
     for (sample, n) in want {
         assert_eq!(
             metric(&metrics, sample),
@@ -604,16 +535,7 @@ fn storm_against_ironboot(label: &str, driver: &str) {
         ),
         ("ironboot_dhcp_replies_total{type=\"ack\"}", acks),
     ];
-    let start = Instant::now();
-    let metrics = loop {
-        let m = lab.http_get(&format!("{API}/metrics"));
-        if want.iter().all(|(s, n)| metric(&m, s) == Some(*n))
-            || start.elapsed() > Duration::from_secs(5)
-        {
-            break m;
-        }
-        sleep(Duration::from_millis(100));
-    };
+    let metrics = lab.metrics_when(&want);
     for (sample, n) in want {
         assert_eq!(
             metric(&metrics, sample),
@@ -652,7 +574,7 @@ fn storm_of_200_against_dnsmasq_proxy_and_tftp() {
              pxe-service=X86-64_EFI,\"storm\",snp.efi\npxe-service=x86PC,\"storm\",undionly.kpxe\n\
              enable-tftp\ntftp-root={}\ntftp-max=1000\n\
              # the temporary tftp-root is readable by root only\nuser=root\n",
-            lab.srv_if,
+            lab.net.server_if,
             root.display()
         ),
     )
@@ -671,7 +593,7 @@ fn storm_of_200_against_dnsmasq_proxy_and_tftp() {
     // Listening once its DHCP socket is bound.
     let start = Instant::now();
     loop {
-        let out = lab.exec(&lab.srv, "ss", &["-Hlnu", "sport = :4011"], 5);
+        let out = lab.exec(&lab.net.server_ns, "ss", &["-Hlnu", "sport = :4011"], 5);
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             break;
         }
@@ -738,7 +660,7 @@ fn storm_of_50_against_the_go_providers_dhcp_and_tftp_libraries() {
     let (peer, root, srv_if) = (
         peer.display().to_string(),
         root.display().to_string(),
-        lab.srv_if.clone(),
+        lab.net.server_if.clone(),
     );
     lab.start_server(
         "pxepeer",
@@ -755,30 +677,19 @@ fn storm_of_50_against_the_go_providers_dhcp_and_tftp_libraries() {
         ],
     );
     // Ready once it prints its one "listening" line: every socket is bound by then.
-    let start = Instant::now();
-    let listening: Value = loop {
-        let out = fs::read_to_string(lab.path("pxepeer.out")).unwrap_or_default();
-        if let Some(line) = out.lines().next() {
-            break serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("pxepeer's first line {line:?}: {e}"));
-        }
-        let exited = lab
-            .children
-            .last_mut()
-            .and_then(|(_, c)| c.try_wait().ok().flatten());
-        if let Some(status) = exited {
-            panic!(
-                "pxepeer exited at start ({status}):\n{}",
-                lab.log_tail("pxepeer")
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "pxepeer did not say it listens within 10 s:\n{}",
-            lab.log_tail("pxepeer")
-        );
-        sleep(Duration::from_millis(50));
-    };
+    let listening: Value = lab.wait_started(
+        "pxepeer",
+        Duration::from_secs(10),
+        "say it listens",
+        |lab| {
+            let out = fs::read_to_string(lab.path("pxepeer.out")).unwrap_or_default();
+            let line = out.lines().next()?;
+            Some(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("pxepeer's first line {line:?}: {e}")),
+            )
+        },
+    );
     let size = |p: &str| fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}")).len();
     assert_eq!(
         (
@@ -838,7 +749,12 @@ fn storm_of_50_against_the_go_providers_dhcp_and_tftp_libraries() {
     // from the machines' namespace).
     for (src, name) in served {
         let url = format!("tftp://{SERVER_IP}/{name}");
-        let out = lab.exec(&lab.load, "curl", &["-sS", "--max-time", "20", &url], 30);
+        let out = lab.exec(
+            &lab.net.client_ns,
+            "curl",
+            &["-sS", "--max-time", "20", &url],
+            30,
+        );
         assert!(
             out.status.success(),
             "GET {url}: {}",

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
+
+use netns::{VethPair, run_ok, stop};
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const CLIENTS: &str = concat!(
@@ -47,26 +51,10 @@ const COMMANDS: [(&str, &str); 4] = [
 ];
 const FILES: [(&str, &str); 2] = [(SNPONLY, "ipxe"), ("/usr/lib/ipxe/undionly.kpxe", "ipxe")];
 
-fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("PATH", common::path_env())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Two namespaces joined by a veth pair and the ironboot started in one. Dropping it stops
 /// ironboot (by PID: SIGTERM, then SIGKILL) and deletes the namespaces (and the veth pair).
 struct Lab {
-    srv: String,
-    cli: String,
-    srv_if: String,
-    cli_if: String,
+    net: VethPair,
     server: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -82,55 +70,16 @@ impl Lab {
             .prefix(&format!("ironboot-udp-workers-{label}-"))
             .tempdir()
             .expect("temporary directory");
-        let pid = std::process::id();
-        let lab = Lab {
-            srv: format!("ibuw{pid}{label}-srv"),
-            cli: format!("ibuw{pid}{label}-cli"),
-            // Interface names are at most 15 bytes.
-            srv_if: format!("uw{}{label}s", pid % 100_000),
-            cli_if: format!("uw{}{label}c", pid % 100_000),
+        Lab {
+            net: VethPair::new(
+                "uw",
+                label,
+                &format!("{SERVER_IP}/24"),
+                &format!("{CLIENT_IP}/24"),
+            ),
             server: None,
             dir,
-        };
-        for ns in [&lab.srv, &lab.cli] {
-            // Left over only by a crashed run of this very PID.
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .env("PATH", common::path_env())
-                .stderr(Stdio::null())
-                .status();
-            run_ok("ip", &["netns", "add", ns]);
-            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
-        run_ok(
-            "ip",
-            &[
-                "-n",
-                &lab.srv,
-                "link",
-                "add",
-                &lab.srv_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &lab.cli_if,
-                "netns",
-                &lab.cli,
-            ],
-        );
-        for (ns, ifname, ip) in [
-            (&lab.srv, &lab.srv_if, SERVER_IP),
-            (&lab.cli, &lab.cli_if, CLIENT_IP),
-        ] {
-            let cidr = format!("{ip}/24");
-            run_ok(
-                "ip",
-                &["-n", ns, "addr", "add", &cidr, "brd", "+", "dev", ifname],
-            );
-            run_ok("ip", &["-n", ns, "link", "set", ifname, "up"]);
-        }
-        lab
     }
 
     fn path(&self, name: &str) -> String {
@@ -139,26 +88,14 @@ impl Lab {
 
     /// Run `program args` in namespace `ns`, killed after `limit_s` seconds.
     fn exec(&self, ns: &str, program: &str, args: &[&str], limit_s: u32) -> Output {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "timeout",
-                &limit_s.to_string(),
-                program,
-            ])
-            .args(args)
-            .env("PATH", common::path_env())
-            .output()
-            .unwrap_or_else(|e| panic!("running {program} {args:?} in {ns}: {e}"))
+        self.net.exec(ns, program, args, limit_s)
     }
 
     /// Run the client script in the client namespace; its JSON answer.
     fn clients(&self, args: &[&str]) -> Value {
         let mut all = vec![CLIENTS];
         all.extend_from_slice(args);
-        let out = self.exec(&self.cli, "python3", &all, 60);
+        let out = self.exec(&self.net.client_ns, "python3", &all, 60);
         assert!(
             out.status.success(),
             "pxe_clients.py {args:?} failed ({}): {}\n{}",
@@ -185,10 +122,10 @@ impl Lab {
         let state = self.path("state");
         let err = fs::File::create(self.path("ironboot.err")).expect("log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.srv, IRONBOOT])
+            .args(["netns", "exec", &self.net.server_ns, IRONBOOT])
             .args([
                 "--dhcp-proxy-iface-or-ip",
-                &self.srv_if,
+                &self.net.server_if,
                 "--api-advertise-address",
                 SERVER_IP,
                 "--state-dir",
@@ -209,12 +146,12 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting ironboot in {}: {e}", self.srv));
+            .unwrap_or_else(|e| panic!("starting ironboot in {}: {e}", self.net.server_ns));
         self.server = Some(child);
         let start = Instant::now();
         loop {
             let out = self.exec(
-                &self.srv,
+                &self.net.server_ns,
                 "curl",
                 &["-sf", "--max-time", "1", &format!("{API}/healthz")],
                 5,
@@ -268,7 +205,7 @@ impl Lab {
 
     fn metrics(&self) -> String {
         let out = self.exec(
-            &self.srv,
+            &self.net.server_ns,
             "curl",
             &["-sS", "--max-time", "5", &format!("{API}/metrics")],
             10,
@@ -280,26 +217,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The namespaces go with `net`, after this.
         if let Some(mut child) = self.server.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .env("PATH", common::path_env())
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in [&self.srv, &self.cli] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .env("PATH", common::path_env())
-                .status();
+            stop(&mut child);
         }
     }
 }
@@ -342,7 +262,7 @@ fn serve_with_workers(label: &str, driver: &str, workers: u64) {
     let dhcp = lab.clients(&[
         "dhcp",
         "--iface",
-        &lab.cli_if,
+        &lab.net.client_if,
         "--count",
         &count,
         "--listen",

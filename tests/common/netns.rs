@@ -1,0 +1,136 @@
+//! Two network namespaces joined by a veth pair, for tests that run a server in one and its
+//! clients in the other, and the process helpers that go with them. Included with
+//! `#[path = "common/netns.rs"] mod netns;` by the tests that need it (beside `mod common;`).
+//!
+//! Dropping a [`VethPair`] deletes both namespaces, and with them the pair; stop the
+//! processes started in them first ([`stop`]).
+
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::common;
+
+/// Run `program args` on the host; panic with its stderr if it fails.
+pub(crate) fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", common::path_env())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stop a process this test started, by its PID: SIGTERM, up to 10 s to exit, then SIGKILL.
+pub(crate) fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .env("PATH", common::path_env())
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The server's and the clients' namespaces and their ends of the veth pair.
+pub(crate) struct VethPair {
+    pub(crate) server_ns: String,
+    pub(crate) client_ns: String,
+    pub(crate) server_if: String,
+    pub(crate) client_if: String,
+}
+
+impl VethPair {
+    /// Namespaces `<tag><pid><label>-srv` / `-cli` with loopback up, joined by a veth pair
+    /// whose ends carry `server_cidr` and `client_cidr` and are up. `tag` (2 letters) and
+    /// `label` (a few) keep names unique per test binary and per test; interface names stay
+    /// within Linux's 15 bytes.
+    pub(crate) fn new(tag: &str, label: &str, server_cidr: &str, client_cidr: &str) -> VethPair {
+        let pid = std::process::id();
+        let pair = VethPair {
+            server_ns: format!("ib{tag}{pid}{label}-srv"),
+            client_ns: format!("ib{tag}{pid}{label}-cli"),
+            server_if: format!("{tag}{}{label}s", pid % 100_000),
+            client_if: format!("{tag}{}{label}c", pid % 100_000),
+        };
+        for ns in [&pair.server_ns, &pair.client_ns] {
+            // Left over only by a crashed run of this very PID.
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .env("PATH", common::path_env())
+                .stderr(Stdio::null())
+                .status();
+            run_ok("ip", &["netns", "add", ns]);
+            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &pair.server_ns,
+                "link",
+                "add",
+                &pair.server_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &pair.client_if,
+                "netns",
+                &pair.client_ns,
+            ],
+        );
+        for (ns, ifname, cidr) in [
+            (&pair.server_ns, &pair.server_if, server_cidr),
+            (&pair.client_ns, &pair.client_if, client_cidr),
+        ] {
+            run_ok(
+                "ip",
+                &["-n", ns, "addr", "add", cidr, "brd", "+", "dev", ifname],
+            );
+            run_ok("ip", &["-n", ns, "link", "set", ifname, "up"]);
+        }
+        pair
+    }
+
+    /// Run `program args` in namespace `ns`, killed after `limit_s` seconds.
+    pub(crate) fn exec(&self, ns: &str, program: &str, args: &[&str], limit_s: u32) -> Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "timeout",
+                "-k",
+                "5",
+                &limit_s.to_string(),
+            ])
+            .arg(program)
+            .args(args)
+            .env("PATH", common::path_env())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} {args:?} in {ns}: {e}"))
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .env("PATH", common::path_env())
+                .status();
+        }
+    }
+}
