@@ -38,8 +38,11 @@ mod common;
 mod go_harness;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/process.rs"]
+mod process;
 
-use netns::{VethPair, run_ok, stop};
+use netns::VethPair;
+use process::{run_ok, stop};
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";

@@ -32,6 +32,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
+
+use process::{run_ok, stop};
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tftp/tftp_probe.py");
@@ -412,18 +416,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
         }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         if std::thread::panicking() {
@@ -434,20 +427,6 @@ impl Drop for Server {
             );
         }
     }
-}
-
-fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("PATH", common::path_env())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn parse_probe(out: &Output, args: &[&str]) -> Value {

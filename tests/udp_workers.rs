@@ -28,8 +28,11 @@ use serde_json::Value;
 mod common;
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/process.rs"]
+mod process;
 
-use netns::{VethPair, run_ok, stop};
+use netns::VethPair;
+use process::{run_ok, stop};
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const CLIENTS: &str = concat!(

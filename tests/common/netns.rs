@@ -1,46 +1,14 @@
 //! Two network namespaces joined by a veth pair, for tests that run a server in one and its
-//! clients in the other, and the process helpers that go with them. Included with
-//! `#[path = "common/netns.rs"] mod netns;` by the tests that need it (beside `mod common;`).
+//! clients in the other. Included with `#[path = "common/netns.rs"] mod netns;` by the
+//! tests that need it, beside `mod common;` and `#[path = "common/process.rs"] mod process;`.
 //!
 //! Dropping a [`VethPair`] deletes both namespaces, and with them the pair; stop the
-//! processes started in them first ([`stop`]).
+//! processes started in them first (`process::stop`).
 
-use std::process::{Child, Command, Output, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use crate::common;
-
-/// Run `program args` on the host; panic with its stderr if it fails.
-pub(crate) fn run_ok(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("PATH", common::path_env())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Stop a process this test started, by its PID: SIGTERM, up to 10 s to exit, then SIGKILL.
-pub(crate) fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .env("PATH", common::path_env())
-        .status();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
+use crate::process::run_ok;
 
 /// The server's and the clients' namespaces and their ends of the veth pair.
 pub(crate) struct VethPair {
