@@ -208,6 +208,12 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = DEFAULT_TFTP_PORT_POOL)]
     pub(crate) tftp_port_pool: usize,
 
+    /// BMC addresses a metal agent may report (comma-separated CIDRs or addresses); an
+    /// address outside is refused and no credentials are set up. Empty = any (ironboot's
+    /// own).
+    #[arg(long, value_name = "CIDR,...", default_value = "")]
+    pub(crate) bmc_allow_cidr: String,
+
     /// Drive every IPMI-configured BMC over Redfish, without probing.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub(crate) redfish_use_always: bool,
@@ -461,6 +467,8 @@ pub(crate) struct Config {
     pub(crate) tftp: TftpSettings,
     /// BMC back-end selection (`--redfish-*`, `--ipmi-pxe-boot-mode`).
     pub(crate) bmc: ironboot_bmc::SelectorOptions,
+    /// `--bmc-allow-cidr`: where agent-reported BMCs may be (empty = anywhere).
+    pub(crate) bmc_allow: Vec<ironboot_net::cidr::Cidr>,
     /// Metal agent calls (`--agent-*-timeout`, `--wipe-with-zeroes`).
     pub(crate) agent: AgentSettings,
     /// `--min-reboot-interval`.
@@ -598,6 +606,13 @@ impl Config {
             "" => None,
             v => Some(base_url("omni-api-endpoint", v)?),
         };
+        if omni_endpoint.is_none() && cli.tls_enabled {
+            return Err(refuse(
+                "tls-enabled",
+                "the TLS port carries the metal agents' tunnels, which exist only in Omni \
+                 mode: set --omni-api-endpoint or drop --tls-enabled",
+            ));
+        }
         if omni_endpoint.is_some() && cli.inventory.is_some() {
             return Err(refuse(
                 "inventory",
@@ -668,6 +683,8 @@ impl Config {
             boot_from_disk_method: cli.boot_from_disk_method,
             tftp: tftp_settings(cli)?,
             bmc: bmc_selection(cli)?,
+            bmc_allow: ironboot_net::cidr::Cidr::parse_list(&cli.bmc_allow_cidr)
+                .map_err(|e| refuse("bmc-allow-cidr", e.to_string()))?,
             agent: AgentSettings {
                 timeouts: AgentTimeouts {
                     call: positive_duration("agent-call-timeout", &cli.agent_call_timeout)?,
@@ -1232,9 +1249,18 @@ mod tests {
                 "omni-api-endpoint",
             ),
             (
-                &["--tls-enabled", "--tls-api-port", "50042"],
+                &[
+                    "--omni-api-endpoint",
+                    "http://omni.example",
+                    "--tls-enabled",
+                    "--tls-api-port",
+                    "50042",
+                ],
                 "tls-api-port",
             ),
+            (&["--tls-enabled"], "tls-enabled"),
+            (&["--bmc-allow-cidr", "10.0.0.0/33"], "bmc-allow-cidr"),
+            (&["--bmc-allow-cidr", "10.0.0.0/8,rack"], "bmc-allow-cidr"),
             (&["--tls-cert-ttl", "1m"], "tls-cert-ttl"),
             (&["--image-factory-proxy", "yes"], "image-factory-proxy"),
             (
