@@ -12,14 +12,19 @@
 //! Needs `ipmi_sim` (Debian package `openipmi`); fails, naming it, when it is missing.
 //! Files: `tests/data/ipmi/{lan.conf.in, bmc.emu, chassis.sh}`.
 
+#[path = "support/relay.rs"]
+mod relay;
 #[path = "support/sim.rs"]
 mod sim;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ironboot_bmc::ipmi::{CipherSuite, IpmiClient, IpmiConfig};
 use ironboot_bmc::{BmcError, BootMode, PowerControl, PowerState};
+use relay::{Dir, Relay, Verdict};
 use sim::SimBmc;
 
 /// This file's client settings: suite 3 pinned, 10 s bound, 3 retries, `password`.
@@ -312,4 +317,132 @@ async fn lost_datagrams_are_retransmitted() {
         "the relay dropped too little to test anything"
     );
     relay.abort();
+}
+
+/// Waits (up to 15 s) until the simulator's chassis changes since `from` are `want`.
+async fn await_changes(sim: &SimBmc, from: usize, want: &[&str]) {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = sim.changes().split_off(from);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{}: chassis changes {got:?}, expected {want:?}",
+            sim.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `action` through a relay that loses the BMC's first datagram sent after the
+/// chassis script logged `effect` (the reply to the Chassis Control that caused it),
+/// and returns the chassis changes once `settled` (the last change the action makes)
+/// was seen, plus how many replies the relay lost.
+async fn with_lost_reply(
+    name: &str,
+    power_on: bool,
+    effect: &'static str,
+    action: impl AsyncFnOnce(&IpmiClient) -> Result<(), BmcError>,
+    want: &[&str],
+) {
+    let sim = SimBmc::start(name);
+    sim.wait_ready().await;
+    sim.set_power(power_on);
+    let log = sim.log_reader();
+    let lost = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&lost);
+    let relay = Relay::start(sim.port, move |dir, _| {
+        if dir == Dir::Down
+            && counter.load(Ordering::SeqCst) == 0
+            && log().iter().any(|l| l == effect)
+        {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Verdict::Drop
+        } else {
+            Verdict::Forward
+        }
+    })
+    .await;
+    let mut cfg = config(&sim, sim::PASSWORD);
+    cfg.port = relay.port;
+    cfg.attempt_timeout = Duration::from_millis(300);
+    let bmc = IpmiClient::new(cfg).expect("valid config");
+    let before = sim.changes().len();
+    action(&bmc)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: the action must succeed despite the lost reply: {e}"));
+    assert_eq!(lost.load(Ordering::SeqCst), 1, "{name}: no reply was lost");
+    await_changes(&sim, before, want).await;
+    // Whatever the client sent is answered by now; give the simulator a moment to act
+    // on anything still queued, then check that nothing more happened.
+    bmc.power_status().await.expect("status after");
+    await_changes(&sim, before, want).await;
+}
+
+/// A Chassis Control whose reply is lost is not simply sent again: the chassis state
+/// tells that it took effect, so a simulator that executes every copy it gets
+/// (ipmi_sim does not discard duplicates) still cycles, powers on or off only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_chassis_control_reply_never_repeats_the_action() {
+    with_lost_reply(
+        "bmc-lost-cycle",
+        true,
+        "set power 0",
+        async |b| b.power_cycle().await,
+        &["set power 0", "set power 1"],
+    )
+    .await;
+    with_lost_reply(
+        "bmc-lost-on",
+        false,
+        "set power 1",
+        async |b| b.power_on().await,
+        &["set power 1"],
+    )
+    .await;
+    with_lost_reply(
+        "bmc-lost-off",
+        true,
+        "set power 0",
+        async |b| b.power_off().await,
+        &["set power 0"],
+    )
+    .await;
+}
+
+/// ipmi_sim does not answer Get Channel Cipher Suites: the first operation pays one
+/// attempt timeout for the silence, and the answer ("none") is remembered for the BMC
+/// address, so later operations, even from new clients, do not ask again.
+#[tokio::test]
+async fn an_unanswered_cipher_suite_query_is_asked_once_per_bmc() {
+    let sim = SimBmc::start("bmc-suite-cache");
+    sim.wait_ready().await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let relay = Relay::start(sim.port, move |dir, datagram| {
+        if dir == Dir::Up && relay::is_cipher_suites_request(datagram) {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        Verdict::Forward
+    })
+    .await;
+    let client = || {
+        let mut cfg = config(&sim, sim::PASSWORD);
+        cfg.port = relay.port;
+        cfg.cipher_suite = None;
+        IpmiClient::new(cfg).expect("valid config")
+    };
+    for i in 0..3 {
+        // A new client each time, as the selector builds one per operation.
+        let bmc = client();
+        assert_eq!(
+            bmc.power_status().await.expect("status"),
+            PowerState::Off,
+            "operation {i}"
+        );
+        assert_eq!(bmc.negotiated_cipher_suite(), Some(CipherSuite::Suite3));
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "after operation {i}");
+    }
 }

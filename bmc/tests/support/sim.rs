@@ -63,6 +63,12 @@ pub(crate) struct SimBmc {
 impl SimBmc {
     /// Starts one simulator (not yet answering: see [`SimBmc::wait_ready`]).
     pub(crate) fn start(name: &str) -> Self {
+        Self::start_with_privilege(name, "admin")
+    }
+
+    /// [`SimBmc::start`] with the administrator user's privilege limit set to
+    /// `privilege` (`user`, `operator` or `admin`, as lan.conf spells them).
+    pub(crate) fn start_with_privilege(name: &str, privilege: &str) -> Self {
         let binary = ipmi_sim_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let chassis_script = data_dir().join("chassis.sh");
@@ -72,6 +78,7 @@ impl SimBmc {
         let conf = template
             .replace("@NAME@", name)
             .replace("@PORT@", &port.to_string())
+            .replace("@PRIV@", privilege)
             .replace("@CHASSIS@", chassis_script.to_str().expect("utf-8 path"));
         let conf_path = dir.path().join("lan.conf");
         std::fs::write(&conf_path, conf).expect("writing lan.conf");
@@ -166,6 +173,22 @@ impl SimBmc {
             .block_on(self.wait_ready());
     }
 
+    /// The simulator's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("simulator running").id()
+    }
+
+    /// Freezes the simulator (SIGSTOP to its PID): it keeps its socket, so datagrams
+    /// queue up unanswered, like a BMC whose firmware hangs.
+    pub(crate) fn freeze(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Lets a frozen simulator run again (SIGCONT to its PID).
+    pub(crate) fn thaw(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
     /// Kills the simulator (by its PID, through our handle).
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -179,6 +202,16 @@ impl Drop for SimBmc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Sends a signal to one process by PID with kill(1).
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
 }
 
 fn read_chassis_log(path: &Path) -> Vec<String> {
