@@ -53,7 +53,7 @@ for i in $(seq 0 $((N - 1))); do
   port=$((BASE_PORT + i))
   dir=$work/bmc$i
   mkdir -p "$dir/state"
-  sed -e "s|@NAME@|bench$i|" -e "s|@PORT@|$port|" -e "s|@PRIV@|admin|" -e "s|@CHASSIS@|$chassis|" \
+  sed -e "s|@NAME@|bench$i|" -e "s|@PORT@|$port|" -e "s|@CHASSIS@|$chassis|" \
     "$data/lan.conf.in" >"$dir/lan.conf"
   CHASSIS_STATE=$dir/chassis ipmi_sim -c "$dir/lan.conf" -f "$data/bmc.emu" -s "$dir/state" -n \
     </dev/null >/dev/null 2>&1 &

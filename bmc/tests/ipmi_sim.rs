@@ -187,8 +187,10 @@ async fn stopped_simulator_times_out_within_the_bound_naming_the_address() {
     assert!(matches!(err, BmcError::Timeout { .. }), "{err}");
     assert!(err.to_string().contains(&sim.address()), "{err}");
     assert!(err.to_string().contains("Open Session"), "{err}");
+    // Never before the bound; after it only by scheduling delay (generous: the
+    // retries alone would take 100 x 200 ms).
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
         "took {took:?} for a 1.5 s bound"
     );
 }

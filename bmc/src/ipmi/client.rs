@@ -873,7 +873,6 @@ impl<'c> Link<'c> {
         action: ChassisControl,
     ) -> Result<(), BmcError> {
         const BEFORE: &str = "Get Chassis Status (before a power cycle)";
-        const AFTER: &str = "Get Chassis Status (Chassis Control went unanswered)";
         let (netfn, command) = (cmd::NETFN_CHASSIS, cmd::CMD_CHASSIS_CONTROL);
         let step = action.describe();
         let before = match action {
@@ -895,7 +894,7 @@ impl<'c> Link<'c> {
                 Err(BmcError::Timeout { .. }) if sent < attempts && !self.expired() => {}
                 Err(e) => return Err(e),
             }
-            let on = self.power_is_on(session, AFTER).await.map_err(|e| {
+            let on = self.power_is_on(session, action.check_step()).await.map_err(|e| {
                 warn!(bmc = %self.client.address, step, "no reply, and the chassis state cannot be read: not sending it again: {e}");
                 e
             })?;

@@ -67,6 +67,25 @@ impl ChassisControl {
         }
     }
 
+    /// The step name of the status read that follows an unanswered copy of this
+    /// action, for logs and errors.
+    pub(crate) fn check_step(self) -> &'static str {
+        match self {
+            Self::PowerDown => {
+                "Get Chassis Status (after Chassis Control (power down) went unanswered)"
+            }
+            Self::PowerUp => {
+                "Get Chassis Status (after Chassis Control (power up) went unanswered)"
+            }
+            Self::PowerCycle => {
+                "Get Chassis Status (after Chassis Control (power cycle) went unanswered)"
+            }
+            Self::HardReset => {
+                "Get Chassis Status (after Chassis Control (hard reset) went unanswered)"
+            }
+        }
+    }
+
     /// For logs and errors.
     pub(crate) fn describe(self) -> &'static str {
         match self {

@@ -63,12 +63,6 @@ pub(crate) struct SimBmc {
 impl SimBmc {
     /// Starts one simulator (not yet answering: see [`SimBmc::wait_ready`]).
     pub(crate) fn start(name: &str) -> Self {
-        Self::start_with_privilege(name, "admin")
-    }
-
-    /// [`SimBmc::start`] with the administrator user's privilege limit set to
-    /// `privilege` (`user`, `operator` or `admin`, as lan.conf spells them).
-    pub(crate) fn start_with_privilege(name: &str, privilege: &str) -> Self {
         let binary = ipmi_sim_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let chassis_script = data_dir().join("chassis.sh");
@@ -78,7 +72,6 @@ impl SimBmc {
         let conf = template
             .replace("@NAME@", name)
             .replace("@PORT@", &port.to_string())
-            .replace("@PRIV@", privilege)
             .replace("@CHASSIS@", chassis_script.to_str().expect("utf-8 path"));
         let conf_path = dir.path().join("lan.conf");
         std::fs::write(&conf_path, conf).expect("writing lan.conf");
@@ -204,8 +197,8 @@ impl Drop for SimBmc {
     }
 }
 
-/// Sends a signal to one process by PID with kill(1).
-fn signal(pid: u32, sig: &str) {
+/// Sends a signal (`-STOP`, `-CONT`) to one process by PID with kill(1).
+pub(crate) fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(sig)
         .arg(pid.to_string())
