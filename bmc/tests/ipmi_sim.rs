@@ -2,8 +2,15 @@
 //! each on its own loopback port with its own state directory and chassis-control log.
 //! Every operation is checked on what the simulator's chassis script was told, not
 //! only on our return values. Also: wrong credentials, a stopped simulator (timeout
-//! within the bound), cipher suite fallback, session cleanup (80 operations in a row)
-//! and retransmission through a relay that loses every third datagram.
+//! within the bound), cipher suite fallback, session cleanup (80 operations in a row),
+//! retransmission through a relay that loses every third datagram, a Chassis Control
+//! whose reply is lost (acted on once, although ipmi_sim executes every copy it gets)
+//! and the cipher suite answer remembered per BMC address.
+//!
+//! ipmi_sim grants an RMCP+ session whatever privilege it asks for, whatever the
+//! user's limit in lan.conf (a user limited to `operator` still gets administrator and
+//! may power the chassis), so the check that the BMC granted administrator is tested
+//! against a peer that grants less, in `bmc/src/ipmi/client.rs`.
 //!
 //! ipmi_sim stores neither the valid nor the EFI bit of boot parameter 5 and logs both
 //! PXE modes as `set boot pxe`; the bytes for each mode are unit-tested in
