@@ -437,21 +437,36 @@ async fn an_unanswered_cipher_suite_query_is_asked_once_per_bmc() {
         Verdict::Forward
     })
     .await;
-    let client = || {
+    let client = |ttl| {
         let mut cfg = config(&sim, sim::PASSWORD);
         cfg.port = relay.port;
         cfg.cipher_suite = None;
+        cfg.suite_cache_ttl = ttl;
         IpmiClient::new(cfg).expect("valid config")
     };
     for i in 0..3 {
         // A new client each time, as the selector builds one per operation.
-        let bmc = client();
+        let bmc = client(ironboot_bmc::ipmi::DEFAULT_SUITE_CACHE_TTL);
+        let started = Instant::now();
         assert_eq!(
             bmc.power_status().await.expect("status"),
             PowerState::Off,
             "operation {i}"
         );
+        eprintln!("remembered: operation {i} took {:?}", started.elapsed());
         assert_eq!(bmc.negotiated_cipher_suite(), Some(CipherSuite::Suite3));
         assert_eq!(asked.load(Ordering::SeqCst), 1, "after operation {i}");
+    }
+    // The control: with nothing remembered (a zero lifetime), every operation asks.
+    for i in 1..=2 {
+        let bmc = client(Duration::ZERO);
+        let started = Instant::now();
+        bmc.power_status().await.expect("status");
+        eprintln!("not remembered: operation {i} took {:?}", started.elapsed());
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1 + i,
+            "zero lifetime, operation {i}"
+        );
     }
 }

@@ -226,6 +226,7 @@ impl IpmiClient {
         let ttl = self.config.suite_cache_ttl;
         let first = match (self.negotiated_cipher_suite(), self.config.cipher_suite) {
             (Some(suite), _) | (None, Some(suite)) => suite,
+            (None, None) if ttl.is_zero() => link.discover_suite().await?,
             (None, None) => {
                 let cached = suite_cache::shared().lookup(&self.address, Instant::now());
                 match cached {
@@ -253,7 +254,7 @@ impl IpmiClient {
             Err(e) => return Err(link.handshake_error(e)),
         };
         *self.negotiated.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.suite());
-        if session.suite() != first && self.config.cipher_suite.is_none() {
+        if session.suite() != first && self.config.cipher_suite.is_none() && !ttl.is_zero() {
             suite_cache::shared().correct(&self.address, session.suite(), Instant::now());
         }
         if let Err(e) = link.raise_privilege(&mut session).await {
@@ -1110,6 +1111,48 @@ mod tests {
             seq1 + 1,
             "each datagram has its own session sequence number"
         );
+    }
+
+    /// A power cycle whose reply is lost while the chassis state reads the same before
+    /// and after (the cycle may not have run, or already ended): the same request is
+    /// sent again, and a BMC that follows the sequence number rules recognises the
+    /// retry by its rqSeq, answers it and does not cycle again.
+    #[tokio::test]
+    async fn an_unprovable_cycle_is_resent_as_a_retry_a_compliant_bmc_recognises() {
+        let (mut bmc, client, mut session) = FakeBmc::start(Duration::from_millis(200)).await;
+        let fake = tokio::spawn(async move {
+            let mut controls = Vec::new();
+            let mut executed = Vec::new();
+            loop {
+                let (from, _, request) = bmc.receive().await;
+                match (request[1] >> 2, request[5]) {
+                    (cmd::NETFN_CHASSIS, cmd::CMD_GET_CHASSIS_STATUS) => {
+                        bmc.answer(from, &request, 0, &[0x01, 0, 0, 0]).await;
+                    }
+                    (cmd::NETFN_CHASSIS, cmd::CMD_CHASSIS_CONTROL) => {
+                        let rq_seq = request[4] >> 2;
+                        controls.push(request.clone());
+                        if !executed.contains(&rq_seq) {
+                            executed.push(rq_seq);
+                            // The first reply is lost on the way.
+                            continue;
+                        }
+                        bmc.answer(from, &request, 0, &[]).await;
+                        return (controls, executed);
+                    }
+                    other => panic!("unexpected request {other:?}"),
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut link = Link::open(&client, deadline).await.expect("link");
+        link.control(&mut session, ChassisControl::PowerCycle)
+            .await
+            .expect("the retry is answered");
+        let (controls, executed) = fake.await.expect("fake BMC");
+        assert_eq!(controls.len(), 2, "sent once, then once more");
+        assert_eq!(controls[0], controls[1], "the same request, same rqSeq");
+        assert_eq!(executed.len(), 1, "a compliant BMC cycled once");
     }
 
     /// What the client does when the BMC answers Set Session Privilege Level
