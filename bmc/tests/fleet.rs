@@ -421,25 +421,48 @@ async fn unknown_members_are_reported_and_replacing_keeps_the_bmc_lock() {
     assert!(!fleet.remove(&addr));
 }
 
-/// A BMC that hangs mid-session: its simulator is frozen (SIGSTOP) the moment it has
-/// carried out a power cycle, before its reply gets out. The operation fails within
-/// the client's bound with an error naming the BMC and the step; the fleet serves a
-/// healthy BMC all the while; once the simulator runs again (SIGCONT) and works off
-/// everything queued for it, its chassis log shows one cycle, not two.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bmc_hanging_mid_session_fails_in_its_bound_and_repeats_nothing() {
+/// Where in a power cycle's session the simulator is frozen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FreezeAt {
+    /// When the client's first datagram inside the session (Set Session Privilege
+    /// Level) arrives: it is passed on and queues up behind the frozen process.
+    SessionOpen,
+    /// When the simulator has carried out the power cycle, before its reply gets out
+    /// (the reply is lost).
+    AfterTheCycle,
+}
+
+/// A BMC that hangs mid-session: its simulator is frozen (SIGSTOP) at `at`. The power
+/// cycle fails within the client's bound with an error naming the BMC and `step`; the
+/// fleet serves a healthy BMC all the while; once the simulator runs again (SIGCONT)
+/// and works off everything queued for it, its chassis log shows `cycles` power
+/// cycles (each `set power 0` then `set power 1`), never more.
+async fn frozen_mid_session(at: FreezeAt, step: &str, cycles: usize) {
     let sims = sims("fleet-frozen-", 2).await;
     let (frozen, healthy) = (&sims[0], &sims[1]);
     frozen.set_power(true);
     let (pid, log) = (frozen.pid(), frozen.log_reader());
     let froze = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&froze);
-    let relay = Relay::start(frozen.port, move |dir, _| {
+    let relay = Relay::start(frozen.port, move |dir, datagram| {
         use std::sync::atomic::Ordering::SeqCst;
-        if dir == Dir::Down && !flag.load(SeqCst) && log().iter().any(|l| l == "set power 0") {
+        if flag.load(SeqCst) {
+            return Verdict::Forward;
+        }
+        let (now, verdict) = match at {
+            FreezeAt::SessionOpen => (
+                dir == Dir::Up && relay::in_session(datagram),
+                Verdict::Forward,
+            ),
+            FreezeAt::AfterTheCycle => (
+                dir == Dir::Down && log().iter().any(|l| l == "set power 0"),
+                Verdict::Drop,
+            ),
+        };
+        if now {
             sim::signal(pid, "-STOP");
             flag.store(true, SeqCst);
-            return Verdict::Drop;
+            return verdict;
         }
         Verdict::Forward
     })
@@ -486,10 +509,7 @@ async fn a_bmc_hanging_mid_session_fails_in_its_bound_and_repeats_nothing() {
     );
     let text = err.to_string();
     assert!(text.contains(&frozen_addr), "{text}");
-    assert!(
-        text.contains("Get Chassis Status (after Chassis Control (power cycle) went unanswered)"),
-        "{text}"
-    );
+    assert!(text.contains(step), "{text}");
     assert!(report.elapsed >= bound, "{:?}", report.elapsed);
     // Generous: the bound plus scheduling on a loaded machine.
     assert!(
@@ -518,11 +538,12 @@ async fn a_bmc_hanging_mid_session_fails_in_its_bound_and_repeats_nothing() {
 
     sim::signal(pid, "-CONT");
     drop(relay);
+    let want: Vec<&str> = ["set power 0", "set power 1"].repeat(cycles);
     // ipmi_sim powers on again by itself after its cycle delay; then nothing more.
     let until = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let got = frozen.changes().split_off(before);
-        if got == ["set power 0", "set power 1"] {
+        if got == want {
             break;
         }
         assert!(
@@ -536,7 +557,27 @@ async fn a_bmc_hanging_mid_session_fails_in_its_bound_and_repeats_nothing() {
     assert_eq!(direct.power_status().await.unwrap(), PowerState::On);
     assert_eq!(
         frozen.changes().split_off(before),
-        ["set power 0", "set power 1"],
+        want,
         "a destructive command was repeated"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmc_hanging_after_a_power_cycle_fails_in_its_bound_and_cycles_once() {
+    frozen_mid_session(
+        FreezeAt::AfterTheCycle,
+        "Get Chassis Status (after Chassis Control (power cycle) went unanswered)",
+        1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmc_hanging_once_the_session_is_open_fails_in_its_bound_and_never_cycles() {
+    frozen_mid_session(
+        FreezeAt::SessionOpen,
+        "Set Session Privilege Level (administrator)",
+        0,
+    )
+    .await;
 }
