@@ -2,7 +2,10 @@
 //! "hung" BMC (a UDP socket that never answers) and a "lying" one (answers every
 //! datagram with garbage), plus a UDP relay in front of simulators that records when
 //! each IPMI session (one client socket per operation) talks, to see on the wire that
-//! one BMC never has two sessions at once and that the fleet bound holds.
+//! one BMC never has two sessions at once and that the fleet bound holds. Also a
+//! simulator frozen (SIGSTOP) in the middle of a session, once open and once right
+//! after it carried out a power cycle: the operation fails in its bound naming the
+//! BMC, a healthy BMC is served meanwhile, and nothing destructive runs twice.
 //!
 //! Needs `ipmi_sim` (Debian package `openipmi`); fails, naming it, when it is missing.
 

@@ -104,14 +104,6 @@ pub(crate) fn rmcp_plus_header(datagram: &[u8]) -> Option<(u8, u32)> {
     Some((datagram[5] & 0x3f, sid))
 }
 
-/// The session sequence number of a v2.0 datagram (bytes 10..14, in the clear).
-pub(crate) fn session_seq(datagram: &[u8]) -> Option<u32> {
-    if datagram.len() < 16 || datagram[4] != 0x06 {
-        return None;
-    }
-    Some(u32::from_le_bytes(datagram[10..14].try_into().ok()?))
-}
-
 /// True for a datagram inside an established session (IPMI payload, encrypted and
 /// authenticated, non-zero session id).
 pub(crate) fn in_session(datagram: &[u8]) -> bool {
