@@ -174,6 +174,9 @@ pub(crate) struct AgentGate {
     state: Mutex<State>,
     file: Option<PathBuf>,
     dirty: AtomicBool,
+    /// One save at a time; a waiter whose change an earlier save took along returns at
+    /// once.
+    saving: tokio::sync::Mutex<()>,
 }
 
 enum Mode {
@@ -194,6 +197,7 @@ impl AgentGate {
             state: Mutex::default(),
             file: None,
             dirty: AtomicBool::new(false),
+            saving: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -239,6 +243,7 @@ impl AgentGate {
             state: Mutex::new(state),
             file,
             dirty: AtomicBool::new(false),
+            saving: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -372,6 +377,19 @@ impl AgentGate {
             self.dirty.store(true, Ordering::Relaxed);
         }
         written
+    }
+
+    /// Saves the bindings now, off the async workers: a binding must be on disk before
+    /// its agent can connect, or an agent reconnecting after a restart would be refused.
+    pub(crate) async fn persist(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.saving.lock().await;
+        let gate = self.clone();
+        tokio::task::spawn_blocking(move || gate.save())
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Saves the bindings every second while they change, until the gate is dropped

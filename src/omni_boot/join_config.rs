@@ -193,7 +193,7 @@ impl JoinConfig {
             .clone()
     }
 
-    fn respond(
+    async fn respond(
         &self,
         query: &HashMap<String, String>,
         peer: Option<SocketAddr>,
@@ -206,6 +206,11 @@ impl JoinConfig {
             Some(body) => {
                 if let (Some(uuid), Some(peer), Some(agents)) = (&uuid, peer, agents) {
                     bind_agent(agents, uuid, peer);
+                    // On disk before Talos starts the agent, so that a restart of ironboot
+                    // does not forget it.
+                    if let Err(e) = agents.gate().persist().await {
+                        warn!(error = %e, "saving the agent bindings failed; retrying in the background");
+                    }
                 }
                 debug!(
                     machine = uuid.map(tracing::field::display),
@@ -260,7 +265,7 @@ impl JoinConfig {
                 move |peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
                       Query(q): Query<HashMap<String, String>>| async move {
                     let peer = peer.map(|axum::Extension(ConnectInfo(a))| a);
-                    me.respond(&q, peer, agents.as_ref())
+                    me.respond(&q, peer, agents.as_ref()).await
                 },
             ),
         )
