@@ -84,8 +84,9 @@ pub enum TransferFailure {
     NegotiationAborted,
     /// The client sent a new request from the same address.
     Replaced,
-    /// No ACK came for the first reply nor for its one resend: the request's source
-    /// address never showed it receives (a lost client, or a spoofed request).
+    /// No ACK came for the first reply (sent once, resent once) within the retry time:
+    /// the request's source address never showed it receives (a lost client, or a forged
+    /// request).
     Unproven,
     /// The table of requests waiting for their first ACK was full and this was the oldest.
     PendingEvicted,

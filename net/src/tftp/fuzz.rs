@@ -303,7 +303,11 @@ impl Harness {
             "transfers outlive their retries"
         );
         assert_eq!(self.counters.active(), 0);
-        assert_eq!(self.server.pending_requests(), 0, "requests outlive their resend");
+        assert_eq!(
+            self.server.pending_requests(),
+            0,
+            "requests outlive their resend"
+        );
         assert_eq!(self.counters.pending(), 0);
         let ended = self.counters.transfers_completed()
             + TransferFailure::ALL

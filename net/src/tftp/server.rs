@@ -90,8 +90,9 @@ enum End {
 /// - until then it is *pending*: it holds no transfer slot and counts toward neither
 ///   [`TftpConfig::max_transfers`] nor [`TftpConfig::max_per_client`]; it waits in a table
 ///   of at most [`TftpConfig::max_pending`] entries, the oldest dropped when it is full;
-/// - its first reply goes out once and is resent at most once, so a forged request makes
-///   its victim receive two datagrams at most, never a window;
+/// - its first reply goes out once and is resent at most once (it then waits silently
+///   for the client's own retransmission until the retries' time is up), so a forged
+///   request makes its victim receive two datagrams at most, never a window;
 /// - an ACK from its client's address and port arriving at another transfer port before
 ///   anything beyond the first reply was acknowledged ends it without a reply: a client
 ///   locked onto its server port never does that, a blind sprayer of forged ACKs does, and

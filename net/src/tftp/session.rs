@@ -14,9 +14,10 @@
 //!
 //! What a timeout resends is bounded, so a transfer started for a spoofed address costs
 //! its victim little: the first timeout after ACK progress resends the window, later ones
-//! only the first unacknowledged block (a probe; a live client acknowledges it after its
-//! own timeout and the window resumes from there). Without progress a transfer resends at
-//! most one window plus `retries - 1` blocks before it is given up.
+//! only a probe of two blocks, the first unacknowledged one and the window's last (a live
+//! client acknowledges what it has, at once or after its own timeout, and the window
+//! resumes from there). Without progress a transfer resends at most one window plus
+//! `2 * (retries - 1)` blocks before it is given up.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -54,7 +55,8 @@ pub(crate) enum AckOutcome {
 /// What a timeout did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimeoutOutcome {
-    /// The OACK or window went out again.
+    /// The OACK, window or probe went out again (or, for a transfer not yet proven past
+    /// its one resend, nothing did and it waits on).
     Retransmitted,
     /// Retries exhausted: drop the transfer.
     GiveUp,
@@ -173,14 +175,20 @@ impl Session {
     /// are counted as re-sent for `cause`.
     fn send_window(&mut self, tx: &mut TxQueue, counters: &TftpCounters, cause: Retransmit) {
         let last = (self.acked + u64::from(self.options.windowsize)).min(self.last_block);
-        self.send_blocks(last, tx, counters, cause);
+        self.send_blocks(self.acked + 1, last, tx, counters, cause);
         self.sent_to = last;
     }
 
-    /// Send blocks `acked + 1 ..= last`; blocks sent before are counted as re-sent for
+    /// Send blocks `first ..= last`; blocks sent before are counted as re-sent for
     /// `cause`.
-    fn send_blocks(&mut self, last: u64, tx: &mut TxQueue, counters: &TftpCounters, cause: Retransmit) {
-        let first = self.acked + 1;
+    fn send_blocks(
+        &mut self,
+        first: u64,
+        last: u64,
+        tx: &mut TxQueue,
+        counters: &TftpCounters,
+        cause: Retransmit,
+    ) {
         let meta = self.send_meta();
         let blksize = u64::from(self.options.blksize);
         let len = self.file.len() as u64;
@@ -207,6 +215,19 @@ impl Session {
             }
         }
         self.high_water = self.high_water.max(last);
+    }
+
+    /// Send the first unacknowledged block, which a client that missed it needs to go on,
+    /// and the last block of the window in flight, which a client that has the whole
+    /// window but whose ACK was lost answers with that ACK again (a finished client
+    /// answers only the last block of the file).
+    fn send_probe(&mut self, tx: &mut TxQueue, counters: &TftpCounters) {
+        let first = self.acked + 1;
+        self.send_blocks(first, first, tx, counters, Retransmit::Probe);
+        let last = self.sent_to;
+        if last > first {
+            self.send_blocks(last, last, tx, counters, Retransmit::Probe);
+        }
     }
 
     /// Handle ACK `block` from the client.
@@ -246,8 +267,9 @@ impl Session {
         AckOutcome::Advanced
     }
 
-    /// Handle the retransmission deadline having passed. A transfer not yet proven gets
-    /// one resend of its first reply, whatever `max_retries` says.
+    /// Handle the retransmission deadline having passed. A transfer not yet proven
+    /// resends its first reply once; its later timeouts send nothing and only keep it
+    /// waiting (up to `max_retries` of them) for an ACK the client retransmits itself.
     pub(crate) fn on_timeout(
         &mut self,
         now: Instant,
@@ -255,20 +277,20 @@ impl Session {
         tx: &mut TxQueue,
         counters: &TftpCounters,
     ) -> TimeoutOutcome {
-        let max_retries = if self.proven { max_retries } else { max_retries.min(1) };
         if self.retries >= max_retries {
             return TimeoutOutcome::GiveUp;
         }
         self.retries += 1;
+        if !self.proven && self.retries > 1 {
+            self.timer.deadline = now + self.timeout;
+            return TimeoutOutcome::Retransmitted;
+        }
         match self.phase {
             Phase::Negotiating => {
                 self.send_oack(tx, counters);
                 counters.retransmitted(Retransmit::Timeout);
             }
-            Phase::Sending if self.window_resent => {
-                let probe = (self.acked + 1).min(self.last_block);
-                self.send_blocks(probe, tx, counters, Retransmit::Probe);
-            }
+            Phase::Sending if self.window_resent => self.send_probe(tx, counters),
             Phase::Sending => {
                 self.window_resent = true;
                 self.send_window(tx, counters, Retransmit::Timeout);
