@@ -13,8 +13,8 @@
 //! every duplicate doubles the traffic. Only the timer retransmits.
 //!
 //! What a timeout resends is bounded, so a transfer started for a spoofed address costs
-//! its victim little: the first timeout after ACK progress resends the window, later ones
-//! only a probe of two blocks, the first unacknowledged one and the window's last (a live
+//! its victim little: the first timeout after ACK progress resends the window (except the
+//! first window, which an ACK of the OACK started), later ones only a probe of two blocks, the first unacknowledged one and the window's last (a live
 //! client acknowledges what it has, at once or after its own timeout, and the window
 //! resumes from there). Without progress a transfer resends at most one window plus
 //! `2 * (retries - 1)` blocks before it is given up.
@@ -290,7 +290,12 @@ impl Session {
                 self.send_oack(tx, counters);
                 counters.retransmitted(Retransmit::Timeout);
             }
-            Phase::Sending if self.window_resent => self.send_probe(tx, counters),
+            // Until the client acknowledged a block of it, the first window went out on an
+            // ACK of the OACK alone, which a blind guess of the transfer's port can forge:
+            // never resent whole.
+            Phase::Sending if self.window_resent || (self.proven && self.acked == 0) => {
+                self.send_probe(tx, counters)
+            }
             Phase::Sending => {
                 self.window_resent = true;
                 self.send_window(tx, counters, Retransmit::Timeout);
