@@ -675,3 +675,128 @@ fn metrics_render_in_prometheus_text_format() {
         assert!(out.contains(&format!("# TYPE {family} ")), "{l}");
     }
 }
+
+#[test]
+fn the_pending_table_is_capped_and_drops_its_oldest() {
+    let cfg = TftpConfig {
+        max_pending: 3,
+        ..config()
+    };
+    let mut d = Driver::new(cfg, files());
+    let ports: Vec<u16> = (1..=4)
+        .map(|i| {
+            d.send(client(i), REQUEST_PORT, &rrq("f", &[]))[0]
+                .meta
+                .local_port
+        })
+        .collect();
+    // The fourth request pushed out the first.
+    assert_eq!(d.server.pending_requests(), 3);
+    assert_eq!(d.counters.pending(), 3);
+    assert_eq!(
+        d.counters.transfers_failed(TransferFailure::PendingEvicted),
+        1
+    );
+    assert_eq!(
+        d.send(client(1), ports[0], &ack(1))[0].error().0,
+        ErrorCode::UnknownTransferId,
+        "the dropped request is gone"
+    );
+    // The others are served; a proven transfer leaves the table, making room.
+    assert_eq!(d.send(client(2), ports[1], &ack(1))[0].data().0, 2);
+    assert_eq!(d.server.pending_requests(), 2);
+    assert_eq!(d.server.active_transfers(), 1);
+    d.send(client(5), REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(d.server.pending_requests(), 3);
+    assert_eq!(
+        d.counters.transfers_failed(TransferFailure::PendingEvicted),
+        1
+    );
+    // Left alone, waiting requests expire: one resend, then silence until the retries'
+    // time is up.
+    for _ in 0..8 {
+        d.advance(Duration::from_secs(1));
+    }
+    assert_eq!(d.server.pending_requests(), 0);
+    assert_eq!(d.counters.pending(), 0);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Unproven), 3);
+    let mut out = String::new();
+    d.counters.render_prometheus(&mut out);
+    for line in [
+        "ironboot_tftp_transfers_failed_total{reason=\"pending_evicted\"} 1",
+        "ironboot_tftp_transfers_failed_total{reason=\"unproven\"} 3",
+        "ironboot_tftp_pending_requests 0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+}
+
+#[test]
+fn an_ack_on_the_wrong_pool_port_ends_an_unconfirmed_transfer_silently() {
+    let options = [("blksize", "512"), ("windowsize", "4")];
+    // While the request waits for its first ACK.
+    let mut d = Driver::new(config(), files());
+    let a = client(1);
+    let port = d.send(a, REQUEST_PORT, &rrq("f", &options))[0]
+        .meta
+        .local_port;
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert!(
+        d.send(a, other, &ack(0)).is_empty(),
+        "no reply to a sprayer"
+    );
+    assert_eq!(d.server.pending_requests(), 0);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::WrongPort), 1);
+    assert_eq!(
+        d.send(a, port, &ack(0))[0].error().0,
+        ErrorCode::UnknownTransferId
+    );
+    // After a blind ACK of the OACK started the first window: no more of it goes out.
+    let port = d.send(a, REQUEST_PORT, &rrq("f", &options))[0]
+        .meta
+        .local_port;
+    assert_eq!(d.send(a, port, &ack(0)).len(), 4);
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert!(d.send(a, other, &ack(0)).is_empty());
+    assert_eq!(d.server.active_transfers(), 0);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::WrongPort), 2);
+    assert!(d.advance(Duration::from_secs(1)).is_empty());
+    // An ERROR on the wrong port is never taken for a spray: it ends nothing.
+    let port = d.send(a, REQUEST_PORT, &rrq("f", &options))[0]
+        .meta
+        .local_port;
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert!(
+        d.send(a, other, &error(ErrorCode::NotDefined, "late"))
+            .is_empty()
+    );
+    assert_eq!(d.server.pending_requests(), 1);
+    assert_eq!(d.send(a, port, &ack(0)).len(), 4);
+}
+
+#[test]
+fn the_first_window_started_by_an_ack_of_the_oack_is_only_probed() {
+    let mut fs = FileSet::new();
+    fs.insert("big", content(64 * 1468 * 2, 4)).unwrap();
+    let mut d = Driver::new(config(), fs);
+    let c = client(1);
+    let port = d.send(
+        c,
+        REQUEST_PORT,
+        &rrq("big", &[("blksize", "1468"), ("windowsize", "64")]),
+    )[0]
+    .meta
+    .local_port;
+    assert_eq!(d.send(c, port, &ack(0)).len(), 64);
+    // Nothing acknowledged of it: every timeout sends block 1 and block 64 only.
+    let retries = usize::from(d.server.config().retries);
+    for _ in 0..retries {
+        let out = d.advance(Duration::from_secs(1));
+        let blocks: Vec<u16> = out.iter().map(|s| s.data().0).collect();
+        assert_eq!(blocks, [1, 64]);
+    }
+    assert!(d.advance(Duration::from_secs(1)).is_empty());
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Timeout), 1);
+    assert_eq!(d.counters.data_packets_sent(), (64 + 2 * retries) as u64);
+    assert_eq!(d.counters.retransmissions_as_probe(), (2 * retries) as u64);
+}
