@@ -135,8 +135,9 @@ pub(crate) enum Retransmit {
     /// The client acknowledged part of a window (it missed the block after), so the window
     /// restarted there.
     Rollback,
-    /// A later timeout with no progress since the window was resent: only the first
-    /// unacknowledged block went out again.
+    /// A timeout after the window was already resent with no progress since, or while
+    /// only an ACK of the OACK started the first window: only the first unacknowledged
+    /// block and the window's last went out again.
     Probe,
 }
 
