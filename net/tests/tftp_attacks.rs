@@ -231,7 +231,7 @@ fn a_blind_ack_to_one_guessed_pool_port() {
     }
     total.report("forged RRQ + ACK 0 to one guessed pool port");
     // A right guess gets one window (64 x 1496 B) and two-block probes; the others get
-    // an OACK or two and one ERROR 5.
+    // their OACK alone (the wrong-port ACK ends the request without a reply).
     let window = 64 * wire(1468);
     let per_hit = window + 2 * 5 * wire(1468) + 2 * wire(64);
     let bound = u64::from(total.with_data) * per_hit + u64::from(total.attacks) * 3 * wire(64);
