@@ -442,7 +442,8 @@ impl TftpServer {
             .filter(eligible)
             .filter(|p| p.load == min)
             .count();
-        let pick = (self.next_random() % candidates as u64) as usize;
+        // The high half of the output, scaled to the count: its low bits are the weakest.
+        let pick = (((self.next_random() >> 32) * candidates as u64) >> 32) as usize;
         self.pool
             .iter()
             .filter(eligible)
