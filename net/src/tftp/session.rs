@@ -12,12 +12,13 @@
 //! ignored: answering duplicates is the Sorcerer's Apprentice bug (RFC 1123 4.2.3.1), where
 //! every duplicate doubles the traffic. Only the timer retransmits.
 //!
-//! What a timeout resends is bounded, so a transfer started for a spoofed address costs
+//! What a timeout resends is bounded, so a transfer started for a forged address costs
 //! its victim little: the first timeout after ACK progress resends the window (except the
-//! first window, which an ACK of the OACK started), later ones only a probe of two blocks, the first unacknowledged one and the window's last (a live
-//! client acknowledges what it has, at once or after its own timeout, and the window
-//! resumes from there). Without progress a transfer resends at most one window plus
-//! `2 * (retries - 1)` blocks before it is given up.
+//! first window, which an ACK of the OACK alone started), later ones only a probe of two
+//! blocks, the first unacknowledged one and the window's last (a live client acknowledges
+//! what it has, at once or after its own timeout, and the window resumes from there).
+//! Without progress a transfer resends at most one window plus `2 * retries` blocks
+//! before it is given up.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
