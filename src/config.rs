@@ -196,11 +196,13 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_WINDOWSIZE)]
     pub(crate) tftp_max_windowsize: u16,
 
-    /// Most concurrent TFTP transfers; more are answered "server busy".
+    /// Most concurrent TFTP transfers; more are answered "server busy". Only transfers
+    /// whose client acknowledged the first reply count (a forged request takes no slot).
     #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_TRANSFERS)]
     pub(crate) tftp_max_transfers: usize,
 
-    /// Most concurrent TFTP transfers per client address.
+    /// Most concurrent TFTP transfers per client address, counted like
+    /// --tftp-max-transfers.
     #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_PER_CLIENT)]
     pub(crate) tftp_max_per_client: usize,
 
