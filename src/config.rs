@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ironboot_net::proxy::Ipv4Subnet;
 use ironboot_net::udp::DriverKind;
 
 use crate::agent::client::AgentTimeouts;
@@ -165,6 +166,11 @@ pub(crate) struct Cli {
     /// binary cannot run on them).
     #[arg(long, default_value = "")]
     pub(crate) efi_ia32_boot_file: String,
+
+    /// Subnets (`a.b.c.d/len`, comma-separated) whose DHCP relays are answered: a relayed
+    /// request's `giaddr` must lie in one of them (empty: any unicast relay address).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) dhcp_relay_allow: Vec<String>,
 
     /// Directories searched, in order, for the iPXE binaries (Debian: `apt-get install ipxe`).
     #[arg(long, value_delimiter = ',', default_values = crate::boot_files::DEFAULT_IPXE_DIRS)]
@@ -414,6 +420,8 @@ pub(crate) struct DhcpProxyConfig {
     pub(crate) listen_broadcast: bool,
     /// Boot file for EFI IA32 clients.
     pub efi_ia32_boot_file: Option<String>,
+    /// `--dhcp-relay-allow`: the subnets relays are answered in (empty: any unicast).
+    pub(crate) relay_allow: Vec<Ipv4Subnet>,
 }
 
 /// Validated runtime configuration.
@@ -625,6 +633,7 @@ impl Config {
                     }
                     f => Some(f.to_owned()),
                 },
+                relay_allow: relay_allow(&cli.dhcp_relay_allow)?,
             })
         };
         Ok(Config {
@@ -1042,6 +1051,20 @@ fn nonempty_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
         return Err(refuse(flag, "must name a directory"));
     }
     Ok(paths.to_vec())
+}
+
+/// `--dhcp-relay-allow`: every entry a subnet with no host bits set that can hold a
+/// relay's unicast address. Empty entries (a trailing comma) are skipped.
+fn relay_allow(values: &[String]) -> Result<Vec<Ipv4Subnet>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Ipv4Subnet>()
+                .map_err(|e| refuse("dhcp-relay-allow", format!("{v:?}: {e}")))
+        })
+        .collect()
 }
 
 /// The host's single routable IPv4, as the Go provider picks its advertise address.
