@@ -1220,6 +1220,50 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_relay_allow_takes_subnets_and_refuses_bad_ones_naming_the_flag() {
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(
+            c.dhcp_proxy.unwrap().relay_allow,
+            [],
+            "empty: any unicast relay"
+        );
+        let c = Config::from_cli(
+            &cli(&["--dhcp-relay-allow", "10.20.0.0/24,192.0.2.8/31,"]),
+            &host(),
+        )
+        .unwrap();
+        let allowed: Vec<String> = c
+            .dhcp_proxy
+            .unwrap()
+            .relay_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allowed, ["10.20.0.0/24", "192.0.2.8/31"]);
+        let twice = Config::from_cli(
+            &cli(&[
+                "--dhcp-relay-allow",
+                "10.20.0.0/24",
+                "--dhcp-relay-allow=10.30.0.0/16",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(twice.dhcp_proxy.unwrap().relay_allow.len(), 2);
+        for bad in [
+            "10.20.0.1/24",
+            "10.20.0.0",
+            "10.20.0.0/33",
+            "224.0.0.0/4",
+            "eth0",
+        ] {
+            let e = Config::from_cli(&cli(&["--dhcp-relay-allow", bad]), &host()).unwrap_err();
+            assert_eq!(e.flag, "dhcp-relay-allow", "{bad}");
+            assert!(e.message.contains(bad), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn dhcp_interface_by_name_or_by_address() {
         let by_name =
             Config::from_cli(&cli(&["--dhcp-proxy-iface-or-ip", "eth1"]), &host()).unwrap();

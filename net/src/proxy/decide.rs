@@ -304,8 +304,8 @@ pub fn decide(
 /// carries back. Those are returned only where firmware or a relay needs them, so a reply
 /// holds as few bytes chosen by the sender as it can:
 ///
-/// - Option 97 (client UUID, RFC 4578 2.3; the PXE specification has the server return
-///   it): only in its one defined form, type 0 and a 16-byte UUID, so at most 17 bytes.
+/// - Option 97 (client UUID, RFC 4578 2.3; the PXE specification lists it, 17 bytes long,
+///   in the server's replies): only in its one defined form, type 0 and a 16-byte UUID.
 /// - Option 82 (relay agent information, RFC 3046 2.2): only in a reply sent to the relay,
 ///   which strips it before the client sees it. A client that sends option 82 itself, or
 ///   a reply that goes to the client directly (a 4011 ACK), gets none.

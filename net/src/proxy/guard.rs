@@ -232,7 +232,7 @@ fn longest_match(subnets: &[Ipv4Subnet], addr: Ipv4Addr) -> Option<&Ipv4Subnet> 
 }
 
 /// The longer-prefix subnet of two matches.
-fn most_specific<'s>(found: [Option<&'s Ipv4Subnet>; 2]) -> Option<&'s Ipv4Subnet> {
+fn most_specific(found: [Option<&Ipv4Subnet>; 2]) -> Option<&Ipv4Subnet> {
     found.into_iter().flatten().max_by_key(|s| s.prefix)
 }
 
