@@ -577,6 +577,12 @@ fn workers_sharing_one_log_get_one_line_per_interval_between_them() {
 
 #[test]
 fn refusals_are_prometheus_drop_reasons() {
+    // Every refusal is a drop reason of its own, so none is counted under another's name.
+    let labels: std::collections::HashSet<&str> = Ignored::ALL.iter().map(|i| i.label()).collect();
+    assert_eq!(labels.len(), Ignored::ALL.len(), "labels are distinct");
+    for r in Refusal::ALL {
+        assert!(Ignored::ALL.contains(&Ignored::Refused(r)), "{r:?} missing");
+    }
     let counters = ProxyCounters::default();
     let mut out = [0u8; MAX_DATAGRAM];
     let p = policy().with_relay_allow(vec![subnet("10.20.0.0/24")]);
