@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ironboot_net::proxy::Ipv4Subnet;
 use ironboot_net::udp::DriverKind;
 
 use crate::agent::client::AgentTimeouts;
@@ -165,6 +166,11 @@ pub(crate) struct Cli {
     /// binary cannot run on them).
     #[arg(long, default_value = "")]
     pub(crate) efi_ia32_boot_file: String,
+
+    /// Subnets (`a.b.c.d/len`, comma-separated) whose DHCP relays are answered: a relayed
+    /// request's `giaddr` must lie in one of them (empty: any unicast relay address).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) dhcp_relay_allow: Vec<String>,
 
     /// Directories searched, in order, for the iPXE binaries (Debian: `apt-get install ipxe`).
     #[arg(long, value_delimiter = ',', default_values = crate::boot_files::DEFAULT_IPXE_DIRS)]
@@ -422,6 +428,8 @@ pub(crate) struct DhcpProxyConfig {
     pub(crate) listen_broadcast: bool,
     /// Boot file for EFI IA32 clients.
     pub efi_ia32_boot_file: Option<String>,
+    /// `--dhcp-relay-allow`: the subnets relays are answered in (empty: any unicast).
+    pub(crate) relay_allow: Vec<Ipv4Subnet>,
 }
 
 /// Validated runtime configuration.
@@ -642,6 +650,7 @@ impl Config {
                     }
                     f => Some(f.to_owned()),
                 },
+                relay_allow: relay_allow(&cli.dhcp_relay_allow)?,
             })
         };
         Ok(Config {
@@ -1063,6 +1072,20 @@ fn nonempty_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
     Ok(paths.to_vec())
 }
 
+/// `--dhcp-relay-allow`: every entry a subnet with no host bits set that can hold a
+/// relay's unicast address. Empty entries (a trailing comma) are skipped.
+fn relay_allow(values: &[String]) -> Result<Vec<Ipv4Subnet>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Ipv4Subnet>()
+                .map_err(|e| refuse("dhcp-relay-allow", format!("{v:?}: {e}")))
+        })
+        .collect()
+}
+
 /// The host's single routable IPv4, as the Go provider picks its advertise address.
 fn single_routable(interfaces: &[InterfaceAddr]) -> Result<Ipv4Addr, ConfigError> {
     let routable: Vec<&InterfaceAddr> = interfaces.iter().filter(|i| i.is_routable()).collect();
@@ -1213,6 +1236,50 @@ mod tests {
         let h = vec![iface("lo", 1, [127, 0, 0, 1], true)];
         let e = Config::from_cli(&cli(&[]), &h).unwrap_err();
         assert_eq!(e.flag, "api-advertise-address");
+    }
+
+    #[test]
+    fn dhcp_relay_allow_takes_subnets_and_refuses_bad_ones_naming_the_flag() {
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(
+            c.dhcp_proxy.unwrap().relay_allow,
+            [],
+            "empty: any unicast relay"
+        );
+        let c = Config::from_cli(
+            &cli(&["--dhcp-relay-allow", "10.20.0.0/24,192.0.2.8/31,"]),
+            &host(),
+        )
+        .unwrap();
+        let allowed: Vec<String> = c
+            .dhcp_proxy
+            .unwrap()
+            .relay_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allowed, ["10.20.0.0/24", "192.0.2.8/31"]);
+        let twice = Config::from_cli(
+            &cli(&[
+                "--dhcp-relay-allow",
+                "10.20.0.0/24",
+                "--dhcp-relay-allow=10.30.0.0/16",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(twice.dhcp_proxy.unwrap().relay_allow.len(), 2);
+        for bad in [
+            "10.20.0.1/24",
+            "10.20.0.0",
+            "10.20.0.0/33",
+            "224.0.0.0/4",
+            "eth0",
+        ] {
+            let e = Config::from_cli(&cli(&["--dhcp-relay-allow", bad]), &host()).unwrap_err();
+            assert_eq!(e.flag, "dhcp-relay-allow", "{bad}");
+            assert!(e.message.contains(bad), "{bad}: {}", e.message);
+        }
     }
 
     #[test]
