@@ -513,6 +513,8 @@ enum Disk {
 struct History {
     /// Agent RPCs served, in order, over all of the machine's agent boots.
     agent_calls: Vec<String>,
+    /// For each of `agent_calls`, which agent boot served it (1 = the first).
+    call_boots: Vec<usize>,
     /// What each boot ran: agent, install, talos, halt, refused.
     boots: Vec<String>,
 }
@@ -612,7 +614,10 @@ impl Host {
                 if method == "WipeDisks" {
                     self.disk = Disk::Empty;
                 }
-                self.history.lock().unwrap().agent_calls.push(method);
+                let mut history = self.history.lock().unwrap();
+                let boot = history.boots.iter().filter(|b| *b == "agent").count();
+                history.agent_calls.push(method);
+                history.call_boots.push(boot);
             }
         }
         // Talos in agent mode joined Omni over SideroLink: Omni creates the machine.
@@ -1208,6 +1213,18 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
         );
         let mut calls = h.agent_calls.clone();
         if chaos {
+            // Killed after the agent finished a wipe but before ironboot recorded it: the
+            // wipe is sent again after the restart (a wipe is recorded only once it is
+            // done, so a disk never passes as wiped without one). Back to back, within the
+            // same agent boot, it wipes an empty disk again; nothing else may repeat.
+            let mut by_boot: Vec<(usize, String)> = h
+                .call_boots
+                .iter()
+                .copied()
+                .zip(h.agent_calls.iter().cloned())
+                .collect();
+            by_boot.dedup_by(|later, earlier| later == earlier && later.1 == "WipeDisks");
+            calls = by_boot.into_iter().map(|(_, method)| method).collect();
             // Killed while the agent was setting up the IPMI user: the provider never
             // stored that password, so it sets the user up again with a new one (not a
             // wipe nor a power action; redoing it is the only way forward).
