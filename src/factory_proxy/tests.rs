@@ -701,7 +701,10 @@ async fn only_schematics_ironboot_created_or_cached_are_fetched() {
         let (status, _, body) = request(&router, "GET", &uri, &[]).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body:?}");
         let body = String::from_utf8(body.unwrap().to_vec()).unwrap();
-        assert!(body.contains("was not created by ironboot"), "{uri}: {body}");
+        assert!(
+            body.contains("was not created by ironboot"),
+            "{uri}: {body}"
+        );
     }
     assert!(
         standin.f.uris.lock().unwrap().is_empty(),
@@ -755,15 +758,20 @@ async fn only_schematics_ironboot_created_or_cached_are_fetched() {
     );
 
     // A schematic created before the proxy was named is reported too.
-    let early = crate::image_factory::ImageFactory::new(settings.clone(), Duration::from_secs(10))
-        .unwrap();
+    let early =
+        crate::image_factory::ImageFactory::new(settings.clone(), Duration::from_secs(10)).unwrap();
     early
         .agent_mode_image(crate::image_factory::Arch::Amd64, Vec::new())
         .await
         .unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let p_b = FactoryProxy::new(&settings, ADVERTISE, PORT, Options::new(dir_b.path().into()))
-        .unwrap();
+    let p_b = FactoryProxy::new(
+        &settings,
+        ADVERTISE,
+        PORT,
+        Options::new(dir_b.path().into()),
+    )
+    .unwrap();
     assert!(!p_b.known().contains(&s));
     early.report_to(p_b.known());
     assert!(p_b.known().contains(&s));
