@@ -102,11 +102,6 @@ impl KnownSchematics {
             .unwrap_or_else(|p| p.into_inner())
             .contains(id)
     }
-
-    /// How many IDs are known.
-    pub(crate) fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// A failed Image Factory request, naming the URL. Every variant but
