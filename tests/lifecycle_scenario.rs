@@ -19,9 +19,9 @@
 //! Checked for every machine: the exact sequence of BMC changes and of agent calls, and the
 //! published status after every phase. The chaos variant kills ironboot (SIGKILL) at random
 //! moments throughout and restarts it: the sequences must be the same, nothing repeated
-//! nor lost. The seed is printed; `IRONBOOT_SCENARIO_SEED` replays one. The outage variant
-//! reaches Omni through a relay ([`relay::Relay`]) that cuts it off for [`OUTAGE`] right
-//! after the reboot request: every machine's boot is still answered from ironboot's cached
+//! nor lost. The seed is printed; `IRONBOOT_SCENARIO_SEED` replays one. The outage variants
+//! reach Omni through a relay ([`relay::Relay`]) that cuts it off (connections reset) or
+//! pauses it (a black hole) for [`OUTAGE`] right after the reboot request: every machine's boot is still answered from ironboot's cached
 //! state, `/healthz` and `ironboot_omni_reachable` report the outage, the provider's
 //! heartbeat reaches Omni again after it, and the sequences are the same.
 //!
@@ -70,8 +70,17 @@ const PRIVATE_KINDS: [&str; 4] = [
 ];
 /// Bound of each phase.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the outage variant cuts Omni off.
+/// How long the outage variants keep Omni away.
 const OUTAGE: Duration = Duration::from_secs(60);
+
+/// How the outage variants keep Omni away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// Every connection reset, new ones refused.
+    Cut,
+    /// No byte moves, new connections never answered.
+    Pause,
+}
 
 fn omni_harness_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -972,9 +981,9 @@ impl Drop for Chaos {
 }
 
 /// Runs the scenario; with `chaos`, a thread kills and restarts ironboot meanwhile; with
-/// `outage`, Omni is cut off for [`OUTAGE`] after the reboot request ([`omni_outage`]).
-fn scenario(ip: &str, chaos: bool, tls: bool, outage: bool) {
-    let world = World::start(ip, tls, outage);
+/// `outage`, Omni is away for [`OUTAGE`] after the reboot request ([`omni_outage`]).
+fn scenario(ip: &str, chaos: bool, tls: bool, outage: Option<Outage>) {
+    let world = World::start(ip, tls, outage.is_some());
     // Declared after `world`, so dropped first: a failing assertion stops the restarts
     // before the world (and its ironboot) goes.
     let mut restarts = chaos.then(|| Chaos::start(world.ironboot.clone()));
@@ -1036,8 +1045,8 @@ fn scenario(ip: &str, chaos: bool, tls: bool, outage: bool) {
     world.each(|s| {
         s.insert("requestedRebootId".into(), json!("reboot-1"));
     });
-    if let Some(relay) = &world.relay {
-        omni_outage(&world, relay);
+    if let (Some(relay), Some(kind)) = (&world.relay, outage) {
+        omni_outage(&world, relay, kind);
     }
     world.wait_all("rebooted once", |_, s| {
         is_str(s, "last_reboot_id", "reboot-1")
@@ -1293,25 +1302,32 @@ fn scenario(ip: &str, chaos: bool, tls: bool, outage: bool) {
 
 #[test]
 fn ten_machines_through_their_lifecycle() {
-    scenario("127.0.0.61", false, false, false);
+    scenario("127.0.0.61", false, false, None);
 }
 
 #[test]
 fn ten_machines_through_their_lifecycle_with_ironboot_killed_at_random() {
-    scenario("127.0.0.62", true, false, false);
+    scenario("127.0.0.62", true, false, None);
 }
 
 /// The same with Omni cut off for a minute in the middle (see [`omni_outage`]).
 #[test]
 fn ten_machines_through_their_lifecycle_with_omni_cut_off_for_a_minute() {
-    scenario("127.0.0.64", false, false, true);
+    scenario("127.0.0.64", false, false, Some(Outage::Cut));
+}
+
+/// The same with Omni silent for a minute in the middle: requests under way hang rather
+/// than fail.
+#[test]
+fn ten_machines_through_their_lifecycle_with_omni_silent_for_a_minute() {
+    scenario("127.0.0.65", false, false, Some(Outage::Pause));
 }
 
 /// The same over the agents' TLS listener (`--tls-enabled`, the CA generated and kept in
 /// Omni): each agent dials `https://` and trusts only the CA Talos got from `/config`.
 #[test]
 fn ten_machines_through_their_lifecycle_over_tls() {
-    scenario("127.0.0.63", false, true, false);
+    scenario("127.0.0.63", false, true, None);
 }
 
 /// The value of the sample `name` (no labels) in ironboot's `/metrics`.
@@ -1322,27 +1338,58 @@ fn metric(api: SocketAddr, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The version of the provider's health status in Omni (each heartbeat writes it).
-fn heartbeat_version(omni: &Omni) -> Option<u64> {
+/// The provider's last heartbeat in Omni (its health status), in seconds since the epoch.
+fn last_heartbeat(omni: &Omni) -> Option<f64> {
     let v = omni.send(&json!({
         "cmd": "get", "ns": "infra-provider-ephemeral",
         "type": "InfraProviderHealthStatuses.omni.sidero.dev", "id": PROVIDER,
     }));
-    v["version"].as_str()?.parse().ok()
+    rfc3339_secs(v["spec"]["last_heartbeat_timestamp"].as_str()?)
 }
 
-/// Cuts ironboot off Omni for [`OUTAGE`], the reboot request just written. Meanwhile every
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (protojson's timestamps) in seconds since the epoch.
+fn rfc3339_secs(t: &str) -> Option<f64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut h = time.splitn(3, ':');
+    let (hh, mm) = (
+        h.next()?.parse::<i64>().ok()?,
+        h.next()?.parse::<i64>().ok()?,
+    );
+    let ss = h.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
+/// Keeps Omni away from ironboot for [`OUTAGE`] (`kind`), the reboot request just written. Meanwhile every
 /// machine asks for its boot script every few seconds and must get its disk boot (from
 /// the cached state, as Omni left it); `/healthz` must say Omni is unreachable and the
 /// gauge must be 0. Then Omni is back: both must say so, and a heartbeat must reach Omni.
 /// The rest of the scenario checks that nothing was repeated nor lost.
-fn omni_outage(world: &World, relay: &relay::Relay) {
+fn omni_outage(world: &World, relay: &relay::Relay, kind: Outage) {
+    assert_eq!(
+        rfc3339_secs("2027-01-15T08:00:00.5Z"),
+        Some(1_800_000_000.5),
+        "the timestamp parser"
+    );
     let api = world.ironboot.lock().unwrap().api();
     let outages_before = metric(api, "ironboot_omni_outages_total").unwrap_or(0.0);
     let relayed_before = relay.relayed();
-    relay.cut();
+    match kind {
+        Outage::Cut => relay.cut(),
+        Outage::Pause => relay.pause(),
+    }
     let cut_at = Instant::now();
-    eprintln!("Omni cut off for {OUTAGE:?}");
+    eprintln!("Omni away for {OUTAGE:?} ({kind:?})");
     let (mut answers, mut rounds) = (0u64, 0u64);
     let mut detected_after = None;
     while cut_at.elapsed() < OUTAGE {
@@ -1383,13 +1430,18 @@ fn omni_outage(world: &World, relay: &relay::Relay) {
         "one outage counted"
     );
     let refused = relay.refused();
-    assert!(
-        refused > 0,
-        "ironboot never tried to reach Omni during the outage"
-    );
-    let beat_during = heartbeat_version(&world.omni);
+    if kind == Outage::Cut {
+        assert!(
+            refused > 0,
+            "ironboot never tried to reach Omni during the outage"
+        );
+    }
     relay.restore();
     let back_at = Instant::now();
+    let back_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let deadline = back_at + PHASE_TIMEOUT;
     let recovered_after = loop {
         let (_, health) = http_get(api, "/healthz").expect("/healthz after the outage");
@@ -1405,7 +1457,7 @@ fn omni_outage(world: &World, relay: &relay::Relay) {
         thread::sleep(Duration::from_millis(100));
     };
     let heartbeat_after = loop {
-        if heartbeat_version(&world.omni) > beat_during {
+        if last_heartbeat(&world.omni).is_some_and(|t| t >= back_wall) {
             break back_at.elapsed();
         }
         assert!(
@@ -1415,10 +1467,13 @@ fn omni_outage(world: &World, relay: &relay::Relay) {
         );
         thread::sleep(Duration::from_millis(100));
     };
-    assert!(relay.relayed() > relayed_before, "ironboot reconnected");
+    if kind == Outage::Cut {
+        assert!(relay.relayed() > relayed_before, "ironboot reconnected");
+    }
     eprintln!(
-        "outage: {OUTAGE:?}; {answers} boot scripts answered in {rounds} rounds (all disk \
-         boots); {refused} connections to Omni refused; reported unreachable after \
+        "outage ({kind:?}): {OUTAGE:?}; {answers} boot scripts answered in {rounds} rounds \
+         (all disk boots); {refused} connections to Omni refused or held; reported \
+         unreachable after \
          {detected_after:?}; reachable again {recovered_after:?} and a heartbeat in Omni \
          {heartbeat_after:?} after Omni was back"
     );

@@ -1,7 +1,12 @@
 //! A TCP relay a test puts in front of a peer (the Omni harness) to cut it off without
-//! killing it: [`Relay::cut`] closes every relayed connection and, until
-//! [`Relay::restore`], closes each new one as soon as it is accepted (the client sees a
-//! reset, as when a firewall or a broken route rejects it). The peer keeps its state.
+//! killing it. The peer keeps its state. Two kinds of outage, until [`Relay::restore`]:
+//!
+//! - [`Relay::cut`] closes every relayed connection and each new one as soon as it is
+//!   accepted (the client sees a reset, as when a firewall rejects it);
+//! - [`Relay::pause`] stops moving bytes: relayed connections stay open and silent (the
+//!   kernel's buffers fill, writers block), new ones are accepted and never answered (a
+//!   black hole, as a broken route or a hung peer). Restored, the relayed connections
+//!   carry on where they stopped; the unanswered ones are closed.
 
 use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -13,6 +18,9 @@ use std::time::Duration;
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    /// No bytes move; new connections are held, unanswered.
+    paused: AtomicBool,
+    held: Mutex<Vec<TcpStream>>,
     /// Both ends of every relayed connection, and whether the relay is cut (one lock: a
     /// connection is either registered before a cut, and closed by it, or refused).
     conns: Mutex<(bool, Vec<TcpStream>)>,
@@ -46,6 +54,11 @@ impl Relay {
                     Err(_) => continue,
                 };
                 let _ = client.set_nonblocking(false);
+                if s.paused.load(Ordering::SeqCst) {
+                    s.refused.fetch_add(1, Ordering::Relaxed);
+                    s.held.lock().unwrap().push(client);
+                    continue;
+                }
                 let mut conns = s.conns.lock().unwrap();
                 if conns.0 {
                     s.refused.fetch_add(1, Ordering::Relaxed);
@@ -64,8 +77,12 @@ impl Relay {
                     }
                 }
                 drop(conns);
-                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pump(server, client);
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    s.clone(),
+                );
+                pump(server, client, s.clone());
             }
         });
         Self {
@@ -90,12 +107,22 @@ impl Relay {
         }
     }
 
-    /// Relays new connections again.
-    pub(crate) fn restore(&self) {
-        self.shared.conns.lock().unwrap().0 = false;
+    /// Stops moving bytes and answering new connections.
+    pub(crate) fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
     }
 
-    /// Connections closed on arrival during cuts so far.
+    /// Ends a cut or a pause: relays new connections again, relayed ones carry on, and
+    /// those held unanswered during a pause are closed.
+    pub(crate) fn restore(&self) {
+        self.shared.conns.lock().unwrap().0 = false;
+        self.shared.paused.store(false, Ordering::SeqCst);
+        for c in self.shared.held.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Connections closed on arrival (cut) or held unanswered (pause) so far.
     pub(crate) fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
     }
@@ -106,10 +133,29 @@ impl Relay {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own; closes both when either side ends.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread of its own, nothing while paused; closes both when
+/// either side ends.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
+    use std::io::{Read, Write};
     thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut buf = vec![0u8; 64 * 1024];
+        while !shared.stop.load(Ordering::Relaxed) {
+            if shared.paused.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
     });
@@ -119,6 +165,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.cut();
+        self.restore();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
