@@ -9,8 +9,12 @@
 //! - the control loop ([`crate::executor::real::start`]) over the BMC fleet and the agents'
 //!   tunnels, told of every PXE boot by the `boot.ipxe` route.
 //!
+//! - a probe of Omni's reachability ([`reach`]), on `/healthz` and `/metrics`.
+//!
 //! Nothing here waits for Omni: ProxyDHCP, TFTP and HTTP serve from the first second, and a
 //! machine that boots before Omni's state is loaded gets the retrying script.
+
+mod reach;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -47,6 +51,7 @@ pub(crate) struct OmniMode {
     pub(crate) tunnels: Tunnels,
     boot: OmniBoot,
     control: Running,
+    reach: Arc<reach::OmniReachability>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -138,7 +143,18 @@ impl OmniMode {
             description: config.omni.provider_description.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let mut tasks = vec![tokio::spawn(register_and_heartbeat(client.clone(), info))];
+        // A send on `kick` makes the heartbeat beat at once (the probe, when Omni is back).
+        let (kick, beats) = tokio::sync::watch::channel(String::new());
+        let reach = Arc::new(reach::OmniReachability::default());
+        let mut tasks = vec![
+            tokio::spawn(register_and_heartbeat(client.clone(), info, beats)),
+            tokio::spawn(reach::probe(
+                client.clone(),
+                reach.clone(),
+                kick,
+                reach::PROBE_INTERVAL,
+            )),
+        ];
         tasks.extend(gate.spawn_saver());
         tasks.extend(tls.as_ref().and_then(AgentTls::spawn_renewal));
         let (cache, join) = (boot.cache.clone(), boot.join.clone());
@@ -161,19 +177,28 @@ impl OmniMode {
             tunnels,
             boot,
             control,
+            reach,
             tasks,
         })
     }
 
-    /// The control loop's counters, for `/metrics`.
-    pub(crate) fn stats(&self) -> Arc<crate::executor::stats::ExecutorStats> {
-        self.control.executor.stats()
+    /// The control loop's counters and Omni's reachability, for `/metrics`.
+    pub(crate) fn stats(&self) -> Arc<dyn crate::metrics::PrometheusSource> {
+        Arc::new(OmniModeMetrics {
+            executor: self.control.executor.stats(),
+            reach: self.reach.clone(),
+        })
     }
 
-    /// Adds Omni mode's routes (`/config`, `/assets/`, the agents' tunnel) to `router`.
+    /// Adds Omni mode's routes (`/config`, `/assets/`, the agents' tunnel) to `router`,
+    /// and Omni's reachability to its `/healthz`.
     pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
         self.tunnels
             .mount(self.boot.mount(router, Some(self.tunnels.clone())))
+            .layer(axum::middleware::from_fn_with_state(
+                self.reach.clone(),
+                reach::healthz_layer,
+            ))
     }
 
     /// Stops the control loop, the watches and the heartbeat, and saves the agents'
@@ -186,6 +211,19 @@ impl OmniMode {
         if let Err(e) = self.tunnels.gate().save() {
             warn!(error = %e, "saving the agent bindings failed");
         }
+    }
+}
+
+/// Omni mode's metric sources, rendered one after the other.
+struct OmniModeMetrics {
+    executor: Arc<crate::executor::stats::ExecutorStats>,
+    reach: Arc<reach::OmniReachability>,
+}
+
+impl crate::metrics::PrometheusSource for OmniModeMetrics {
+    fn render(&self, out: &mut String) {
+        self.executor.render_prometheus(out);
+        self.reach.render_prometheus(out);
     }
 }
 
@@ -220,9 +258,14 @@ pub(crate) async fn prepare_tls(
 }
 
 /// Registers the provider (retrying while Omni is unreachable), then keeps the
-/// heartbeat going. A refused registration is logged and retried later: the boot path
-/// and the control loop run meanwhile, and Omni shows the provider unhealthy.
-async fn register_and_heartbeat(client: Client, info: ProviderInfo) {
+/// heartbeat going, beating at once on each send on `beats`. A refused registration is
+/// logged and retried later: the boot path and the control loop run meanwhile, and Omni
+/// shows the provider unhealthy.
+async fn register_and_heartbeat(
+    client: Client,
+    info: ProviderInfo,
+    beats: tokio::sync::watch::Receiver<String>,
+) {
     let mut wait = std::time::Duration::from_secs(5);
     loop {
         match provider::register_with_retry(&client, &info, |_, _| {}).await {
@@ -241,9 +284,9 @@ async fn register_and_heartbeat(client: Client, info: ProviderInfo) {
             }
         }
     }
-    // No error source feeds the heartbeat yet: it says "healthy" while ironboot runs.
-    let (_healthy, errors) = tokio::sync::watch::channel(String::new());
-    provider::run_heartbeat(client, provider::HEARTBEAT_INTERVAL, errors).await;
+    // No error source feeds the heartbeat: it says "healthy" while ironboot runs (an
+    // unreachable Omni cannot be told otherwise), and beats again once Omni is back.
+    provider::run_heartbeat(client, provider::HEARTBEAT_INTERVAL, beats).await;
 }
 
 /// The Omni boot decider, telling the control loop of each PXE boot of a machine it can

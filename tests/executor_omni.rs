@@ -10,6 +10,12 @@
 //! - A new machine whose metal agent (`tests/agent-harness`, the real grpctunnel Go
 //!   module) opened its tunnel is wiped through the agent once, recorded in `WipeStatus`,
 //!   then powered off once.
+//! - An agent that disconnects in the middle of the wipe: the wipe is not recorded as
+//!   done, nothing else happens while the agent is away, and the wipe is sent again once
+//!   an agent of the machine is back, then recorded and followed by the power-off.
+//!
+//! "Nothing more happened" is asserted after the event it follows and a bounded quiet
+//! period ([`quiet`]) in which what is checked stayed the same, never after a fixed sleep.
 //!
 //! Needs Go and the harnesses' modules and `ipmi_sim` (`tests/install-prereqs.sh`); a
 //! missing one fails the test naming it. Everything listens on 127.0.0.1.
@@ -183,6 +189,32 @@ fn powered_on_bmc(name: &str) -> (sim::SimBmc, u16) {
     (bmc, port)
 }
 
+/// Polls `probe` until its value has stayed the same for [`QUIET`] (at most 60 s) and
+/// returns it: what a late, wrongful action would change shows before this returns.
+fn quiet<T: PartialEq + std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = probe();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = probe();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= QUIET {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never settled: last {last:?}"
+        );
+    }
+}
+
+/// How long a checked value must stay unchanged to count as settled: several executor
+/// passes (each follows the last at once, or after 10 ms to 1 s of failure backoff).
+const QUIET: Duration = Duration::from_secs(3);
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -233,10 +265,8 @@ fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Long enough for a repeated action to show.
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        power_changes(&bmc),
+        quiet("the BMC's changes", || power_changes(&bmc)),
         ["set power 0"],
         "exactly one power-off"
     );
@@ -266,9 +296,8 @@ fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        power_changes(&bmc),
+        quiet("the BMC's changes", || power_changes(&bmc)),
         ["set power 0"],
         "no power action after a restart"
     );
@@ -318,6 +347,7 @@ fn start_with(client: &Client, tunnels: &Tunnels) -> Running {
 struct GoAgent {
     child: Child,
     calls: std::sync::mpsc::Receiver<Value>,
+    seen: std::sync::Mutex<Vec<String>>,
 }
 
 impl GoAgent {
@@ -352,16 +382,36 @@ impl GoAgent {
                 }
             }
         });
-        Self { child, calls }
+        Self {
+            child,
+            calls,
+            seen: std::sync::Mutex::default(),
+        }
     }
 
-    /// The methods the agent served so far.
+    /// The methods the agent was called with so far (a call's end is not counted).
     fn methods(&self) -> Vec<String> {
-        self.calls
-            .try_iter()
-            .filter(|v| v["event"] != "cancelled")
-            .map(|v| v["method"].as_str().unwrap_or_default().to_owned())
-            .collect()
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(
+            self.calls
+                .try_iter()
+                .filter(|v| v["event"] != "cancelled" && v["event"] != "finished")
+                .map(|v| v["method"].as_str().unwrap_or_default().to_owned()),
+        );
+        seen.clone()
+    }
+
+    /// Waits (at most 30 s) until the agent was called with `method`.
+    fn wait_for_call(&self, method: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.methods().iter().any(|m| m == method) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent was never called with {method}: {:?}",
+                self.methods()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -433,13 +483,11 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(agent.methods(), ["WipeDisks"], "one wipe, nothing else");
-    assert_eq!(
-        power_changes(&bmc),
-        ["set power 0"],
-        "one power-off, after the wipe"
-    );
+    let (methods, changes) = quiet("the agent's calls and the BMC's changes", || {
+        (agent.methods(), power_changes(&bmc))
+    });
+    assert_eq!(methods, ["WipeDisks"], "one wipe, nothing else");
+    assert_eq!(changes, ["set power 0"], "one power-off, after the wipe");
     let wipe = rt
         .block_on(client.get::<baremetal::WipeStatusSpec>("00000000-0000-4000-8000-000000000001"))
         .expect("WipeStatus recorded");
@@ -454,6 +502,170 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
     );
     assert_eq!(wipe.metadata.owner, "bare-metal.WipeStatusController");
     h.check_ready_and_off("00000000-0000-4000-8000-000000000001", "tok-9");
+    drop(running);
+    tunnels.close_all();
+    server.abort();
+}
+
+/// Waits (at most 30 s) for the tunnel event `want` of `machine_id` on `events`.
+fn wait_tunnel(
+    rt: &tokio::runtime::Runtime,
+    events: &mut tokio::sync::broadcast::Receiver<agent::tunnel::TunnelEvent>,
+    machine_id: &str,
+    connected: bool,
+) {
+    use agent::tunnel::TunnelEvent;
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match events.recv().await {
+                    Ok(TunnelEvent::Connected { machine_id: m })
+                        if connected && m == machine_id =>
+                    {
+                        return;
+                    }
+                    Ok(TunnelEvent::Disconnected { machine_id: m })
+                        if !connected && m == machine_id =>
+                    {
+                        return;
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("tunnel events ended: {e}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no {} event of {machine_id}",
+                if connected { "connect" } else { "disconnect" }
+            )
+        });
+    });
+}
+
+/// `ironboot_lifecycle_failed_passes_total` of `running`.
+fn failed_passes(running: &Running) -> u64 {
+    let mut out = String::new();
+    running.executor.stats().render_prometheus(&mut out);
+    out.lines()
+        .find_map(|l| l.strip_prefix("ironboot_lifecycle_failed_passes_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("ironboot_lifecycle_failed_passes_total in the executor's metrics")
+}
+
+#[test]
+fn an_agent_lost_in_the_middle_of_a_wipe_gets_the_wipe_again_once_back() {
+    let mut h = Harness::start();
+    let (bmc, port) = powered_on_bmc("executor-agent-lost");
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = h.client();
+    let tunnels = Tunnels::new(AgentGate::open());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let tunnel_addr = listener.local_addr().unwrap();
+    let router = tunnels.mount(axum::Router::new());
+    let server = rt.spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let running = start_with(&client, &tunnels);
+
+    // An agent whose wipe takes far longer than the test: it is lost in the middle.
+    let mut events = tunnels.subscribe();
+    let slow = GoAgent::start_with(
+        tunnel_addr,
+        "00000000-0000-4000-8000-000000000003",
+        &["--wipe-delay", "10m"],
+    );
+    wait_tunnel(
+        &rt,
+        &mut events,
+        "00000000-0000-4000-8000-000000000003",
+        true,
+    );
+    h.put_bmc_config("00000000-0000-4000-8000-000000000003", port);
+    h.put_accepted("00000000-0000-4000-8000-000000000003", "tok-2");
+    slow.wait_for_call("WipeDisks");
+    let failed_before = failed_passes(&running);
+    drop(slow);
+    wait_tunnel(
+        &rt,
+        &mut events,
+        "00000000-0000-4000-8000-000000000003",
+        false,
+    );
+
+    // The executor saw the wipe fail (a failed pass), and recorded nothing as done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failed_passes(&running) == failed_before {
+        assert!(
+            Instant::now() < deadline,
+            "the lost wipe never failed in the executor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (wipe, status, changes) = quiet("the records and the BMC while the agent is away", || {
+        (
+            rt.block_on(
+                client.get_opt::<baremetal::WipeStatusSpec>("00000000-0000-4000-8000-000000000003"),
+            )
+            .expect("reading WipeStatus")
+            .map(|w| w.spec),
+            rt.block_on(
+                client.get_opt::<specs::InfraMachineStatusSpec>(
+                    "00000000-0000-4000-8000-000000000003",
+                ),
+            )
+            .expect("reading InfraMachineStatus")
+            .map(|s| s.spec.ready_to_use),
+            power_changes(&bmc),
+        )
+    });
+    assert!(
+        wipe.as_ref()
+            .is_none_or(|w| !w.initial_wipe_done && w.wiped_node_unique_token.is_empty()),
+        "a wipe the agent never finished is recorded as done: {wipe:?}"
+    );
+    assert_ne!(status, Some(true), "ready to use without a finished wipe");
+    assert!(
+        changes.is_empty(),
+        "a power action before the wipe: {changes:?}"
+    );
+
+    // The agent is back: the wipe is sent again, recorded, and the machine powered off.
+    let agent = GoAgent::start(tunnel_addr, "00000000-0000-4000-8000-000000000003");
+    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rt
+            .block_on(
+                client.get_opt::<specs::InfraMachineStatusSpec>(
+                    "00000000-0000-4000-8000-000000000003",
+                ),
+            )
+            .expect("reading InfraMachineStatus");
+        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not wiped and powered off after the agent came back; chassis log: {:?}",
+            bmc.chassis_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (methods, changes) = quiet("the agent's calls and the BMC's changes", || {
+        (agent.methods(), power_changes(&bmc))
+    });
+    assert_eq!(methods, ["WipeDisks"], "the wipe sent again, once");
+    assert_eq!(changes, ["set power 0"], "one power-off, after the wipe");
+    let wipe = rt
+        .block_on(client.get::<baremetal::WipeStatusSpec>("00000000-0000-4000-8000-000000000003"))
+        .expect("WipeStatus recorded");
+    assert!(wipe.spec.initial_wipe_done, "{:?}", wipe.spec);
+    assert_eq!(wipe.spec.wiped_node_unique_token, "tok-2");
     drop(running);
     tunnels.close_all();
     server.abort();

@@ -19,7 +19,11 @@
 //! Checked for every machine: the exact sequence of BMC changes and of agent calls, and the
 //! published status after every phase. The chaos variant kills ironboot (SIGKILL) at random
 //! moments throughout and restarts it: the sequences must be the same, nothing repeated
-//! nor lost. The seed is printed; `IRONBOOT_SCENARIO_SEED` replays one.
+//! nor lost. The seed is printed; `IRONBOOT_SCENARIO_SEED` replays one. The outage variants
+//! reach Omni through a relay ([`relay::Relay`]) that cuts it off (connections reset) or
+//! pauses it (a black hole) for [`OUTAGE`] right after the reboot request: every machine's boot is still answered from ironboot's cached
+//! state, `/healthz` and `ironboot_omni_reachable` report the outage, the provider's
+//! heartbeat reaches Omni again after it, and the sequences are the same.
 //!
 //! Needs Go with the harnesses' modules, `ipmi_sim` and `ipmitool`
 //! (`tests/install-prereqs.sh`); a missing one fails the test naming it. Everything
@@ -29,6 +33,8 @@
 mod go_harness;
 #[path = "common/omni_harness.rs"]
 mod omni_harness;
+#[path = "common/relay.rs"]
+mod relay;
 #[path = "../bmc/tests/support/sim.rs"]
 mod sim;
 
@@ -64,6 +70,17 @@ const PRIVATE_KINDS: [&str; 4] = [
 ];
 /// Bound of each phase.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the outage variants keep Omni away.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// How the outage variants keep Omni away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// Every connection reset, new ones refused.
+    Cut,
+    /// No byte moves, new connections never answered.
+    Pause,
+}
 
 fn omni_harness_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -345,7 +362,8 @@ struct Ironboot {
 }
 
 impl Ironboot {
-    fn new(ip: &str, omni: &Omni, factory: &Factory, tls: bool) -> Self {
+    /// ironboot on `ip`, reaching Omni's harness at `omni_addr` (directly, or a relay).
+    fn new(ip: &str, omni: &Omni, omni_addr: &str, factory: &Factory, tls: bool) -> Self {
         let state = tempfile::tempdir().unwrap();
         let log = state.path().join("ironboot.log");
         Self {
@@ -354,7 +372,7 @@ impl Ironboot {
             port: free_tcp_port(ip),
             state,
             log,
-            omni_url: format!("http://{}", omni.addr),
+            omni_url: format!("http://{omni_addr}"),
             key: omni.key.clone(),
             factory_url: factory.url.clone(),
             tls_port: tls.then(|| free_tcp_port(ip)),
@@ -789,6 +807,8 @@ fn factory_version(script: &str) -> Option<String> {
 
 struct World {
     omni: Arc<Omni>,
+    /// Between ironboot and Omni, in the outage variant.
+    relay: Option<relay::Relay>,
     factory: Factory,
     ironboot: Arc<Mutex<Ironboot>>,
     machines: Vec<Machine>,
@@ -797,7 +817,7 @@ struct World {
 }
 
 impl World {
-    fn start(ip: &str, tls: bool) -> Self {
+    fn start(ip: &str, tls: bool, outage: bool) -> Self {
         require_commands();
         let _ = agent_harness_bin();
         let omni = Arc::new(Omni::start());
@@ -808,7 +828,14 @@ impl World {
             "labels": {"omni.sidero.dev/infra-provider-id": PROVIDER},
         }));
         let factory = Factory::start(ip);
-        let mut ironboot = Ironboot::new(ip, &omni, &factory, tls);
+        let relay = outage.then(|| {
+            let target = omni.addr.parse().expect("the harness's address");
+            relay::Relay::start(ip, target)
+        });
+        let omni_addr = relay
+            .as_ref()
+            .map_or_else(|| omni.addr.clone(), |r| r.addr().to_string());
+        let mut ironboot = Ironboot::new(ip, &omni, &omni_addr, &factory, tls);
         ironboot.start();
         let api = ironboot.api();
         let machines: Vec<Machine> = (0..MACHINES).map(Machine::new).collect();
@@ -834,6 +861,7 @@ impl World {
         }
         Self {
             omni,
+            relay,
             factory,
             ironboot: Arc::new(Mutex::new(ironboot)),
             machines,
@@ -975,9 +1003,10 @@ impl Drop for Chaos {
     }
 }
 
-/// Runs the scenario; with `chaos`, a thread kills and restarts ironboot meanwhile.
-fn scenario(ip: &str, chaos: bool, tls: bool) {
-    let world = World::start(ip, tls);
+/// Runs the scenario; with `chaos`, a thread kills and restarts ironboot meanwhile; with
+/// `outage`, Omni is away for [`OUTAGE`] after the reboot request ([`omni_outage`]).
+fn scenario(ip: &str, chaos: bool, tls: bool, outage: Option<Outage>) {
+    let world = World::start(ip, tls, outage.is_some());
     // Declared after `world`, so dropped first: a failing assertion stops the restarts
     // before the world (and its ironboot) goes.
     let mut restarts = chaos.then(|| Chaos::start(world.ironboot.clone()));
@@ -1039,6 +1068,9 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
     world.each(|s| {
         s.insert("requestedRebootId".into(), json!("reboot-1"));
     });
+    if let (Some(relay), Some(kind)) = (&world.relay, outage) {
+        omni_outage(&world, relay, kind);
+    }
     world.wait_all("rebooted once", |_, s| {
         is_str(s, "last_reboot_id", "reboot-1")
     });
@@ -1305,17 +1337,179 @@ fn scenario(ip: &str, chaos: bool, tls: bool) {
 
 #[test]
 fn ten_machines_through_their_lifecycle() {
-    scenario("127.0.0.61", false, false);
+    scenario("127.0.0.61", false, false, None);
 }
 
 #[test]
 fn ten_machines_through_their_lifecycle_with_ironboot_killed_at_random() {
-    scenario("127.0.0.62", true, false);
+    scenario("127.0.0.62", true, false, None);
+}
+
+/// The same with Omni cut off for a minute in the middle (see [`omni_outage`]).
+#[test]
+fn ten_machines_through_their_lifecycle_with_omni_cut_off_for_a_minute() {
+    scenario("127.0.0.64", false, false, Some(Outage::Cut));
+}
+
+/// The same with Omni silent for a minute in the middle: requests under way hang rather
+/// than fail.
+#[test]
+fn ten_machines_through_their_lifecycle_with_omni_silent_for_a_minute() {
+    scenario("127.0.0.65", false, false, Some(Outage::Pause));
 }
 
 /// The same over the agents' TLS listener (`--tls-enabled`, the CA generated and kept in
 /// Omni): each agent dials `https://` and trusts only the CA Talos got from `/config`.
 #[test]
 fn ten_machines_through_their_lifecycle_over_tls() {
-    scenario("127.0.0.63", false, true);
+    scenario("127.0.0.63", false, true, None);
+}
+
+/// The value of the sample `name` (no labels) in ironboot's `/metrics`.
+fn metric(api: SocketAddr, name: &str) -> Option<f64> {
+    let (status, text) = http_get(api, "/metrics").ok()?;
+    assert_eq!(status, 200, "GET /metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The provider's last heartbeat in Omni (its health status), in seconds since the epoch.
+fn last_heartbeat(omni: &Omni) -> Option<f64> {
+    let v = omni.send(&json!({
+        "cmd": "get", "ns": "infra-provider-ephemeral",
+        "type": "InfraProviderHealthStatuses.omni.sidero.dev", "id": PROVIDER,
+    }));
+    rfc3339_secs(v["spec"]["last_heartbeat_timestamp"].as_str()?)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (protojson's timestamps) in seconds since the epoch.
+fn rfc3339_secs(t: &str) -> Option<f64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut h = time.splitn(3, ':');
+    let (hh, mm) = (
+        h.next()?.parse::<i64>().ok()?,
+        h.next()?.parse::<i64>().ok()?,
+    );
+    let ss = h.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
+/// Keeps Omni away from ironboot for [`OUTAGE`] (`kind`), the reboot request just written. Meanwhile every
+/// machine asks for its boot script every few seconds and must get its disk boot (from
+/// the cached state, as Omni left it); `/healthz` must say Omni is unreachable and the
+/// gauge must be 0. Then Omni is back: both must say so, and a heartbeat must reach Omni.
+/// The rest of the scenario checks that nothing was repeated nor lost.
+fn omni_outage(world: &World, relay: &relay::Relay, kind: Outage) {
+    assert_eq!(
+        rfc3339_secs("2027-01-15T08:00:00.5Z"),
+        Some(1_800_000_000.5),
+        "the timestamp parser"
+    );
+    let api = world.ironboot.lock().unwrap().api();
+    let outages_before = metric(api, "ironboot_omni_outages_total").unwrap_or(0.0);
+    let relayed_before = relay.relayed();
+    match kind {
+        Outage::Cut => relay.cut(),
+        Outage::Pause => relay.pause(),
+    }
+    let cut_at = Instant::now();
+    eprintln!("Omni away for {OUTAGE:?} ({kind:?})");
+    let (mut answers, mut rounds) = (0u64, 0u64);
+    let mut detected_after = None;
+    while cut_at.elapsed() < OUTAGE {
+        for id in world.ids() {
+            let (status, script) = http_get(
+                api,
+                &format!("/ipxe/boot.ipxe?uuid={id}&mac=52-54-00-00-00-01&arch=i386"),
+            )
+            .expect("boot.ipxe during the outage");
+            assert!(
+                status == 200 && script.lines().any(|l| l.trim() == "exit"),
+                "machine {id} got no disk boot while Omni was unreachable: {status} {script}"
+            );
+            answers += 1;
+        }
+        let (status, health) = http_get(api, "/healthz").expect("/healthz during the outage");
+        assert_eq!(status, 200, "/healthz during the outage: {health}");
+        if health.contains("omni: unreachable since ") {
+            detected_after.get_or_insert(cut_at.elapsed());
+            assert_eq!(
+                metric(api, "ironboot_omni_reachable"),
+                Some(0.0),
+                "the gauge during the outage"
+            );
+        }
+        rounds += 1;
+        thread::sleep(Duration::from_secs(2));
+    }
+    let detected_after = detected_after.unwrap_or_else(|| {
+        panic!(
+            "/healthz never reported Omni unreachable in {OUTAGE:?}\n{}",
+            world.ironboot.lock().unwrap().tail()
+        )
+    });
+    assert_eq!(
+        metric(api, "ironboot_omni_outages_total"),
+        Some(outages_before + 1.0),
+        "one outage counted"
+    );
+    let refused = relay.refused();
+    if kind == Outage::Cut {
+        assert!(
+            refused > 0,
+            "ironboot never tried to reach Omni during the outage"
+        );
+    }
+    relay.restore();
+    let back_at = Instant::now();
+    let back_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let deadline = back_at + PHASE_TIMEOUT;
+    let recovered_after = loop {
+        let (_, health) = http_get(api, "/healthz").expect("/healthz after the outage");
+        if health.contains("omni: reachable\n")
+            && metric(api, "ironboot_omni_reachable") == Some(1.0)
+        {
+            break back_at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Omni back, /healthz still says: {health}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let heartbeat_after = loop {
+        if last_heartbeat(&world.omni).is_some_and(|t| t >= back_wall) {
+            break back_at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat reached Omni after the outage\n{}",
+            world.ironboot.lock().unwrap().tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    if kind == Outage::Cut {
+        assert!(relay.relayed() > relayed_before, "ironboot reconnected");
+    }
+    eprintln!(
+        "outage ({kind:?}): {OUTAGE:?}; {answers} boot scripts answered in {rounds} rounds \
+         (all disk boots); {refused} connections to Omni refused or held; reported \
+         unreachable after \
+         {detected_after:?}; reachable again {recovered_after:?} and a heartbeat in Omni \
+         {heartbeat_after:?} after Omni was back"
+    );
 }

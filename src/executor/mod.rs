@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::agent::client::AgentError;
-use crate::lifecycle::{self, Action, Event, MachineStatus, Policy, Secret, SecretSource};
+use crate::lifecycle::{self, Action, Event, MachineStatus, Policy, PowerOp, Secret, SecretSource};
 use crate::omni::client::OmniError;
 use mapping::{Records, Write};
 
@@ -224,8 +224,20 @@ const MAX_IMMEDIATE_PASSES: u32 = 32;
 struct Machine {
     status: Mutex<MachineStatus>,
     last_poll: Mutex<Option<Instant>>,
+    /// The last recorded power action, tied to monotonic time ([`Machine::power_op_at`]).
+    power_anchor: Mutex<Option<PowerAnchor>>,
     wake: Notify,
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A recorded power action (`op` at wall-clock `at`, as in Omni) and its age on the
+/// monotonic clock: `age` when first seen at `seen`.
+#[derive(Debug, Clone, Copy)]
+struct PowerAnchor {
+    op: PowerOp,
+    at: SystemTime,
+    age: Duration,
+    seen: Instant,
 }
 
 impl Machine {
@@ -237,6 +249,40 @@ impl Machine {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *s = lifecycle::apply_event(*s, event);
     }
+
+    /// This executor recorded `op` at wall-clock `at` just now: its age is zero.
+    fn recorded_power_op(&self, op: PowerOp, at: SystemTime) {
+        *self.power_anchor.lock().unwrap_or_else(|e| e.into_inner()) = Some(PowerAnchor {
+            op,
+            at,
+            age: Duration::ZERO,
+            seen: Instant::now(),
+        });
+    }
+
+    /// The recorded power action `op` at `at`, moved to where it lies before `now` on the
+    /// monotonic clock: the cooldown it starts then runs on elapsed time, and a wall
+    /// clock set forward or back neither ends it early nor stretches it. A record this
+    /// executor did not take is aged by the wall clock once, when first seen (a record
+    /// from the future counts as new).
+    fn power_op_at(&self, op: PowerOp, at: SystemTime, now: SystemTime) -> SystemTime {
+        let mut anchor = self.power_anchor.lock().unwrap_or_else(|e| e.into_inner());
+        let a = match *anchor {
+            Some(a) if a.op == op && a.at == at => a,
+            _ => {
+                let a = PowerAnchor {
+                    op,
+                    at,
+                    age: now.duration_since(at).unwrap_or_default(),
+                    seen: Instant::now(),
+                };
+                *anchor = Some(a);
+                a
+            }
+        };
+        let age = a.age.saturating_add(a.seen.elapsed());
+        now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
 }
 
 type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -247,8 +293,8 @@ struct Inner<S, P, A> {
     agent: A,
     settings: Settings,
     clock: Clock,
-    /// When this executor started: agents get a grace to reconnect from then.
-    started_at: SystemTime,
+    /// When this executor started (monotonic): agents get a grace to reconnect from then.
+    started_at: Instant,
     secrets: Mutex<Box<dyn SecretSource + Send>>,
     permits: Semaphore,
     machines: Mutex<HashMap<String, Arc<Machine>>>,
@@ -298,7 +344,7 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
                 power,
                 agent,
                 settings,
-                started_at: clock(),
+                started_at: Instant::now(),
                 clock,
                 secrets: Mutex::new(secrets),
                 permits,
@@ -449,16 +495,22 @@ async fn pass<S: Store, P: Power, A: Agent>(
     let mut status = machine.status();
     status.agent_connected = inner.agent.is_connected(machine_id);
     let mut observed = mapping::observed(&records, status);
-    observed.agent_grace_until =
-        Some(inner.started_at + inner.settings.policy.agent_reconnect_grace);
+    // The rules compare wall-clock times (records in Omni carry them); the grace and the
+    // cooldown are handed over as times before or after `now` measured on the monotonic
+    // clock, so a wall clock that jumps moves neither.
+    let now = (inner.clock)();
+    observed.agent_grace_until = inner
+        .settings
+        .policy
+        .agent_reconnect_grace
+        .checked_sub(inner.started_at.elapsed())
+        .map(|left| now + left);
+    if let Some((op, at)) = observed.recorded.power.last {
+        observed.recorded.power.last = Some((op, machine.power_op_at(op, at, now)));
+    }
     let plan = {
         let mut secrets = inner.secrets.lock().unwrap_or_else(|e| e.into_inner());
-        lifecycle::reconcile(
-            &observed,
-            &inner.settings.policy,
-            (inner.clock)(),
-            secrets.as_mut(),
-        )
+        lifecycle::reconcile(&observed, &inner.settings.policy, now, secrets.as_mut())
     };
     if !plan.actions.is_empty() {
         tracing::debug!(machine_id, actions = ?plan.actions, "lifecycle plan");
@@ -470,6 +522,9 @@ async fn pass<S: Store, P: Power, A: Agent>(
             permit = inner.permits.acquire().await.ok();
         }
         execute(inner, machine_id, machine, bmc.as_ref(), action).await?;
+        if let Action::RecordPowerOp { op, at } = action {
+            machine.recorded_power_op(*op, *at);
+        }
         inner.stats.step(action);
     }
     drop(permit);

@@ -68,6 +68,8 @@ struct FakeBmc {
     in_flight: Arc<Mutex<(u32, u32)>>,
     /// Status reads to fail before one succeeds.
     failing_reads: Arc<AtomicU32>,
+    /// Every power action with the monotonic time it reached the BMC.
+    acted_at: Arc<Mutex<Vec<(String, tokio::time::Instant)>>>,
 }
 
 impl Power for FakeBmc {
@@ -111,6 +113,10 @@ impl Power for FakeBmc {
         action: PowerAction,
     ) -> Result<(), ExecError> {
         push(&self.log, format!("{machine_id} bmc {action:?}"));
+        self.acted_at.lock().unwrap().push((
+            format!("{machine_id} {action:?}"),
+            tokio::time::Instant::now(),
+        ));
         let state = match action {
             PowerAction::Off => PowerState::Off,
             PowerAction::On(_) | PowerAction::Reboot(_) => PowerState::On,
@@ -229,6 +235,7 @@ impl Rig {
                 log: Arc::clone(&log),
                 in_flight: Arc::default(),
                 failing_reads: Arc::default(),
+                acted_at: Arc::default(),
             },
             agent: FakeAgent {
                 log: Arc::clone(&log),
@@ -738,4 +745,122 @@ async fn a_test_mode_agent_without_the_state_dir_is_an_error() {
         rig.log()
     );
     assert!(exec.stats().steps("bmc_setup") == 0);
+}
+
+/// A wall clock that a test sets forward or back: the system's plus an offset.
+#[derive(Clone, Default)]
+struct JumpingClock(Arc<Mutex<Duration>>, Arc<AtomicBool>);
+
+impl JumpingClock {
+    fn now(&self) -> std::time::SystemTime {
+        let offset = *self.0.lock().unwrap();
+        let now = std::time::SystemTime::now();
+        if self.1.load(Ordering::SeqCst) {
+            now - offset
+        } else {
+            now + offset
+        }
+    }
+
+    /// Forward by `by` (`back`: back by `by`) from the system's clock.
+    fn jump(&self, by: Duration, back: bool) {
+        *self.0.lock().unwrap() = by;
+        self.1.store(back, Ordering::SeqCst);
+    }
+}
+
+/// The wall clock jumps by `by` (forward, or `back`) during the cooldown that follows a
+/// power-on: the power-off Omni then asks for comes once the cooldown has run on the
+/// monotonic clock, neither at once nor (for a jump back) never; nothing is repeated.
+async fn cooldown_across_a_clock_jump(by: Duration, back: bool) {
+    const COOLDOWN: Duration = Duration::from_secs(2);
+    let rig = Rig::new();
+    let mut records = wiped();
+    records.infra.as_mut().unwrap().preferred_power_state =
+        omni::infra_machine_spec::MachinePowerState::PowerStateOn as i32;
+    rig.set("m1", records);
+    let clock = JumpingClock::default();
+    let mut settings = Settings::new(
+        Policy {
+            min_reboot_interval: COOLDOWN,
+            ..Policy::default()
+        },
+        BTreeMap::new(),
+    );
+    settings.power_poll_interval = Duration::from_secs(3600);
+    settings.retry_base = Duration::from_millis(10);
+    let tick = clock.clone();
+    let exec = Executor::with_sources(
+        rig.store.clone(),
+        rig.bmc.clone(),
+        rig.agent.clone(),
+        settings,
+        Arc::new(move || tick.now()),
+        Box::new(super::secrets::OsSecrets),
+    );
+    exec.wake("m1");
+    let acted = |rig: &Rig| rig.bmc.acted_at.lock().unwrap().clone();
+    rig.settle("powered on", |r| !acted(r).is_empty()).await;
+    let on_at = acted(&rig)[0].1;
+
+    // Omni now prefers the machine off, and the wall clock jumps.
+    clock.jump(by, back);
+    rig.store
+        .records
+        .lock()
+        .unwrap()
+        .get_mut("m1")
+        .unwrap()
+        .infra
+        .as_mut()
+        .unwrap()
+        .preferred_power_state = omni::infra_machine_spec::MachinePowerState::PowerStateOff as i32;
+    exec.wake("m1");
+
+    // Waits on the power-off itself (generous bound: a jump back must not stretch the
+    // cooldown by the jump).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acted(&rig).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no power-off after the cooldown (clock {} by {by:?}); log: {:#?}",
+            if back { "back" } else { "forward" },
+            rig.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acts = acted(&rig);
+    assert!(acts[0].0.starts_with("m1 On"), "{acts:?}");
+    assert_eq!(acts[1].0, "m1 Off", "{acts:?}");
+    assert!(
+        acts[1].1.duration_since(on_at) >= COOLDOWN,
+        "powered off {:?} after the power-on, within the {COOLDOWN:?} cooldown (clock {} by {by:?})",
+        acts[1].1.duration_since(on_at),
+        if back { "back" } else { "forward" },
+    );
+    // A bounded quiet period after the power-off: nothing repeated.
+    rig.settle("off recorded", |r| {
+        r.records("m1").status.is_some_and(|s| {
+            s.power_state
+                == omni::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32
+        })
+    })
+    .await;
+    exec.wake("m1");
+    rig.settle("quiet", |_| true).await;
+    let log = rig.log();
+    let power: Vec<&String> = log.iter().filter(|e| e.contains(" bmc O")).collect();
+    assert_eq!(power.len(), 2, "one power-on, one power-off: {log:#?}");
+    let ops: Vec<&String> = log.iter().filter(|e| e.contains("store PowerOp")).collect();
+    assert_eq!(ops.len(), 2, "each recorded once: {log:#?}");
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_forward_does_not_end_a_cooldown() {
+    cooldown_across_a_clock_jump(Duration::from_secs(2 * 3600), false).await;
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_back_does_not_stretch_a_cooldown() {
+    cooldown_across_a_clock_jump(Duration::from_secs(24 * 3600), true).await;
 }

@@ -13,8 +13,10 @@
 //! | `GET`/`HEAD /factory/image/<schematic>/<version>/<name>` | the image, from the cache or downloaded once for every request ([`cache`]); single ranges of cached images |
 //!
 //! Only the factory of the configuration is reached, only under `/pxe/` and `/image/`,
-//! only with checked segments ([`path`]) and never with the request's query: ironboot is
-//! no open proxy. A factory that cannot be reached is a `502` with the reason in plain
+//! only with checked segments ([`path`]), only for schematics ironboot vouches for
+//! ([`KnownSchematics`]: created by its own Image Factory client, or already in its cache;
+//! any other ID is a `404` without a request to the factory) and never with the request's
+//! query: ironboot is no open proxy. A factory that cannot be reached is a `502` with the reason in plain
 //! text (`404` passes through); the machine's retry script then applies.
 
 mod cache;
@@ -50,7 +52,7 @@ pub(crate) use stats::FactoryProxyStats;
 use stats::Served;
 
 use crate::config::ImageFactorySettings;
-use crate::image_factory::PxeImage;
+use crate::image_factory::{KnownSchematics, PxeImage};
 
 /// The cache directory under `--state-dir`.
 pub(crate) const CACHE_DIR_NAME: &str = "factory-cache";
@@ -255,6 +257,8 @@ pub(crate) struct FactoryProxy {
     scripts: Mutex<HashMap<AssetPath, ScriptEntry>>,
     images: Arc<ImageCache>,
     stats: Arc<FactoryProxyStats>,
+    /// The schematics whose scripts and images may be fetched.
+    known: KnownSchematics,
 }
 
 impl std::fmt::Debug for FactoryProxy {
@@ -311,6 +315,16 @@ impl FactoryProxy {
             path: options.cache_dir.clone(),
             source,
         })?;
+        // Cached images were fetched for schematics ironboot vouched for in an earlier
+        // run: machines booting across a restart keep getting them.
+        let known = KnownSchematics::default();
+        if let Ok(entries) = std::fs::read_dir(&options.cache_dir) {
+            for e in entries.flatten() {
+                if let Some(p) = e.file_name().to_str().and_then(AssetPath::from_cache_name) {
+                    known.insert(p.schematic());
+                }
+            }
+        }
         let fallback = crate::boot_script::retry_script_because(advertise, port, IMAGE_FAILED);
         let fallback = String::from_utf8_lossy(&fallback);
         let fallback = fallback
@@ -325,12 +339,19 @@ impl FactoryProxy {
             scripts: Mutex::new(HashMap::new()),
             images: Arc::new(images),
             stats,
+            known,
         }))
     }
 
     /// The counters, for `/metrics`.
     pub(crate) fn stats(&self) -> Arc<FactoryProxyStats> {
         self.stats.clone()
+    }
+
+    /// The schematics the proxy fetches; the Image Factory client adds the IDs it
+    /// creates ([`crate::image_factory::ImageFactory::report_to`]).
+    pub(crate) fn known(&self) -> &KnownSchematics {
+        &self.known
     }
 
     /// Add `/factory/pxe/...` and `/factory/image/...` to `router`.
@@ -362,6 +383,22 @@ impl FactoryProxy {
         plain(StatusCode::BAD_REQUEST, format!("ironboot: {e}\n"))
     }
 
+    /// `None` if ironboot vouches for `path`'s schematic, else the `404` (counted; no
+    /// log line: anyone on the network can send these).
+    fn unknown(&self, path: &AssetPath) -> Option<Response> {
+        if self.known.contains(path.schematic()) {
+            return None;
+        }
+        self.stats.unknown_schematic(path.kind());
+        Some(plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "ironboot: schematic {} was not created by ironboot\n",
+                path.schematic()
+            ),
+        ))
+    }
+
     fn failed(&self, kind: Kind, e: &UpstreamError) -> Response {
         self.stats.request(kind, Served::Error);
         plain(e.status(), format!("ironboot: {e}\n"))
@@ -372,6 +409,9 @@ impl FactoryProxy {
             Ok(p) => p,
             Err(e) => return self.refused(Kind::Script, &e),
         };
+        if let Some(refused) = self.unknown(&path) {
+            return refused;
+        }
         match self.script(&path).await {
             (Ok(script), served) => {
                 self.stats.request(Kind::Script, served);
@@ -517,6 +557,9 @@ impl FactoryProxy {
             Ok(p) => p,
             Err(e) => return self.refused(Kind::Image, &e),
         };
+        if let Some(refused) = self.unknown(&path) {
+            return refused;
+        }
         let source = match self.images.get(&path).await {
             Ok(source) => source,
             Err(e) => return self.failed(Kind::Image, &e),

@@ -158,6 +158,16 @@ impl AssetPath {
         )
     }
 
+    /// Which route the path is under.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The schematic ID (64 lowercase hex digits).
+    pub(crate) fn schematic(&self) -> &str {
+        &self.schematic
+    }
+
     /// The cache file name of an image: `<schematic>_<version>_<name>` (the version has
     /// no `_`, so [`AssetPath::from_cache_name`] splits it back unambiguously).
     pub(crate) fn cache_name(&self) -> String {

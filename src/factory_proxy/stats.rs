@@ -32,6 +32,8 @@ pub(crate) struct FactoryProxyStats {
     requests: [[AtomicU64; 4]; 2],
     /// Upstream fetches started, by kind.
     fetches: [AtomicU64; 2],
+    /// Requests for schematics ironboot does not vouch for, by kind.
+    unknown: [AtomicU64; 2],
     upstream_errors: AtomicU64,
     upstream_bytes: AtomicU64,
     served_bytes: AtomicU64,
@@ -65,6 +67,17 @@ impl FactoryProxyStats {
     #[cfg(test)]
     pub(crate) fn requests(&self, kind: Kind, served: Served) -> u64 {
         self.requests[kind_index(kind)][result_index(served)].load(Relaxed)
+    }
+
+    /// A request for a schematic ironboot does not vouch for (answered 404 unfetched).
+    pub(crate) fn unknown_schematic(&self, kind: Kind) {
+        self.unknown[kind_index(kind)].fetch_add(1, Relaxed);
+    }
+
+    /// Requests of `kind` refused for an unknown schematic so far.
+    #[cfg(test)]
+    pub(crate) fn unknown_schematics(&self, kind: Kind) -> u64 {
+        self.unknown[kind_index(kind)].load(Relaxed)
     }
 
     pub(crate) fn fetch_started(&self, kind: Kind) {
@@ -146,6 +159,19 @@ impl FactoryProxyStats {
                 self.fetches[k].load(Relaxed)
             );
         }
+        out.push_str(
+            "# HELP ironboot_factory_proxy_unknown_schematic_total Requests for a schematic \
+             ironboot did not create (nor has cached), answered 404 without asking the Image \
+             Factory.\n\
+             # TYPE ironboot_factory_proxy_unknown_schematic_total counter\n",
+        );
+        for (k, kind) in ["script", "image"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ironboot_factory_proxy_unknown_schematic_total{{kind=\"{kind}\"}} {}",
+                self.unknown[k].load(Relaxed)
+            );
+        }
         let _ = write!(
             out,
             "# HELP ironboot_factory_proxy_upstream_errors_total Fetches from the Image \
@@ -197,6 +223,7 @@ mod tests {
         s.request(Kind::Image, Served::Shared);
         s.request(Kind::Script, Served::Error);
         s.fetch_started(Kind::Image);
+        s.unknown_schematic(Kind::Script);
         s.upstream_error();
         s.upstream_bytes(100);
         s.served_bytes(300);
@@ -211,6 +238,8 @@ mod tests {
             "ironboot_factory_proxy_requests_total{kind=\"script\",result=\"error\"} 1",
             "ironboot_factory_proxy_upstream_fetches_total{kind=\"image\"} 1",
             "ironboot_factory_proxy_upstream_fetches_total{kind=\"script\"} 0",
+            "ironboot_factory_proxy_unknown_schematic_total{kind=\"script\"} 1",
+            "ironboot_factory_proxy_unknown_schematic_total{kind=\"image\"} 0",
             "ironboot_factory_proxy_upstream_errors_total 1",
             "ironboot_factory_proxy_upstream_bytes_total 100",
             "ironboot_factory_proxy_served_bytes_total 300",

@@ -161,6 +161,17 @@ async fn image(State(f): State<Factory>, uri: axum::http::Uri) -> Response {
         .into_response()
 }
 
+/// `POST /schematics`: every schematic is [`schematic`] here (the proxy does not care
+/// what it holds, only who created it).
+async fn create_schematic(State(f): State<Factory>, uri: axum::http::Uri) -> Response {
+    f.uris.lock().unwrap().push(uri.to_string());
+    (
+        StatusCode::CREATED,
+        format!("{{\"id\": \"{}\"}}", schematic()),
+    )
+        .into_response()
+}
+
 struct StandIn {
     listening: Listening,
     f: Factory,
@@ -176,6 +187,7 @@ impl StandIn {
             gate: Gate::default(),
         };
         let router = Router::new()
+            .route("/schematics", axum::routing::post(create_schematic))
             .route("/pxe/{s}/{v}/{n}", get(pxe))
             .route("/image/{s}/{v}/{n}", get(image))
             .with_state(f.clone());
@@ -219,6 +231,8 @@ fn proxy(standin: &StandIn, dir: &std::path::Path, max: u64) -> (Arc<FactoryProx
     options.max_cache_bytes = max;
     options.read_timeout = Duration::from_secs(10);
     let p = FactoryProxy::new(&standin.settings(), ADVERTISE, PORT, options).unwrap();
+    // As if ironboot's Image Factory client had created the schematic.
+    p.known().insert(&schematic());
     let router = p.mount(Router::new());
     (p, router)
 }
@@ -420,6 +434,7 @@ async fn an_unreachable_factory_is_a_502_with_the_reason() {
     let dir2 = tempfile::tempdir().unwrap();
     let p2 =
         FactoryProxy::new(&settings, ADVERTISE, PORT, Options::new(dir2.path().into())).unwrap();
+    p2.known().insert(&s);
     let router2 = p2.mount(Router::new());
     let (status, _, body) = request(
         &router2,
@@ -659,4 +674,126 @@ fn proxied_urls_use_the_advertised_address() {
         "http://[::1]:8080/factory"
     );
     assert_eq!(proxy_base(ADVERTISE, PORT), "http://10.0.0.1:50042/factory");
+}
+
+#[tokio::test]
+async fn only_schematics_ironboot_created_or_cached_are_fetched() {
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = standin.settings();
+    settings.base_url.clone_from(&settings.pxe_base_url);
+    let mut options = Options::new(dir.path().to_owned());
+    options.read_timeout = Duration::from_secs(10);
+    let p = FactoryProxy::new(&settings, ADVERTISE, PORT, options.clone()).unwrap();
+    let router = p.mount(Router::new());
+    let s = schematic();
+    let script_uri = format!("/factory/pxe/{s}/v1.13.7/metal-amd64");
+    let kernel_uri = image_uri("v1.13.7", "kernel-amd64");
+
+    // Well-formed IDs ironboot never created: 404, counted, the factory never asked.
+    let stranger = "5eed".repeat(16);
+    for uri in [
+        script_uri.clone(),
+        kernel_uri.clone(),
+        format!("/factory/pxe/{stranger}/v1.13.7/metal-amd64"),
+        format!("/factory/image/{stranger}/v1.13.7/initramfs-amd64.xz"),
+    ] {
+        let (status, _, body) = request(&router, "GET", &uri, &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body:?}");
+        let body = String::from_utf8(body.unwrap().to_vec()).unwrap();
+        assert!(
+            body.contains("was not created by ironboot"),
+            "{uri}: {body}"
+        );
+    }
+    assert!(
+        standin.f.uris.lock().unwrap().is_empty(),
+        "nothing reached the factory: {:?}",
+        standin.f.uris.lock().unwrap()
+    );
+    assert_eq!(p.stats().unknown_schematics(Kind::Script), 2);
+    assert_eq!(p.stats().unknown_schematics(Kind::Image), 2);
+    assert_eq!(p.stats().fetches(Kind::Script), 0);
+    assert_eq!(p.stats().fetches(Kind::Image), 0);
+    assert_eq!(cache_files(dir.path()).0, Vec::<String>::new());
+    let mut out = String::new();
+    p.stats().render_prometheus(&mut out);
+    assert!(
+        out.contains("ironboot_factory_proxy_unknown_schematic_total{kind=\"image\"} 2"),
+        "{out}"
+    );
+
+    // ironboot's own Image Factory client creates the schematic: from then on the proxy
+    // fetches it (the client reports to the proxy as Omni mode wires them).
+    let factory =
+        crate::image_factory::ImageFactory::new(settings.clone(), Duration::from_secs(10)).unwrap();
+    factory.report_to(p.known());
+    let image = factory
+        .agent_mode_image(crate::image_factory::Arch::Amd64, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(image.schematic.as_str(), s);
+    get_ok(&router, &script_uri).await;
+    assert_eq!(
+        get_ok(&router, &kernel_uri).await,
+        upstream_image("v1.13.7", "kernel-amd64")
+    );
+    // The stranger is still refused.
+    let (status, _, _) = request(
+        &router,
+        "GET",
+        &format!("/factory/image/{stranger}/v1.13.7/kernel-amd64"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(p.stats().unknown_schematics(Kind::Image), 3);
+    assert_eq!(
+        standin.f.uris.lock().unwrap().clone(),
+        [
+            "/schematics".to_owned(),
+            format!("/pxe/{s}/v1.13.7/metal-amd64"),
+            format!("/image/{s}/v1.13.7/kernel-amd64"),
+        ]
+    );
+
+    // A schematic created before the proxy was named is reported too.
+    let early =
+        crate::image_factory::ImageFactory::new(settings.clone(), Duration::from_secs(10)).unwrap();
+    early
+        .agent_mode_image(crate::image_factory::Arch::Amd64, Vec::new())
+        .await
+        .unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let p_b = FactoryProxy::new(
+        &settings,
+        ADVERTISE,
+        PORT,
+        Options::new(dir_b.path().into()),
+    )
+    .unwrap();
+    assert!(!p_b.known().contains(&s));
+    early.report_to(p_b.known());
+    assert!(p_b.known().contains(&s));
+
+    // A restarted proxy over the same cache still serves the images it cached (machines
+    // booting across a restart), and still refuses strangers.
+    drop(router);
+    drop(p);
+    let p = FactoryProxy::new(&settings, ADVERTISE, PORT, options).unwrap();
+    let router = p.mount(Router::new());
+    assert_eq!(
+        get_ok(&router, &kernel_uri).await,
+        upstream_image("v1.13.7", "kernel-amd64")
+    );
+    assert_eq!(p.stats().requests(Kind::Image, Served::Hit), 1);
+    let (status, _, _) = request(
+        &router,
+        "GET",
+        &format!("/factory/pxe/{stranger}/v1.13.7/metal-amd64"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(standin.image_gets("v1.13.7", "kernel-amd64"), 1);
 }

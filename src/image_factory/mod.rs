@@ -13,10 +13,10 @@
 
 mod schematic;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,6 +75,32 @@ impl SchematicId {
     /// The hex ID.
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The schematic IDs ironboot vouches for: those its own [`ImageFactory`] client created
+/// (and, for the factory proxy, those whose images it already cached). The factory proxy
+/// fetches nothing for any other ID, so nobody on the PXE network can make ironboot
+/// download (and cache) images of their choosing. Cheap to clone (one shared set); it
+/// grows by one entry per distinct schematic ironboot asked for, never by request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KnownSchematics(Arc<RwLock<HashSet<String>>>);
+
+impl KnownSchematics {
+    /// Vouch for `id` (64 lowercase hex digits).
+    pub(crate) fn insert(&self, id: &str) {
+        let mut ids = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if !ids.contains(id) {
+            ids.insert(id.to_owned());
+        }
+    }
+
+    /// Whether `id` was vouched for.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 }
 
@@ -167,6 +193,9 @@ struct Inner {
     timeout: Duration,
     cache: Mutex<HashMap<ContentKey, Entry>>,
     posts: AtomicU64,
+    /// Where every created schematic's ID is also recorded (the factory proxy's
+    /// allowlist), once [`ImageFactory::report_to`] named it.
+    known: OnceLock<KnownSchematics>,
 }
 
 /// The Image Factory client; cheap to clone (one shared cache).
@@ -208,8 +237,26 @@ impl ImageFactory {
                 timeout,
                 cache: Mutex::new(HashMap::new()),
                 posts: AtomicU64::new(0),
+                known: OnceLock::new(),
             }),
         })
+    }
+
+    /// Record the ID of every schematic this client created, and creates from now on, in
+    /// `known` (the factory proxy's allowlist). A second call keeps the first set.
+    pub(crate) fn report_to(&self, known: &KnownSchematics) {
+        let _ = self.inner.known.set(known.clone());
+        let Some(known) = self.inner.known.get() else {
+            return;
+        };
+        // Under the cache's lock: a creation finishing now either is in the cache for
+        // this loop or sees the set above.
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in cache.values() {
+            if let Entry::Ready(id) = entry {
+                known.insert(id.as_str());
+            }
+        }
     }
 
     /// Schematic creations sent so far (for metrics and tests).
@@ -243,6 +290,9 @@ impl ImageFactory {
                             match &outcome {
                                 Ok(id) => {
                                     cache.insert(key, Entry::Ready(id.clone()));
+                                    if let Some(known) = inner.known.get() {
+                                        known.insert(id.as_str());
+                                    }
                                 }
                                 Err(_) => {
                                     cache.remove(&key);

@@ -275,6 +275,14 @@ impl OmniBootDecider {
         self.proxied.store(on, Ordering::Relaxed);
     }
 
+    /// Record every schematic the decider's factory client creates in `known` (the
+    /// factory proxy's allowlist).
+    pub(crate) fn report_schematics_to(&self, known: &crate::image_factory::KnownSchematics) {
+        if let Some(factory) = &self.factory {
+            factory.report_to(known);
+        }
+    }
+
     /// Whether factory images go through ironboot.
     pub(crate) fn factory_proxied(&self) -> bool {
         self.proxied.load(Ordering::Relaxed)

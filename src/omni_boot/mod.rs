@@ -123,6 +123,8 @@ impl OmniBoot {
     /// this call (the default) machines chain to the factory directly.
     pub(crate) fn with_factory_proxy(mut self, proxy: Arc<FactoryProxy>) -> Self {
         self.decider.set_factory_proxy(true);
+        // The proxy fetches only what the decider's factory client created.
+        self.decider.report_schematics_to(proxy.known());
         self.factory_proxy = Some(proxy);
         self
     }
