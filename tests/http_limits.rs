@@ -108,8 +108,8 @@ struct Ironboot {
 
 impl Ironboot {
     /// Start `binary` in `ns` with iPXE files made up for the test (a small `snponly.efi`,
-    /// a 30 MiB `ipxe.efi`) and `extra` flags.
-    fn start(binary: &str, ns: &Namespace, extra: &[&str]) -> Ironboot {
+    /// a 30 MiB `ipxe.efi`) and `extra` flags, under `nofile` open files if given.
+    fn start(binary: &str, ns: &Namespace, extra: &[&str], nofile: Option<&str>) -> Ironboot {
         let dir = tempfile::tempdir().unwrap();
         let ipxe = dir.path().join("ipxe");
         fs::create_dir(&ipxe).unwrap();
@@ -118,21 +118,23 @@ impl Ironboot {
         let state = dir.path().join("state");
         let log = fs::File::create(dir.path().join("ironboot.log")).unwrap();
         let server = SERVER.to_string();
-        let mut args = vec![
-            "netns",
-            "exec",
-            &ns.name,
+        let nofile = nofile.map(|n| format!("--nofile={n}:{n}"));
+        let mut args = vec!["netns", "exec", &ns.name];
+        if let Some(limit) = &nofile {
+            args.extend(["prlimit", limit.as_str()]);
+        }
+        args.extend([
             binary,
             "--disable-dhcp-proxy",
             "--api-listen-address",
             &server,
             "--api-advertise-address",
             &server,
-        ];
+        ]);
         let (state, ipxe) = (state.display().to_string(), ipxe.display().to_string());
         args.extend(["--state-dir", &state, "--ipxe-dir", &ipxe]);
         args.extend(extra);
-        // `ip netns exec` execs the binary: the child's PID is ironboot's own.
+        // `ip netns exec` (and `prlimit`) exec the binary: the child's PID is ironboot's.
         let child = Command::new("ip")
             .args(&args)
             .env("PATH", common::path_env())
@@ -307,6 +309,46 @@ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: iPXE/1.21.1\r\nX-Trickle: ";
     }
 }
 
+/// What one flooding slot saw.
+#[derive(Debug, Default)]
+struct Slot {
+    connections: u32,
+    closed: u32,
+    not_connected: u32,
+    longest: Duration,
+    open_at_end: bool,
+}
+
+/// A trickling connection from `src`, for `hold`; with `reconnect`, a new one each time
+/// the server closes the last.
+async fn flood_slot(src: Ipv4Addr, hold: Duration, reconnect: bool) -> Slot {
+    let start = Instant::now();
+    let mut slot = Slot::default();
+    loop {
+        let left = hold.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return slot;
+        }
+        match trickle(src, Duration::from_secs(1), left).await {
+            Trickle::NotConnected => slot.not_connected += 1,
+            Trickle::Closed(after) => {
+                slot.connections += 1;
+                slot.closed += 1;
+                slot.longest = slot.longest.max(after);
+            }
+            Trickle::StillOpen => {
+                slot.connections += 1;
+                slot.open_at_end = true;
+                return slot;
+            }
+        }
+        if !reconnect {
+            return slot;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An iPXE `boot.ipxe` request for machine `i`: status, script, latency.
 async fn ipxe_boot(src: Ipv4Addr, i: u32) -> (std::io::Result<(u16, String)>, Duration) {
     let path = format!(
@@ -370,6 +412,7 @@ fn a_slow_header_flood_is_dropped_while_ipxe_is_served() {
             "--http-max-connections-per-source",
             "200",
         ],
+        None,
     );
     in_namespace(&ns, move || async move {
         server.ready().await;
@@ -455,6 +498,7 @@ fn caps_write_deadline_h2c_streams_and_operator_routes() {
             "--api-allow-cidr",
             &operator_cidr,
         ],
+        None,
     );
     in_namespace(&ns, move || async move {
         server.ready().await;
@@ -631,8 +675,11 @@ async fn operator_routes() {
 
 /// The figures behind RELIABILITY.md: `FLOOD_CONNECTIONS` (default 3000) connections
 /// trickling a header at one byte per second from 39 addresses, held 55 s, against
-/// `IRONBOOT_FLOOD_BIN` (default: this build) with its default limits; `/healthz` is
-/// timed every second meanwhile. Prints, asserts nothing but that the flood ran.
+/// `IRONBOOT_FLOOD_BIN` (default: this build) with its default limits, under
+/// `FLOOD_NOFILE` open files if set (through `prlimit`); with `FLOOD_RECONNECT=1` each
+/// slot opens a new connection whenever the server closes its last. `/healthz` and
+/// `boot.ipxe` are timed every second meanwhile (failed: an error or no answer within
+/// 20 s). Prints, asserts nothing but that the flood ran.
 #[test]
 #[ignore = "a measurement (about 70 s), run by hand"]
 fn flood_figures() {
@@ -645,7 +692,9 @@ fn flood_figures() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
     let ns = Namespace::new("m");
-    let mut server = Ironboot::start(&binary, &ns, &[]);
+    let nofile = std::env::var("FLOOD_NOFILE").ok();
+    let reconnect = std::env::var("FLOOD_RECONNECT").is_ok_and(|v| v == "1");
+    let mut server = Ironboot::start(&binary, &ns, &[], nofile.as_deref());
     in_namespace(&ns, move || async move {
         server.ready().await;
         let hold = Duration::from_secs(55);
@@ -653,7 +702,7 @@ fn flood_figures() {
         let flood: Vec<_> = (0..count)
             .map(|i| {
                 let src = client_addr(2 + (i % 39) as u8);
-                tokio::spawn(trickle(src, Duration::from_secs(1), hold))
+                tokio::spawn(flood_slot(src, hold, reconnect))
             })
             .collect();
         let mut health = Vec::new();
@@ -675,22 +724,29 @@ fn flood_figures() {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let (mut open, mut refused_or_dropped, mut not_connected) = (0, 0, 0);
+        let mut total = Slot::default();
+        let mut open = 0;
         for task in flood {
-            match task.await.unwrap() {
-                Trickle::StillOpen => open += 1,
-                Trickle::Closed(_) => refused_or_dropped += 1,
-                Trickle::NotConnected => not_connected += 1,
-            }
+            let slot = task.await.unwrap();
+            open += usize::from(slot.open_at_end);
+            total.connections += slot.connections;
+            total.closed += slot.closed;
+            total.not_connected += slot.not_connected;
+            total.longest = total.longest.max(slot.longest);
         }
         health.sort();
         boots.sort();
         eprintln!(
-            "binary {binary}\nflood: {count} connections from 39 addresses, 1 header byte/s, \
-             held {hold:?}: still open at the end {open}, closed by the server \
-             {refused_or_dropped}, never connected {not_connected}\n/healthz during the \
-             flood: {} ok (p50 {}, max {}), {health_failed} failed\nboot.ipxe during the \
-             flood: {} ok (p50 {}, max {}), {boot_failed} failed",
+            "binary {binary} (open files: {nofile:?})\nflood: {count} slots from 39 \
+             addresses, 1 header byte/s, reconnecting: {reconnect}, for {hold:?}: \
+             connections {}, closed by the server {} (longest lived {}), connects failed {}, \
+             still open at the end {open}\n/healthz during the flood: {} ok (p50 {}, max \
+             {}), {health_failed} failed\nboot.ipxe during the flood: {} ok (p50 {}, max \
+             {}), {boot_failed} failed",
+            total.connections,
+            total.closed,
+            ms(total.longest),
+            total.not_connected,
             health.len(),
             ms(percentile(&health, 0.5)),
             ms(health.last().copied().unwrap_or_default()),
