@@ -4,7 +4,8 @@
 //!
 //! - 3,000 connections trickling a request head one byte at a time from 39 source
 //!   addresses are all dropped within the header deadline (plus generous slack), while
-//!   20 iPXE-like `boot.ipxe` requests beside them are each answered with a script;
+//!   20 iPXE-like `boot.ipxe` requests beside them are each answered with a script, the
+//!   connection cap (1,000) full: they take the places of trickling connections;
 //! - the per-source cap answers the 65th connection from one address with a 503 while
 //!   another address is served;
 //! - a client that stops reading a big file is dropped after the write deadline;
@@ -408,9 +409,12 @@ fn a_slow_header_flood_is_dropped_while_ipxe_is_served() {
             "--http-header-timeout",
             "3s",
             // Above the flood's share per address (3,000 / 39): this scenario is about
-            // the header deadline, not the per-source cap.
+            // the header deadline and the total cap, not the per-source cap.
             "--http-max-connections-per-source",
             "200",
+            // Below the flood: the iPXE requests get in by evicting trickling connections.
+            "--http-max-connections",
+            "1000",
         ],
         None,
     );
@@ -457,14 +461,30 @@ fn a_slow_header_flood_is_dropped_while_ipxe_is_served() {
             longest < header_timeout + SLACK,
             "a trickling connection stayed {longest:?} (header deadline {header_timeout:?})"
         );
+        let timed_out = metric(
+            "ironboot_http_connections_dropped_total{listener=\"api\",reason=\"header_timeout\"}",
+        )
+        .await;
+        let evicted =
+            metric("ironboot_http_connections_dropped_total{listener=\"api\",reason=\"evicted\"}")
+                .await;
+        let refused = metric(
+            "ironboot_http_connections_refused_total{listener=\"api\",reason=\"max_connections\"}",
+        )
+        .await;
         assert!(
-            metric("ironboot_http_connections_dropped_total{listener=\"api\",reason=\"header_timeout\"}")
-                .await
-                >= FLOODERS as u64
+            evicted > 0,
+            "the cap was reached: room was made by eviction"
+        );
+        assert!(
+            timed_out + evicted + refused >= FLOODERS as u64,
+            "every trickling connection was dropped by the server: {timed_out} timed out, \
+             {evicted} evicted, {refused} refused"
         );
         eprintln!(
             "flood: {FLOODERS} trickling connections from 39 addresses, header deadline \
-             {header_timeout:?}: closed after p50 {} p99 {} max {}; 20 boot.ipxe beside: \
+             {header_timeout:?}, cap 1000: {timed_out} timed out, {evicted} evicted, \
+             {refused} refused; closed after p50 {} p99 {} max {}; 20 boot.ipxe beside: \
              p50 {} max {}",
             ms(percentile(&lifetimes, 0.5)),
             ms(percentile(&lifetimes, 0.99)),

@@ -4,7 +4,10 @@
 //!
 //! - **caps**: at most `max_connections` open connections over both ports together and
 //!   `max_per_source` from one IP address; a connection over a cap gets a canned `503`
-//!   written straight into the socket (no hyper connection, no task) and is closed;
+//!   written straight into the socket (no hyper connection, no task) and is closed.
+//!   When all places are taken, a new connection first takes the place of the oldest
+//!   connection that has not sent a complete request yet (evicted), so a crowd of slow
+//!   clients cannot lock out the quick ones; only when there is none is it refused;
 //! - **header deadline**: a connection must complete its first request head (after the TLS
 //!   handshake, on the TLS port) within `header_timeout` of being accepted, and on HTTP/1
 //!   each later head within `header_timeout` of its first byte: a client trickling a
@@ -25,14 +28,14 @@
 //!
 //! Everything is counted in [`ConnCounters`] (`/metrics`), per listener.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -46,7 +49,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
@@ -240,10 +243,12 @@ pub(crate) enum Reason {
     HandshakeTimeout,
     /// The TLS handshake failed.
     HandshakeFailed,
+    /// Closed before its first request to make room for a new connection at the cap.
+    Evicted,
 }
 
 impl Reason {
-    const ALL: [Reason; 7] = [
+    const ALL: [Reason; 8] = [
         Reason::MaxConnections,
         Reason::PerSource,
         Reason::HeaderTimeout,
@@ -251,6 +256,7 @@ impl Reason {
         Reason::WriteTimeout,
         Reason::HandshakeTimeout,
         Reason::HandshakeFailed,
+        Reason::Evicted,
     ];
 
     fn label(self) -> &'static str {
@@ -262,6 +268,7 @@ impl Reason {
             Reason::WriteTimeout => "write_timeout",
             Reason::HandshakeTimeout => "handshake_timeout",
             Reason::HandshakeFailed => "handshake_failed",
+            Reason::Evicted => "evicted",
         }
     }
 
@@ -471,6 +478,9 @@ pub(crate) struct Gate {
     counters: Arc<ConnCounters>,
     open: AtomicUsize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections in the order they were admitted, for eviction at the cap; entries
+    /// that have sent a request or are gone are skipped and pruned.
+    unanswered: Mutex<VecDeque<Weak<Activity>>>,
     builder: auto::Builder<TokioExecutor>,
     refused_log: RateLimited,
     accept_log: RateLimited,
@@ -512,6 +522,7 @@ impl Gate {
             counters,
             open: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(VecDeque::new()),
             builder,
             refused_log: RateLimited::new(),
             accept_log: RateLimited::new(),
@@ -523,25 +534,51 @@ impl Gate {
         self.counters.clone()
     }
 
-    /// A place for one more connection from `ip`, or the cap it would break.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Reason> {
-        let total = self.open.fetch_add(1, Relaxed);
-        if total >= self.limits.max_connections {
-            self.open.fetch_sub(1, Relaxed);
-            return Err(Reason::MaxConnections);
-        }
+    /// A place for one more connection (`activity`) from `ip`, or the cap it would
+    /// break. At the total cap the oldest connection without a request yet is told to
+    /// go and its place is taken (the count is over the cap until it has gone: a tick).
+    fn admit(self: &Arc<Self>, ip: IpAddr, activity: &Arc<Activity>) -> Result<Permit, Reason> {
         let mut map = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.limits.max_per_source {
-            drop(map);
-            self.open.fetch_sub(1, Relaxed);
             return Err(Reason::PerSource);
         }
+        let total = self.open.fetch_add(1, Relaxed);
+        if total >= self.limits.max_connections && !self.evict_oldest_unanswered() {
+            self.open.fetch_sub(1, Relaxed);
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return Err(Reason::MaxConnections);
+        }
         *n += 1;
+        drop(map);
+        let mut queue = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        queue.push_back(Arc::downgrade(activity));
+        // Entries of connections that have since sent a request or gone are only popped
+        // by eviction: prune them when they could outnumber the open connections.
+        if queue.len() > 2 * self.limits.max_connections + 64 {
+            queue.retain(|w| w.upgrade().is_some_and(|a| a.evictable()));
+        }
         Ok(Permit {
             gate: self.clone(),
             ip,
         })
+    }
+
+    /// Tell the oldest connection still without a request to go; false if there is none.
+    fn evict_oldest_unanswered(&self) -> bool {
+        let mut queue = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(w) = queue.pop_front() {
+            if let Some(a) = w.upgrade()
+                && a.evictable()
+                && !a.evicted.swap(true, Relaxed)
+            {
+                a.evict.notify_one();
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -633,7 +670,8 @@ pub(crate) async fn serve<H: Handshake>(
             }
         };
         let stats = gate.counters.of(which);
-        let permit = match gate.admit(peer.ip()) {
+        let activity = Arc::new(Activity::new());
+        let permit = match gate.admit(peer.ip(), &activity) {
             Ok(p) => p,
             Err(reason) => {
                 gate.counters.ended(which, reason);
@@ -659,6 +697,7 @@ pub(crate) async fn serve<H: Handshake>(
             tcp,
             peer,
             permit,
+            activity,
             which,
             router.clone(),
             handshake.clone(),
@@ -678,10 +717,10 @@ pub(crate) async fn serve<H: Handshake>(
 /// accepted) is only counted.
 async fn accept_failed(gate: &Gate, which: Listener, e: &io::Error) {
     let stats = gate.counters.of(which);
-    let exhausted = matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
-    );
+    let exhausted = e.raw_os_error().is_some_and(|n| {
+        use nix::errno::Errno;
+        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM].contains(&Errno::from_raw(n))
+    });
     if exhausted {
         stats.accept_fd_exhausted.fetch_add(1, Relaxed);
     } else {
@@ -701,19 +740,13 @@ async fn accept_failed(gate: &Gate, which: Listener, e: &io::Error) {
     }
 }
 
-/// The errno values `accept` is checked against.
-mod libc_errno {
-    pub(super) const EMFILE: i32 = nix::errno::Errno::EMFILE as i32;
-    pub(super) const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
-    pub(super) const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
-    pub(super) const ENOMEM: i32 = nix::errno::Errno::ENOMEM as i32;
-}
-
 /// One connection: the handshake, then HTTP under the watchdog.
+#[allow(clippy::too_many_arguments)]
 async fn connection<H: Handshake>(
     tcp: TcpStream,
     peer: SocketAddr,
     permit: Permit,
+    activity: Arc<Activity>,
     which: Listener,
     router: Router,
     handshake: H,
@@ -725,13 +758,19 @@ async fn connection<H: Handshake>(
     stats.open.fetch_add(1, Relaxed);
     let _open = OpenGuard(&stats.open);
     let limits = &gate.limits;
-    let activity = Arc::new(Activity::new());
     let io = Timed {
         inner: tcp,
         activity: activity.clone(),
     };
+    let handshaken = tokio::select! {
+        h = tokio::time::timeout(limits.handshake_timeout, handshake.handshake(io)) => h,
+        () = activity.evict.notified() => {
+            counters.ended(which, Reason::Evicted);
+            return;
+        }
+    };
     let io = if H::TLS {
-        match tokio::time::timeout(limits.handshake_timeout, handshake.handshake(io)).await {
+        match handshaken {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
                 counters.ended(which, Reason::HandshakeFailed);
@@ -745,9 +784,9 @@ async fn connection<H: Handshake>(
             }
         }
     } else {
-        match handshake.handshake(io).await {
-            Ok(io) => io,
-            Err(_) => return,
+        match handshaken {
+            Ok(Ok(io)) => io,
+            _ => return,
         }
     };
     activity.opened();
@@ -793,6 +832,11 @@ async fn connection<H: Handshake>(
                     }
                 }
             }
+            () = activity.evict.notified() => {
+                counters.ended(which, Reason::Evicted);
+                debug!(%peer, "connection without a request evicted at the connection cap");
+                return;
+            }
             changed = stop.changed(), if closing_by.is_none() => {
                 // Shutdown (or the server gone): finish what is in flight.
                 let _ = changed;
@@ -837,6 +881,9 @@ struct Activity {
     in_flight: AtomicU32,
     requests: AtomicU64,
     http2: AtomicBool,
+    /// Chosen for eviction (see [`Gate::admit`]).
+    evicted: AtomicBool,
+    evict: Notify,
 }
 
 impl Activity {
@@ -850,7 +897,15 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
         }
+    }
+
+    /// Not one request yet (handshaking, or its first head still arriving), so it may
+    /// make room for a new connection at the cap.
+    fn evictable(&self) -> bool {
+        self.requests.load(Relaxed) == 0 && !self.evicted.load(Relaxed)
     }
 
     fn now(&self) -> u64 {
@@ -1185,14 +1240,53 @@ mod tests {
         let gate = Gate::new(limits, Arc::new(ConnCounters::default()));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let p1 = gate.admit(a).unwrap();
-        let _p2 = gate.admit(a).unwrap();
-        assert_eq!(gate.admit(a).err(), Some(Reason::PerSource));
-        let _p3 = gate.admit(b).unwrap();
-        assert_eq!(gate.admit(b).err(), Some(Reason::MaxConnections));
+        // Every connection here has answered requests already: none may be evicted.
+        let answered = || {
+            let act = Arc::new(Activity::new());
+            act.request_started(false);
+            act
+        };
+        let acts: Vec<_> = (0..6).map(|_| answered()).collect();
+        let p1 = gate.admit(a, &acts[0]).unwrap();
+        let _p2 = gate.admit(a, &acts[1]).unwrap();
+        assert_eq!(gate.admit(a, &acts[2]).err(), Some(Reason::PerSource));
+        let _p3 = gate.admit(b, &acts[3]).unwrap();
+        assert_eq!(gate.admit(b, &acts[4]).err(), Some(Reason::MaxConnections));
         drop(p1);
-        let _p4 = gate.admit(a).unwrap();
+        let _p4 = gate.admit(a, &acts[5]).unwrap();
         assert_eq!(gate.open.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_connection_without_a_request_makes_room() {
+        let limits = Limits {
+            max_connections: 3,
+            ..Limits::default()
+        };
+        let gate = Gate::new(limits, Arc::new(ConnCounters::default()));
+        let ip = |i: u8| IpAddr::from([192, 0, 2, i]);
+        let acts: Vec<_> = (0..6).map(|_| Arc::new(Activity::new())).collect();
+        // 0 has sent a request; 1 and 2 have not.
+        acts[0].request_started(false);
+        let _p: Vec<_> = (0..3)
+            .map(|i| gate.admit(ip(i), &acts[i as usize]).unwrap())
+            .collect();
+        // The fourth evicts 1 (the oldest without a request), the fifth 2, ...
+        let _p3 = gate.admit(ip(3), &acts[3]).unwrap();
+        assert!(acts[1].evicted.load(Relaxed) && !acts[2].evicted.load(Relaxed));
+        acts[3].request_started(false);
+        let _p4 = gate.admit(ip(4), &acts[4]).unwrap();
+        assert!(acts[2].evicted.load(Relaxed));
+        assert!(
+            !acts[0].evicted.load(Relaxed),
+            "a connection with requests stays"
+        );
+        // Once 3 and 4 have sent requests too, nobody is left to evict.
+        acts[4].request_started(false);
+        assert_eq!(
+            gate.admit(ip(5), &acts[5]).err(),
+            Some(Reason::MaxConnections)
+        );
     }
 
     #[test]
