@@ -536,7 +536,7 @@ impl Gate {
 
     /// A place for one more connection (`activity`) from `ip`, or the cap it would
     /// break. At the total cap the oldest connection without a request yet is told to
-    /// go and its place is taken (the count is over the cap until it has gone: a tick).
+    /// go and its place is taken (the count is over the cap until it has gone).
     fn admit(self: &Arc<Self>, ip: IpAddr, activity: &Arc<Activity>) -> Result<Permit, Reason> {
         let mut map = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
@@ -544,7 +544,12 @@ impl Gate {
             return Err(Reason::PerSource);
         }
         let total = self.open.fetch_add(1, Relaxed);
-        if total >= self.limits.max_connections && !self.evict_oldest_unanswered() {
+        // Evicted connections take a moment to go: past a margin, refuse outright so the
+        // descriptors in use stay bounded however fast connections come.
+        let ceiling = self.limits.max_connections + self.limits.max_connections / 4 + 16;
+        if total >= ceiling
+            || (total >= self.limits.max_connections && !self.evict_oldest_unanswered())
+        {
             self.open.fetch_sub(1, Relaxed);
             if *n == 0 {
                 map.remove(&ip);
@@ -1157,11 +1162,14 @@ pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
 }
 
 /// `--http-max-connections` lowered so that HTTP never takes the descriptors the rest of
-/// ironboot needs: `nofile` (the soft limit) minus `reserve`, halved because a connection
-/// may hold a second descriptor (a boot asset or cached image streamed from disk). At
-/// least 16, so the API stays reachable on a host with a tiny limit.
+/// ironboot needs: `nofile` (the soft limit) minus `reserve`, over 2.5 because a
+/// connection may hold a second descriptor (a boot asset or cached image streamed from
+/// disk) and eviction may overshoot the cap by a quarter. At least 16, so the API stays
+/// reachable on a host with a tiny limit.
 pub(crate) fn fit_to_descriptors(wanted: usize, nofile: u64, reserve: u64) -> usize {
-    let budget = nofile.saturating_sub(reserve) / 2;
+    // Eviction may overshoot the cap by a quarter (see `Gate::admit`): 2.5 descriptors
+    // per place.
+    let budget = nofile.saturating_sub(reserve) * 2 / 5;
     let budget = usize::try_from(budget).unwrap_or(usize::MAX).max(16);
     wanted.min(budget)
 }
@@ -1226,7 +1234,7 @@ mod tests {
     #[test]
     fn the_connection_cap_keeps_descriptors_in_reserve() {
         assert_eq!(fit_to_descriptors(4096, 1_048_576, 1024), 4096);
-        assert_eq!(fit_to_descriptors(4096, 4096, 1024), 1536);
+        assert_eq!(fit_to_descriptors(4096, 4096, 1024), 1228);
         assert_eq!(fit_to_descriptors(4096, 1024, 1024), 16);
     }
 
