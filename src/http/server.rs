@@ -822,14 +822,13 @@ async fn connection<H: Handshake>(
                     return;
                 }
                 match activity.verdict(limits) {
-                    None => {}
-                    Some(Reason::Idle) => {
-                        if closing_by.is_none() {
-                            counters.ended(which, Reason::Idle);
-                            conn.as_mut().graceful_shutdown();
-                            closing_by = Some(now + CLOSE_GRACE);
-                        }
+                    // Idle: ask it to finish (HTTP/2: GOAWAY), once.
+                    Some(Reason::Idle) if closing_by.is_none() => {
+                        counters.ended(which, Reason::Idle);
+                        conn.as_mut().graceful_shutdown();
+                        closing_by = Some(now + CLOSE_GRACE);
                     }
+                    None | Some(Reason::Idle) => {}
                     Some(reason) => {
                         counters.ended(which, reason);
                         debug!(%peer, reason = reason.label(), "connection dropped");
