@@ -1264,6 +1264,37 @@ mod tests {
         assert_eq!(gate.open.load(Relaxed), 3);
     }
 
+    #[tokio::test]
+    async fn accept_out_of_descriptors_pauses_and_is_counted() {
+        let counters = Arc::new(ConnCounters::default());
+        let gate = Gate::new(Limits::default(), counters.clone());
+        let start = Instant::now();
+        let emfile = io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
+        accept_failed(&gate, Listener::Api, &emfile).await;
+        assert!(start.elapsed() >= ACCEPT_BACKOFF, "a pause, not a spin");
+        let aborted = io::Error::from_raw_os_error(nix::errno::Errno::ECONNABORTED as i32);
+        accept_failed(&gate, Listener::Api, &aborted).await;
+        let mut text = String::new();
+        counters.render_prometheus(&mut text);
+        for line in [
+            "ironboot_http_accept_errors_total{listener=\"api\",kind=\"fd_exhausted\"} 1",
+            "ironboot_http_accept_errors_total{listener=\"api\",kind=\"other\"} 1",
+            "ironboot_http_accept_errors_total{listener=\"tls\",kind=\"fd_exhausted\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Every sample belongs to a family declared before it.
+        let mut declared = Vec::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert!(declared.iter().any(|d| d == name), "{l}");
+            }
+        }
+    }
+
     #[test]
     fn at_the_cap_the_oldest_connection_without_a_request_makes_room() {
         let limits = Limits {
