@@ -11,7 +11,8 @@
 //! - a client that stops reading a big file is dropped after the write deadline;
 //! - an h2c gRPC stream (the agents' reverse tunnel) stays up well past the idle
 //!   deadline, answering h2 pings, while an h2c connection with no stream is closed;
-//! - `--api-allow-cidr` keeps `/metrics` from other sources (403) and the boot path open.
+//! - `--api-allow-cidr` keeps `/metrics` from other sources (403) and the boot path open;
+//! - an oversized request head gets 431, an oversized declared body 413.
 //!
 //! Needs root (network namespaces) and `ip` (iproute2); a missing one fails the test
 //! naming it. The test enters the namespace on its own thread; nothing leaves it.
@@ -526,6 +527,7 @@ fn caps_write_deadline_h2c_streams_and_operator_routes() {
         write_deadline(write).await;
         h2c_streams(idle).await;
         operator_routes().await;
+        oversized_requests().await;
         drop(server);
     });
 }
@@ -674,6 +676,32 @@ async fn h2c_streams(idle: Duration) {
         start.elapsed() >= idle / 2,
         "not long before the idle deadline"
     );
+}
+
+/// A request head over 16 KiB gets 431; a declared body over 64 KiB gets 413 before any
+/// of it is read.
+async fn oversized_requests() {
+    let exchange = |req: Vec<u8>| async move {
+        let mut s = connect_from(client_addr(8), None).await.unwrap();
+        // The server may answer and close before the whole request is written.
+        let _ = s.write_all(&req).await;
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(SLACK, s.read_to_end(&mut raw))
+            .await
+            .expect("answered and closed");
+        parse_response(&raw).unwrap().0
+    };
+    let big_head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {SERVER}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    assert_eq!(exchange(big_head.into_bytes()).await, 431);
+    let big_body = format!(
+        "POST /healthz HTTP/1.1\r\nHost: {SERVER}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        1 << 20
+    );
+    assert_eq!(exchange(big_body.into_bytes()).await, 413);
 }
 
 /// `--api-allow-cidr`: operator routes answer 403 outside it, the boot path is open.
