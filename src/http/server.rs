@@ -19,7 +19,8 @@
 //! - **write deadline**: a write into the socket that makes no progress for
 //!   `write_timeout` (a client that stopped reading) drops the connection;
 //! - **sizes**: request heads are bounded ([`MAX_HEADER_BYTES`]); request bodies other
-//!   than gRPC streams are bounded ([`MAX_BODY_BYTES`]);
+//!   than gRPC streams are bounded ([`MAX_BODY_BYTES`]); so are the concurrent HTTP/2
+//!   streams of a connection ([`MAX_H2_STREAMS`]);
 //! - **operator routes**: with `allow` set, only sources inside it reach routes outside
 //!   the boot path ([`is_boot_path`]); others get `403`;
 //! - **descriptors**: `accept` failing for lack of descriptors (EMFILE, ENFILE) backs off
@@ -71,6 +72,10 @@ pub(crate) const DEFAULT_MAX_PER_SOURCE: usize = 64;
 pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Most header fields in an HTTP/1 request head.
 const MAX_HEADERS: usize = 64;
+/// Most concurrent HTTP/2 streams per connection. A metal agent holds one (its tunnel,
+/// which carries all of ironboot's calls); a little room for tools, and a bound on what
+/// one connection can make the server hold.
+const MAX_H2_STREAMS: u32 = 32;
 /// Largest request body of a route other than gRPC (no such route reads a body today;
 /// the bound keeps one from being made to buffer without end).
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -515,6 +520,7 @@ impl Gate {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(MAX_H2_STREAMS)
             .keep_alive_interval(limits.idle_timeout)
             .keep_alive_timeout(limits.write_timeout);
         Arc::new(Gate {

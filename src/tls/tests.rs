@@ -547,3 +547,53 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped_and_counted() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_tls_client_that_sends_no_request_is_dropped_at_the_header_deadline() {
+    use tokio::io::AsyncReadExt;
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let now = SystemTime::now();
+    let ca = Ca::generate(now, 30 * DAY).unwrap();
+    let tls = AgentTls::from_ca(ca, loopback, DAY, now, provider()).unwrap();
+    let listener = TcpListener::bind((loopback, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(ConnCounters::default());
+    let limits = Limits {
+        header_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let gate = Gate::new(limits, counters.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tls.serve(listener, axum::Router::new(), gate, async move {
+        let _ = stopped.await;
+    }));
+    // Handshaken, then not a byte of HTTP/2.
+    let mut s = handshake(addr, tls.ca_pem(), &[&version::TLS13])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                // The server's HTTP/2 settings, a GOAWAY, session tickets.
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server closes the silent connection by itself"
+    );
+    assert_eq!(
+        counters.ended_total(Listener::Tls, Reason::HeaderTimeout),
+        1
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the listener stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
