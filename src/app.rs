@@ -72,7 +72,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         None => Arc::new(inventory),
     };
 
+    let http_gate = http_gate(&config);
     let mut registry = metrics::Registry::new();
+    registry.register(http_gate.counters());
     registry.register(proxy_counters.clone());
     registry.register(tftp_counters.clone());
     registry.register(store.stats.clone());
@@ -119,7 +121,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("--tls-api-port: listening on {addr}"))?;
             info!(%addr, "agents' TLS gRPC listening");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let served = tls.serve(listener, agent_tunnels.mount(axum::Router::new()), async {
+            let router = agent_tunnels.mount(axum::Router::new());
+            let served = tls.serve(listener, router, http_gate.clone(), async {
                 let _ = stopped.await;
             });
             services.spawn(async move { ("agents' TLS", served.await.map_err(Into::into)) });
@@ -134,7 +137,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         };
         (
             "HTTP API",
-            http::serve(listener, router, stopped)
+            http::serve(listener, router, http_gate, stopped)
                 .await
                 .map_err(Into::into),
         )
@@ -185,6 +188,46 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         "totals"
     );
     outcome
+}
+
+/// Descriptors kept for everything but HTTP connections: the UDP services' sockets
+/// (ProxyDHCP, TFTP port 69 and its transfer ports, per worker), the machine store, the
+/// Omni and BMC clients, logs.
+fn descriptor_reserve(config: &Config) -> u64 {
+    let per_worker = config.tftp.port_pool as u64 + 4;
+    1024 + config.udp_workers as u64 * per_worker
+}
+
+/// The caps and deadlines both HTTP ports share: RLIMIT_NOFILE raised to its hard limit,
+/// and `--http-max-connections` lowered if it would leave the rest of ironboot short.
+fn http_gate(config: &Config) -> Arc<http::server::Gate> {
+    use http::server::{ConnCounters, Gate, fit_to_descriptors, raise_nofile_limit};
+    let mut limits = config.http.clone();
+    match raise_nofile_limit() {
+        Ok(nofile) => {
+            let reserve = descriptor_reserve(config);
+            let fitted = fit_to_descriptors(limits.max_connections, nofile, reserve);
+            if fitted < limits.max_connections {
+                tracing::warn!(
+                    wanted = limits.max_connections,
+                    allowed = fitted,
+                    nofile,
+                    reserve,
+                    "--http-max-connections lowered to fit the open-files limit (raise \
+                     RLIMIT_NOFILE, e.g. LimitNOFILE= in the systemd unit)"
+                );
+                limits.max_connections = fitted;
+            }
+            info!(
+                nofile,
+                max_connections = limits.max_connections,
+                max_per_source = limits.max_per_source,
+                "HTTP connection limits"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "RLIMIT_NOFILE could not be read or raised"),
+    }
+    Gate::new(limits, Arc::new(ConnCounters::default()))
 }
 
 /// The Image Factory proxy (`--image-factory-proxy`): Omni mode with the factory as the

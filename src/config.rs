@@ -344,6 +344,61 @@ pub(crate) struct Cli {
     /// --ipmi-pxe-boot-mode uefi and no local boot assets.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub(crate) secure_boot_enabled: bool,
+
+    /// Longest a client of --api-port or --tls-api-port may take to send a complete
+    /// request head (the first from its connection, or each later HTTP/1 one from its
+    /// first byte); then it is dropped.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "10s"
+    )]
+    pub(crate) http_header_timeout: String,
+
+    /// A connection with no request in flight for this long is closed (HTTP/2 connections
+    /// are pinged at this interval; a long-lived stream is a request in flight).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub(crate) http_idle_timeout: String,
+
+    /// A connection whose writes make no progress for this long (a client that stopped
+    /// reading) is dropped; also how long an HTTP/2 ping may go unanswered.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub(crate) http_write_timeout: String,
+
+    /// Most connections open on --api-port and --tls-api-port together; more are answered
+    /// 503 and closed (lowered at start to keep descriptors for the rest of ironboot).
+    #[arg(long, default_value_t = crate::http::server::DEFAULT_MAX_CONNECTIONS)]
+    pub(crate) http_max_connections: usize,
+
+    /// Most connections open from one IP address (both ports together); more are
+    /// answered 503 and closed.
+    #[arg(long, default_value_t = crate::http::server::DEFAULT_MAX_PER_SOURCE)]
+    pub(crate) http_max_connections_per_source: usize,
+
+    /// Longest a client of --tls-api-port may take to finish its TLS handshake.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        default_value = "10s"
+    )]
+    pub(crate) tls_handshake_timeout: String,
+
+    /// Networks (CIDR, or single addresses) allowed to reach the operator routes
+    /// (/metrics, /api/...); others get 403. The boot path stays open to all. Empty = all.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) api_allow_cidr: Vec<String>,
 }
 
 /// Default `--provider-name`, as the Go provider's.
@@ -491,6 +546,9 @@ pub(crate) struct Config {
     pub(crate) agent_boot: AgentBootSource,
     /// `--image-factory-proxy`.
     pub(crate) image_factory_proxy: FactoryProxyMode,
+    /// The HTTP ports' caps and deadlines (`--http-*`, `--tls-handshake-timeout`,
+    /// `--api-allow-cidr`).
+    pub(crate) http: crate::http::server::Limits,
 }
 
 /// `--image-factory-proxy`.
@@ -728,8 +786,53 @@ impl Config {
                     ));
                 }
             },
+            http: http_limits(cli)?,
         })
     }
+}
+
+/// The HTTP ports' bounds: timeouts of at least a second, caps of at least one, the
+/// allowed networks parsed.
+fn http_limits(cli: &Cli) -> Result<crate::http::server::Limits, ConfigError> {
+    let timeout = |flag: &'static str, value: &str| {
+        let d = duration(flag, value)?;
+        if d < Duration::from_secs(1) {
+            return Err(refuse(flag, format!("{value:?}: must be at least 1s")));
+        }
+        Ok(d)
+    };
+    let cap = |flag: &'static str, n: usize| {
+        if n == 0 {
+            return Err(refuse(flag, "must be at least 1"));
+        }
+        Ok(n)
+    };
+    let mut allow = Vec::new();
+    for item in cli
+        .api_allow_cidr
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        allow.push(item.parse().map_err(|e| {
+            refuse(
+                "api-allow-cidr",
+                format!("{item:?}: {e} (use CIDRs such as 10.0.0.0/8 or single addresses)"),
+            )
+        })?);
+    }
+    Ok(crate::http::server::Limits {
+        header_timeout: timeout("http-header-timeout", &cli.http_header_timeout)?,
+        idle_timeout: timeout("http-idle-timeout", &cli.http_idle_timeout)?,
+        write_timeout: timeout("http-write-timeout", &cli.http_write_timeout)?,
+        handshake_timeout: timeout("tls-handshake-timeout", &cli.tls_handshake_timeout)?,
+        max_connections: cap("http-max-connections", cli.http_max_connections)?,
+        max_per_source: cap(
+            "http-max-connections-per-source",
+            cli.http_max_connections_per_source,
+        )?,
+        allow: (!allow.is_empty()).then_some(allow),
+    })
 }
 
 /// The TLS flags: the port must differ from --api-port; user certificates come as all
@@ -1357,6 +1460,55 @@ mod tests {
                 ],
                 "tls-ca-cert-file",
             ),
+        ];
+        for (args, flag) in cases {
+            let e = Config::from_cli(&cli(args), &host()).unwrap_err();
+            assert_eq!(e.flag, *flag, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn http_limits_have_safe_defaults_and_bad_values_name_the_flag() {
+        use crate::http::server::Limits;
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(c.http, Limits::default());
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.max_per_source, 64);
+        assert_eq!(c.http.allow, None);
+        let c = Config::from_cli(
+            &cli(&[
+                "--http-header-timeout",
+                "2s",
+                "--http-idle-timeout",
+                "1m30s",
+                "--http-max-connections-per-source",
+                "8",
+                "--api-allow-cidr",
+                "10.0.0.0/8, 192.0.2.7",
+                "--api-allow-cidr",
+                "fd00::/8",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.http.max_per_source, 8);
+        let allow = c.http.allow.unwrap();
+        assert_eq!(allow.len(), 3);
+        assert!(allow[1].contains("192.0.2.7".parse().unwrap()));
+        let cases: &[(&[&str], &str)] = &[
+            (&["--http-header-timeout", "500ms"], "http-header-timeout"),
+            (&["--http-idle-timeout", "0s"], "http-idle-timeout"),
+            (&["--http-write-timeout", "soon"], "http-write-timeout"),
+            (&["--tls-handshake-timeout", "-1s"], "tls-handshake-timeout"),
+            (&["--http-max-connections", "0"], "http-max-connections"),
+            (
+                &["--http-max-connections-per-source", "0"],
+                "http-max-connections-per-source",
+            ),
+            (&["--api-allow-cidr", "10.0.0.0/40"], "api-allow-cidr"),
+            (&["--api-allow-cidr", "lan"], "api-allow-cidr"),
         ];
         for (args, flag) in cases {
             let e = Config::from_cli(&cli(args), &host()).unwrap_err();

@@ -38,6 +38,12 @@ impl PrometheusSource for ironboot_net::tftp::TftpCounters {
     }
 }
 
+impl PrometheusSource for crate::http::server::ConnCounters {
+    fn render(&self, out: &mut String) {
+        self.render_prometheus(out);
+    }
+}
+
 impl PrometheusSource for crate::executor::stats::ExecutorStats {
     fn render(&self, out: &mut String) {
         self.render_prometheus(out);

@@ -14,6 +14,9 @@
 mod agent;
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/http/server.rs"]
+mod server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -69,7 +72,7 @@ fn upstream_timeouts() -> AgentTimeouts {
     }
 }
 
-/// ironboot's tunnel service on a loopback port, as the binary mounts it.
+/// ironboot's tunnel service on a loopback port, as the binary mounts and serves it.
 struct Server {
     addr: SocketAddr,
     tunnels: Tunnels,
@@ -81,10 +84,20 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = tunnels.mount(axum::Router::new());
+        // The binary's accept loop for --api-port (h2c beside HTTP/1), at its defaults.
+        let gate = server::Gate::new(
+            server::Limits::default(),
+            std::sync::Arc::new(server::ConnCounters::default()),
+        );
         let task = tokio::spawn(async move {
-            axum::serve(
+            let forever = std::future::pending::<()>();
+            server::serve(
                 listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
+                server::Listener::Api,
+                gate,
+                router,
+                server::Plain,
+                forever,
             )
             .await
             .unwrap();

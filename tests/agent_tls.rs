@@ -29,8 +29,15 @@ mod agent;
 #[path = "../src/omni/mod.rs"]
 mod omni;
 #[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/http/server.rs"]
+mod server;
+#[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/tls/mod.rs"]
 mod tls;
+/// The accept loop the TLS listener runs on, where the binary has it.
+mod http {
+    pub(crate) use super::server;
+}
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -91,12 +98,15 @@ impl TlsServer {
         let addr = listener.local_addr().unwrap();
         let tunnels = Tunnels::new(AgentGate::open());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task =
-            tokio::spawn(
-                tls.serve(listener, tunnels.mount(axum::Router::new()), async move {
-                    let _ = stopped.await;
-                }),
-            );
+        // The binary's caps and deadlines, at their defaults.
+        let gate = http::server::Gate::new(
+            http::server::Limits::default(),
+            Arc::new(http::server::ConnCounters::default()),
+        );
+        let router = tunnels.mount(axum::Router::new());
+        let task = tokio::spawn(tls.serve(listener, router, gate, async move {
+            let _ = stopped.await;
+        }));
         Self {
             addr,
             tunnels,

@@ -21,11 +21,11 @@
 mod api;
 mod files;
 mod ipxe;
+pub(crate) mod server;
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -35,7 +35,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
 
@@ -99,21 +98,22 @@ pub(crate) fn parse_boot_query(uri: &axum::http::Uri) -> Result<MachineQuery, St
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in
-/// flight. Handlers see the client address (recorded as a machine's last IP).
+/// flight. Every connection is held to `gate`'s caps and deadlines ([`server`]); handlers
+/// see the client address (recorded as a machine's last IP).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    gate: Arc<server::Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Scripts are small and answered at once: do not let Nagle hold them back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
+    server::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        server::Listener::Api,
+        gate,
+        router,
+        server::Plain,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 

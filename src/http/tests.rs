@@ -584,7 +584,11 @@ async fn serve_records_the_peer_address_and_shuts_down_gracefully() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, h.router.clone(), async {
+    let gate = super::server::Gate::new(
+        super::server::Limits::default(),
+        Arc::new(super::server::ConnCounters::default()),
+    );
+    let server = tokio::spawn(serve(listener, h.router.clone(), gate, async {
         let _ = stopped.await;
     }));
     // A plain blocking client on a blocking thread: no HTTP client dependency needed.

@@ -32,7 +32,7 @@
 //! });
 //! let listener = TcpListener::bind((listen_ip, config.tls.port)).await?;
 //! let router = tunnels.mount(axum::Router::new());
-//! tokio::spawn(tls.serve(listener, router, shutdown_future));
+//! tokio::spawn(tls.serve(listener, router, gate, shutdown_future));
 //! ```
 //!
 //! - [`AgentTls::prepare`]: generated mode loads the CA from Omni's `TLSConfig`
@@ -46,7 +46,7 @@
 //! - [`AgentTls::spawn_renewal`]: replaces the serving certificate once less than a tenth
 //!   of its life is left; handshakes in flight keep the old one, later ones get the new.
 //! - [`AgentTls::serve`]: the listener: TLS 1.3 only, ALPN `h2`, no client certificates,
-//!   graceful shutdown like [`crate::http::serve`].
+//!   the connection caps and deadlines and the graceful shutdown of [`crate::http::serve`].
 
 mod ca;
 mod listener;
@@ -418,13 +418,15 @@ impl AgentTls {
     }
 
     /// Serve `router` (the agent tunnel's: `Tunnels::mount(axum::Router::new())`) over
-    /// TLS on `listener` until `shutdown` resolves, then finish what is in flight.
+    /// TLS on `listener`, every connection held to `gate`'s caps and deadlines (shared
+    /// with the API port), until `shutdown` resolves, then finish what is in flight.
     pub(crate) fn serve(
         &self,
         listener: TcpListener,
         router: axum::Router,
+        gate: Arc<crate::http::server::Gate>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        listener::serve(listener, self.config.clone(), router, shutdown)
+        listener::serve(listener, self.config.clone(), router, gate, shutdown)
     }
 }

@@ -21,6 +21,7 @@ use tokio_rustls::rustls::{
 use super::ca::{self, Ca, StoredCa, examine};
 use super::user::{self, UserFiles};
 use super::*;
+use crate::http::server::{ConnCounters, Gate, Limits, Listener, Reason};
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
 const HOUR: Duration = Duration::from_secs(3600);
@@ -438,7 +439,8 @@ async fn the_listener_speaks_tls13_h2_only_and_serves_renewed_certificates() {
     let listener = TcpListener::bind((loopback, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tls.serve(listener, axum::Router::new(), async move {
+    let gate = Gate::new(Limits::default(), Arc::new(ConnCounters::default()));
+    let server = tokio::spawn(tls.serve(listener, axum::Router::new(), gate, async move {
         let _ = stopped.await;
     }));
 
@@ -487,6 +489,107 @@ async fn the_listener_speaks_tls13_h2_only_and_serves_renewed_certificates() {
     assert_eq!(second, renewer.issued().key.cert[0]);
     drop(s);
 
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the listener stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let now = SystemTime::now();
+    let ca = Ca::generate(now, 30 * DAY).unwrap();
+    let tls = AgentTls::from_ca(ca, loopback, DAY, now, provider()).unwrap();
+    let listener = TcpListener::bind((loopback, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(ConnCounters::default());
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let gate = Gate::new(limits, counters.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tls.serve(listener, axum::Router::new(), gate, async move {
+        let _ = stopped.await;
+    }));
+    // Half a ClientHello record header, then silence.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf))
+        .await
+        .expect("the server closes a stalled handshake by itself");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, not answered: {read:?}"
+    );
+    assert_eq!(
+        counters.ended_total(Listener::Tls, Reason::HandshakeTimeout),
+        1
+    );
+    // The gauge drops as the task ends, just after the socket closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.open(Listener::Tls) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection is let go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the listener stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_client_that_sends_no_request_is_dropped_at_the_header_deadline() {
+    use tokio::io::AsyncReadExt;
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let now = SystemTime::now();
+    let ca = Ca::generate(now, 30 * DAY).unwrap();
+    let tls = AgentTls::from_ca(ca, loopback, DAY, now, provider()).unwrap();
+    let listener = TcpListener::bind((loopback, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(ConnCounters::default());
+    let limits = Limits {
+        header_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let gate = Gate::new(limits, counters.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tls.serve(listener, axum::Router::new(), gate, async move {
+        let _ = stopped.await;
+    }));
+    // Handshaken, then not a byte of HTTP/2.
+    let mut s = handshake(addr, tls.ca_pem(), &[&version::TLS13])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                // The server's HTTP/2 settings, a GOAWAY, session tickets.
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server closes the silent connection by itself"
+    );
+    assert_eq!(
+        counters.ended_total(Listener::Tls, Reason::HeaderTimeout),
+        1
+    );
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
