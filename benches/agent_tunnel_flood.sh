@@ -41,10 +41,12 @@ rss() { awk '/VmHWM/ {print $2 " kB"}' "/proc/$PID/status"; }
 echo "ironboot up: peak RSS $(rss), log $(stat -c %s "$WORK/log") bytes"
 
 ID=$(head -c "$BYTES" /dev/zero | tr '\0' 'a')
+# One empty gRPC message (5 bytes: not compressed, length 0) as the request body.
+printf '\0\0\0\0\0' >"$WORK/body"
 flood() {
     h2load -n "$N" -c 50 -m 20 -t 1 \
         -H 'content-type: application/grpc' -H 'te: trailers' -H "machine-id: $1" \
-        -d /dev/null "http://$IP:$PORT/grpctunnel.v1.TunnelService/OpenReverseTunnel" |
+        -d "$WORK/body" "http://$IP:$PORT/grpctunnel.v1.TunnelService/OpenReverseTunnel" |
         grep -E '^(finished|requests|status codes)'
 }
 echo "== $N tunnels with a $BYTES-byte machine-id"
