@@ -432,14 +432,7 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
 
     // ironboot's tunnel service, as the binary mounts it on the API port.
     let tunnels = Tunnels::new(AgentGate::open());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let tunnel_addr = listener.local_addr().unwrap();
-    let router = tunnels.mount(axum::Router::new());
-    let server = rt.spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let (tunnel_addr, server) = serve_tunnels(&rt, &tunnels);
     let running = start_with(&client, &tunnels);
 
     // The agent connects; Omni then creates the machine, and the operator accepts it
@@ -463,26 +456,14 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
     h.put_bmc_config("00000000-0000-4000-8000-000000000001", port);
     h.put_accepted("00000000-0000-4000-8000-000000000001", "tok-9");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
-    loop {
-        let status = rt
-            .block_on(
-                client.get_opt::<specs::InfraMachineStatusSpec>(
-                    "00000000-0000-4000-8000-000000000001",
-                ),
-            )
-            .expect("reading InfraMachineStatus");
-        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not wiped and powered off in time; chassis log: {:?}",
-            bmc.chassis_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready_and_off(
+        &rt,
+        &client,
+        "00000000-0000-4000-8000-000000000001",
+        &bmc,
+        Duration::from_secs(30),
+        "not wiped and powered off in time",
+    );
     let (methods, changes) = quiet("the agent's calls and the BMC's changes", || {
         (agent.methods(), power_changes(&bmc))
     });
@@ -562,14 +543,7 @@ fn an_agent_lost_in_the_middle_of_a_wipe_gets_the_wipe_again_once_back() {
     let _guard = rt.enter();
     let client = h.client();
     let tunnels = Tunnels::new(AgentGate::open());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let tunnel_addr = listener.local_addr().unwrap();
-    let router = tunnels.mount(axum::Router::new());
-    let server = rt.spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let (tunnel_addr, server) = serve_tunnels(&rt, &tunnels);
     let running = start_with(&client, &tunnels);
 
     // An agent whose wipe takes far longer than the test: it is lost in the middle.
@@ -636,26 +610,14 @@ fn an_agent_lost_in_the_middle_of_a_wipe_gets_the_wipe_again_once_back() {
 
     // The agent is back: the wipe is sent again, recorded, and the machine powered off.
     let agent = GoAgent::start(tunnel_addr, "00000000-0000-4000-8000-000000000003");
-    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = rt
-            .block_on(
-                client.get_opt::<specs::InfraMachineStatusSpec>(
-                    "00000000-0000-4000-8000-000000000003",
-                ),
-            )
-            .expect("reading InfraMachineStatus");
-        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not wiped and powered off after the agent came back; chassis log: {:?}",
-            bmc.chassis_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready_and_off(
+        &rt,
+        &client,
+        "00000000-0000-4000-8000-000000000003",
+        &bmc,
+        Duration::from_secs(30),
+        "not wiped and powered off after the agent came back",
+    );
     let (methods, changes) = quiet("the agent's calls and the BMC's changes", || {
         (agent.methods(), power_changes(&bmc))
     });
@@ -694,15 +656,7 @@ fn an_impostor_agent_gets_neither_the_credentials_nor_a_recorded_wipe() {
     // client's address, as the binary serves it.
     let gate = AgentGate::bound(Arc::new(KnownIds(vec![MACHINE])), None);
     let tunnels = Tunnels::new(gate.clone());
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let tunnel_addr = listener.local_addr().unwrap();
-    let router = tunnels.mount(axum::Router::new());
-    let server = rt.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let _ = axum::serve(listener, service).await;
-    });
+    let (tunnel_addr, server) = serve_tunnels(&rt, &tunnels);
     let running = start_with(&client, &tunnels);
     // The machine's Talos loaded its configuration (`/config?u=`) from 127.0.0.1.
     gate.config_fetch(&MACHINE.parse().unwrap(), "127.0.0.1".parse().unwrap());
@@ -757,22 +711,14 @@ fn an_impostor_agent_gets_neither_the_credentials_nor_a_recorded_wipe() {
     let admin = format!("{}:{}", sim::USER, sim::PASSWORD);
     real_flags.extend(["--ipmi-admin", admin.as_str()]);
     let agent = GoAgent::start_with(tunnel_addr, MACHINE, &real_flags);
-    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = rt
-            .block_on(client.get_opt::<specs::InfraMachineStatusSpec>(MACHINE))
-            .expect("reading InfraMachineStatus");
-        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not set up, wiped and powered off in time; chassis log: {:?}",
-            bmc.chassis_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready_and_off(
+        &rt,
+        &client,
+        MACHINE,
+        &bmc,
+        Duration::from_secs(60),
+        "not set up, wiped and powered off in time",
+    );
     assert_eq!(
         agent.methods(),
         ["GetPowerManagement", "SetPowerManagement", "WipeDisks"],
@@ -799,4 +745,50 @@ fn an_impostor_agent_gets_neither_the_credentials_nor_a_recorded_wipe() {
 /// Tunnels refused because they came from another address than the machine's.
 fn tunnels_refused(tunnels: &Tunnels) -> u64 {
     tunnels.stats().refusals("other_address")
+}
+
+/// ironboot's tunnel service on a loopback port, with the client's address (agents are
+/// admitted by it), as the binary serves it.
+fn serve_tunnels(
+    rt: &tokio::runtime::Runtime,
+    tunnels: &Tunnels,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = tunnels.mount(axum::Router::new());
+    let server = rt.spawn(async move {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let _ = axum::serve(listener, service).await;
+    });
+    (addr, server)
+}
+
+/// Waits up to `limit` until Omni's `InfraMachineStatus` of `id` says ready to use and
+/// powered off; fails saying `what` did not happen, with the BMC's chassis log.
+fn wait_ready_and_off(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    id: &str,
+    bmc: &sim::SimBmc,
+    limit: Duration,
+    what: &str,
+) {
+    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = rt
+            .block_on(client.get_opt::<specs::InfraMachineStatusSpec>(id))
+            .expect("reading InfraMachineStatus");
+        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}; chassis log: {:?}",
+            bmc.chassis_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
