@@ -11,7 +11,9 @@
 # ironboot registers, heartbeats and watches over gRPC (h2); 4 metal agents
 # (tests/agent-harness) holding the reverse tunnel open; 10 iPXE boot-script requests a
 # second (HTTP/1.1, a new connection each) for 10 machines in turn; one TFTP transfer of
-# undionly.kpxe a second. Everything stops by itself after SECONDS.
+# undionly.kpxe a second. The Image Factory is a closed loopback port (nothing leaves the
+# machine), so every boot script is the "factory unavailable, ask again" answer.
+# Everything stops by itself after SECONDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEVEL=${1:-trace}
@@ -56,7 +58,8 @@ mkdir -p "$WORK/state"
 OMNI_SERVICE_ACCOUNT_KEY=$(cat "$WORK/sa.key") RUST_LOG=$LEVEL NO_COLOR=1 "$BIN" \
   --omni-api-endpoint "http://$OMNI" --api-listen-address "$IP" --api-advertise-address "$IP" \
   --api-port "$API_PORT" --disable-dhcp-proxy --udp-driver portable --state-dir "$WORK/state" \
-  --image-factory-proxy off 2>"$WORK/ironboot.log" &
+  --image-factory-proxy off --image-factory-base-url "http://$IP:9" \
+  --image-factory-pxe-base-url "http://$IP:9" 2>"$WORK/ironboot.log" &
 PIDS+=($!)
 IRONBOOT_PID=$!
 for _ in $(seq 200); do
@@ -85,26 +88,31 @@ while [ $(($(date +%s) - start)) -lt "$SECS" ]; do
   sleep 1
 done
 elapsed=$(($(date +%s) - start))
+kill -0 "$IRONBOOT_PID" 2>/dev/null ||
+  { echo "log_volume: ironboot exited during the run:" >&2; tail -5 "$WORK/ironboot.log" >&2; exit 1; }
 bytes=$(($(stat -c %s "$WORK/ironboot.log") - start_bytes))
 lines=$(wc -l <"$WORK/ironboot.log")
 echo "RUST_LOG=$LEVEL: $bytes bytes in $elapsed s = $((bytes * 60 / elapsed)) bytes/min, $lines lines in all, $n boot-script requests"
 echo "lines and bytes by level and crate (top 12):"
 # tracing's fmt line: TIMESTAMP LEVEL [spans: ]TARGET: message; the target is the first
-# module path (a::b) followed by ": ", else the word after the level.
+# module path (a::b) followed by ": ", else the word after the level. A line that does not
+# start with a timestamp continues the entry before it (a multi-line field).
 python3 - "$WORK/ironboot.log" <<'PY'
 import collections, re, sys
 path = re.compile(r"\s([a-z][a-z0-9_]*)(?:::[a-z0-9_]+)+: ")
 word = re.compile(r"^\S+\s+(\w+)\s+([a-z][a-z0-9_]*): ")
+stamp = re.compile(r"^\d{4}-\d\d-\d\dT")
 count, size = collections.Counter(), collections.Counter()
+key = ("?", "?")
 with open(sys.argv[1], "rb") as f:
     for raw in f:
         line = raw.decode(errors="replace")
-        parts = line.split(None, 2)
-        level = parts[1] if len(parts) > 1 else "?"
-        m = path.search(line) or word.search(line)
-        crate = m.group(m.lastindex) if m else "?"
-        count[level, crate] += 1
-        size[level, crate] += len(raw)
+        if stamp.match(line):
+            parts = line.split(None, 2)
+            m = path.search(line) or word.search(line)
+            key = (parts[1] if len(parts) > 1 else "?", m.group(m.lastindex) if m else "?")
+        count[key] += 1
+        size[key] += len(raw)
 for (level, crate), n in count.most_common(12):
     print(f"{n:9} lines {size[level, crate]:12} bytes  {level:5} {crate}")
 PY

@@ -72,7 +72,7 @@ def forms(secret: str):
         for line in text.splitlines():
             line = line.strip()
             # Armor headers and footers are not secret; body lines are.
-            if line.startswith("-----") or line.startswith("Comment:"):
+            if line.startswith(("-----", "Comment:", "Version:")):
                 continue
             plain.add(line)
         # Logged through Debug formatting: newlines escaped.

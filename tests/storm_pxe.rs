@@ -141,8 +141,9 @@ impl Lab {
         let mut cmd = Command::new("ip");
         let stderr = if args.first() == Some(&IRONBOOT) {
             let (file, path) = logs::ironboot_log(name);
-            std::os::unix::fs::symlink(&path, self.path(&format!("{name}.err")))
-                .expect("link the ironboot log");
+            let link = self.path(&format!("{name}.err"));
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&path, &link).expect("link the ironboot log");
             logs::debug_env(&mut cmd);
             file
         } else {
