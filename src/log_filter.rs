@@ -149,8 +149,7 @@ mod tests {
             tracing::event!(target: "hyper_util::client", Level::TRACE, "hyper-util-trace");
             tracing::event!(target: "pgp::packet", Level::DEBUG, "pgp-debug");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        text
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
 
     #[test]
