@@ -369,8 +369,7 @@ pub(crate) fn main(args: &BmcArgs) -> ExitCode {
 
 /// Errors only, unless RUST_LOG asks for more: the command prints its own result.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let filter = crate::log_filter::from_env("off");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

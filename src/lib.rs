@@ -23,6 +23,7 @@ mod http;
 mod image_factory;
 mod inventory;
 mod lifecycle;
+mod log_filter;
 mod machine;
 mod metrics;
 mod netif;
@@ -47,11 +48,9 @@ use crate::config::{Cli, Command, Config};
 
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
-        // The OpenPGP crate's debug lines dump the packets it parses, the service-account
-        // secret key among them: never below warn, whatever RUST_LOG says.
-        .add_directive("pgp=warn".parse().expect("a valid directive"));
+    // RUST_LOG or the default, the chatty dependencies kept at info and the OpenPGP crate
+    // at warn (it would dump the service-account key).
+    let filter = log_filter::from_env(default);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

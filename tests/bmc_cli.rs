@@ -8,10 +8,12 @@
 
 #[path = "../bmc/tests/support/emulator.rs"]
 mod emulator;
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "../bmc/tests/support/sim.rs"]
 mod sim;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use emulator::{Emulator, FakeSystem, Tls};
@@ -21,15 +23,28 @@ use sim::SimBmc;
 const PW_VAR: &str = "IRONBOOT_TEST_BMC_PASSWORD";
 const NODE: &str = "9d3c1e2f-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
 
-/// Runs `ironboot bmc ARGS` with the password variable set to `password` (or unset).
+/// Runs `ironboot bmc ARGS` with debug logging and the password variable set to
+/// `password` (or unset); its output is kept in the suite's log directory too, and the
+/// password recorded as a secret no log line may carry, unless it is too short or too
+/// common to be looked for without matching by chance (`ipmi_sim`'s fixture password, the
+/// word "password", names the flag in legitimate messages; "wrong", the empty one).
 fn bmc(args: &[&str], password: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ironboot"));
-    cmd.arg("bmc").args(args).env_remove("RUST_LOG");
+    let mut cmd = logs::ironboot_command(env!("CARGO_BIN_EXE_ironboot"));
+    cmd.arg("bmc").args(args);
     match password {
-        Some(p) => cmd.env(PW_VAR, p),
+        Some(p) => {
+            if p != sim::PASSWORD && p.len() >= 8 {
+                logs::record_secret("BMC password", p);
+            }
+            cmd.env(PW_VAR, p)
+        }
         None => cmd.env_remove(PW_VAR),
     };
-    cmd.output().expect("running ironboot")
+    let out = cmd.output().expect("running ironboot");
+    let (mut log, _) = logs::ironboot_log(args.first().copied().unwrap_or("bmc"));
+    std::io::Write::write_all(&mut log, &[&out.stdout[..], &out.stderr[..]].concat())
+        .expect("writing the bmc command's log");
+    out
 }
 
 fn text(bytes: &[u8]) -> String {

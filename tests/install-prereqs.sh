@@ -106,4 +106,13 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked ||
   die "cargo install cargo-fuzz failed (is crates.io reachable?)"
 # --- end bounded fuzzing -----------------------------------------------------------------
 
+# --- Dependency checks (tests/deny.sh, run by .ci/run): cargo-deny at a pinned version ----
+# Built from crates.io unless this very version is already on PATH (a few minutes, once).
+CARGO_DENY_VERSION=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked ||
+    die "cargo install cargo-deny $CARGO_DENY_VERSION failed (is crates.io reachable?)"
+fi
+# --- end dependency checks ---------------------------------------------------------------
+
 echo "install-prereqs: done ($(cargo --version); $(cargo fmt --version); $(cargo clippy --version))"

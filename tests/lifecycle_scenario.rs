@@ -31,6 +31,8 @@
 
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "common/omni_harness.rs"]
 mod omni_harness;
 #[path = "common/relay.rs"]
@@ -365,7 +367,8 @@ impl Ironboot {
     /// ironboot on `ip`, reaching Omni's harness at `omni_addr` (directly, or a relay).
     fn new(ip: &str, omni: &Omni, omni_addr: &str, factory: &Factory, tls: bool) -> Self {
         let state = tempfile::tempdir().unwrap();
-        let log = state.path().join("ironboot.log");
+        // One debug log in the suite's log directory for all of this ironboot's starts.
+        let (_, log) = logs::ironboot_log(if tls { "tls" } else { "h2c" });
         Self {
             child: None,
             ip: ip.to_owned(),
@@ -392,7 +395,7 @@ impl Ironboot {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ironboot"));
+        let mut cmd = logs::ironboot_command(env!("CARGO_BIN_EXE_ironboot"));
         if let Some(port) = self.tls_port {
             cmd.args(["--tls-enabled", "--tls-api-port", &port.to_string()]);
         }
@@ -419,7 +422,6 @@ impl Ironboot {
                 "30s",
             ])
             .env("OMNI_SERVICE_ACCOUNT_KEY", &self.key)
-            .env("RUST_LOG", "info,ironboot=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -821,10 +823,20 @@ impl World {
         require_commands();
         let _ = agent_harness_bin();
         let omni = Arc::new(Omni::start());
-        // Omni's join configuration (its SideroLink documents), served on /config.
+        // Omni's join configuration (its SideroLink documents), served on /config; a
+        // random join token, which no log line may carry.
+        let token = format!(
+            "jt-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        logs::record_secret("join token", &token);
+        let join_doc = format!(
+            "apiVersion: v1alpha1\nkind: SideroLinkConfig\napiUrl: https://omni.test:8090?jointoken={token}\n"
+        );
         omni.send(&json!({
             "cmd": "put", "kind": "ProviderJoinConfig", "id": PROVIDER,
-            "spec": {"config": {"config": "apiVersion: v1alpha1\nkind: SideroLinkConfig\napiUrl: https://omni.test:8090?jointoken=scenario\n"}, "joinToken": "scenario"},
+            "spec": {"config": {"config": join_doc}, "joinToken": token},
             "labels": {"omni.sidero.dev/infra-provider-id": PROVIDER},
         }));
         let factory = Factory::start(ip);

@@ -12,6 +12,8 @@
 // The client module is compiled into this test as it is in the binary.
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[path = "common/logs.rs"]
+mod logs;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/omni/mod.rs"]
 mod omni;
@@ -20,7 +22,7 @@ mod omni_harness;
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command};
+use std::process::{Child, ChildStdin, ChildStdout};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -912,12 +914,21 @@ fn https_endpoints_with_and_without_verification() {
 fn omni_check_command_registers_and_reports_bad_keys() {
     let mut h = Harness::start(&[]);
     let exe = env!("CARGO_BIN_EXE_ironboot");
-    let out = Command::new(exe)
-        .args(["omni", "check", "--omni-api-endpoint", &h.url("http")])
-        .env("OMNI_SERVICE_ACCOUNT_KEY", provider_key())
-        .env_remove("SIDERO_SERVICE_ACCOUNT_KEY")
-        .output()
-        .unwrap();
+    // Debug logging, its output kept in the suite's log directory for the secret check.
+    let url = h.url("http");
+    let run = |key: &str| {
+        let out = logs::ironboot_command(exe)
+            .args(["omni", "check", "--omni-api-endpoint", &url])
+            .env("OMNI_SERVICE_ACCOUNT_KEY", key)
+            .env_remove("SIDERO_SERVICE_ACCOUNT_KEY")
+            .output()
+            .unwrap();
+        let (mut log, _) = logs::ironboot_log("omni-check");
+        std::io::Write::write_all(&mut log, &[&out.stdout[..], &out.stderr[..]].concat())
+            .expect("writing the omni check log");
+        out
+    };
+    let out = run(provider_key());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -928,12 +939,7 @@ fn omni_check_command_registers_and_reports_bad_keys() {
     assert!(!stdout.contains("BEGIN PGP") && !stderr.contains("BEGIN PGP"));
     h.ok(json!({"cmd": "meta", "ns": "infra-provider-ephemeral", "type": "InfraProviderHealthStatuses.omni.sidero.dev", "id": ID}));
 
-    let out = Command::new(exe)
-        .args(["omni", "check", "--omni-api-endpoint", &h.url("http")])
-        .env("OMNI_SERVICE_ACCOUNT_KEY", "bm90IGpzb24=")
-        .env_remove("SIDERO_SERVICE_ACCOUNT_KEY")
-        .output()
-        .unwrap();
+    let out = run("bm90IGpzb24=");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("OMNI_SERVICE_ACCOUNT_KEY"), "{stderr}");

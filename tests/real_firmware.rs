@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 mod common;
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[path = "common/logs.rs"]
+mod logs;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/run.sh");
 const STORM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/storm.sh");
@@ -85,7 +87,9 @@ fn run_script(script: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let log_path = tmp.join(format!("real_firmware-{}.log", std::process::id()));
     let log = File::create(&log_path).expect("create the script's log file");
     let path = common::path_env();
-    let mut child = Command::new("bash")
+    // Debug logging for every ironboot the scripts start; they copy its log into the
+    // suite's log directory (IRONBOOT_TEST_LOG_DIR, inherited) for the secret check.
+    let mut child = logs::debug_env(&mut Command::new("bash"))
         .arg(script)
         .env("PATH", path)
         .env("IRONBOOT_BIN", IRONBOOT)

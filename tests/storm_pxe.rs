@@ -36,6 +36,8 @@ use serde_json::Value;
 mod common;
 #[path = "common/go_harness.rs"]
 mod go_harness;
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "common/netns.rs"]
 mod netns;
 #[path = "common/process.rs"]
@@ -130,13 +132,25 @@ impl Lab {
         self.dir.path().join(name).display().to_string()
     }
 
-    /// Start `args` in the server namespace, output to `<name>.out` / `<name>.err`.
+    /// Start `args` in the server namespace, output to `<name>.out` / `<name>.err`; for
+    /// ironboot, `<name>.err` links to its debug log in the suite's log directory.
     fn start_server(&mut self, name: &str, args: &[&str]) {
         let log = |ext: &str| {
             fs::File::create(self.path(&format!("{name}.{ext}"))).expect("create log file")
         };
+        let mut cmd = Command::new("ip");
+        let stderr = if args.first() == Some(&IRONBOOT) {
+            let (file, path) = logs::ironboot_log(name);
+            let link = self.path(&format!("{name}.err"));
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&path, &link).expect("link the ironboot log");
+            logs::debug_env(&mut cmd);
+            file
+        } else {
+            log("err")
+        };
         // `ip netns exec` execs the program: the child's PID is the server's own.
-        let child = Command::new("ip")
+        let child = cmd
             .args(["netns", "exec", &self.net.server_ns])
             .args(args)
             .env("PATH", common::path_env())
@@ -144,7 +158,7 @@ impl Lab {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log("out"))
-            .stderr(log("err"))
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {args:?} in {}: {e}", self.net.server_ns));
         self.children.push((name.to_owned(), child));

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "common/process.rs"]
 mod process;
 
@@ -187,6 +189,8 @@ struct Server {
     ns: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// ironboot's stderr (debug log), in the suite's log directory.
+    log: std::path::PathBuf,
     netascii_file: Vec<u8>,
     big_file: Vec<u8>,
 }
@@ -224,6 +228,7 @@ impl Server {
             ns,
             child: None,
             dir,
+            log: std::path::PathBuf::new(),
             netascii_file,
             big_file,
         };
@@ -245,7 +250,6 @@ impl Server {
             &state,
             "--ipxe-dir",
             &ipxe_dirs,
-            "--debug",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -257,18 +261,16 @@ impl Server {
             args.push(path.display().to_string());
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let log = |name: &str| {
-            fs::File::create(server.dir.path().join(name)).expect("create ironboot log file")
-        };
+        let (log, log_path) = logs::ironboot_log(&server.label);
+        server.log = log_path;
         // `ip netns exec` execs ironboot: the child's PID is ironboot's own.
-        let child = Command::new("ip")
+        let child = logs::ironboot_command("ip")
             .args(&args)
             .env("PATH", common::path_env())
             .env("RUST_BACKTRACE", "1")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(log("ironboot.out"))
-            .stderr(log("ironboot.err"))
+            .stdout(log.try_clone().expect("dup the log file"))
+            .stderr(log)
             .spawn()
             .expect("start ironboot");
         server.child = Some(child);
@@ -311,7 +313,7 @@ impl Server {
     }
 
     fn stderr(&self) -> String {
-        let text = fs::read_to_string(self.dir.path().join("ironboot.err")).unwrap_or_default();
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
@@ -403,7 +405,7 @@ impl Server {
                 self.stderr()
             );
         }
-        let err = fs::read_to_string(self.dir.path().join("ironboot.err")).unwrap_or_default();
+        let err = fs::read_to_string(&self.log).unwrap_or_default();
         assert!(
             !err.contains("panicked"),
             "[{}] ironboot's stderr reports a panic:\n{}",

@@ -19,13 +19,15 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "common/netns.rs"]
 mod netns;
 #[path = "common/process.rs"]
@@ -123,8 +125,12 @@ impl Lab {
         )
         .expect("write inventory");
         let state = self.path("state");
-        let err = fs::File::create(self.path("ironboot.err")).expect("log file");
-        let child = Command::new("ip")
+        // The debug log in the suite's log directory, linked as ironboot.err here.
+        let (err, log_path) = logs::ironboot_log(&format!("{driver}-{workers}"));
+        let link = self.path("ironboot.err");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&log_path, &link).expect("link the ironboot log");
+        let child = logs::ironboot_command("ip")
             .args(["netns", "exec", &self.net.server_ns, IRONBOOT])
             .args([
                 "--dhcp-proxy-iface-or-ip",

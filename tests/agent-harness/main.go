@@ -121,6 +121,11 @@ func (a *agent) handler(m protoreflect.MethodDescriptor) func(any, context.Conte
 				pw := in.Get(ipmiField).Message().Get(ipmiField.Message().Fields().ByName("password")).String()
 				ev["password_len"] = len(pw)
 				ev["password_fnv"] = fnv64(pw)
+				// The passwords ironboot generates for the IPMI user; the 1 MiB one of
+				// the size test is no real password and too long to look for usefully.
+				if len(pw) <= 256 {
+					recordSecret("BMC password (SetPowerManagement)", pw)
+				}
 			}
 			if *setError != "" {
 				emit(ev)

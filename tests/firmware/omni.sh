@@ -364,6 +364,7 @@ for fw in "${VMS[@]}"; do
 done
 remove_stale_namespaces
 make_out_dir "${IBFW_OUT_BASE:-$repo/target/firmware-test}" omni
+record_secret "join token" "$JOIN_TOKEN"
 say "ironboot in Omni mode; VMs: ${VMS[*]}; out dir: $out"
 
 NTAPS=2

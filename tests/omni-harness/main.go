@@ -89,6 +89,7 @@ func keygen(args []string) {
 		fatalf("encoding key: %v", err)
 	}
 
+	recordSecret("Omni service-account key", encoded)
 	fmt.Println(encoded)
 }
 
