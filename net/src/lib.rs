@@ -14,6 +14,7 @@
 
 pub mod cidr;
 pub mod files;
+pub mod log_limit;
 pub mod machine;
 pub mod proxy;
 pub mod tftp;

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use ironboot_net::log_limit::LogLimiter;
 use ironboot_net::machine::Uuid;
 use ironboot_proto::google::rpc::Status as RpcStatus;
 use ironboot_proto::grpctunnel::v1::tunnel_service_server::{TunnelService, TunnelServiceServer};
@@ -141,7 +142,7 @@ impl Tunnels {
                 gate,
                 open: AtomicUsize::new(0),
                 stats: TunnelStats::default(),
-                refusal_log: LogLimiter::default(),
+                refusal_log: LogLimiter::new(Duration::from_secs(1)),
                 negotiate,
                 next_generation: AtomicU64::new(1),
                 closing: AtomicBool::new(false),
@@ -337,30 +338,6 @@ impl Tunnels {
                 .inner
                 .events
                 .send(TunnelEvent::Disconnected { machine_id });
-        }
-    }
-}
-
-/// Lets one log line through per second, counting the ones held back.
-#[derive(Default)]
-struct LogLimiter {
-    last: Mutex<Option<std::time::Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    /// `Some(lines held back since the last one)` if a line may be logged at `now`.
-    fn allow(&self, now: std::time::Instant) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match *last {
-            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => {
-                self.suppressed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            _ => {
-                *last = Some(now);
-                Some(self.suppressed.swap(0, Ordering::Relaxed))
-            }
         }
     }
 }
@@ -1036,17 +1013,6 @@ mod tests {
         assert_eq!(grpc_timeout(Duration::from_secs(24 * 3600)), "86400000m");
         assert_eq!(grpc_timeout(Duration::from_secs(100_000_000)), "99999999S");
         assert_eq!(grpc_timeout(Duration::ZERO), "1m");
-    }
-
-    #[test]
-    fn refusal_lines_are_limited_to_one_a_second() {
-        let limiter = LogLimiter::default();
-        let t0 = std::time::Instant::now();
-        assert_eq!(limiter.allow(t0), Some(0));
-        assert_eq!(limiter.allow(t0 + Duration::from_millis(10)), None);
-        assert_eq!(limiter.allow(t0 + Duration::from_millis(999)), None);
-        assert_eq!(limiter.allow(t0 + Duration::from_secs(1)), Some(2));
-        assert_eq!(limiter.allow(t0 + Duration::from_secs(3)), Some(0));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use bytes::Bytes;
+use ironboot_net::log_limit::LogLimiter;
 use tracing::{error, warn};
 
 use super::cache::{MachineBootState, MachineStateCache};
@@ -408,10 +409,15 @@ impl OmniBootDecider {
     }
 
     fn factory_failed(&self, who: &MachineQuery, e: &FactoryError) -> Answer {
-        if e.is_transient() {
-            warn!(machine = %who.machine_id(), error = %e, "Image Factory unavailable: the machine will ask again");
-        } else {
-            error!(machine = %who.machine_id(), error = %e, "Image Factory refused the machine's image: fix it in Omni; the machine asks again");
+        // Every machine asks again every few seconds, and anyone can ask for any UUID: at
+        // most one line a minute.
+        static LINES: LogLimiter = LogLimiter::new(Duration::from_secs(60));
+        if let Some(suppressed) = LINES.allow(std::time::Instant::now()) {
+            if e.is_transient() {
+                warn!(machine = %who.machine_id(), error = %e, suppressed, "Image Factory unavailable: the machine will ask again (one line a minute; `suppressed` were not logged)");
+            } else {
+                error!(machine = %who.machine_id(), error = %e, suppressed, "Image Factory refused the machine's image: fix it in Omni; the machine asks again (one line a minute; `suppressed` were not logged)");
+            }
         }
         Answer {
             kind: "retry",
