@@ -448,6 +448,22 @@ impl Inventory {
     }
 }
 
+/// The machines an inventory entry names are the operator's own: the store never evicts
+/// them (see [`crate::store`]). Entries match by UUID or MAC, as lookups do.
+impl crate::store::Pinned for Inventory {
+    fn pinned(&self, uuid: Option<Uuid>, macs: &mut dyn Iterator<Item = MacAddr>) -> bool {
+        if uuid.is_some_and(|u| self.by_uuid.contains_key(&u)) {
+            return true;
+        }
+        for m in macs {
+            if self.by_mac.contains_key(&m) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 impl BootDecider for Inventory {
     fn decide(&self, who: &MachineQuery) -> BootTarget {
         let (target, matched) = self.lookup(who);
