@@ -165,7 +165,7 @@ def stall(args):
     for i in range(args.clients):
         s = connect(args.server, "127.0.0.1")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(f"GET /api/v1/machines HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.sendall(f"GET {args.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         socks.append(s)
     # Wait until the RSS stops growing (every answer built and stuck in the socket).
     peak, stable_since = rss_kib(args.pid), time.monotonic()
@@ -181,7 +181,7 @@ def stall(args):
     for s in socks:
         s.close()
     time.sleep(2)
-    print(json.dumps({"clients": args.clients, "rss_before_mib": round(before / 1024, 1),
+    print(json.dumps({"clients": args.clients, "path": args.path, "rss_before_mib": round(before / 1024, 1),
                       "rss_peak_mib": round(peak / 1024, 1),
                       "rss_held_mib": round(held / 1024, 1), "settled": settled,
                       "rss_after_close_mib": round(rss_kib(args.pid) / 1024, 1)}))
@@ -204,6 +204,7 @@ def main():
     s = sub.add_parser("stall")
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("--clients", type=int, default=20)
+    s.add_argument("--path", default="/api/v1/machines", help="what the clients ask for")
     s.add_argument("--wait", type=float, default=300, help="longest wait for the RSS to settle")
     s.add_argument("--settle", type=float, default=20,
                    help="seconds without 1%% growth that count as settled")

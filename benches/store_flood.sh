@@ -8,7 +8,9 @@
 # namespace of its own (loopback only), with a fresh state directory, stopped by its PID.
 #
 # usage: benches/store_flood.sh path/to/ironboot        (as root)
-# env:   FLOOD (112000), SOURCES (250), STALL (20), PORT (50042)
+# env:   FLOOD (112000), SOURCES (250), STALL (20), PORT (50042), STALL_PATH (what the
+#        stalled clients ask for, default /api/v1/machines), SERVER_ARGS (more ironboot
+#        flags, e.g. "--store-new-machines-per-source 1000000" to fill the store to its cap)
 set -euo pipefail
 
 BIN=${1:?usage: $0 path/to/ironboot}
@@ -18,6 +20,8 @@ FLOOD=${FLOOD:-112000}
 SOURCES=${SOURCES:-250}
 STALL=${STALL:-20}
 PORT=${PORT:-50042}
+STALL_PATH=${STALL_PATH:-/api/v1/machines}
+SERVER_ARGS=${SERVER_ARGS:-}
 NS=sfl$$
 WORK=$(mktemp -d)
 PID=""
@@ -42,7 +46,7 @@ head -c 65536 /dev/urandom >"$WORK/ipxe/undionly.kpxe"
 start() {
     ip netns exec "$NS" "$BIN" --disable-dhcp-proxy --api-listen-address 127.0.0.1 \
         --api-advertise-address 127.0.0.1 --api-port "$PORT" --state-dir "$WORK/state" \
-        --ipxe-dir "$WORK/ipxe" "$@" >"$WORK/ironboot.log" 2>&1 &
+        --ipxe-dir "$WORK/ipxe" $SERVER_ARGS >"$WORK/ironboot.log" 2>&1 &
     PID=$!
     for _ in $(seq 100); do
         ip netns exec "$NS" python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)" \
@@ -76,4 +80,4 @@ db
 tool real --uuid 4c4c4544-0042-3510-8051-b7c04f4e3302 --source 127.0.0.3 || true
 metric
 echo "== $STALL clients that do not read /api/v1/machines"
-tool stall --pid "$PID" --clients "$STALL"
+tool stall --pid "$PID" --clients "$STALL" --path "$STALL_PATH"

@@ -532,6 +532,46 @@ machine:
     }
 
     #[test]
+    fn listed_machines_are_pinned_in_the_store_by_uuid_or_any_mac() {
+        use crate::store::Pinned;
+        let inv = toml(
+            r#"
+[default]
+boot = "disk"
+[[machine]]
+uuid = "00000000-0000-4000-8000-000000000001"
+boot = "disk"
+[[machine]]
+mac = ["52:54:00:aa:00:02", "52:54:00:aa:00:03"]
+boot = "disk"
+"#,
+        )
+        .unwrap();
+        let u = |s: &str| Some(s.parse::<Uuid>().unwrap());
+        let macs = |l: &[&str]| {
+            l.iter()
+                .map(|m| m.parse::<MacAddr>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let pinned = |uuid, l: &[&str]| inv.pinned(uuid, &mut macs(l).into_iter());
+        assert!(pinned(u("00000000-0000-4000-8000-000000000001"), &[]));
+        assert!(pinned(None, &["52:54:00:aa:00:09", "52:54:00:aa:00:03"]));
+        assert!(pinned(
+            u("00000000-0000-4000-8000-000000000009"),
+            &["52:54:00:aa:00:02"]
+        ));
+        assert!(!pinned(
+            u("00000000-0000-4000-8000-000000000009"),
+            &["52:54:00:aa:00:09"]
+        ));
+        assert!(!pinned(None, &[]), "the [default] pins nothing");
+        assert!(!Inventory::default().pinned(
+            u("00000000-0000-4000-8000-000000000001"),
+            &mut std::iter::empty()
+        ));
+    }
+
+    #[test]
     fn the_brief_sample_parses_verbatim_and_its_yaml_twin_is_the_same() {
         let inv = toml(SAMPLE).unwrap();
         let known = who(Some("00000000-0000-4000-8000-000000000001"), None);
