@@ -14,7 +14,6 @@ Standard library only, so it runs on a bare Debian machine.
 
 import argparse
 import json
-import os
 import random
 import socket
 import sys

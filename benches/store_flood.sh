@@ -44,6 +44,7 @@ mkdir -p "$WORK/ipxe" "$WORK/state"
 head -c 65536 /dev/urandom >"$WORK/ipxe/undionly.kpxe"
 
 start() {
+    # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
     ip netns exec "$NS" "$BIN" --disable-dhcp-proxy --api-listen-address 127.0.0.1 \
         --api-advertise-address 127.0.0.1 --api-port "$PORT" --state-dir "$WORK/state" \
         --ipxe-dir "$WORK/ipxe" $SERVER_ARGS >"$WORK/ironboot.log" 2>&1 &

@@ -391,6 +391,7 @@ fn a_full_disk_stops_recording_not_booting_and_the_store_recovers() {
     );
 
     // Space returns: the store reopens and records again.
+    let full_at = Instant::now();
     std::fs::remove_file(&filler).expect("remove filler");
     let back = uuid(200, 1);
     assert!(
@@ -403,6 +404,20 @@ fn a_full_disk_stops_recording_not_booting_and_the_store_recovers() {
     );
     assert!(server.metric("ironboot_store_reopens_total").unwrap() >= 1.0);
     assert!(server.log_text().contains("machine store writable again"));
+    eprintln!(
+        "full disk: {} boot scripts served while the store could not write ({} failed \
+         writes, {} sightings dropped, {lines} log lines); recording again {:?} after space \
+         returned, {} reopenings",
+        booted + 200,
+        server
+            .metric("ironboot_store_write_errors_total")
+            .unwrap_or(0.0),
+        server
+            .metric("ironboot_store_sightings_total{result=\"dropped_write_error\"}")
+            .unwrap_or(0.0),
+        full_at.elapsed(),
+        server.metric("ironboot_store_reopens_total").unwrap_or(0.0),
+    );
     let listed = server.listed();
     for i in 0..20 {
         assert!(
