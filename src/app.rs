@@ -14,9 +14,7 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::omni_mode::OmniMode;
-use crate::{
-    agent, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
-};
+use crate::{boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service};
 
 /// The running services; each task resolves with its name and how it ended.
 type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -66,29 +64,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     services.spawn(async move { ("TFTP", flatten(tftp.await)) });
 
-    // The metal agents' reverse gRPC tunnels (h2c) on the same port as the HTTP routes,
-    // and their client with the --agent-*-timeout values.
-    let agent_tunnels = agent::tunnel::Tunnels::new();
-    let agents = agent::client::AgentClient::new(agent_tunnels.clone(), config.agent.timeouts);
+    // Omni mode: the provider, with the metal agents' reverse gRPC tunnels (h2c) on the
+    // same port as the HTTP routes and, with --tls-enabled, on the TLS port.
     let mut omni = match &config.omni_endpoint {
-        Some(endpoint) => Some(
-            OmniMode::start(
-                &config,
-                endpoint,
-                &agent_tunnels,
-                agents,
-                factory_proxy.clone(),
-            )
-            .await?,
-        ),
+        Some(endpoint) => Some(OmniMode::start(&config, endpoint, factory_proxy.clone()).await?),
         None => None,
     };
-    // The agents' tunnel over TLS: Omni mode prepared it; standalone needs your own files.
-    let agent_tls = match (omni.as_mut(), config.tls.enabled) {
-        (Some(omni), _) => omni.tls.take(),
-        (None, true) => Some(crate::omni_mode::prepare_tls(&config, None).await?),
-        (None, false) => None,
-    };
+    let agent_tls = omni.as_mut().and_then(|omni| omni.tls.take());
+    let agent_tunnels = omni.as_ref().map(|omni| omni.tunnels.clone());
     let decider: Arc<dyn boot_script::BootAnswerer> = match &omni {
         Some(omni) => omni.decider.clone(),
         None => inventory,
@@ -100,6 +83,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     registry.register(store.stats.clone());
     if let Some(omni) = &omni {
         registry.register(omni.stats());
+        registry.register(Arc::new(omni.tunnels.clone()));
     }
     if let Some(proxy) = &factory_proxy {
         registry.register(proxy.stats());
@@ -117,7 +101,6 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         recorder: store.recorder,
         machines: store.machines,
     });
-    let router = agent_tunnels.mount(router);
     let router = match &omni {
         Some(omni) => omni.mount(router),
         None => router,
@@ -130,8 +113,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--api-port: listening on {http_addr}"))?;
     info!(addr = %http_addr, "HTTP API listening");
-    let tls_stop = match agent_tls {
-        Some(tls) => {
+    let tls_stop = match (agent_tls, &agent_tunnels) {
+        (Some(tls), Some(agent_tunnels)) => {
             let addr = SocketAddrV4::new(
                 config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 config.tls.port,
@@ -147,7 +130,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             services.spawn(async move { ("agents' TLS", served.await.map_err(Into::into)) });
             Some(stop)
         }
-        None => None,
+        _ => None,
     };
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     services.spawn(async move {
@@ -180,7 +163,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     }
     udp_shutdown.trigger();
     // Tunnels never end by themselves: close them so the HTTP server can drain.
-    agent_tunnels.close_all();
+    if let Some(tunnels) = &agent_tunnels {
+        tunnels.close_all();
+    }
     let _ = http_stop.send(());
     if let Some(stop) = tls_stop {
         let _ = stop.send(());

@@ -96,7 +96,7 @@ impl BootRouter {
             machines,
         });
         let router = match omni {
-            Some(omni) => omni.mount(router),
+            Some(omni) => omni.mount(router, None),
             None => router,
         };
         Ok(Self {

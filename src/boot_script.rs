@@ -156,6 +156,79 @@ pub(crate) enum ScriptError {
     /// A token iPXE's shell reads as a command separator or a comment.
     #[error("contains the token {0:?}, which iPXE reads as a command separator or comment")]
     ShellToken(String),
+    /// An iPXE setting whose value the network or the machine chooses freely (a DHCP
+    /// host name, an SMBIOS serial): expanded at boot, it could add arguments or commands.
+    #[error(
+        "uses the setting ${{{0}}}, whose value comes from DHCP or the machine and may hold \
+         spaces or script tokens; use settings with fixed formats (uuid, mac, buildarch, \
+         platform, ip) or a :uristring / :hex / :hexhyp format"
+    )]
+    UnsafeSetting(String),
+    /// A `${` without its closing brace.
+    #[error("has a ${{ without its closing }}")]
+    UnclosedSetting,
+}
+
+/// Settings whose expanded value has a fixed alphabet (no spaces, no script tokens).
+const SAFE_SETTINGS: [&str; 9] = [
+    "uuid",
+    "mac",
+    "busid",
+    "buildarch",
+    "platform",
+    "ip",
+    "netmask",
+    "gateway",
+    "dns",
+];
+
+/// Formats that make any setting's value safe: percent-encoded or hexadecimal.
+const SAFE_FORMATS: [&str; 4] = ["uristring", "hex", "hexhyp", "hexraw"];
+
+/// Every `${name}` or `${name:format}` in `value` must expand to a fixed alphabet: a
+/// setting from [`SAFE_SETTINGS`] (per NIC too, `netX/mac`), or any setting in a
+/// [`SAFE_FORMATS`] format. A nested reference is checked too, so script variables such
+/// as `${net${idx}/mac}`'s `idx` are refused.
+fn safe_settings(value: &str) -> Result<(), ScriptError> {
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let inner = &rest[start + 2..];
+        // The reference ends at the first `}` not closing a nested `${`.
+        let mut depth = 0usize;
+        let mut end = None;
+        let bytes = inner.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'{') {
+                depth += 1;
+                i += 2;
+                continue;
+            }
+            if bytes[i] == b'}' {
+                if depth == 0 {
+                    end = Some(i);
+                    break;
+                }
+                depth -= 1;
+            }
+            i += 1;
+        }
+        let end = end.ok_or(ScriptError::UnclosedSetting)?;
+        let reference = &inner[..end];
+        safe_settings(reference)?;
+        let (name, format) = match reference.rsplit_once(':') {
+            Some((n, f)) => (n, Some(f)),
+            None => (reference, None),
+        };
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let safe =
+            format.is_some_and(|f| SAFE_FORMATS.contains(&f)) || SAFE_SETTINGS.contains(&base);
+        if !safe {
+            return Err(ScriptError::UnsafeSetting(reference.to_owned()));
+        }
+        rest = &inner[end + 1..];
+    }
+    Ok(())
 }
 
 fn no_control(value: &str) -> Result<(), ScriptError> {
@@ -186,6 +259,7 @@ fn check_url(value: &str) -> Result<(), ScriptError> {
     if value.contains(char::is_whitespace) {
         return Err(ScriptError::Whitespace);
     }
+    safe_settings(value)?;
     let lower = value.to_ascii_lowercase();
     let has_scheme = ["http://", "https://", "tftp://"]
         .iter()
@@ -244,8 +318,9 @@ impl fmt::Display for KernelField {
 }
 
 impl KernelBoot {
-    /// Validate and render. The command line may use iPXE settings such as `${uuid}`
-    /// (iPXE expands them at boot), but no control characters or shell tokens.
+    /// Validate and render. The command line may use iPXE settings with fixed formats
+    /// such as `${uuid}` (iPXE expands them at boot, after this check), but no settings
+    /// whose values DHCP or the machine choose, no control characters, no shell tokens.
     pub(crate) fn new(
         kernel: &str,
         initrds: &[String],
@@ -258,6 +333,7 @@ impl KernelBoot {
         let cmdline = cmdline.trim();
         no_control(cmdline)
             .and_then(|()| no_shell_tokens(cmdline))
+            .and_then(|()| safe_settings(cmdline))
             .map_err(|e| (KernelField::Cmdline, e))?;
         let mut s = String::from("#!ipxe\nkernel ");
         s.push_str(kernel);
@@ -332,6 +408,11 @@ pub(crate) type AnswerFuture<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 
 pub(crate) trait BootAnswerer: Send + Sync {
     /// The answer for this machine, with "boot from disk" told by `disk`.
     fn answer<'a>(&'a self, who: &'a MachineQuery, disk: BootFromDiskMethod) -> AnswerFuture<'a>;
+
+    /// The machine `who` was answered, its request coming from `ip`: a PXE boot seen.
+    fn booted(&self, who: &MachineQuery, ip: Option<std::net::IpAddr>) {
+        let _ = (who, ip);
+    }
 }
 
 impl<T: BootDecider> BootAnswerer for T {
@@ -813,6 +894,72 @@ pub(crate) mod tests {
         }
         // Tokens merely containing the characters are fine (iPXE only splits on whole tokens).
         assert!(KernelBoot::new(ok, &[], "a=b;c x#y ip=::::eth0:dhcp").is_ok());
+    }
+
+    #[test]
+    fn settings_chosen_by_dhcp_or_the_machine_are_refused() {
+        use KernelField::*;
+        use ScriptError::*;
+        let ok = "http://h/k";
+        // A DHCP host name "x talos.config=http://evil/" would add an argument at boot.
+        let refused: &[(&str, &[&str], &str, KernelField, ScriptError)] = &[
+            (
+                ok,
+                &[],
+                "hostname=${hostname}",
+                Cmdline,
+                UnsafeSetting("hostname".into()),
+            ),
+            (
+                ok,
+                &[],
+                "s=${serial}",
+                Cmdline,
+                UnsafeSetting("serial".into()),
+            ),
+            (
+                ok,
+                &[],
+                "d=${net0/domain}",
+                Cmdline,
+                UnsafeSetting("net0/domain".into()),
+            ),
+            (
+                ok,
+                &[],
+                "m=${net${idx}/mac}",
+                Cmdline,
+                UnsafeSetting("idx".into()),
+            ),
+            (ok, &[], "x=${uuid", Cmdline, UnclosedSetting),
+            (
+                "http://h/${hostname}/k",
+                &[],
+                "",
+                Kernel,
+                UnsafeSetting("hostname".into()),
+            ),
+            (
+                ok,
+                &["http://h/${product}.img"],
+                "",
+                Initrd(0),
+                UnsafeSetting("product".into()),
+            ),
+        ];
+        for (kernel, initrds, cmdline, field, err) in refused {
+            let initrds: Vec<String> = initrds.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                KernelBoot::new(kernel, &initrds, cmdline),
+                Err((*field, err.clone())),
+                "{kernel:?} {initrds:?} {cmdline:?}"
+            );
+        }
+        let fixed_formats = "u=${uuid} m=${mac:hexhyp} n=${net1/mac} a=${buildarch} \
+                             i=${ip} h=${hostname:uristring} s=${serial:hex}";
+        assert!(KernelBoot::new("http://h/${buildarch}/k", &[], fixed_formats).is_ok());
+        let message = ScriptError::UnsafeSetting("hostname".into()).to_string();
+        assert!(message.contains("${hostname}"), "{message}");
     }
 
     #[test]

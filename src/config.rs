@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ironboot_net::proxy::Ipv4Subnet;
 use ironboot_net::udp::DriverKind;
 
 use crate::agent::client::AgentTimeouts;
@@ -166,6 +167,11 @@ pub(crate) struct Cli {
     #[arg(long, default_value = "")]
     pub(crate) efi_ia32_boot_file: String,
 
+    /// Subnets (`a.b.c.d/len`, comma-separated) whose DHCP relays are answered: a relayed
+    /// request's `giaddr` must lie in one of them (empty: any unicast relay address).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) dhcp_relay_allow: Vec<String>,
+
     /// Directories searched, in order, for the iPXE binaries (Debian: `apt-get install ipxe`).
     #[arg(long, value_delimiter = ',', default_values = crate::boot_files::DEFAULT_IPXE_DIRS)]
     pub(crate) ipxe_dir: Vec<PathBuf>,
@@ -204,17 +210,25 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_WINDOWSIZE)]
     pub(crate) tftp_max_windowsize: u16,
 
-    /// Most concurrent TFTP transfers; more are answered "server busy".
+    /// Most concurrent TFTP transfers; more are answered "server busy". Only transfers
+    /// whose client acknowledged the first reply count (a forged request takes no slot).
     #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_TRANSFERS)]
     pub(crate) tftp_max_transfers: usize,
 
-    /// Most concurrent TFTP transfers per client address.
+    /// Most concurrent TFTP transfers per client address, counted like
+    /// --tftp-max-transfers.
     #[arg(long, default_value_t = ironboot_net::tftp::DEFAULT_MAX_PER_CLIENT)]
     pub(crate) tftp_max_per_client: usize,
 
     /// Number of UDP ports transfers are spread over (without --tftp-single-port).
     #[arg(long, default_value_t = DEFAULT_TFTP_PORT_POOL)]
     pub(crate) tftp_port_pool: usize,
+
+    /// BMC addresses a metal agent may report (comma-separated CIDRs or addresses); an
+    /// address outside is refused and no credentials are set up. Empty = any (ironboot's
+    /// own).
+    #[arg(long, value_name = "CIDR,...", default_value = "")]
+    pub(crate) bmc_allow_cidr: String,
 
     /// Drive every IPMI-configured BMC over Redfish, without probing.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
@@ -422,6 +436,8 @@ pub(crate) struct DhcpProxyConfig {
     pub(crate) listen_broadcast: bool,
     /// Boot file for EFI IA32 clients.
     pub efi_ia32_boot_file: Option<String>,
+    /// `--dhcp-relay-allow`: the subnets relays are answered in (empty: any unicast).
+    pub(crate) relay_allow: Vec<Ipv4Subnet>,
 }
 
 /// Validated runtime configuration.
@@ -473,6 +489,8 @@ pub(crate) struct Config {
     pub(crate) tftp: TftpSettings,
     /// BMC back-end selection (`--redfish-*`, `--ipmi-pxe-boot-mode`).
     pub(crate) bmc: ironboot_bmc::SelectorOptions,
+    /// `--bmc-allow-cidr`: where agent-reported BMCs may be (empty = anywhere).
+    pub(crate) bmc_allow: Vec<ironboot_net::cidr::Cidr>,
     /// Metal agent calls (`--agent-*-timeout`, `--wipe-with-zeroes`).
     pub(crate) agent: AgentSettings,
     /// `--min-reboot-interval`.
@@ -610,6 +628,13 @@ impl Config {
             "" => None,
             v => Some(base_url("omni-api-endpoint", v)?),
         };
+        if omni_endpoint.is_none() && cli.tls_enabled {
+            return Err(refuse(
+                "tls-enabled",
+                "the TLS port carries the metal agents' tunnels, which exist only in Omni \
+                 mode: set --omni-api-endpoint or drop --tls-enabled",
+            ));
+        }
         if omni_endpoint.is_some() && cli.inventory.is_some() {
             return Err(refuse(
                 "inventory",
@@ -637,6 +662,7 @@ impl Config {
                     }
                     f => Some(f.to_owned()),
                 },
+                relay_allow: relay_allow(&cli.dhcp_relay_allow)?,
             })
         };
         Ok(Config {
@@ -690,6 +716,8 @@ impl Config {
             boot_from_disk_method: cli.boot_from_disk_method,
             tftp: tftp_settings(cli)?,
             bmc: bmc_selection(cli)?,
+            bmc_allow: ironboot_net::cidr::Cidr::parse_list(&cli.bmc_allow_cidr)
+                .map_err(|e| refuse("bmc-allow-cidr", e.to_string()))?,
             agent: AgentSettings {
                 timeouts: AgentTimeouts {
                     call: positive_duration("agent-call-timeout", &cli.agent_call_timeout)?,
@@ -1091,6 +1119,20 @@ fn nonempty_paths(flag: &'static str, paths: &[PathBuf]) -> Result<Vec<PathBuf>,
     Ok(paths.to_vec())
 }
 
+/// `--dhcp-relay-allow`: every entry a subnet with no host bits set that can hold a
+/// relay's unicast address. Empty entries (a trailing comma) are skipped.
+fn relay_allow(values: &[String]) -> Result<Vec<Ipv4Subnet>, ConfigError> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<Ipv4Subnet>()
+                .map_err(|e| refuse("dhcp-relay-allow", format!("{v:?}: {e}")))
+        })
+        .collect()
+}
+
 /// The host's single routable IPv4, as the Go provider picks its advertise address.
 fn single_routable(interfaces: &[InterfaceAddr]) -> Result<Ipv4Addr, ConfigError> {
     let routable: Vec<&InterfaceAddr> = interfaces.iter().filter(|i| i.is_routable()).collect();
@@ -1248,6 +1290,50 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_relay_allow_takes_subnets_and_refuses_bad_ones_naming_the_flag() {
+        let c = Config::from_cli(&cli(&[]), &host()).unwrap();
+        assert_eq!(
+            c.dhcp_proxy.unwrap().relay_allow,
+            [],
+            "empty: any unicast relay"
+        );
+        let c = Config::from_cli(
+            &cli(&["--dhcp-relay-allow", "10.20.0.0/24,192.0.2.8/31,"]),
+            &host(),
+        )
+        .unwrap();
+        let allowed: Vec<String> = c
+            .dhcp_proxy
+            .unwrap()
+            .relay_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allowed, ["10.20.0.0/24", "192.0.2.8/31"]);
+        let twice = Config::from_cli(
+            &cli(&[
+                "--dhcp-relay-allow",
+                "10.20.0.0/24",
+                "--dhcp-relay-allow=10.30.0.0/16",
+            ]),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(twice.dhcp_proxy.unwrap().relay_allow.len(), 2);
+        for bad in [
+            "10.20.0.1/24",
+            "10.20.0.0",
+            "10.20.0.0/33",
+            "224.0.0.0/4",
+            "eth0",
+        ] {
+            let e = Config::from_cli(&cli(&["--dhcp-relay-allow", bad]), &host()).unwrap_err();
+            assert_eq!(e.flag, "dhcp-relay-allow", "{bad}");
+            assert!(e.message.contains(bad), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn dhcp_interface_by_name_or_by_address() {
         let by_name =
             Config::from_cli(&cli(&["--dhcp-proxy-iface-or-ip", "eth1"]), &host()).unwrap();
@@ -1283,9 +1369,18 @@ mod tests {
                 "omni-api-endpoint",
             ),
             (
-                &["--tls-enabled", "--tls-api-port", "50042"],
+                &[
+                    "--omni-api-endpoint",
+                    "http://omni.example",
+                    "--tls-enabled",
+                    "--tls-api-port",
+                    "50042",
+                ],
                 "tls-api-port",
             ),
+            (&["--tls-enabled"], "tls-enabled"),
+            (&["--bmc-allow-cidr", "10.0.0.0/33"], "bmc-allow-cidr"),
+            (&["--bmc-allow-cidr", "10.0.0.0/8,rack"], "bmc-allow-cidr"),
             (&["--tls-cert-ttl", "1m"], "tls-cert-ttl"),
             (&["--image-factory-proxy", "yes"], "image-factory-proxy"),
             (

@@ -20,6 +20,12 @@ pub(crate) trait PrometheusSource: Send + Sync {
     fn render(&self, out: &mut String);
 }
 
+impl PrometheusSource for crate::agent::tunnel::Tunnels {
+    fn render(&self, out: &mut String) {
+        self.render_prometheus(out);
+    }
+}
+
 impl PrometheusSource for ProxyCounters {
     fn render(&self, out: &mut String) {
         self.render_prometheus(out);

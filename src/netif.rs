@@ -52,3 +52,20 @@ pub(crate) fn host_interfaces() -> std::io::Result<Vec<InterfaceAddr>> {
     }
     Ok(out)
 }
+
+/// The IPv4 subnets (address and prefix length) configured on interface `name`.
+pub(crate) fn ipv4_subnets(name: &str) -> std::io::Result<Vec<(Ipv4Addr, u8)>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+        if ifa.interface_name != name {
+            continue;
+        }
+        let addr = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in());
+        let mask = ifa.netmask.as_ref().and_then(|a| a.as_sockaddr_in());
+        if let (Some(addr), Some(mask)) = (addr, mask) {
+            let prefix = mask.ip().to_bits().leading_ones();
+            out.push((addr.ip(), u8::try_from(prefix).unwrap_or(32)));
+        }
+    }
+    Ok(out)
+}

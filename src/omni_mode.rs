@@ -20,6 +20,7 @@ use ironboot_bmc::Selector;
 use ironboot_bmc::fleet::{Fleet, FleetOptions};
 use tracing::{info, warn};
 
+use crate::agent::admission::{AgentGate, KnownMachines};
 use crate::agent::client::AgentClient;
 use crate::agent::tunnel::Tunnels;
 use crate::boot_script::{AnswerFuture, BootAnswerer, BootFromDiskMethod};
@@ -42,6 +43,8 @@ pub(crate) struct OmniMode {
     pub(crate) decider: Arc<dyn BootAnswerer>,
     /// The agents' TLS listener's certificates (`--tls-enabled`).
     pub(crate) tls: Option<AgentTls>,
+    /// The metal agents' tunnels, admitted by their machines' address bindings.
+    pub(crate) tunnels: Tunnels,
     boot: OmniBoot,
     control: Running,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -56,8 +59,6 @@ impl OmniMode {
     pub(crate) async fn start(
         config: &Config,
         endpoint: &str,
-        tunnels: &Tunnels,
-        agents: AgentClient,
         factory_proxy: Option<Arc<crate::factory_proxy::FactoryProxy>>,
     ) -> anyhow::Result<Self> {
         let key = ServiceAccountKey::from_env(&config.provider_id, SystemTime::now())
@@ -104,6 +105,14 @@ impl OmniMode {
             Some(proxy) => boot.with_factory_proxy(proxy),
             None => boot,
         };
+        // The agents' tunnels: only machines Omni names (or that PXE-booted here), from
+        // the address that loaded their configuration.
+        let gate = AgentGate::bound(
+            Arc::new(KnownInOmni(boot.cache.clone())),
+            Some(&config.state_dir),
+        );
+        let tunnels = Tunnels::new(gate.clone());
+        let agents = AgentClient::new(tunnels.clone(), config.agent.timeouts);
         let power = FleetPower::new(
             Selector::new(config.bmc.clone()),
             Fleet::new(FleetOptions::default()),
@@ -120,6 +129,7 @@ impl OmniMode {
         settings
             .power_api_dir
             .clone_from(&config.api_power_mgmt_state_dir);
+        settings.bmc_allow.clone_from(&config.bmc_allow);
         let control =
             crate::executor::real::start(&client, power, agents, tunnels.subscribe(), settings);
 
@@ -129,6 +139,7 @@ impl OmniMode {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let mut tasks = vec![tokio::spawn(register_and_heartbeat(client.clone(), info))];
+        tasks.extend(gate.spawn_saver());
         tasks.extend(tls.as_ref().and_then(AgentTls::spawn_renewal));
         let (cache, join) = (boot.cache.clone(), boot.join.clone());
         tasks.push(tokio::spawn(async move {
@@ -142,10 +153,12 @@ impl OmniMode {
         let decider = Arc::new(ReportingPxeBoots {
             decider: boot.decider.clone(),
             executor: control.executor.clone(),
+            gate,
         });
         Ok(Self {
             decider,
             tls,
+            tunnels,
             boot,
             control,
             tasks,
@@ -157,16 +170,21 @@ impl OmniMode {
         self.control.executor.stats()
     }
 
-    /// Adds Omni mode's routes (`/config`, `/assets/`) to `router`.
+    /// Adds Omni mode's routes (`/config`, `/assets/`, the agents' tunnel) to `router`.
     pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
-        self.boot.mount(router)
+        self.tunnels
+            .mount(self.boot.mount(router, Some(self.tunnels.clone())))
     }
 
-    /// Stops the control loop, the watches and the heartbeat.
+    /// Stops the control loop, the watches and the heartbeat, and saves the agents'
+    /// address bindings.
     pub(crate) fn stop(&self) {
         self.control.stop();
         for t in &self.tasks {
             t.abort();
+        }
+        if let Err(e) = self.tunnels.gate().save() {
+            warn!(error = %e, "saving the agent bindings failed");
         }
     }
 }
@@ -234,6 +252,16 @@ async fn register_and_heartbeat(client: Client, info: ProviderInfo) {
 struct ReportingPxeBoots {
     decider: Arc<OmniBootDecider>,
     executor: Arc<OmniExecutor>,
+    gate: Arc<AgentGate>,
+}
+
+/// Machines named by Omni's `InfraMachine`s (the boot decisions' cache of them).
+struct KnownInOmni(Arc<omni_boot::MachineStateCache>);
+
+impl KnownMachines for KnownInOmni {
+    fn is_known(&self, uuid: &str) -> bool {
+        self.0.get(uuid).is_some()
+    }
 }
 
 impl BootAnswerer for ReportingPxeBoots {
@@ -245,5 +273,11 @@ impl BootAnswerer for ReportingPxeBoots {
             }
             answer
         })
+    }
+
+    fn booted(&self, who: &MachineQuery, ip: Option<std::net::IpAddr>) {
+        if let Some(uuid) = &who.uuid {
+            self.gate.pxe_boot(uuid, ip);
+        }
     }
 }

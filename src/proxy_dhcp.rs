@@ -4,10 +4,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use anyhow::Context;
-use ironboot_net::proxy::{BootPolicy, ProxyCounters, ProxyService};
+use ironboot_net::proxy::{
+    BootPolicy, Ipv4Subnet, ProxyCounters, ProxyService, REFUSAL_LOG_INTERVAL, RefusalLog,
+};
 use ironboot_net::udp::{BindSpec, BoundSockets, Shutdown};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::udp_workers::{self, Worker};
@@ -33,8 +35,21 @@ pub(crate) fn start(
         info!("ProxyDHCP disabled (--disable-dhcp-proxy)");
         return Ok(None);
     };
+    // The served link's subnets: no reply goes to their network or broadcast address.
+    let local_subnets: Vec<Ipv4Subnet> = match crate::netif::ipv4_subnets(&dhcp.interface.name) {
+        Ok(found) => found
+            .into_iter()
+            .filter_map(|(addr, prefix)| Ipv4Subnet::containing(addr, prefix))
+            .collect(),
+        Err(e) => {
+            warn!(interface = %dhcp.interface.name, error = %e, "cannot read the interface's subnets; only address classes guard ProxyDHCP reply destinations");
+            Vec::new()
+        }
+    };
     let policy = BootPolicy::new(config.advertise_address, config.api_port)
-        .with_efi_ia32_file(dhcp.efi_ia32_boot_file.clone());
+        .with_efi_ia32_file(dhcp.efi_ia32_boot_file.clone())
+        .with_relay_allow(dhcp.relay_allow.clone())
+        .with_local_subnets(local_subnets.clone());
     let ports = policy.ports();
     // Broadcasts only reach sockets bound to the wildcard address; SO_BINDTODEVICE keeps
     // them to the one interface.
@@ -57,6 +72,11 @@ pub(crate) fn start(
     };
     listen.push(ports.pxe);
     let policy = Arc::new(policy);
+    // One log bound for all workers.
+    let refusals = Arc::new(RefusalLog::new(
+        std::time::Instant::now(),
+        REFUSAL_LOG_INTERVAL,
+    ));
     let workers = (0..config.udp_workers)
         .map(|index| {
             // The last worker takes the socket itself, the others a duplicate (with one
@@ -81,7 +101,8 @@ pub(crate) fn start(
             );
             Ok(Worker {
                 sockets,
-                service: ProxyService::new(policy.clone(), counters.clone()),
+                service: ProxyService::new(policy.clone(), counters.clone())
+                    .with_refusal_log(refusals.clone()),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -91,6 +112,8 @@ pub(crate) fn start(
         workers = workers.len(),
         advertise = %config.advertise_address,
         ipxe_script = policy.ipxe_script_url(),
+        local_subnets = ?local_subnets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        relay_allow = ?dhcp.relay_allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "ProxyDHCP listening"
     );
     Ok(Some(tokio::spawn(udp_workers::run(

@@ -15,12 +15,13 @@ mod agent;
 #[path = "common/go_harness.rs"]
 mod go_harness;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use agent::admission::{AgentGate, KnownMachines};
 use agent::client::{AgentClient, AgentError, AgentTimeouts};
 use agent::tunnel::{TunnelEvent, Tunnels};
 use ironboot_proto::agent::{
@@ -33,6 +34,19 @@ use tokio::sync::{broadcast, mpsc};
 
 const PROTO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/proto");
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The machines' IDs (SMBIOS UUIDs, as the agent sends them).
+const MACHINE_1: &str = "00000000-0000-4000-8000-000000000031";
+const MACHINE_2: &str = "00000000-0000-4000-8000-000000000032";
+const MACHINE_A: &str = "00000000-0000-4000-8000-000000000061";
+const MACHINE_BIG: &str = "00000000-0000-4000-8000-000000626967";
+const MACHINE_C: &str = "00000000-0000-4000-8000-000000000063";
+const MACHINE_D: &str = "00000000-0000-4000-8000-000000000064";
+const MACHINE_E: &str = "00000000-0000-4000-8000-000000000065";
+const MACHINE_F: &str = "00000000-0000-4000-8000-000000000066";
+const MACHINE_NOBODY: &str = "00000000-0000-4000-8000-6e6f626f6479";
+const MACHINE_R: &str = "00000000-0000-4000-8000-000000000072";
+const MACHINE_SLOW: &str = "00000000-0000-4000-8000-0000736c6f77";
 
 /// Builds the harness once per test run (and only if a source is newer than the binary).
 fn harness_binary() -> &'static Path {
@@ -68,7 +82,12 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let router = tunnels.mount(axum::Router::new());
         let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
         });
         Self {
             addr,
@@ -138,6 +157,15 @@ impl GoAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends the agent process `SIG<name>` (STOP freezes it, CONT wakes it).
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
 }
 
 impl Drop for GoAgent {
@@ -192,16 +220,16 @@ fn ipmi_creds(username: &str, password: &str) -> SetPowerManagementRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_reaches_the_go_agent_with_exact_fields() {
-    let server = Server::start(Tunnels::new()).await;
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
     let mut events = server.tunnels.subscribe();
-    let mut go = GoAgent::start(&server, "uuid-a", "a", &[]);
-    connected(&mut events, "uuid-a").await;
-    let tunnel = server.tunnels.get("uuid-a").expect("tunnel registered");
+    let mut go = GoAgent::start(&server, MACHINE_A, "a", &[]);
+    connected(&mut events, MACHINE_A).await;
+    let tunnel = server.tunnels.get(MACHINE_A).expect("tunnel registered");
     assert_eq!(tunnel.revision(), ProtocolRevision::RevisionOne);
-    assert_eq!(server.tunnels.connected(), ["uuid-a"]);
+    assert_eq!(server.tunnels.connected(), [MACHINE_A]);
     let client = server.client(upstream_timeouts());
 
-    client.hello("uuid-a").await.unwrap();
+    client.hello(MACHINE_A).await.unwrap();
     let ev = go.next_call().await;
     assert_eq!(ev["method"], "Hello", "{ev}");
     assert_eq!(ev["request"], json!({}), "{ev}");
@@ -212,7 +240,7 @@ async fn every_call_reaches_the_go_agent_with_exact_fields() {
 
     let got = client
         .get_power_management(
-            "uuid-a",
+            MACHINE_A,
             GetPowerManagementRequest {
                 ipmi: Some(get_power_management_request::Ipmi {
                     check_username: "talos-agent".into(),
@@ -237,7 +265,7 @@ async fn every_call_reaches_the_go_agent_with_exact_fields() {
     );
 
     client
-        .set_power_management("uuid-a", ipmi_creds("talos-agent", "s3cretPassw0rd16"))
+        .set_power_management(MACHINE_A, ipmi_creds("talos-agent", "s3cretPassw0rd16"))
         .await
         .unwrap();
     let ev = go.next_call().await;
@@ -248,7 +276,7 @@ async fn every_call_reaches_the_go_agent_with_exact_fields() {
         "{ev}"
     );
 
-    client.wipe_disks("uuid-a", false).await.unwrap();
+    client.wipe_disks(MACHINE_A, false).await.unwrap();
     let ev = go.next_call().await;
     assert_eq!(
         (&ev["method"], &ev["request"], &ev["grpc_timeout"]),
@@ -259,7 +287,7 @@ async fn every_call_reaches_the_go_agent_with_exact_fields() {
         ),
         "FAST wipe with the 5 min timeout: {ev}"
     );
-    client.wipe_disks("uuid-a", true).await.unwrap();
+    client.wipe_disks(MACHINE_A, true).await.unwrap();
     let ev = go.next_call().await;
     assert_eq!(
         (&ev["method"], &ev["request"], &ev["grpc_timeout"]),
@@ -276,30 +304,30 @@ async fn every_call_reaches_the_go_agent_with_exact_fields() {
     wait_event(
         &mut events,
         TunnelEvent::Disconnected {
-            machine_id: "uuid-a".into(),
+            machine_id: MACHINE_A.into(),
         },
     )
     .await;
-    let err = client.hello("uuid-a").await.unwrap_err();
+    let err = client.hello(MACHINE_A).await.unwrap_err();
     assert!(matches!(err, AgentError::NotConnected { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_are_routed_by_machine_id() {
-    let server = Server::start(Tunnels::new()).await;
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
     let mut events = server.tunnels.subscribe();
-    let mut a = GoAgent::start(&server, "uuid-1", "one", &["--ipmi-address", "10.1.1.1"]);
-    let mut b = GoAgent::start(&server, "uuid-2", "two", &["--ipmi-address", "10.2.2.2"]);
-    connected(&mut events, "uuid-1").await;
+    let mut a = GoAgent::start(&server, MACHINE_1, "one", &["--ipmi-address", "10.1.1.1"]);
+    let mut b = GoAgent::start(&server, MACHINE_2, "two", &["--ipmi-address", "10.2.2.2"]);
+    connected(&mut events, MACHINE_1).await;
     let mut events2 = server.tunnels.subscribe();
-    if server.tunnels.get("uuid-2").is_none() {
-        connected(&mut events2, "uuid-2").await;
+    if server.tunnels.get(MACHINE_2).is_none() {
+        connected(&mut events2, MACHINE_2).await;
     }
     let client = server.client(upstream_timeouts());
     for _ in 0..3 {
         for (id, want, go) in [
-            ("uuid-2", "10.2.2.2", &mut b),
-            ("uuid-1", "10.1.1.1", &mut a),
+            (MACHINE_2, "10.2.2.2", &mut b),
+            (MACHINE_1, "10.1.1.1", &mut a),
         ] {
             let got = client
                 .get_power_management(id, GetPowerManagementRequest::default())
@@ -317,65 +345,196 @@ async fn two_agents_are_routed_by_machine_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reconnecting_agent_replaces_its_old_tunnel() {
-    let server = Server::start(Tunnels::new()).await;
+async fn a_second_tunnel_never_displaces_an_agent_that_answers() {
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
     let mut events = server.tunnels.subscribe();
-    let mut old = GoAgent::start(&server, "uuid-r", "old", &[]);
-    connected(&mut events, "uuid-r").await;
+    let mut old = GoAgent::start(&server, MACHINE_R, "old", &[]);
+    connected(&mut events, MACHINE_R).await;
     let client = server.client(upstream_timeouts());
-    client.hello("uuid-r").await.unwrap();
+    client.hello(MACHINE_R).await.unwrap();
     assert_eq!(old.next_call().await["agent"], "old");
 
-    let mut new = GoAgent::start(&server, "uuid-r", "new", &[]);
-    connected(&mut events, "uuid-r").await;
-    // ironboot closed the old tunnel: the old agent's Serve returned without error.
-    let ended = old.next_call().await;
+    // The newcomer is refused: ironboot pinged the open tunnel and its agent answered.
+    let mut new = GoAgent::start(&server, MACHINE_R, "new", &[]);
+    let ping = old.next_call().await;
+    assert_eq!(
+        ping["method"], "Hello",
+        "the ping reached the old agent: {ping}"
+    );
+    let ended = new.next_call().await;
     assert_eq!(ended["event"], "serve-ended", "{ended}");
-    assert_eq!(ended["started"], true, "{ended}");
-    assert!(ended.get("error").is_none(), "closed cleanly: {ended}");
-    assert_eq!(server.tunnels.connected(), ["uuid-r"]);
+    assert!(
+        ended["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already has a tunnel"),
+        "{ended}"
+    );
+    // The old agent still serves the machine.
+    client.hello(MACHINE_R).await.unwrap();
+    assert_eq!(old.next_call().await["agent"], "old");
+}
 
-    client.hello("uuid-r").await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_agent_replaces_a_tunnel_that_fails_its_ping() {
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
+    let mut events = server.tunnels.subscribe();
+    let mut old = GoAgent::start(&server, MACHINE_R, "old", &[]);
+    connected(&mut events, MACHINE_R).await;
+    let client = server.client(upstream_timeouts());
+    client.hello(MACHINE_R).await.unwrap();
+    assert_eq!(old.next_call().await["agent"], "old");
+
+    // The old agent hangs (its TCP connection stays up): it cannot answer the ping.
+    old.signal("STOP");
+    let mut new = GoAgent::start(&server, MACHINE_R, "new", &[]);
+    connected(&mut events, MACHINE_R).await;
+    assert_eq!(server.tunnels.connected(), [MACHINE_R]);
+    client.hello(MACHINE_R).await.unwrap();
     let ev = new.next_call().await;
     assert_eq!(
         (&ev["agent"], &ev["method"]),
         (&json!("new"), &json!("Hello"))
     );
-    // The end of the replaced tunnel (its agent has exited) did not unregister the new one.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        events.try_recv().is_err(),
-        "no Disconnected for a replaced tunnel"
+    // Woken, the old agent finds its tunnel closed; that end does not unregister the
+    // new tunnel.
+    old.signal("CONT");
+    loop {
+        let ev = old.next_call().await;
+        if ev["event"] == "serve-ended" {
+            break;
+        }
+    }
+    client.hello(MACHINE_R).await.unwrap();
+    assert_eq!(new.next_call().await["agent"], "new");
+    assert!(client.is_connected(MACHINE_R));
+}
+
+/// Known machines for the address-bound gate.
+struct Known(Vec<&'static str>);
+
+impl KnownMachines for Known {
+    fn is_known(&self, uuid: &str) -> bool {
+        self.0.contains(&uuid)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_address_that_loaded_the_configuration_gets_the_machine() {
+    let gate = AgentGate::bound(Arc::new(Known(vec![MACHINE_A])), None);
+    let server = Server::start(Tunnels::new(gate.clone())).await;
+    let mut events = server.tunnels.subscribe();
+    let client = server.client(upstream_timeouts());
+    let real: IpAddr = "127.0.0.1".parse().unwrap();
+    let uuid = MACHINE_A.parse().unwrap();
+
+    // Before the machine loaded its configuration, nobody is admitted.
+    let mut early = GoAgent::start(&server, MACHINE_A, "early", &["--source-ip", "127.0.0.1"]);
+    assert_refused(&mut early, "has not loaded its configuration").await;
+    // The machine's Talos loads its configuration from 127.0.0.1.
+    gate.config_fetch(&uuid, real);
+
+    // An impostor from another address, and one claiming an unknown machine, are refused.
+    let mut impostor = GoAgent::start(
+        &server,
+        MACHINE_A,
+        "impostor",
+        &["--source-ip", "127.0.0.2"],
     );
-    assert!(client.is_connected("uuid-r"));
+    assert_refused(&mut impostor, "bound to another address").await;
+    let mut stranger = GoAgent::start(
+        &server,
+        MACHINE_NOBODY,
+        "stranger",
+        &["--source-ip", "127.0.0.2"],
+    );
+    assert_refused(&mut stranger, "unknown to this provider").await;
+    let mut not_uuid = GoAgent::start(&server, "rack-4-node-2", "garbage", &[]);
+    assert_refused(&mut not_uuid, "not a UUID").await;
+    assert_eq!(server.tunnels.stats().refusals("other_address"), 1);
+    assert_eq!(server.tunnels.stats().refusals("unknown_machine"), 1);
+    assert_eq!(server.tunnels.stats().refusals("not_a_uuid"), 1);
+    assert_eq!(server.tunnels.stats().refusals("not_bound"), 1);
+    // So the credentials have nowhere to go.
+    let err = client
+        .set_power_management(MACHINE_A, ipmi_creds("talos-agent", "s3cretPassw0rd16"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::NotConnected { .. }), "{err}");
+
+    // The real agent, from the bound address, is admitted and gets the call.
+    let mut agent = GoAgent::start(
+        &server,
+        MACHINE_A,
+        "real",
+        &["--source-ip", "127.0.0.1", "--reconnect"],
+    );
+    connected(&mut events, MACHINE_A).await;
+    client
+        .set_power_management(MACHINE_A, ipmi_creds("talos-agent", "s3cretPassw0rd16"))
+        .await
+        .unwrap();
+    let ev = agent.next_call().await;
+    assert_eq!(
+        (&ev["agent"], &ev["method"]),
+        (&json!("real"), &json!("SetPowerManagement"))
+    );
+
+    // Its tunnel breaks (ironboot restarts its side): the agent reconnects and is
+    // admitted again from the same address.
+    server.tunnels.close_unless_from(MACHINE_A, None);
+    connected(&mut events, MACHINE_A).await;
+    client.hello(MACHINE_A).await.unwrap();
+    loop {
+        let ev = agent.next_call().await;
+        if ev["method"] == "Hello" {
+            assert_eq!(ev["agent"], "real");
+            break;
+        }
+    }
+    // Nothing ever reached the refused agents.
+    for refused in [&mut early, &mut impostor, &mut stranger, &mut not_uuid] {
+        assert!(
+            refused.events.try_recv().is_err(),
+            "a refused agent got a call"
+        );
+    }
+}
+
+/// Waits for `agent`'s tunnel to be refused with a message containing `why`.
+async fn assert_refused(agent: &mut GoAgent, why: &str) {
+    let ended = agent.next_call().await;
+    assert_eq!(ended["event"], "serve-ended", "{ended}");
+    let error = ended["error"].as_str().unwrap_or_default();
+    assert!(error.contains(why), "expected {why:?}: {ended}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_name_the_machine_and_what_failed() {
-    let server = Server::start(Tunnels::new()).await;
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
     let mut events = server.tunnels.subscribe();
     let mut go = GoAgent::start(
         &server,
-        "uuid-slow",
+        MACHINE_SLOW,
         "slow",
         &["--wipe-delay", "60s", "--set-error", "no IPMI device"],
     );
-    connected(&mut events, "uuid-slow").await;
+    connected(&mut events, MACHINE_SLOW).await;
     let client = server.client(AgentTimeouts {
         fast_wipe: Duration::from_millis(700),
         ..upstream_timeouts()
     });
 
-    let err = client.hello("uuid-nobody").await.unwrap_err();
+    let err = client.hello(MACHINE_NOBODY).await.unwrap_err();
     assert!(matches!(err, AgentError::NotConnected { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains("uuid-nobody") && msg.contains("Hello") && msg.contains("not connected"),
+        msg.contains(MACHINE_NOBODY) && msg.contains("Hello") && msg.contains("not connected"),
         "{msg}"
     );
 
     let started = Instant::now();
-    let err = client.wipe_disks("uuid-slow", false).await.unwrap_err();
+    let err = client.wipe_disks(MACHINE_SLOW, false).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, AgentError::Timeout { .. }), "{err:?}");
     assert!(
@@ -384,7 +543,7 @@ async fn failures_name_the_machine_and_what_failed() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("uuid-slow") && msg.contains("WipeDisks") && msg.contains("timed out"),
+        msg.contains(MACHINE_SLOW) && msg.contains("WipeDisks") && msg.contains("timed out"),
         "{msg}"
     );
     let ev = go.next_call().await;
@@ -399,7 +558,7 @@ async fn failures_name_the_machine_and_what_failed() {
     );
 
     let err = client
-        .set_power_management("uuid-slow", ipmi_creds("talos-agent", "pw"))
+        .set_power_management(MACHINE_SLOW, ipmi_creds("talos-agent", "pw"))
         .await
         .unwrap_err();
     match &err {
@@ -409,7 +568,7 @@ async fn failures_name_the_machine_and_what_failed() {
         }
         other => panic!("expected the agent's status, got {other:?}"),
     }
-    assert!(err.to_string().contains("uuid-slow"), "{err}");
+    assert!(err.to_string().contains(MACHINE_SLOW), "{err}");
     assert!(
         !format!("{err:?} {err}").contains("\"pw\""),
         "no password in errors"
@@ -417,7 +576,7 @@ async fn failures_name_the_machine_and_what_failed() {
     go.next_call().await;
 
     // The tunnel survived all that.
-    client.hello("uuid-slow").await.unwrap();
+    client.hello(MACHINE_SLOW).await.unwrap();
     assert_eq!(go.next_call().await["method"], "Hello");
 }
 
@@ -427,13 +586,13 @@ async fn large_messages(tunnels: Tunnels, want: ProtocolRevision) {
     const MIB: usize = 1024 * 1024;
     let server = Server::start(tunnels).await;
     let mut events = server.tunnels.subscribe();
-    let mut go = GoAgent::start(&server, "uuid-big", "big", &["--big-address", "1048576"]);
-    connected(&mut events, "uuid-big").await;
-    assert_eq!(server.tunnels.get("uuid-big").unwrap().revision(), want);
+    let mut go = GoAgent::start(&server, MACHINE_BIG, "big", &["--big-address", "1048576"]);
+    connected(&mut events, MACHINE_BIG).await;
+    assert_eq!(server.tunnels.get(MACHINE_BIG).unwrap().revision(), want);
     let client = server.client(upstream_timeouts());
 
     let got = client
-        .get_power_management("uuid-big", GetPowerManagementRequest::default())
+        .get_power_management(MACHINE_BIG, GetPowerManagementRequest::default())
         .await
         .unwrap();
     let address = got.ipmi.unwrap().address;
@@ -445,7 +604,7 @@ async fn large_messages(tunnels: Tunnels, want: ProtocolRevision) {
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     client
-        .set_power_management("uuid-big", ipmi_creds("talos-agent", &password))
+        .set_power_management(MACHINE_BIG, ipmi_creds("talos-agent", &password))
         .await
         .unwrap();
     let ev = go.next_call().await;
@@ -459,7 +618,7 @@ async fn large_messages(tunnels: Tunnels, want: ProtocolRevision) {
             let client = client.clone();
             tokio::spawn(async move {
                 client
-                    .get_power_management("uuid-big", GetPowerManagementRequest::default())
+                    .get_power_management(MACHINE_BIG, GetPowerManagementRequest::default())
                     .await
             })
         })
@@ -474,13 +633,17 @@ async fn large_messages(tunnels: Tunnels, want: ProtocolRevision) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_pass_flow_control_in_revision_one() {
-    large_messages(Tunnels::new(), ProtocolRevision::RevisionOne).await;
+    large_messages(
+        Tunnels::new(AgentGate::open()),
+        ProtocolRevision::RevisionOne,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revision_zero_without_negotiation() {
     large_messages(
-        Tunnels::with_negotiation(false),
+        Tunnels::with_negotiation(AgentGate::open(), false),
         ProtocolRevision::RevisionZero,
     )
     .await;
@@ -488,14 +651,14 @@ async fn revision_zero_without_negotiation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dying_agent_fails_its_call_and_shutdown_closes_tunnels() {
-    let server = Server::start(Tunnels::new()).await;
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
     let mut events = server.tunnels.subscribe();
-    let mut dying = GoAgent::start(&server, "uuid-d", "dying", &["--wipe-delay", "60s"]);
-    connected(&mut events, "uuid-d").await;
+    let mut dying = GoAgent::start(&server, MACHINE_D, "dying", &["--wipe-delay", "60s"]);
+    connected(&mut events, MACHINE_D).await;
     let client = server.client(upstream_timeouts());
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.wipe_disks("uuid-d", true).await }
+        async move { client.wipe_disks(MACHINE_D, true).await }
     });
     assert_eq!(dying.next_call().await["method"], "WipeDisks");
     dying.kill();
@@ -505,18 +668,18 @@ async fn a_dying_agent_fails_its_call_and_shutdown_closes_tunnels() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, AgentError::Disconnected { .. }), "{err:?}");
-    assert!(err.to_string().contains("uuid-d"), "{err}");
+    assert!(err.to_string().contains(MACHINE_D), "{err}");
 
     // Shutdown: open tunnels are closed (the agent's Serve returns cleanly), new ones
     // are refused.
-    let mut go = GoAgent::start(&server, "uuid-e", "e", &[]);
-    connected(&mut events, "uuid-e").await;
+    let mut go = GoAgent::start(&server, MACHINE_E, "e", &[]);
+    connected(&mut events, MACHINE_E).await;
     server.tunnels.close_all();
     let ended = go.next_call().await;
     assert_eq!(ended["event"], "serve-ended", "{ended}");
     assert!(ended.get("error").is_none(), "closed cleanly: {ended}");
     assert!(server.tunnels.connected().is_empty());
-    let mut late = GoAgent::start(&server, "uuid-f", "late", &[]);
+    let mut late = GoAgent::start(&server, MACHINE_F, "late", &[]);
     let ended = late.next_call().await;
     assert_eq!(ended["event"], "serve-ended", "{ended}");
     assert!(
@@ -530,19 +693,19 @@ async fn a_dying_agent_fails_its_call_and_shutdown_closes_tunnels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_calls_share_one_tunnel() {
-    let server = Server::start(Tunnels::new()).await;
+    let server = Server::start(Tunnels::new(AgentGate::open())).await;
     let mut events = server.tunnels.subscribe();
-    let mut go = GoAgent::start(&server, "uuid-c", "c", &[]);
-    connected(&mut events, "uuid-c").await;
+    let mut go = GoAgent::start(&server, MACHINE_C, "c", &[]);
+    connected(&mut events, MACHINE_C).await;
     let client = server.client(upstream_timeouts());
     let calls: Vec<_> = (0..64)
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
                 if i % 2 == 0 {
-                    client.hello("uuid-c").await
+                    client.hello(MACHINE_C).await
                 } else {
-                    client.wipe_disks("uuid-c", false).await
+                    client.wipe_disks(MACHINE_C, false).await
                 }
             })
         })
@@ -560,5 +723,5 @@ async fn many_concurrent_calls_share_one_tunnel() {
         seen,
         [("Hello".to_owned(), 32), ("WipeDisks".to_owned(), 32)].into()
     );
-    assert!(client.is_connected("uuid-c"), "the tunnel survived");
+    assert!(client.is_connected(MACHINE_C), "the tunnel survived");
 }

@@ -43,6 +43,7 @@ use ironboot_proto::baremetal::TlsConfigSpec;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use agent::admission::AgentGate;
 use agent::client::{AgentClient, AgentTimeouts};
 use agent::tunnel::{TunnelEvent, Tunnels};
 use omni::auth::ServiceAccountKey;
@@ -88,7 +89,7 @@ impl TlsServer {
     async fn start(tls: &AgentTls) -> Self {
         let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let tunnels = Tunnels::new();
+        let tunnels = Tunnels::new(AgentGate::open());
         let (stop, stopped) = oneshot::channel::<()>();
         let task =
             tokio::spawn(
@@ -208,7 +209,7 @@ async fn tunnel_works(server: &TlsServer, machine_id: &str, extra: &[&str]) {
 
 /// An agent dialing `server` with `extra` flags gets no tunnel; its error.
 async fn tunnel_refused(server: &TlsServer, addr: &str, extra: &[&str]) -> String {
-    let mut go = GoAgent::start(addr, "uuid-refused", extra);
+    let mut go = GoAgent::start(addr, "00000000-0000-4000-8000-000000007101", extra);
     let ev = go.next_event().await;
     assert_eq!(ev["event"], "serve-ended", "{ev}");
     assert!(server.tunnels.connected().is_empty());
@@ -231,12 +232,17 @@ async fn a_go_agent_verifies_the_generated_ca_and_opens_its_tunnel_over_tls() {
 
     tunnel_works(
         &server,
-        "uuid-tls",
+        "00000000-0000-4000-8000-000000007102",
         &["--tls-ca-file", ca_file.to_str().unwrap()],
     )
     .await;
     // metal.provider.tls.skip.verify=1: no CA needed.
-    tunnel_works(&server, "uuid-skip", &["--tls-skip-verify"]).await;
+    tunnel_works(
+        &server,
+        "00000000-0000-4000-8000-000000007103",
+        &["--tls-skip-verify"],
+    )
+    .await;
 
     // An agent trusting another CA refuses the certificate.
     let other = tls::Ca::generate(SystemTime::now() - HOUR, YEAR).unwrap();
@@ -295,7 +301,7 @@ async fn your_own_certificates_are_served_or_refused_naming_the_flag() {
     let server = TlsServer::start(&tls).await;
     tunnel_works(
         &server,
-        "uuid-own",
+        "00000000-0000-4000-8000-000000007104",
         &["--tls-ca-file", files.ca_cert.to_str().unwrap()],
     )
     .await;
@@ -430,7 +436,7 @@ async fn the_generated_ca_lives_in_omni_and_a_second_start_reuses_it() {
     let ca_file = write(dir.path(), "ca.pem", &stored.spec.ca_cert);
     tunnel_works(
         &server,
-        "uuid-omni",
+        "00000000-0000-4000-8000-000000007105",
         &["--tls-ca-file", ca_file.to_str().unwrap()],
     )
     .await;

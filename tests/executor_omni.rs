@@ -50,6 +50,7 @@ use ironboot_bmc::{Selector, SelectorOptions};
 use ironboot_proto::{baremetal, omni as specs};
 use serde_json::{Value, json};
 
+use agent::admission::{AgentGate, KnownMachines};
 use agent::client::{AgentClient, AgentTimeouts};
 use agent::tunnel::Tunnels;
 use executor::Settings;
@@ -284,7 +285,7 @@ fn accepted_wiped_machine_is_powered_off_once_and_its_status_published() {
 /// The control loop over `client` as the binary starts it, with a fresh BMC fleet and a
 /// tunnel registry no agent connects to.
 fn start(client: &Client) -> Running {
-    start_with(client, &Tunnels::new())
+    start_with(client, &Tunnels::new(AgentGate::open()))
 }
 
 /// Like [`start`], with the agents of `tunnels`.
@@ -321,6 +322,11 @@ struct GoAgent {
 
 impl GoAgent {
     fn start(tunnel_addr: std::net::SocketAddr, machine_id: &str) -> Self {
+        Self::start_with(tunnel_addr, machine_id, &[])
+    }
+
+    /// Like [`GoAgent::start`], with more of the harness's flags.
+    fn start_with(tunnel_addr: std::net::SocketAddr, machine_id: &str, extra: &[&str]) -> Self {
         let bin = agent_harness();
         let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/proto");
         let mut child = Command::new(bin)
@@ -328,6 +334,7 @@ impl GoAgent {
             .arg(tunnel_addr.to_string())
             .args(["--machine-id", machine_id, "--name", "agent"])
             .args(["--proto-dir", proto_dir])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -374,7 +381,7 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
     let client = h.client();
 
     // ironboot's tunnel service, as the binary mounts it on the API port.
-    let tunnels = Tunnels::new();
+    let tunnels = Tunnels::new(AgentGate::open());
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -388,13 +395,13 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
     // The agent connects; Omni then creates the machine, and the operator accepts it
     // with BMC credentials of their own (so no IPMI user is set up through the agent).
     let mut events = tunnels.subscribe();
-    let agent = GoAgent::start(tunnel_addr, "uuid-1");
+    let agent = GoAgent::start(tunnel_addr, "00000000-0000-4000-8000-000000000001");
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Ok(agent::tunnel::TunnelEvent::Connected { machine_id }) =
                     events.recv().await
-                    && machine_id == "uuid-1"
+                    && machine_id == "00000000-0000-4000-8000-000000000001"
                 {
                     return;
                 }
@@ -403,14 +410,18 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
         .await
         .expect("the Go agent never opened its tunnel");
     });
-    h.put_bmc_config("uuid-1", port);
-    h.put_accepted("uuid-1", "tok-9");
+    h.put_bmc_config("00000000-0000-4000-8000-000000000001", port);
+    h.put_accepted("00000000-0000-4000-8000-000000000001", "tok-9");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
     loop {
         let status = rt
-            .block_on(client.get_opt::<specs::InfraMachineStatusSpec>("uuid-1"))
+            .block_on(
+                client.get_opt::<specs::InfraMachineStatusSpec>(
+                    "00000000-0000-4000-8000-000000000001",
+                ),
+            )
             .expect("reading InfraMachineStatus");
         if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
             break;
@@ -430,7 +441,7 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
         "one power-off, after the wipe"
     );
     let wipe = rt
-        .block_on(client.get::<baremetal::WipeStatusSpec>("uuid-1"))
+        .block_on(client.get::<baremetal::WipeStatusSpec>("00000000-0000-4000-8000-000000000001"))
         .expect("WipeStatus recorded");
     assert_eq!(
         wipe.spec,
@@ -442,8 +453,138 @@ fn a_new_machine_is_wiped_through_its_agent_then_powered_off() {
         }
     );
     assert_eq!(wipe.metadata.owner, "bare-metal.WipeStatusController");
-    h.check_ready_and_off("uuid-1", "tok-9");
+    h.check_ready_and_off("00000000-0000-4000-8000-000000000001", "tok-9");
     drop(running);
     tunnels.close_all();
     server.abort();
+}
+
+/// The machines Omni names, for the address-bound gate.
+struct KnownIds(Vec<&'static str>);
+
+impl KnownMachines for KnownIds {
+    fn is_known(&self, uuid: &str) -> bool {
+        self.0.contains(&uuid)
+    }
+}
+
+#[test]
+fn an_impostor_agent_gets_neither_the_credentials_nor_a_recorded_wipe() {
+    const MACHINE: &str = "00000000-0000-4000-8000-000000000002";
+    let mut h = Harness::start();
+    let (bmc, port) = powered_on_bmc("executor-impostor");
+    let port = port.to_string();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = h.client();
+
+    // The address-bound gate, as Omni mode builds it; the tunnel service with the
+    // client's address, as the binary serves it.
+    let gate = AgentGate::bound(Arc::new(KnownIds(vec![MACHINE])), None);
+    let tunnels = Tunnels::new(gate.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let tunnel_addr = listener.local_addr().unwrap();
+    let router = tunnels.mount(axum::Router::new());
+    let server = rt.spawn(async move {
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let _ = axum::serve(listener, service).await;
+    });
+    let running = start_with(&client, &tunnels);
+    // The machine's Talos loaded its configuration (`/config?u=`) from 127.0.0.1.
+    gate.config_fetch(&MACHINE.parse().unwrap(), "127.0.0.1".parse().unwrap());
+
+    // An impostor on 127.0.0.2 claims the machine (reconnecting as the agent does) and
+    // would report the simulated BMC; Omni then accepts the machine, with no BMC
+    // configuration of the operator's: the control loop wants the agent to set up the
+    // IPMI user, then to wipe.
+    let agent_flags = |source: &'static str| {
+        [
+            "--source-ip",
+            source,
+            "--reconnect",
+            "--ipmi-address",
+            "127.0.0.1",
+            "--ipmi-port",
+            port.as_str(),
+        ]
+    };
+    let impostor = GoAgent::start_with(tunnel_addr, MACHINE, &agent_flags("127.0.0.2"));
+    h.put_accepted(MACHINE, "tok-7");
+    // Bounded quiet period: the impostor is refused again and again meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tunnels_refused(&tunnels) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the impostor was not refused in time"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        impostor.methods(),
+        Vec::<String>::new(),
+        "the impostor got calls"
+    );
+    assert!(
+        rt.block_on(client.get_opt::<baremetal::BmcConfigurationSpec>(MACHINE))
+            .expect("reading BMCConfiguration")
+            .is_none(),
+        "credentials were set up through the impostor"
+    );
+    assert!(
+        rt.block_on(client.get_opt::<baremetal::WipeStatusSpec>(MACHINE))
+            .expect("reading WipeStatus")
+            .is_none(),
+        "a wipe was recorded without the machine's agent"
+    );
+    assert_eq!(power_changes(&bmc), Vec::<String>::new(), "no power change");
+
+    // The real agent, from the bound address: credentials, wipe, power-off.
+    let mut real_flags = agent_flags("127.0.0.1").to_vec();
+    let admin = format!("{}:{}", sim::USER, sim::PASSWORD);
+    real_flags.extend(["--ipmi-admin", admin.as_str()]);
+    let agent = GoAgent::start_with(tunnel_addr, MACHINE, &real_flags);
+    let off = specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = rt
+            .block_on(client.get_opt::<specs::InfraMachineStatusSpec>(MACHINE))
+            .expect("reading InfraMachineStatus");
+        if status.is_some_and(|s| s.spec.power_state == off && s.spec.ready_to_use) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not set up, wiped and powered off in time; chassis log: {:?}",
+            bmc.chassis_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        agent.methods(),
+        ["GetPowerManagement", "SetPowerManagement", "WipeDisks"],
+        "the real agent set up the BMC and wiped"
+    );
+    assert_eq!(
+        impostor.methods(),
+        Vec::<String>::new(),
+        "the impostor got calls"
+    );
+    let stored = rt
+        .block_on(client.get::<baremetal::BmcConfigurationSpec>(MACHINE))
+        .expect("BMCConfiguration recorded");
+    let ipmi = stored.spec.ipmi.expect("IPMI configuration");
+    assert_eq!(
+        (ipmi.address.as_str(), ipmi.username.as_str()),
+        ("127.0.0.1", "talos-agent")
+    );
+    drop(running);
+    tunnels.close_all();
+    server.abort();
+}
+
+/// Tunnels refused because they came from another address than the machine's.
+fn tunnels_refused(tunnels: &Tunnels) -> u64 {
+    tunnels.stats().refusals("other_address")
 }

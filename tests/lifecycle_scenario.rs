@@ -696,17 +696,17 @@ impl Host {
         }
     }
 
-    /// Talos in agent mode: the metal agent dials `metal.provider.address` from the
-    /// schematic's kernel arguments; over TLS it trusts the CA Talos got from the join
-    /// configuration (`/config`, the `TrustedRootsConfig` named `infra-provider-ca`).
+    /// Talos in agent mode: it loads its configuration from the schematic's
+    /// `talos.config=` URL (`/config?u=<uuid>`, which binds the machine's agent to this
+    /// host's address), then the metal agent dials `metal.provider.address` from the
+    /// kernel arguments; over TLS it trusts the CA Talos got from that configuration (the
+    /// `TrustedRootsConfig` named `infra-provider-ca`).
     fn start_agent(&mut self, script: &str) {
         let schematic = factory_schematic(script).expect("schematic ID in the chain URL");
         let address = schematic_kernel_arg(&self.schematics, &schematic, "metal.provider.address")
             .unwrap_or_else(|| panic!("agent schematic {schematic} has no metal.provider.address"));
+        let config = self.load_config();
         let ca_file = if address.starts_with("https://") {
-            let (status, config) =
-                http_get(self.api, &format!("/config?u={}", self.id)).expect("GET /config");
-            assert_eq!(status, 200, "/config: {config}");
             assert!(
                 config.contains("name: infra-provider-ca"),
                 "no CA in /config:\n{config}"
@@ -731,6 +731,24 @@ impl Host {
             &self.id,
             self.bmc_port,
         ));
+    }
+
+    /// `GET /config?u=<uuid>` as Talos does at boot, retried while ironboot is down or
+    /// does not know the configuration yet.
+    fn load_config(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = http_get(self.api, &format!("/config?u={}", self.id));
+            if let Ok((200, config)) = answer {
+                return config;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "machine {}: no configuration from /config for 60 s (last: {answer:?})",
+                self.id
+            );
+            thread::sleep(Duration::from_millis(300));
+        }
     }
 
     fn boot_disk_after_network(&mut self) {

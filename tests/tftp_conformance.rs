@@ -967,12 +967,16 @@ fn tftp_errors_have_the_right_codes() {
 
 #[test]
 fn tftp_silent_client_is_dropped_and_its_slot_freed() {
-    // One transfer per client address, so a held slot is visible as "busy".
+    // One transfer per client address, so a held slot is visible as "busy". The client
+    // acknowledges DATA 1 (a request takes a slot only once its client proves it
+    // receives), then goes silent.
     let mut s = Server::start("silent", &["--tftp-max-per-client", "1"]);
     let listen = "9";
     let stall = s.spawn(
         "python3",
-        &[PROBE, "stall", "--file", "snp.efi", "--listen", listen],
+        &[
+            PROBE, "stall", "--file", "snp.efi", "--listen", listen, "--prove",
+        ],
         30,
     );
     sleep(Duration::from_millis(1500));
@@ -992,13 +996,20 @@ fn tftp_silent_client_is_dropped_and_its_slot_freed() {
         .wait_with_output()
         .expect("wait for the stalling probe");
     let v = parse_probe(&out, &["stall"]);
-    let packets = v["packets"].as_array().cloned().unwrap_or_default();
-    let times: Vec<f64> = packets.iter().filter_map(|p| p["t"].as_f64()).collect();
-    let all_data1 = packets.iter().all(|p| p["op"] == "DATA" && p["block"] == 1);
+    let all = v["packets"].as_array().cloned().unwrap_or_default();
     assert!(
-        all_data1 && packets.len() == 1 + RETRIES,
-        "a client that never ACKs DATA 1 must see it {} times (first send + {RETRIES} \
-         retransmissions at the 1 s default timeout), then nothing; got {} packets: {packets:?}",
+        all.first()
+            .is_some_and(|p| p["op"] == "DATA" && p["block"] == 1),
+        "DATA 1 first: {all:?}"
+    );
+    let packets = &all[1..];
+    let times: Vec<f64> = packets.iter().filter_map(|p| p["t"].as_f64()).collect();
+    let all_data2 = packets.iter().all(|p| p["op"] == "DATA" && p["block"] == 2);
+    assert!(
+        all_data2 && packets.len() == 1 + RETRIES,
+        "a client that ACKs DATA 1 and never DATA 2 must see DATA 2 {} times (first send + \
+         {RETRIES} retransmissions at the 1 s default timeout), then nothing; got {} packets: \
+         {packets:?}",
         1 + RETRIES,
         packets.len()
     );
@@ -1024,8 +1035,14 @@ fn tftp_silent_client_is_dropped_and_its_slot_freed() {
         Some(1),
         "ironboot_tftp_transfers_failed_total{{reason=\"timeout\"}} must count the dropped transfer"
     );
-    let retrans = metric_value(&m, "ironboot_tftp_retransmissions_total{cause=\"timeout\"}");
-    assert_eq!(retrans, Some(RETRIES as u64), "retransmissions on timeout");
+    // The window (one block) is resent once, then probed (the same block) until the end.
+    let window = metric_value(&m, "ironboot_tftp_retransmissions_total{cause=\"timeout\"}");
+    let probes = metric_value(&m, "ironboot_tftp_retransmissions_total{cause=\"probe\"}");
+    assert_eq!(
+        (window, probes),
+        (Some(1), Some(RETRIES as u64 - 1)),
+        "retransmissions on timeout: the window once, then probes"
+    );
     assert_eq!(
         metric_value(&m, "ironboot_tftp_requests_total{outcome=\"client_busy\"}"),
         Some(1)
@@ -1037,6 +1054,24 @@ fn tftp_silent_client_is_dropped_and_its_slot_freed() {
         "after the silent transfer was dropped, the same address must get a transfer again; got {}",
         r["reply"]
     );
+    // A client that never acknowledges DATA 1 (or a forged source address) holds no slot
+    // and gets DATA 1 twice: the first send and one resend, then nothing.
+    let v = s.probe(&["stall", "--file", "snp.efi", "--listen", "4"]);
+    let packets = v["packets"].as_array().cloned().unwrap_or_default();
+    let all_data1 = packets.iter().all(|p| p["op"] == "DATA" && p["block"] == 1);
+    assert!(
+        all_data1 && packets.len() == 2,
+        "an unproven request must see DATA 1 twice, then nothing; got {packets:?}"
+    );
+    let pending = s.wait_metric("ironboot_tftp_pending_requests", 0, Duration::from_secs(10));
+    assert_eq!(pending, 0, "the unproven request must be forgotten");
+    assert_eq!(
+        metric_value(
+            &s.metrics(),
+            "ironboot_tftp_transfers_failed_total{reason=\"unproven\"}"
+        ),
+        Some(1)
+    );
     s.assert_healthy();
 }
 
@@ -1047,9 +1082,11 @@ fn tftp_limits_answer_busy() {
         &["--tftp-max-per-client", "3", "--tftp-max-transfers", "5"],
     );
     // 4 from 127.0.0.1: 3 start, the 4th is over the per-client cap. Then 3 from 127.0.0.2:
-    // 2 start (5 in all), the 3rd is over the server's cap.
+    // 2 start (5 in all), the 3rd is over the server's cap. Each client acknowledges DATA
+    // 1: only transfers whose client proved it receives count toward the limits.
     let r = s.probe(&[
         "hold",
+        "--prove",
         "--file",
         "snp.efi",
         "--group",

@@ -38,13 +38,18 @@ fn info(sim: &SimBmc) -> BmcInfo {
     })
 }
 
+/// Long probe cache lifetimes: an answer is still believed however slow the machine.
+const BELIEVED: Duration = Duration::from_secs(300);
+/// A short lifetime, for the checks that an answer expires (they wait longer than it).
+const SHORT: Duration = Duration::from_secs(1);
+
 fn options(redfish_port: u16) -> SelectorOptions {
     SelectorOptions {
         redfish_port,
         redfish_use_https: false,
-        probe_timeout: Duration::from_secs(3),
-        probe_ttl_ok: Duration::from_secs(4),
-        probe_ttl_failed: Duration::from_secs(2),
+        probe_timeout: Duration::from_secs(10),
+        probe_ttl_ok: BELIEVED,
+        probe_ttl_failed: BELIEVED,
         operation_timeout: Some(Duration::from_secs(10)),
         ..SelectorOptions::default()
     }
@@ -55,11 +60,11 @@ async fn redfish_when_available_with_an_expiring_probe_cache() {
     let sim = SimBmc::start("select-cache");
     sim.wait_ready().await;
     let emu = Emulator::start(&node(true), None, sim::PASSWORD);
-    let selector = Selector::new(options(emu.port));
     let info = info(&sim);
+    let refused = with_password(&info, "not-the-password");
 
     // The first probe fails (Redfish refuses these credentials): IPMI...
-    let refused = with_password(&info, "not-the-password");
+    let selector = Selector::new(options(emu.port));
     let b = selector.select(&refused).await.unwrap();
     assert_eq!(b.kind(), BackendKind::Ipmi);
     // ...and the failure is believed for this BMC for a while, whoever asks: the right
@@ -74,28 +79,48 @@ async fn redfish_when_available_with_an_expiring_probe_cache() {
         "the simulator was not asked"
     );
 
-    // Once the failure expires, the BMC is probed again and Redfish is used.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let b = selector.select(&info).await.unwrap();
+    // Once a failure expires, the BMC is probed again and Redfish is used (waiting
+    // longer than the lifetime: expiry does not depend on the machine's speed).
+    let quick_to_retry = Selector::new(SelectorOptions {
+        probe_ttl_failed: SHORT,
+        ..options(emu.port)
+    });
+    let b = quick_to_retry.select(&refused).await.unwrap();
+    assert_eq!(b.kind(), BackendKind::Ipmi);
+    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
+    let b = quick_to_retry.select(&info).await.unwrap();
     assert_eq!(b.kind(), BackendKind::Redfish);
     assert_eq!(b.address(), emu.endpoint());
     // The emulator's system is on, the IPMI simulator's chassis off: Redfish answered.
     assert_eq!(b.power_status().await.unwrap(), PowerState::On);
     // The PXE override carries --ipmi-pxe-boot-mode's mode (the selector's) to Redfish.
-    b.pxe_boot_once(selector.pxe_boot_mode()).await.unwrap();
+    b.pxe_boot_once(quick_to_retry.pxe_boot_mode())
+        .await
+        .unwrap();
     let boot = &emu.raw_system(NODE)["Boot"];
     assert_eq!(boot["BootSourceOverrideTarget"], "Pxe", "{boot}");
     assert_eq!(boot["BootSourceOverrideMode"], "UEFI", "{boot}");
 
+    // A success whose lifetime is short, probed while Redfish still answers.
+    let quick_to_forget = Selector::new(SelectorOptions {
+        probe_ttl_ok: SHORT,
+        ..options(emu.port)
+    });
+    assert_eq!(
+        quick_to_forget.select(&info).await.unwrap().kind(),
+        BackendKind::Redfish
+    );
+
     // Redfish goes away: the success is believed until it expires, then IPMI again.
     drop(emu);
     assert_eq!(
-        selector.select(&info).await.unwrap().kind(),
-        BackendKind::Redfish
+        quick_to_retry.select(&info).await.unwrap().kind(),
+        BackendKind::Redfish,
+        "successful probe not cached"
     );
-    tokio::time::sleep(Duration::from_millis(4100)).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
     assert_eq!(
-        selector.select(&info).await.unwrap().kind(),
+        quick_to_forget.select(&info).await.unwrap().kind(),
         BackendKind::Ipmi
     );
 }

@@ -498,16 +498,20 @@ fn a_too_small_output_buffer_is_an_error_not_a_panic() {
     let request = Repr::parse(&packet).unwrap();
     let mut small = [0u8; 300];
     assert!(decide(&request, &broadcast_meta(), &policy(), &mut small).is_err());
-    // Oversized echoed options cannot overflow a 576-byte buffer silently either.
-    let big = Req::discover()
+    // A reply that would pass 576 bytes (a relay's long option 82 is the only echo that
+    // can make it so) is an error, however large the buffer: never a longer reply.
+    let mut uuid = [0u8; 17];
+    uuid[1] = 0x57;
+    let mut big = Req::discover()
         .arch(&[0])
         .opt(61, &[1; 255])
-        .opt(97, &[0; 255])
+        .opt(97, &uuid)
         .opt(82, &[1; 255]);
+    big.giaddr = Ipv4Addr::new(10, 20, 0, 1);
     let b = big.bytes();
     let packet = Packet::new_checked(&b[..]).unwrap();
     let request = Repr::parse(&packet).unwrap();
-    let mut out = [0u8; 576];
+    let mut out = [0u8; 1500];
     assert!(decide(&request, &broadcast_meta(), &policy(), &mut out).is_err());
 }
 

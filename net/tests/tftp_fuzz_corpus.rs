@@ -168,6 +168,7 @@ fn write_seeds() {
                 REQ,
                 DE,
                 0,
+                ACK_LAST,
                 REQ | 2,
                 DE,
                 0,
@@ -186,6 +187,7 @@ fn write_seeds() {
                 REQ,
                 DE,
                 0,
+                ACK_LAST,
                 REQ | 1,
                 DE,
                 0,
@@ -292,6 +294,7 @@ fn write_seeds() {
                 REQ,
                 DE,
                 TSIZE | FOO | DUP_BLKSIZE,
+                ACK_LAST,
                 STEP,
                 200,
                 REQ,
@@ -302,6 +305,48 @@ fn write_seeds() {
                 ACK_LAST,
                 ACK_LAST,
             ],
+        ),
+        (
+            "seed-pending-evicted",
+            vec![
+                MAX1,
+                REQ,
+                DE,
+                0,
+                REQ | 1,
+                DE,
+                0,
+                REQ | 2,
+                DE,
+                0,
+                ACK_LAST | 2,
+            ],
+        ),
+        (
+            "seed-wrong-port",
+            vec![
+                WIN8 | MAX64,
+                REQ,
+                DE,
+                WINDOWSIZE,
+                4,
+                REQ | 2,
+                DE,
+                WINDOWSIZE,
+                4,
+                ACK_ANY | POOL_PORT,
+                0,
+                0,
+                ACK_ANY | 2 | POOL_PORT,
+                0,
+                0,
+                ACK_LAST,
+                ACK_LAST | 2,
+            ],
+        ),
+        (
+            "seed-unproven",
+            vec![RETRY2 | MAX64, REQ, DE, TSIZE, LEAP, 30, LEAP, 30],
         ),
         (
             "seed-raw-garbage",
@@ -406,4 +451,7 @@ fn seeds_exercise_what_they_claim() {
     assert_eq!(c.requests(RequestOutcome::Repeat), 1);
     assert_eq!(c.transfers_failed(TransferFailure::Replaced), 1);
     assert!(run("seed-raw-garbage").malformed_total() > 0);
+    assert!(run("seed-pending-evicted").transfers_failed(TransferFailure::PendingEvicted) >= 1);
+    assert!(run("seed-wrong-port").transfers_failed(TransferFailure::WrongPort) >= 1);
+    assert!(run("seed-unproven").transfers_failed(TransferFailure::Unproven) >= 1);
 }

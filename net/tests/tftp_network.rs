@@ -144,7 +144,9 @@ fn run_matrix(blksize: u16, windowsize: u16, seed: u64, seen: &mut Exercised) {
         sim.clients.len() as u64,
         "{ctx}"
     );
-    let resent = counters.retransmissions_on_timeout() + counters.retransmissions_on_rollback();
+    let resent = counters.retransmissions_on_timeout()
+        + counters.retransmissions_on_rollback()
+        + counters.retransmissions_as_probe();
     // Every DATA sent is either the first send of a needed block or counted as a re-send
     // (the OACK re-sends are in the timeout count too, hence <=).
     assert!(
@@ -322,29 +324,93 @@ fn silent_client_is_dropped_after_the_retries() {
         let mut d = Driver::new(config(), files.clone());
         let client = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 1234);
         let first = d.send(client, REQUEST_PORT, &rrq("f", &options));
+        assert_eq!(first.len(), 1);
+        let port = first[0].meta.local_port;
+        // Prove the client receives (ACK the OACK, or block 1) and acknowledge block 1,
+        // take one window, go silent.
         if options.is_empty() {
-            assert_eq!(first.len(), 1);
             assert_eq!(first[0].data(), (1, 512));
         } else {
-            // OACK first; acknowledge it, then go silent.
-            assert_eq!(first.len(), 1);
-            let port = first[0].meta.local_port;
-            let window_sent = d.send(client, port, &tftp_sim::ack(0));
-            assert_eq!(window_sent.len(), window);
+            assert_eq!(d.send(client, port, &tftp_sim::ack(0)).len(), window);
         }
+        let window_sent = d.send(client, port, &tftp_sim::ack(1));
+        assert_eq!(window_sent.len(), window);
+        let first_unacked = window_sent[0].data().0;
         let retries = usize::from(d.server.config().retries);
         let mut resent = 0;
-        for _ in 0..retries {
+        for round in 0..retries {
             let out = d.advance(Duration::from_secs(1));
-            assert_eq!(out.len(), window, "one window per timeout, no more");
+            if round == 0 {
+                // The first timeout resends the window ...
+                assert_eq!(out.len(), window, "one window on the first timeout");
+            } else {
+                // ... later ones only probe with the first unacknowledged block and the
+                // window's last.
+                let blocks: Vec<u16> = out.iter().map(|s| s.data().0).collect();
+                let last = window_sent[window - 1].data().0;
+                let probe: Vec<u16> = if window == 1 {
+                    vec![first_unacked]
+                } else {
+                    vec![first_unacked, last]
+                };
+                assert_eq!(blocks, probe, "a probe, not a window");
+            }
             resent += out.len();
         }
+        assert!(
+            resent <= window + 2 * (retries - 1),
+            "without progress at most a window and the probes go out again"
+        );
         assert_eq!(d.counters.active(), 1);
         let out = d.advance(Duration::from_secs(1));
         assert!(out.is_empty(), "gives up silently");
         assert_eq!(d.counters.active(), 0);
         assert_eq!(d.counters.transfers_failed(TransferFailure::Timeout), 1);
-        assert_eq!(d.counters.retransmissions_on_timeout(), resent as u64);
+        assert_eq!(
+            d.counters.retransmissions_on_timeout() + d.counters.retransmissions_as_probe(),
+            resent as u64
+        );
+        assert_eq!(d.server.next_timeout(), None);
+    }
+}
+
+#[test]
+fn unproven_request_gets_one_resend_then_waits_silently() {
+    let mut files = FileSet::new();
+    files.insert("f", content(100_000, 1)).unwrap();
+    for options in [vec![], vec![("windowsize", "64"), ("blksize", "1468")]] {
+        let mut d = Driver::new(config(), files.clone());
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 1234);
+        let first = d.send(client, REQUEST_PORT, &rrq("f", &options));
+        assert_eq!(first.len(), 1, "one first reply");
+        assert_eq!(d.server.pending_requests(), 1);
+        assert_eq!(
+            d.server.active_transfers(),
+            0,
+            "no slot before the first ACK"
+        );
+        let again = d.advance(Duration::from_secs(1));
+        assert_eq!(again.len(), 1, "one resend");
+        assert_eq!(again[0].bytes, first[0].bytes);
+        let retries = u32::from(d.server.config().retries);
+        for _ in 1..retries {
+            assert!(d.advance(Duration::from_secs(1)).is_empty(), "nothing more");
+            assert_eq!(d.server.pending_requests(), 1, "still waiting");
+        }
+        // A late ACK still proves the client: the transfer goes on.
+        if options.is_empty() {
+            let port = first[0].meta.local_port;
+            let next = d.send(client, port, &tftp_sim::ack(1));
+            assert_eq!(next[0].data().0, 2);
+            assert_eq!(d.server.active_transfers(), 1);
+            assert_eq!(d.server.pending_requests(), 0);
+            continue;
+        }
+        assert!(d.advance(Duration::from_secs(1)).is_empty());
+        assert_eq!(d.server.pending_requests(), 0);
+        assert_eq!(d.counters.pending(), 0);
+        assert_eq!(d.counters.transfers_failed(TransferFailure::Unproven), 1);
+        assert_eq!(d.counters.data_packets_sent(), 0, "never a window");
         assert_eq!(d.server.next_timeout(), None);
     }
 }

@@ -200,16 +200,20 @@ fn unknown_tid_on_a_pool_port_gets_error_5_and_disturbs_nothing() {
                 .is_empty()
         );
     }
-    // A's packet on another pool port is foreign there too.
+    // A's request is intact: A's ACK proves it receives and brings block 1.
+    assert_eq!(d.counters.pending(), 1);
+    let data = d.send(a, port, &ack(0));
+    assert_eq!(data[0].data(), (1, 512));
+    assert_eq!(d.send(a, port, &ack(1))[0].data(), (2, 512));
+    // Once A acknowledged data, its packet on another pool port is foreign there too, and
+    // ends nothing.
     let other = POOL.iter().copied().find(|&p| p != port).unwrap();
     assert_eq!(
         d.send(a, other, &ack(0))[0].error().0,
         ErrorCode::UnknownTransferId
     );
-    // A's transfer is intact.
     assert_eq!(d.counters.active(), 1);
-    let data = d.send(a, port, &ack(0));
-    assert_eq!(data[0].data(), (1, 512));
+    assert_eq!(d.send(a, port, &ack(2))[0].data(), (3, 512));
 }
 
 #[test]
@@ -322,14 +326,28 @@ fn repeated_rrq_is_ignored_while_the_transfer_lives() {
     // Our timer retransmits the OACK.
     let again = d.advance(Duration::from_secs(1));
     assert_eq!(again[0].bytes, first[0].bytes);
-    // Long after the last progress, the same RRQ means the client restarted: replaced, on
-    // the same port.
+    // A timeout later, the same RRQ for an OACK never acknowledged: both were lost. The
+    // OACK goes out again from the same port (the client may have locked onto it).
+    d.now += Duration::from_millis(1500);
+    let answered = d.send(c, REQUEST_PORT, &req);
+    assert_eq!(answered[0].bytes, first[0].bytes);
+    assert_eq!(answered[0].meta.local_port, first[0].meta.local_port);
+    assert_eq!(d.counters.requests(RequestOutcome::AnsweredAgain), 1);
+    assert_eq!(d.counters.transfers_started(), 1);
+    assert_eq!(d.server.pending_requests(), 1);
+    // Once proven, a timeout after the last progress, the same RRQ means the client
+    // restarted: replaced, from another port so the old transfer's late datagrams cannot
+    // reach the new one.
+    let port = first[0].meta.local_port;
+    assert!(!d.send(c, port, &ack(0)).is_empty());
+    assert_eq!(d.counters.active(), 1);
     d.now += Duration::from_millis(1500);
     let restarted = d.send(c, REQUEST_PORT, &req);
     assert_eq!(restarted[0].oack(), first[0].oack());
-    assert_eq!(restarted[0].meta.local_port, first[0].meta.local_port);
+    assert_ne!(restarted[0].meta.local_port, port);
     assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
-    assert_eq!(d.counters.active(), 1);
+    assert_eq!(d.counters.active(), 0);
+    assert_eq!(d.server.pending_requests(), 1);
 }
 
 #[test]
@@ -341,10 +359,21 @@ fn a_different_rrq_from_the_same_address_replaces_the_transfer() {
     assert_eq!(d.send(c, port, &ack(0)).len(), 2);
     let second = d.send(c, REQUEST_PORT, &rrq("dir/g", &[]));
     assert_eq!(second[0].data(), (1, 10), "the new file from block 1");
-    assert_eq!(second[0].meta.local_port, port, "same TID as before");
+    assert_ne!(second[0].meta.local_port, port, "a new TID");
     assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
-    assert_eq!(d.counters.active(), 1);
-    assert_eq!(d.server.transfers_of(*c.ip()), 1);
+    assert_eq!(
+        d.counters.active(),
+        0,
+        "the new request waits for its first ACK"
+    );
+    assert_eq!(d.server.pending_requests(), 1);
+    assert_eq!(d.server.transfers_of(*c.ip()), 0);
+    // A late datagram of the old transfer on the old port reaches nothing.
+    assert!(
+        d.send(c, port, &error(ErrorCode::NotDefined, "late"))
+            .is_empty()
+    );
+    assert_eq!(d.server.pending_requests(), 1);
     // Garbage or a write request from the client's port is refused and ends nothing.
     let mut wrq = rrq("f", &[]);
     wrq[1] = 2;
@@ -357,13 +386,14 @@ fn a_different_rrq_from_the_same_address_replaces_the_transfer() {
         ErrorCode::IllegalOperation
     );
     assert_eq!(
-        d.counters.active(),
+        d.server.pending_requests(),
         1,
         "the live transfer survives a bad request"
     );
     assert_eq!(d.counters.transfers_failed(TransferFailure::Replaced), 1);
     // A refused but well-formed new read request ends the old transfer.
     d.send(c, REQUEST_PORT, &rrq("missing", &[]));
+    assert_eq!(d.server.pending_requests(), 0);
     assert_eq!(d.counters.active(), 0);
 }
 
@@ -376,43 +406,51 @@ fn over_the_limits_clients_hear_busy_not_silence() {
     };
     let mut d = Driver::new(cfg, files());
     let host = |h: u8, p: u16| SocketAddrV4::new(Ipv4Addr::new(10, 0, 4, h), p);
+    // A transfer takes a slot when its client acknowledges block 1.
+    let start = |d: &mut Driver, c: SocketAddrV4| {
+        let first = d.send(c, REQUEST_PORT, &rrq("f", &[]));
+        assert_eq!(first[0].data().0, 1);
+        let next = d.send(c, first[0].meta.local_port, &ack(1));
+        assert_eq!(next[0].data().0, 2, "{c} proven");
+    };
     // Per-client cap: the third transfer of one IP is refused, another IP is fine.
-    assert_eq!(
-        d.send(host(1, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
-    );
-    assert_eq!(
-        d.send(host(1, 2), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
-    );
+    start(&mut d, host(1, 1));
+    start(&mut d, host(1, 2));
     let busy = d.send(host(1, 3), REQUEST_PORT, &rrq("f", &[]));
     let (code, message) = busy[0].error();
     assert_eq!(code, ErrorCode::NotDefined);
     assert!(message.contains("retry"), "{message}");
     assert_eq!(d.counters.requests(RequestOutcome::ClientBusy), 1);
-    // A replacing request from a holder is not a third transfer.
-    let replaced = d.send(host(1, 2), REQUEST_PORT, &rrq("dir/g", &[]));
-    assert_eq!(replaced[0].data(), (1, 10));
+    // Requests not acknowledged yet take no slot: two more wait while one slot is left.
+    let waiting = d.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(waiting[0].data().0, 1);
+    assert_eq!(d.server.pending_requests(), 1);
+    start(&mut d, host(2, 1));
+    assert_eq!(d.counters.active(), 3);
     // Server cap.
-    assert_eq!(
-        d.send(host(2, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
-    );
-    let busy = d.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]));
+    let busy = d.send(host(3, 2), REQUEST_PORT, &rrq("f", &[]));
     let (code, message) = busy[0].error();
     assert_eq!(code, ErrorCode::NotDefined);
     assert_eq!(message, "server busy, retry");
     assert_eq!(d.counters.requests(RequestOutcome::ServerBusy), 1);
-    assert_eq!(d.counters.active(), 3);
-    // Once a slot frees (a transfer completes), the next client gets in.
-    let port = replaced[0].meta.local_port;
-    d.send(host(1, 2), port, &ack(1)); // dir/g is one 10-byte block: complete
-    assert_eq!(d.counters.transfers_completed(), 1);
+    // The waiting request's client proves itself once the slots are gone: it hears busy.
+    let late = d.send(host(3, 1), waiting[0].meta.local_port, &ack(1));
     assert_eq!(
-        d.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
+        late[0].error(),
+        (ErrorCode::NotDefined, "server busy, retry".into())
     );
-    // Time frees everything: five retransmissions a second apart, then the end.
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Busy), 1);
+    assert_eq!(d.server.pending_requests(), 0);
+    // A replacing request from a holder gives up its slot; its one-block file completes.
+    let replaced = d.send(host(1, 2), REQUEST_PORT, &rrq("dir/g", &[]));
+    assert_eq!(replaced[0].data(), (1, 10));
+    assert_eq!(d.counters.active(), 2);
+    d.send(host(1, 2), replaced[0].meta.local_port, &ack(1));
+    assert_eq!(d.counters.transfers_completed(), 1);
+    // The freed slot serves the next client.
+    start(&mut d, host(3, 1));
+    assert_eq!(d.counters.active(), 3);
+    // Time frees everything: a window resend and four probes a second apart, then the end.
     for _ in 0..6 {
         d.advance(Duration::from_secs(1));
     }
@@ -552,6 +590,13 @@ fn bad_configurations_are_refused() {
             },
             ConfigError::ZeroLimit,
         ),
+        (
+            TftpConfig {
+                max_pending: 0,
+                ..config()
+            },
+            ConfigError::ZeroLimit,
+        ),
     ];
     for (cfg, err) in cases {
         assert_eq!(build(cfg, &POOL), Err(err));
@@ -568,6 +613,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(d.retries, 5);
     assert_eq!(d.max_transfers, 8192);
     assert_eq!(d.max_per_client, 8);
+    assert_eq!(d.max_pending, 2048);
     assert!(!d.single_port);
     let (server, _) = server(config(), FileSet::new());
     assert!(
@@ -584,8 +630,10 @@ fn metrics_render_in_prometheus_text_format() {
         &rrq("f", &[("blksize", "1024"), ("windowsize", "2")]),
     );
     d.send(client(2), REQUEST_PORT, &rrq("missing", &[]));
-    d.send(client(3), REQUEST_PORT, &rrq("f", &[]));
-    d.send(client(3), POOL[0], &error(ErrorCode::NotDefined, "bye"));
+    let port = d.send(client(3), REQUEST_PORT, &rrq("f", &[]))[0]
+        .meta
+        .local_port;
+    d.send(client(3), port, &error(ErrorCode::NotDefined, "bye"));
     let mut out = String::new();
     d.counters.render_prometheus(&mut out);
     for line in [
@@ -598,6 +646,11 @@ fn metrics_render_in_prometheus_text_format() {
         "ironboot_tftp_transfers_failed_total{reason=\"client_error\"} 1",
         "# TYPE ironboot_tftp_active_transfers gauge",
         "ironboot_tftp_active_transfers 0",
+        "# TYPE ironboot_tftp_pending_requests gauge",
+        "ironboot_tftp_pending_requests 0",
+        "ironboot_tftp_transfers_failed_total{reason=\"unproven\"} 0",
+        "ironboot_tftp_requests_total{outcome=\"answered_again\"} 0",
+        "ironboot_tftp_retransmissions_total{cause=\"probe\"} 0",
         "ironboot_tftp_sent_packets_total{type=\"data\"} 4",
         "ironboot_tftp_sent_packets_total{type=\"oack\"} 1",
         "ironboot_tftp_sent_bytes_total 3512",
@@ -621,4 +674,129 @@ fn metrics_render_in_prometheus_text_format() {
             .trim_end_matches("_count");
         assert!(out.contains(&format!("# TYPE {family} ")), "{l}");
     }
+}
+
+#[test]
+fn the_pending_table_is_capped_and_drops_its_oldest() {
+    let cfg = TftpConfig {
+        max_pending: 3,
+        ..config()
+    };
+    let mut d = Driver::new(cfg, files());
+    let ports: Vec<u16> = (1..=4)
+        .map(|i| {
+            d.send(client(i), REQUEST_PORT, &rrq("f", &[]))[0]
+                .meta
+                .local_port
+        })
+        .collect();
+    // The fourth request pushed out the first.
+    assert_eq!(d.server.pending_requests(), 3);
+    assert_eq!(d.counters.pending(), 3);
+    assert_eq!(
+        d.counters.transfers_failed(TransferFailure::PendingEvicted),
+        1
+    );
+    assert_eq!(
+        d.send(client(1), ports[0], &ack(1))[0].error().0,
+        ErrorCode::UnknownTransferId,
+        "the dropped request is gone"
+    );
+    // The others are served; a proven transfer leaves the table, making room.
+    assert_eq!(d.send(client(2), ports[1], &ack(1))[0].data().0, 2);
+    assert_eq!(d.server.pending_requests(), 2);
+    assert_eq!(d.server.active_transfers(), 1);
+    d.send(client(5), REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(d.server.pending_requests(), 3);
+    assert_eq!(
+        d.counters.transfers_failed(TransferFailure::PendingEvicted),
+        1
+    );
+    // Left alone, waiting requests expire: one resend, then silence until the retries'
+    // time is up.
+    for _ in 0..8 {
+        d.advance(Duration::from_secs(1));
+    }
+    assert_eq!(d.server.pending_requests(), 0);
+    assert_eq!(d.counters.pending(), 0);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Unproven), 3);
+    let mut out = String::new();
+    d.counters.render_prometheus(&mut out);
+    for line in [
+        "ironboot_tftp_transfers_failed_total{reason=\"pending_evicted\"} 1",
+        "ironboot_tftp_transfers_failed_total{reason=\"unproven\"} 3",
+        "ironboot_tftp_pending_requests 0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+}
+
+#[test]
+fn an_ack_on_the_wrong_pool_port_ends_an_unconfirmed_transfer_silently() {
+    let options = [("blksize", "512"), ("windowsize", "4")];
+    // While the request waits for its first ACK.
+    let mut d = Driver::new(config(), files());
+    let a = client(1);
+    let port = d.send(a, REQUEST_PORT, &rrq("f", &options))[0]
+        .meta
+        .local_port;
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert!(
+        d.send(a, other, &ack(0)).is_empty(),
+        "no reply to a sprayer"
+    );
+    assert_eq!(d.server.pending_requests(), 0);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::WrongPort), 1);
+    assert_eq!(
+        d.send(a, port, &ack(0))[0].error().0,
+        ErrorCode::UnknownTransferId
+    );
+    // After a blind ACK of the OACK started the first window: no more of it goes out.
+    let port = d.send(a, REQUEST_PORT, &rrq("f", &options))[0]
+        .meta
+        .local_port;
+    assert_eq!(d.send(a, port, &ack(0)).len(), 4);
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert!(d.send(a, other, &ack(0)).is_empty());
+    assert_eq!(d.server.active_transfers(), 0);
+    assert_eq!(d.counters.transfers_failed(TransferFailure::WrongPort), 2);
+    assert!(d.advance(Duration::from_secs(1)).is_empty());
+    // An ERROR on the wrong port is never taken for a spray: it ends nothing.
+    let port = d.send(a, REQUEST_PORT, &rrq("f", &options))[0]
+        .meta
+        .local_port;
+    let other = POOL.iter().copied().find(|&p| p != port).unwrap();
+    assert!(
+        d.send(a, other, &error(ErrorCode::NotDefined, "late"))
+            .is_empty()
+    );
+    assert_eq!(d.server.pending_requests(), 1);
+    assert_eq!(d.send(a, port, &ack(0)).len(), 4);
+}
+
+#[test]
+fn the_first_window_started_by_an_ack_of_the_oack_is_only_probed() {
+    let mut fs = FileSet::new();
+    fs.insert("big", content(64 * 1468 * 2, 4)).unwrap();
+    let mut d = Driver::new(config(), fs);
+    let c = client(1);
+    let port = d.send(
+        c,
+        REQUEST_PORT,
+        &rrq("big", &[("blksize", "1468"), ("windowsize", "64")]),
+    )[0]
+    .meta
+    .local_port;
+    assert_eq!(d.send(c, port, &ack(0)).len(), 64);
+    // Nothing acknowledged of it: every timeout sends block 1 and block 64 only.
+    let retries = usize::from(d.server.config().retries);
+    for _ in 0..retries {
+        let out = d.advance(Duration::from_secs(1));
+        let blocks: Vec<u16> = out.iter().map(|s| s.data().0).collect();
+        assert_eq!(blocks, [1, 64]);
+    }
+    assert!(d.advance(Duration::from_secs(1)).is_empty());
+    assert_eq!(d.counters.transfers_failed(TransferFailure::Timeout), 1);
+    assert_eq!(d.counters.data_packets_sent(), (64 + 2 * retries) as u64);
+    assert_eq!(d.counters.retransmissions_as_probe(), (2 * retries) as u64);
 }

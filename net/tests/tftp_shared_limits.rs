@@ -52,16 +52,19 @@ fn limits_bound_the_workers_together() {
     let mut b = worker(&cfg, &shared, Some(&a));
     let host = |h: u8, p: u16| SocketAddrV4::new(Ipv4Addr::new(10, 0, 5, h), p);
 
+    // A transfer takes a slot when its client acknowledges block 1; returns its port.
+    let start = |d: &mut Driver, c: SocketAddrV4| {
+        let first = d.send(c, REQUEST_PORT, &rrq("f", &[]));
+        assert_eq!(first[0].data().0, 1);
+        let port = first[0].meta.local_port;
+        assert_eq!(d.send(c, port, &ack(1))[0].data().0, 2, "{c} proven");
+        port
+    };
+
     // One client's transfers land on both workers (the kernel hashes its ports): the
     // per-client cap counts them together.
-    assert_eq!(
-        a.send(host(1, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
-    );
-    assert_eq!(
-        b.send(host(1, 2), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
-    );
+    start(&mut a, host(1, 1));
+    start(&mut b, host(1, 2));
     let busy = a.send(host(1, 3), REQUEST_PORT, &rrq("f", &[]));
     assert_eq!(busy[0].error().0, ErrorCode::NotDefined);
     assert!(
@@ -73,22 +76,35 @@ fn limits_bound_the_workers_together() {
     assert_eq!(shared.transfers_of(Ipv4Addr::new(10, 0, 5, 1)), 2);
     assert_eq!(a.server.transfers_of(Ipv4Addr::new(10, 0, 5, 1)), 1);
 
-    // The server cap too: a third transfer anywhere, then nothing on either worker.
-    let small = b.send(host(2, 1), REQUEST_PORT, &rrq("small", &[]));
-    assert_eq!(small[0].data(), (1, 10));
+    // A request waiting for its first ACK on worker a takes no shared slot ...
+    let waiting = a.send(host(4, 1), REQUEST_PORT, &rrq("f", &[]));
+    assert_eq!(waiting[0].data().0, 1);
+    assert_eq!(shared.active(), 2);
+
+    // ... so the server cap is reached by a proven transfer on worker b, then nothing
+    // starts on either worker.
+    let port = start(&mut b, host(2, 1));
     assert_eq!(shared.active(), 3);
     let busy = a.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]));
     assert_eq!(busy[0].error().1, "server busy, retry");
     assert_eq!(a.counters.requests(RequestOutcome::ServerBusy), 1);
     assert_eq!(a.counters.active(), 3, "shared counters see both workers");
+    // The waiting client proves itself too late: busy.
+    let late = a.send(host(4, 1), waiting[0].meta.local_port, &ack(1));
+    assert_eq!(late[0].error().1, "server busy, retry");
+    assert_eq!(a.server.pending_requests(), 0);
 
-    // A transfer completing on worker b frees a slot worker a may use.
-    b.send(host(2, 1), small[0].meta.local_port, &ack(1));
-    assert_eq!(shared.active(), 2);
-    assert_eq!(
-        a.send(host(3, 1), REQUEST_PORT, &rrq("f", &[]))[0].data().0,
-        1
+    // A transfer ending on worker b frees a slot worker a may use.
+    assert!(
+        b.send(
+            host(2, 1),
+            port,
+            &tftp_sim::error(ErrorCode::NotDefined, "bye")
+        )
+        .is_empty()
     );
+    assert_eq!(shared.active(), 2);
+    start(&mut a, host(3, 1));
     assert_eq!(shared.active(), 3);
     assert_eq!(shared.transfers_of(Ipv4Addr::new(10, 0, 5, 2)), 0);
 }

@@ -14,15 +14,21 @@
 //! `window_update`. Without negotiation (revision ZERO) there is neither settings nor
 //! flow control.
 //!
-//! Tunnels are keyed by the agent's `machine-id` metadata: a new tunnel from the same
-//! machine replaces (and closes) the old one; the end of a tunnel is noticed at once and
-//! fails the calls in flight on it.
+//! Tunnels are keyed by the agent's `machine-id` metadata, which must be a UUID; the
+//! [`AgentGate`] decides whether the agent may speak for that machine (see
+//! [`super::admission`]), before anything else is done or logged. A second tunnel for a
+//! machine whose tunnel is open replaces it only once the old one fails a ping (a Hello
+//! call): a live agent is never displaced. The end of a tunnel is noticed at once and
+//! fails the calls in flight on it. Open tunnels are capped ([`MAX_TUNNELS`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use ironboot_net::machine::Uuid;
 use ironboot_proto::google::rpc::Status as RpcStatus;
 use ironboot_proto::grpctunnel::v1::tunnel_service_server::{TunnelService, TunnelServiceServer};
 use ironboot_proto::grpctunnel::v1::{
@@ -33,6 +39,8 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
+
+use super::admission::{AgentGate, Refusal};
 
 /// The gRPC metadata key in which the agent sends its machine ID (SMBIOS UUID).
 pub(crate) const MACHINE_ID_METADATA: &str = "machine-id";
@@ -48,6 +56,13 @@ const RECEIVE_WINDOW: u32 = 64 * 1024;
 const SETTINGS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued towards one agent before senders wait.
 const OUTBOUND_QUEUE: usize = 64;
+/// Most tunnels open (or waiting for their settings) at once; more are refused.
+pub(crate) const MAX_TUNNELS: usize = 16_384;
+/// How long the agent behind an open tunnel has to answer the ping that decides whether
+/// a second tunnel for its machine may replace it.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// The agent's liveness call, used as that ping.
+const HELLO_METHOD: &str = "/management.AgentService/Hello";
 
 /// A tunnel opened or closed (for the control loop: a connect wakes it at once).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +110,12 @@ pub(crate) struct Tunnels {
 struct Registry {
     tunnels: Mutex<HashMap<String, Arc<Tunnel>>>,
     events: broadcast::Sender<TunnelEvent>,
+    gate: Arc<AgentGate>,
+    /// Tunnels open or waiting for their settings.
+    open: AtomicUsize,
+    stats: TunnelStats,
+    /// Refusals are logged at most once a second: a flood must not flood the log.
+    refusal_log: LogLimiter,
     /// Answer `grpctunnel-negotiate: on` (revision ONE); off = revision ZERO only.
     negotiate: bool,
     next_generation: AtomicU64,
@@ -102,26 +123,25 @@ struct Registry {
     closing: AtomicBool,
 }
 
-impl Default for Tunnels {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Tunnels {
-    /// A registry that negotiates revision ONE with agents that know it.
-    pub(crate) fn new() -> Self {
-        Self::with_negotiation(true)
+    /// A registry that negotiates revision ONE with agents that know it and admits the
+    /// agents `gate` lets in.
+    pub(crate) fn new(gate: Arc<AgentGate>) -> Self {
+        Self::with_negotiation(gate, true)
     }
 
     /// `negotiate = false` never announces revision ONE, so every tunnel runs revision
     /// ZERO (as with an agent built on a grpctunnel older than v0.3).
-    pub(crate) fn with_negotiation(negotiate: bool) -> Self {
+    pub(crate) fn with_negotiation(gate: Arc<AgentGate>, negotiate: bool) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Registry {
                 tunnels: Mutex::new(HashMap::new()),
                 events,
+                gate,
+                open: AtomicUsize::new(0),
+                stats: TunnelStats::default(),
+                refusal_log: LogLimiter::default(),
                 negotiate,
                 next_generation: AtomicU64::new(1),
                 closing: AtomicBool::new(false),
@@ -137,6 +157,40 @@ impl Tunnels {
     /// The current tunnel of `machine_id`, if its agent is connected.
     pub(crate) fn get(&self, machine_id: &str) -> Option<Arc<Tunnel>> {
         self.inner.lock().get(machine_id).cloned()
+    }
+
+    /// The admission policy.
+    pub(crate) fn gate(&self) -> &Arc<AgentGate> {
+        &self.inner.gate
+    }
+
+    /// The counters.
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> &TunnelStats {
+        &self.inner.stats
+    }
+
+    /// Closes `machine_id`'s tunnel unless it comes from `keep` (the machine's binding
+    /// moved away from its address, or two addresses contest it: `keep = None`).
+    pub(crate) fn close_unless_from(&self, machine_id: &str, keep: Option<IpAddr>) {
+        let tunnel = {
+            let mut tunnels = self.inner.lock();
+            match tunnels.get(machine_id) {
+                Some(t) if keep.is_none_or(|ip| t.peer != Some(ip)) => tunnels.remove(machine_id),
+                _ => None,
+            }
+        };
+        if let Some(tunnel) = tunnel {
+            warn!(
+                machine_id,
+                peer = tunnel.peer.map(tracing::field::display),
+                "closing the agent tunnel: the machine's address binding changed"
+            );
+            tunnel.close();
+            let _ = self.inner.events.send(TunnelEvent::Disconnected {
+                machine_id: machine_id.to_owned(),
+            });
+        }
     }
 
     /// The machine IDs with an open tunnel, sorted.
@@ -177,10 +231,12 @@ impl Tunnels {
     async fn run(
         self,
         machine_id: String,
+        peer: Option<IpAddr>,
         expect_settings: bool,
         mut inbound: Streaming<ServerToClient>,
         out: mpsc::Sender<Result<ClientToServer, Status>>,
     ) {
+        let _open = OpenSlot(&self.inner.open);
         let (revision, peer_window) = if expect_settings {
             match await_settings(&mut inbound).await {
                 Ok(v) => v,
@@ -193,9 +249,44 @@ impl Tunnels {
         } else {
             (ProtocolRevision::RevisionZero, 0)
         };
+        if let Some(old) = self.get(&machine_id) {
+            // A live agent keeps its tunnel: the newcomer may be an impostor (or a
+            // duplicate of the same agent), and the old one is proven to work.
+            match old.unary(HELLO_METHOD, &[], PING_TIMEOUT).await {
+                Ok(_) => {
+                    self.inner
+                        .stats
+                        .replacement_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        %machine_id,
+                        peer = peer.map(tracing::field::display),
+                        open_from = old.peer.map(tracing::field::display),
+                        "second agent tunnel refused: the open one answers"
+                    );
+                    let _ = out
+                        .send(Err(Status::already_exists(
+                            "this machine's agent already has a tunnel that answers",
+                        )))
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    self.inner.stats.replaced.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        %machine_id,
+                        peer = peer.map(tracing::field::display),
+                        open_from = old.peer.map(tracing::field::display),
+                        error = %e,
+                        "agent reconnected: its older tunnel failed a ping and is replaced"
+                    );
+                }
+            }
+        }
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let tunnel = Arc::new(Tunnel {
             machine_id: machine_id.clone(),
+            peer,
             generation,
             revision,
             peer_window,
@@ -213,10 +304,14 @@ impl Tunnels {
             tunnels.insert(machine_id.clone(), tunnel.clone())
         };
         if let Some(old) = old {
-            info!(%machine_id, "agent reconnected: replacing its older tunnel");
             old.close();
         }
-        info!(%machine_id, revision = revision.as_str_name(), "agent tunnel open");
+        info!(
+            %machine_id,
+            peer = peer.map(tracing::field::display),
+            revision = revision.as_str_name(),
+            "agent tunnel open"
+        );
         let _ = self.inner.events.send(TunnelEvent::Connected {
             machine_id: machine_id.clone(),
         });
@@ -243,6 +338,119 @@ impl Tunnels {
                 .events
                 .send(TunnelEvent::Disconnected { machine_id });
         }
+    }
+}
+
+/// Lets one log line through per second, counting the ones held back.
+#[derive(Default)]
+struct LogLimiter {
+    last: Mutex<Option<std::time::Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// `Some(lines held back since the last one)` if a line may be logged at `now`.
+    fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.suppressed.swap(0, Ordering::Relaxed))
+            }
+        }
+    }
+}
+
+/// One place in [`Registry::open`], given back when the tunnel's task ends.
+struct OpenSlot<'a>(&'a AtomicUsize);
+
+impl Drop for OpenSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Tunnel admissions and refusals, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct TunnelStats {
+    admitted: AtomicU64,
+    /// By [`REFUSALS`] index.
+    refused: [AtomicU64; REFUSALS.len()],
+    replaced: AtomicU64,
+    replacement_refused: AtomicU64,
+}
+
+/// The reasons a tunnel is refused, as metric labels.
+const REFUSALS: [&str; 8] = [
+    "no_machine_id",
+    "not_a_uuid",
+    "unknown_machine",
+    "not_bound",
+    "other_address",
+    "contested",
+    "no_peer_address",
+    "too_many_tunnels",
+];
+
+impl TunnelStats {
+    fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tunnels refused for `reason` (a [`REFUSALS`] label).
+    #[cfg(test)]
+    pub(crate) fn refusals(&self, reason: &str) -> u64 {
+        REFUSALS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.refused[i].load(Ordering::Relaxed))
+    }
+
+    /// Prometheus text of the counters; `open` is the number of open tunnels.
+    pub(crate) fn render_prometheus(&self, open: usize, out: &mut String) {
+        let _ = write!(
+            out,
+            "# HELP ironboot_agent_tunnels Metal agent tunnels open or opening.\n\
+             # TYPE ironboot_agent_tunnels gauge\n\
+             ironboot_agent_tunnels {open}\n\
+             # HELP ironboot_agent_tunnels_admitted_total Agent tunnels admitted.\n\
+             # TYPE ironboot_agent_tunnels_admitted_total counter\n\
+             ironboot_agent_tunnels_admitted_total {}\n\
+             # HELP ironboot_agent_tunnels_replaced_total Agent tunnels that replaced an older \
+             one of their machine after it failed a ping.\n\
+             # TYPE ironboot_agent_tunnels_replaced_total counter\n\
+             ironboot_agent_tunnels_replaced_total {}\n\
+             # HELP ironboot_agent_tunnels_refused_total Agent tunnels refused, by reason.\n\
+             # TYPE ironboot_agent_tunnels_refused_total counter\n",
+            self.admitted.load(Ordering::Relaxed),
+            self.replaced.load(Ordering::Relaxed),
+        );
+        for (reason, n) in REFUSALS.iter().zip(&self.refused) {
+            let _ = writeln!(
+                out,
+                "ironboot_agent_tunnels_refused_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ironboot_agent_tunnels_refused_total{{reason=\"live_tunnel\"}} {}",
+            self.replacement_refused.load(Ordering::Relaxed)
+        );
+    }
+}
+
+impl Tunnels {
+    /// Prometheus text of the tunnel counters.
+    pub(crate) fn render_prometheus(&self, out: &mut String) {
+        let open = self.inner.open.load(Ordering::SeqCst);
+        self.inner.stats.render_prometheus(open, out);
     }
 }
 
@@ -307,31 +515,78 @@ impl TunnelService for TunnelHandler {
         &self,
         request: Request<Streaming<ServerToClient>>,
     ) -> Result<Response<Self::OpenReverseTunnelStream>, Status> {
-        let machine_id = request
-            .metadata()
-            .get(MACHINE_ID_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| {
+        let inner = &self.tunnels.inner;
+        let refuse = |reason: &str, status: Status| {
+            inner.stats.refused(reason);
+            Err(status)
+        };
+        // Checked before anything is logged: the value is the client's to choose.
+        let Some(claimed) = request.metadata().get(MACHINE_ID_METADATA) else {
+            return refuse(
+                "no_machine_id",
                 Status::invalid_argument(
                     "OpenReverseTunnel: no `machine-id` metadata (the metal agent sends its \
                      SMBIOS UUID there)",
-                )
-            })?;
-        if self.tunnels.inner.closing.load(Ordering::SeqCst) {
+                ),
+            );
+        };
+        let Some(uuid) = claimed
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<Uuid>().ok())
+        else {
+            return refuse(
+                "not_a_uuid",
+                Status::invalid_argument("OpenReverseTunnel: `machine-id` is not a UUID"),
+            );
+        };
+        if inner.closing.load(Ordering::SeqCst) {
             return Err(Status::unavailable("ironboot is shutting down"));
         }
+        let machine_id = uuid.to_string();
+        let peer = peer_ip(&request);
+        if let Err(refusal) = inner.gate.admit(&uuid, peer) {
+            let reason = match &refusal {
+                Refusal::Unknown { .. } => "unknown_machine",
+                Refusal::NotBound { .. } => "not_bound",
+                Refusal::OtherAddress { .. } => "other_address",
+                Refusal::Contested { .. } => "contested",
+                Refusal::NoPeerAddress => "no_peer_address",
+            };
+            let bound = match &refusal {
+                Refusal::OtherAddress { bound, .. } => Some(*bound),
+                _ => None,
+            };
+            if let Some(suppressed) = inner.refusal_log.allow(std::time::Instant::now()) {
+                warn!(
+                    %machine_id,
+                    peer = peer.map(tracing::field::display),
+                    bound = bound.map(tracing::field::display),
+                    reason,
+                    suppressed,
+                    "agent tunnel refused (at most one line a second; `suppressed` were not logged)"
+                );
+            }
+            return refuse(reason, Status::permission_denied(refusal.to_string()));
+        }
+        if inner.open.fetch_add(1, Ordering::SeqCst) >= MAX_TUNNELS {
+            inner.open.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                "too_many_tunnels",
+                Status::resource_exhausted("too many agent tunnels open"),
+            );
+        }
+        inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
         let agent_negotiates = request
             .metadata()
             .get(NEGOTIATE_HEADER)
             .is_some_and(|v| v.as_bytes() == b"on");
-        let negotiate = self.tunnels.inner.negotiate;
+        let negotiate = inner.negotiate;
         debug!(%machine_id, agent_negotiates, "agent opens a reverse tunnel");
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         tokio::spawn(self.tunnels.clone().run(
             machine_id,
+            peer,
             negotiate && agent_negotiates,
             request.into_inner(),
             tx,
@@ -347,9 +602,19 @@ impl TunnelService for TunnelHandler {
     }
 }
 
+/// The client's address, as the listener recorded it (axum's `ConnectInfo`).
+fn peer_ip<T>(request: &Request<T>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
 /// One agent's tunnel.
 pub(crate) struct Tunnel {
     machine_id: String,
+    /// The agent's address.
+    peer: Option<IpAddr>,
     generation: u64,
     revision: ProtocolRevision,
     /// The agent's receive window for each new stream (revision ONE).
@@ -771,6 +1036,40 @@ mod tests {
         assert_eq!(grpc_timeout(Duration::from_secs(24 * 3600)), "86400000m");
         assert_eq!(grpc_timeout(Duration::from_secs(100_000_000)), "99999999S");
         assert_eq!(grpc_timeout(Duration::ZERO), "1m");
+    }
+
+    #[test]
+    fn refusal_lines_are_limited_to_one_a_second() {
+        let limiter = LogLimiter::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(limiter.allow(t0), Some(0));
+        assert_eq!(limiter.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(limiter.allow(t0 + Duration::from_millis(999)), None);
+        assert_eq!(limiter.allow(t0 + Duration::from_secs(1)), Some(2));
+        assert_eq!(limiter.allow(t0 + Duration::from_secs(3)), Some(0));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_rendered() {
+        let tunnels = Tunnels::new(AgentGate::open());
+        let stats = tunnels.stats();
+        stats.refused("not_a_uuid");
+        stats.refused("other_address");
+        stats.refused("other_address");
+        stats.refused("no such reason");
+        assert_eq!(stats.refusals("other_address"), 2);
+        assert_eq!(stats.refusals("not_a_uuid"), 1);
+        let mut out = String::new();
+        tunnels.render_prometheus(&mut out);
+        assert!(out.contains("ironboot_agent_tunnels 0\n"), "{out}");
+        assert!(
+            out.contains("ironboot_agent_tunnels_refused_total{reason=\"other_address\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ironboot_agent_tunnels_refused_total{reason=\"too_many_tunnels\"} 0\n"),
+            "{out}"
+        );
     }
 
     #[tokio::test]

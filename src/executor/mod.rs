@@ -101,6 +101,18 @@ pub(crate) enum ExecError {
         /// The machine.
         machine_id: String,
     },
+    /// The agent reports a BMC address outside `--bmc-allow-cidr` (or no IP address while
+    /// the list is set): no credentials are set up.
+    #[error(
+        "machine {machine_id}: the metal agent reports BMC address {address:?}, outside \
+         --bmc-allow-cidr: no credentials set up"
+    )]
+    BmcAddressRefused {
+        /// The machine.
+        machine_id: String,
+        /// The reported address (bounded by the tunnel's message size).
+        address: String,
+    },
 }
 
 /// A BMC power action (the side effects of [`Action::PowerOn`], [`Action::PowerOff`] and
@@ -184,6 +196,8 @@ pub(crate) struct Settings {
     pub(crate) retry_base: Duration,
     /// `--api-power-mgmt-state-dir`: launch configurations of emulated machines.
     pub(crate) power_api_dir: Option<std::path::PathBuf>,
+    /// `--bmc-allow-cidr`: where a BMC reported by an agent may be (empty = anywhere).
+    pub(crate) bmc_allow: Vec<ironboot_net::cidr::Cidr>,
 }
 
 impl Settings {
@@ -196,6 +210,7 @@ impl Settings {
             power_poll_interval: Duration::from_secs(30),
             retry_base: Duration::from_secs(1),
             power_api_dir: None,
+            bmc_allow: Vec::new(),
         }
     }
 }
@@ -546,12 +561,36 @@ async fn execute<S: Store, P: Power, A: Agent>(
                     .write(machine_id, &Write::BmcConfiguration(spec))
                     .await;
             }
-            // Check before creating the user: nothing to store without an address.
-            if answer.ipmi.is_none() {
+            // Check before creating the user: nothing to store without an address, and
+            // the address is the agent's word, so it must be where BMCs may be.
+            let Some(ipmi) = &answer.ipmi else {
                 return Err(ExecError::NoIpmi {
                     machine_id: machine_id.to_owned(),
                 });
+            };
+            let address = ipmi.address.as_str();
+            let allowed = match address.parse::<std::net::IpAddr>() {
+                Ok(ip) => ironboot_net::cidr::Cidr::allows(&inner.settings.bmc_allow, ip),
+                Err(_) => inner.settings.bmc_allow.is_empty(),
+            };
+            if !allowed {
+                let address: String = address.chars().take(64).collect();
+                tracing::warn!(
+                    machine_id,
+                    bmc_address = %address,
+                    "the metal agent reports a BMC outside --bmc-allow-cidr: refused"
+                );
+                return Err(ExecError::BmcAddressRefused {
+                    machine_id: machine_id.to_owned(),
+                    address,
+                });
             }
+            tracing::info!(
+                machine_id,
+                bmc_address = %address.chars().take(64).collect::<String>(),
+                bmc_port = ipmi.port,
+                "the metal agent reports its BMC"
+            );
             inner
                 .agent
                 .set_power_management(machine_id, username, password)

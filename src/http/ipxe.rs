@@ -111,6 +111,7 @@ pub(super) async fn boot(
         }
     };
     let Answer { kind, rendered } = s.api.decider.answer(&who, s.api.disk_method).await;
+    s.api.decider.booted(&who, ip);
     s.http.decision(kind);
     // One line per machine boot: useful to operators, and bounded by the machines' boots.
     info!(

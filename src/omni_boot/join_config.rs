@@ -12,23 +12,30 @@
 //! `infra-provider-ca` with the agents' CA follows Omni's documents, as upstream adds it,
 //! so Talos (and the metal agent on it) trusts ironboot's TLS listener.
 //!
+//! Each fetch binds the machine's metal agent to the fetching address
+//! ([`crate::agent::admission`]): only an agent from there may open the machine's tunnel.
+//!
 //! The operator's documents from `--extra-machine-config-path`
 //! ([`JoinConfig::set_extra_documents`], checked by [`ExtraDocuments`]) come last, as
 //! upstream appends them after the CA.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::Query;
+use axum::extract::{ConnectInfo, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use ironboot_net::machine::Uuid;
 use ironboot_proto::omni::ProviderJoinConfigSpec;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::ExtraDocuments;
+use crate::agent::admission::Bound;
+use crate::agent::tunnel::Tunnels;
 use crate::omni::watch::Event;
 
 /// The served join configuration, shared by the watch (writer) and the route (readers).
@@ -186,11 +193,29 @@ impl JoinConfig {
             .clone()
     }
 
-    fn respond(&self, query: &HashMap<String, String>) -> Response {
-        let uuid = query.get("u").map(String::as_str).unwrap_or("");
+    async fn respond(
+        &self,
+        query: &HashMap<String, String>,
+        peer: Option<SocketAddr>,
+        agents: Option<&Tunnels>,
+    ) -> Response {
+        // Served to anyone (the document is the same for every machine); only a valid
+        // UUID is logged or bound.
+        let uuid = query.get("u").and_then(|u| u.parse::<Uuid>().ok());
         match self.current() {
             Some(body) => {
-                debug!(machine = uuid, "machine configuration served");
+                if let (Some(uuid), Some(peer), Some(agents)) = (&uuid, peer, agents) {
+                    bind_agent(agents, uuid, peer);
+                    // On disk before Talos starts the agent, so that a restart of ironboot
+                    // does not forget it.
+                    if let Err(e) = agents.gate().persist().await {
+                        warn!(error = %e, "saving the agent bindings failed; retrying in the background");
+                    }
+                }
+                debug!(
+                    machine = uuid.map(tracing::field::display),
+                    "machine configuration served"
+                );
                 (
                     StatusCode::OK,
                     [
@@ -206,7 +231,7 @@ impl JoinConfig {
             }
             None => {
                 debug!(
-                    machine = uuid,
+                    machine = uuid.map(tracing::field::display),
                     "machine configuration asked for before it is known"
                 );
                 (
@@ -230,12 +255,52 @@ impl JoinConfig {
         }
     }
 
-    /// Add `GET /config` to `router`.
-    pub(crate) fn mount(self: &Arc<Self>, router: Router) -> Router {
+    /// Add `GET /config` to `router`; each fetch binds the machine's agent to the
+    /// fetching address in `agents`' gate.
+    pub(crate) fn mount(self: &Arc<Self>, router: Router, agents: Option<Tunnels>) -> Router {
         let me = self.clone();
         router.route(
             "/config",
-            get(move |Query(q): Query<HashMap<String, String>>| async move { me.respond(&q) }),
+            get(
+                move |peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+                      Query(q): Query<HashMap<String, String>>| async move {
+                    let peer = peer.map(|axum::Extension(ConnectInfo(a))| a);
+                    me.respond(&q, peer, agents.as_ref()).await
+                },
+            ),
         )
+    }
+}
+
+/// Binds `uuid`'s agent to `peer`, closing a tunnel the binding no longer covers.
+fn bind_agent(agents: &Tunnels, uuid: &Uuid, peer: SocketAddr) {
+    let machine_id = uuid.to_string();
+    match agents.gate().config_fetch(uuid, peer.ip()) {
+        Bound::To(ip) => {
+            debug!(%machine_id, %ip, "agent bound to the address that loaded the configuration")
+        }
+        Bound::NewBoot { from, to } => {
+            debug!(%machine_id, %from, %to, "agent bound anew after a PXE boot");
+            agents.close_unless_from(&machine_id, Some(to));
+        }
+        Bound::Moved { from, to } => {
+            warn!(
+                %machine_id,
+                %from,
+                %to,
+                "a second address loaded the machine's configuration in one boot: the \
+                 machine's PXE-boot address wins"
+            );
+            agents.close_unless_from(&machine_id, Some(to));
+        }
+        Bound::Contested => {
+            warn!(
+                %machine_id,
+                ip = %peer.ip(),
+                "the machine's configuration was loaded from several addresses in one boot: \
+                 no agent tunnel is admitted for it until it PXE-boots again"
+            );
+            agents.close_unless_from(&machine_id, None);
+        }
     }
 }

@@ -127,10 +127,14 @@ impl OmniBoot {
         self
     }
 
-    /// Add `/config` and, with local boot assets, `/assets/<name>`, with the factory
-    /// proxy `/factory/...`, to `router`.
-    pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
-        let router = self.join.mount(router);
+    /// Add `/config` (binding agents to addresses in `agents`' gate) and, with local boot
+    /// assets, `/assets/<name>`, with the factory proxy `/factory/...`, to `router`.
+    pub(crate) fn mount(
+        &self,
+        router: axum::Router,
+        agents: Option<crate::agent::tunnel::Tunnels>,
+    ) -> axum::Router {
+        let router = self.join.mount(router, agents);
         let router = match &self.factory_proxy {
             Some(proxy) => proxy.mount(router),
             None => router,

@@ -782,7 +782,7 @@ fn http(omni: &OmniBoot) -> Http {
         machines: handles.machines,
     });
     Http {
-        router: omni.mount(router),
+        router: omni.mount(router, None),
         _store_dir: store_dir,
         _writer: handles.writer,
     }

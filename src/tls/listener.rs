@@ -107,8 +107,13 @@ pub(crate) async fn serve(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = TlsListener::new(listener, config)?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Handlers see the client's address (agents are admitted by it): axum provides it
+    // for a tapped listener whose address type is `SocketAddr`.
+    let listener = axum::serve::ListenerExt::tap_io(TlsListener::new(listener, config)?, |_| {});
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

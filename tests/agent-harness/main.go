@@ -22,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -56,6 +57,7 @@ var (
 	wipeDelay  = flag.Duration("wipe-delay", 0, "WipeDisks: take this long (cancellable)")
 	reconnect  = flag.Bool("reconnect", false, "open the tunnel again whenever it ends, as the metal agent does")
 	setError   = flag.String("set-error", "", "SetPowerManagement: fail with PermissionDenied and this message")
+	sourceIP   = flag.String("source-ip", "", "dial from this local address (a second loopback address plays another host)")
 )
 
 var outMu sync.Mutex
@@ -206,15 +208,27 @@ func main() {
 		}
 		creds = credentials.NewTLS(cfg)
 	}
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if *sourceIP != "" {
+		local := &net.TCPAddr{IP: net.ParseIP(*sourceIP)}
+		if local.IP == nil {
+			fmt.Fprintln(os.Stderr, "--source-ip: not an IP address:", *sourceIP)
+			os.Exit(2)
+		}
+		dialer := &net.Dialer{LocalAddr: local}
+		dialOpts = append(dialOpts, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", a)
+		}))
+	}
 	conn, err := grpc.NewClient(target,
-		grpc.WithTransportCredentials(creds),
-		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(withID(ctx), method, req, reply, cc, opts...)
-		}),
-		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			return streamer(withID(ctx), desc, cc, method, opts...)
-		}),
-	)
+		append(dialOpts,
+			grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				return invoker(withID(ctx), method, req, reply, cc, opts...)
+			}),
+			grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				return streamer(withID(ctx), desc, cc, method, opts...)
+			}),
+		)...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "grpc.NewClient:", err)
 		os.Exit(1)

@@ -12,11 +12,13 @@ Subcommands:
          the first reply. A transfer it started is aborted with ERROR 0 at once.
   fetch  a whole read transfer (options, windows, block-number rollover); writes the bytes
          exactly as received (netascii is NOT decoded) and says which ports DATA came from.
-  stall  send an RRQ, take DATA 1 and never acknowledge it; record every packet that
-         arrives for --listen seconds (the server's retransmissions).
+  stall  send an RRQ, take DATA 1 and never acknowledge it (with --prove: acknowledge
+         DATA 1 once, never DATA 2); record every packet that arrives for --listen seconds
+         (the server's retransmissions).
   hold   start several transfers at once from given source addresses, one socket each, and
-         keep them open (unacknowledged) until all requests are answered; print each first
-         reply; then abort the started ones with ERROR 0.
+         keep them open until all requests are answered (with --prove: each DATA 1 is
+         acknowledged once, so the server counts the transfer, DATA 2 never); print each
+         first reply; then abort the started ones with ERROR 0.
 Exit status: 0 when the exchange could be carried out (whatever the server answered; the
 caller judges), 2 on a local error (bad arguments, socket error).
 """
@@ -181,6 +183,8 @@ def cmd_stall(args):
         rep = decode(data, src)
         rep["t"] = round(time.monotonic() - start, 3)
         seen.append(rep)
+        if args.prove and len(seen) == 1 and rep.get("op") == "DATA" and rep.get("block") == 1:
+            s.sendto(ack(1), src)
     return {"packets": seen}
 
 
@@ -195,6 +199,9 @@ def cmd_hold(args):
             data, peer = recv(s)
             rep = decode(data, peer) if data is not None else None
             results.append({"src": src, "reply": rep})
+            if args.prove and rep is not None and rep.get("op") == "DATA" and rep.get("block") == 1:
+                s.sendto(ack(1), peer)
+                recv(s)
             socks.append((s, peer, rep))
     for s, peer, rep in socks:
         if rep is not None and rep.get("op") in ("DATA", "OACK"):
@@ -219,6 +226,9 @@ def main():
     sub.choices["fetch"].add_argument("--out", required=True)
     sub.choices["fetch"].add_argument("--timeout", type=float, default=1.0)
     sub.choices["stall"].add_argument("--listen", type=float, default=9.0)
+    for name in ("stall", "hold"):
+        sub.choices[name].add_argument("--prove", action="store_true",
+                                       help="acknowledge DATA 1 once (the server then counts the transfer)")
     sub.choices["hold"].add_argument("--group", action="append", required=True,
                                      help="SRC_IP:COUNT requests from that address")
     args = p.parse_args()

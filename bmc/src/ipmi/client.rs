@@ -17,6 +17,7 @@ use crate::{BmcError, BootMode, PowerControl, PowerState};
 use super::cmd::{self, BootOverride, ChassisControl};
 use super::crypto::CipherSuite;
 use super::session::{self, Handshake, HandshakeError, Nonces, Session};
+use super::suite_cache::{self, DEFAULT_SUITE_CACHE_TTL};
 use super::wire::{self, Packet, PayloadType};
 
 /// The IPMI-over-LAN UDP port.
@@ -54,11 +55,16 @@ pub struct IpmiConfig {
     /// take 17 if offered, else 3. Either way, if the BMC refuses the suite's
     /// algorithms at Open Session, the other suite is tried.
     pub cipher_suite: Option<CipherSuite>,
+    /// How long the BMC's answer to that question (its silence included) is kept for
+    /// its address, shared by every client in the process (default
+    /// [`DEFAULT_SUITE_CACHE_TTL`]; zero: ask every time).
+    pub suite_cache_ttl: Duration,
 }
 
 impl IpmiConfig {
     /// A configuration with the defaults: port 623, [`DEFAULT_TIMEOUT`],
-    /// [`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_RETRIES`], cipher suite chosen by asking.
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_RETRIES`], cipher suite chosen by asking
+    /// (the answer kept for [`DEFAULT_SUITE_CACHE_TTL`]).
     pub fn new(
         host: impl Into<String>,
         username: impl Into<String>,
@@ -73,6 +79,7 @@ impl IpmiConfig {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             retries: DEFAULT_RETRIES,
             cipher_suite: None,
+            suite_cache_ttl: DEFAULT_SUITE_CACHE_TTL,
         }
     }
 }
@@ -88,6 +95,7 @@ impl fmt::Debug for IpmiConfig {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("retries", &self.retries)
             .field("cipher_suite", &self.cipher_suite)
+            .field("suite_cache_ttl", &self.suite_cache_ttl)
             .finish()
     }
 }
@@ -215,9 +223,24 @@ impl IpmiClient {
     }
 
     async fn establish(&self, link: &mut Link<'_>) -> Result<Session, BmcError> {
+        let ttl = self.config.suite_cache_ttl;
         let first = match (self.negotiated_cipher_suite(), self.config.cipher_suite) {
             (Some(suite), _) | (None, Some(suite)) => suite,
-            (None, None) => link.discover_suite().await?,
+            (None, None) if ttl.is_zero() => link.discover_suite().await?,
+            (None, None) => {
+                let cached = suite_cache::shared().lookup(&self.address, Instant::now());
+                match cached {
+                    Some(suite) => {
+                        debug!(bmc = %self.address, %suite, "cipher suite remembered for this BMC");
+                        suite
+                    }
+                    None => {
+                        let suite = link.discover_suite().await?;
+                        suite_cache::shared().record(&self.address, suite, ttl, Instant::now());
+                        suite
+                    }
+                }
+            }
         };
         let mut session = match link.handshake_with_restarts(first).await? {
             Ok(session) => session,
@@ -231,6 +254,9 @@ impl IpmiClient {
             Err(e) => return Err(link.handshake_error(e)),
         };
         *self.negotiated.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.suite());
+        if session.suite() != first && self.config.cipher_suite.is_none() && !ttl.is_zero() {
+            suite_cache::shared().correct(&self.address, session.suite(), Instant::now());
+        }
         if let Err(e) = link.raise_privilege(&mut session).await {
             link.close(&mut session).await;
             return Err(e);
@@ -500,6 +526,27 @@ impl<'c> Link<'c> {
     ) -> Result<Reply, BmcError> {
         let rq_seq = self.next_rq_seq();
         let message = wire::encode_request(netfn, command, rq_seq, data);
+        self.session_send(session, &message, netfn, command, rq_seq, step, attempts)
+            .await
+    }
+
+    /// Sends the IPMI `message` (request `rq_seq`) inside the session, `attempts`
+    /// times at most. Every datagram gets the next session sequence number (an RMCP+
+    /// BMC drops a datagram whose session sequence number it has seen, as a replay)
+    /// while the message inside keeps its rqSeq: by the IPMI v2.0 sequence number
+    /// rules, a request with the same rqSeq, netFn and command is a retry, which a
+    /// compliant BMC answers again without running the command a second time.
+    #[allow(clippy::too_many_arguments)]
+    async fn session_send(
+        &mut self,
+        session: &mut Session,
+        message: &[u8],
+        netfn: u8,
+        command: u8,
+        rq_seq: u8,
+        step: &'static str,
+        attempts: u32,
+    ) -> Result<Reply, BmcError> {
         let bmc = self.bmc();
         let dropped = std::sync::Mutex::new(None);
         let result = self
@@ -507,7 +554,7 @@ impl<'c> Link<'c> {
                 step,
                 attempts,
                 session,
-                |s| Ok(s.seal(&message, &random::<16>(&bmc)?)),
+                |s| Ok(s.seal(message, &random::<16>(&bmc)?)),
                 |s, got| match s.open(got) {
                     Ok(plain) => match_reply(&bmc, step, &plain, netfn, command, rq_seq),
                     Err(e) => {
@@ -782,18 +829,8 @@ impl<'c> Link<'c> {
     async fn run(&mut self, session: &mut Session, op: Op) -> Result<bool, BmcError> {
         let attempts = self.attempts();
         let (netfn, command, data, step): (u8, u8, Vec<u8>, &'static str) = match op {
-            Op::Status => (
-                cmd::NETFN_CHASSIS,
-                cmd::CMD_GET_CHASSIS_STATUS,
-                Vec::new(),
-                "Get Chassis Status",
-            ),
-            Op::Control(action) => (
-                cmd::NETFN_CHASSIS,
-                cmd::CMD_CHASSIS_CONTROL,
-                vec![action.code()],
-                action.describe(),
-            ),
+            Op::Status => return self.power_is_on(session, "Get Chassis Status").await,
+            Op::Control(action) => return self.control(session, action).await.map(|()| true),
             Op::Boot(boot) => (
                 cmd::NETFN_CHASSIS,
                 cmd::CMD_SET_SYSTEM_BOOT_OPTIONS,
@@ -802,14 +839,77 @@ impl<'c> Link<'c> {
             ),
         };
         debug!(bmc = %self.client.address, step, "sending");
-        let (cc, reply) = self
+        let (cc, _) = self
             .session_request(session, netfn, command, &data, step, attempts)
             .await?;
         self.check_completion(step, netfn, command, cc)?;
-        match op {
-            Op::Status => cmd::parse_chassis_power_on(&reply).map_err(|e| self.protocol(step, e)),
-            Op::Control(_) | Op::Boot(_) => Ok(true),
+        Ok(true)
+    }
+
+    /// Get Chassis Status: true if the chassis is powered on.
+    async fn power_is_on(
+        &mut self,
+        session: &mut Session,
+        step: &'static str,
+    ) -> Result<bool, BmcError> {
+        let (netfn, command) = (cmd::NETFN_CHASSIS, cmd::CMD_GET_CHASSIS_STATUS);
+        let attempts = self.attempts();
+        let (cc, reply) = self
+            .session_request(session, netfn, command, &[], step, attempts)
+            .await?;
+        self.check_completion(step, netfn, command, cc)?;
+        cmd::parse_chassis_power_on(&reply).map_err(|e| self.protocol(step, e))
+    }
+
+    /// Chassis Control, sent so that a lost reply does not repeat the action: each
+    /// copy waits one attempt timeout; when it goes unanswered the chassis state is
+    /// read, and if that shows the action took effect (powered on after power up, off
+    /// after power down, changed after a power cycle) nothing is sent again. Only when
+    /// the state cannot tell (it did not change yet, or a cycle already ended, or a
+    /// hard reset, which leaves no trace in it) is the same request sent again, with
+    /// its rqSeq, for the BMC to recognise as a retry.
+    async fn control(
+        &mut self,
+        session: &mut Session,
+        action: ChassisControl,
+    ) -> Result<(), BmcError> {
+        const BEFORE: &str = "Get Chassis Status (before a power cycle)";
+        let (netfn, command) = (cmd::NETFN_CHASSIS, cmd::CMD_CHASSIS_CONTROL);
+        let step = action.describe();
+        let before = match action {
+            ChassisControl::PowerCycle => Some(self.power_is_on(session, BEFORE).await?),
+            _ => None,
+        };
+        let rq_seq = self.next_rq_seq();
+        let message = wire::encode_request(netfn, command, rq_seq, &[action.code()]);
+        let attempts = self.attempts();
+        let mut sent = 0;
+        loop {
+            debug!(bmc = %self.client.address, step, attempt = sent + 1, "sending");
+            let result = self
+                .session_send(session, &message, netfn, command, rq_seq, step, 1)
+                .await;
+            sent += 1;
+            match result {
+                Ok((cc, _)) => return self.check_completion(step, netfn, command, cc),
+                Err(BmcError::Timeout { .. }) if sent < attempts && !self.expired() => {}
+                Err(e) => return Err(e),
+            }
+            let on = self.power_is_on(session, action.check_step()).await.map_err(|e| {
+                warn!(bmc = %self.client.address, step, "no reply, and the chassis state cannot be read: not sending it again: {e}");
+                e
+            })?;
+            if action.took_effect(before, on) {
+                warn!(bmc = %self.client.address, step, power_on = on, "the reply was lost; the chassis state shows the action took effect, so it is not sent again");
+                return Ok(());
+            }
+            debug!(bmc = %self.client.address, step, power_on = on, "no reply and no effect seen; sending the same request again");
         }
+    }
+
+    /// True once the operation's deadline has passed.
+    fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
     }
 
     /// Close Session, best effort: two attempts at most, within the deadline.
@@ -915,6 +1015,191 @@ fn duration_ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipmi::crypto::SessionKeys;
+
+    /// The BMC's end of an established session, on a loopback socket: it sees what the
+    /// client sends (datagram and decrypted IPMI message) and answers as it is told.
+    struct FakeBmc {
+        socket: UdpSocket,
+        session: Session,
+    }
+
+    const CONSOLE_SID: u32 = 0x0c0c_0c0c;
+    const BMC_SID: u32 = 0x0b0b_0b0b;
+
+    impl FakeBmc {
+        /// A fake BMC, a client for it and the client's end of a shared session.
+        async fn start(attempt: Duration) -> (Self, IpmiClient, Session) {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let mut cfg = IpmiConfig::new("127.0.0.1", "admin", "password");
+            cfg.port = socket.local_addr().expect("address").port();
+            cfg.attempt_timeout = attempt;
+            cfg.timeout = Duration::from_secs(30);
+            let client = IpmiClient::new(cfg).expect("valid");
+            let keys = SessionKeys::from_sik(CipherSuite::Suite3, &[0x5a; 20]);
+            let ours = Session::from_parts(CipherSuite::Suite3, CONSOLE_SID, BMC_SID, keys.clone());
+            let theirs = Session::from_parts(CipherSuite::Suite3, BMC_SID, CONSOLE_SID, keys);
+            (
+                FakeBmc {
+                    socket,
+                    session: theirs,
+                },
+                client,
+                ours,
+            )
+        }
+
+        /// The next datagram: (who sent it, its session sequence number, the IPMI
+        /// request message inside).
+        async fn receive(&mut self) -> (SocketAddr, u32, Vec<u8>) {
+            let mut buf = [0u8; 2048];
+            let (len, from) = self.socket.recv_from(&mut buf).await.expect("receive");
+            let seq = u32::from_le_bytes(buf[10..14].try_into().expect("sequence"));
+            let message = self.session.open(&buf[..len]).expect("a valid request");
+            (from, seq, message)
+        }
+
+        /// Answers `request` with completion code `cc` and `data`.
+        async fn answer(&mut self, to: SocketAddr, request: &[u8], cc: u8, data: &[u8]) {
+            let rsp = wire::encode_response(&wire::Response {
+                rq_addr: request[3],
+                netfn: (request[1] >> 2) | 1,
+                rq_lun: request[4] & 3,
+                rs_addr: request[0],
+                rq_seq: request[4] >> 2,
+                rs_lun: request[1] & 3,
+                cmd: request[5],
+                completion: cc,
+                data,
+            });
+            let datagram = self.session.seal(&rsp, &[3; 16]);
+            self.socket.send_to(&datagram, to).await.expect("send");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retransmission_keeps_the_request_and_advances_the_session_sequence() {
+        let (mut bmc, client, mut session) = FakeBmc::start(Duration::from_millis(200)).await;
+        let fake = tokio::spawn(async move {
+            // The first copy goes unanswered; the second is answered.
+            let (_, seq1, first) = bmc.receive().await;
+            let (from, seq2, second) = bmc.receive().await;
+            bmc.answer(from, &second, 0, &[0x01, 0, 0, 0]).await;
+            (seq1, first, seq2, second)
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut link = Link::open(&client, deadline).await.expect("link");
+        let (cc, data) = link
+            .session_request(
+                &mut session,
+                cmd::NETFN_CHASSIS,
+                cmd::CMD_GET_CHASSIS_STATUS,
+                &[],
+                "Get Chassis Status",
+                2,
+            )
+            .await
+            .expect("answered the second time");
+        assert_eq!((cc, data), (0, vec![0x01, 0, 0, 0]));
+        let (seq1, first, seq2, second) = fake.await.expect("fake BMC");
+        assert_eq!(
+            first, second,
+            "the retry carries the same IPMI message (rqSeq)"
+        );
+        assert_eq!(
+            seq2,
+            seq1 + 1,
+            "each datagram has its own session sequence number"
+        );
+    }
+
+    /// A power cycle whose reply is lost while the chassis state reads the same before
+    /// and after (the cycle may not have run, or already ended): the same request is
+    /// sent again, and a BMC that follows the sequence number rules recognises the
+    /// retry by its rqSeq, answers it and does not cycle again.
+    #[tokio::test]
+    async fn an_unprovable_cycle_is_resent_as_a_retry_a_compliant_bmc_recognises() {
+        let (mut bmc, client, mut session) = FakeBmc::start(Duration::from_millis(200)).await;
+        let fake = tokio::spawn(async move {
+            let mut controls = Vec::new();
+            let mut executed = Vec::new();
+            loop {
+                let (from, _, request) = bmc.receive().await;
+                match (request[1] >> 2, request[5]) {
+                    (cmd::NETFN_CHASSIS, cmd::CMD_GET_CHASSIS_STATUS) => {
+                        bmc.answer(from, &request, 0, &[0x01, 0, 0, 0]).await;
+                    }
+                    (cmd::NETFN_CHASSIS, cmd::CMD_CHASSIS_CONTROL) => {
+                        let rq_seq = request[4] >> 2;
+                        controls.push(request.clone());
+                        if !executed.contains(&rq_seq) {
+                            executed.push(rq_seq);
+                            // The first reply is lost on the way.
+                            continue;
+                        }
+                        bmc.answer(from, &request, 0, &[]).await;
+                        return (controls, executed);
+                    }
+                    other => panic!("unexpected request {other:?}"),
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut link = Link::open(&client, deadline).await.expect("link");
+        link.control(&mut session, ChassisControl::PowerCycle)
+            .await
+            .expect("the retry is answered");
+        let (controls, executed) = fake.await.expect("fake BMC");
+        assert_eq!(controls.len(), 2, "sent once, then once more");
+        assert_eq!(controls[0], controls[1], "the same request, same rqSeq");
+        assert_eq!(executed.len(), 1, "a compliant BMC cycled once");
+    }
+
+    /// What the client does when the BMC answers Set Session Privilege Level
+    /// (administrator) with `cc` and `data`.
+    async fn privilege_answer(cc: u8, data: &'static [u8]) -> Result<(), BmcError> {
+        let (mut bmc, client, mut session) = FakeBmc::start(Duration::from_secs(5)).await;
+        let fake = tokio::spawn(async move {
+            let (from, _, request) = bmc.receive().await;
+            assert_eq!(
+                (request[1] >> 2, request[5], &request[6..7]),
+                (
+                    cmd::NETFN_APP,
+                    cmd::CMD_SET_SESSION_PRIVILEGE,
+                    &[session::PRIV_ADMIN][..]
+                ),
+                "Set Session Privilege Level (administrator)"
+            );
+            bmc.answer(from, &request, cc, data).await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut link = Link::open(&client, deadline).await.expect("link");
+        let result = link.raise_privilege(&mut session).await;
+        fake.await.expect("fake BMC");
+        result
+    }
+
+    #[tokio::test]
+    async fn a_session_not_granted_administrator_is_refused() {
+        privilege_answer(0, &[0x04])
+            .await
+            .expect("administrator granted");
+        // Granted, but only operator (3) or user (2): refused, naming what was granted.
+        const GRANTS: [(u8, &[u8]); 2] = [(3, &[0x03]), (2, &[0x02])];
+        for (level, data) in GRANTS {
+            let err = privilege_answer(0, data)
+                .await
+                .expect_err("less than administrator");
+            assert!(matches!(err, BmcError::AuthRejected { .. }), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("privilege level {level}")), "{text}");
+            assert!(text.contains("127.0.0.1:"), "{text}");
+        }
+        // Refused by completion code (the user's limit is lower).
+        let err = privilege_answer(0x81, &[]).await.expect_err("refused");
+        assert!(matches!(err, BmcError::AuthRejected { .. }), "{err}");
+        assert!(err.to_string().contains("0x81"), "{err}");
+    }
 
     #[test]
     fn debug_output_hides_the_password() {

@@ -53,6 +53,39 @@ impl ChassisControl {
         }
     }
 
+    /// Whether the chassis power state read after this action went unanswered shows
+    /// that the BMC carried it out: `before` is the state read before sending (a power
+    /// cycle needs it), `now_on` the state read after. False when the state cannot
+    /// tell: a power cycle that left the state as it was has either not run or already
+    /// ended, and a hard reset leaves no trace in the power state.
+    pub(crate) fn took_effect(self, before: Option<bool>, now_on: bool) -> bool {
+        match self {
+            Self::PowerUp => now_on,
+            Self::PowerDown => !now_on,
+            Self::PowerCycle => before.is_some_and(|was_on| was_on != now_on),
+            Self::HardReset => false,
+        }
+    }
+
+    /// The step name of the status read that follows an unanswered copy of this
+    /// action, for logs and errors.
+    pub(crate) fn check_step(self) -> &'static str {
+        match self {
+            Self::PowerDown => {
+                "Get Chassis Status (after Chassis Control (power down) went unanswered)"
+            }
+            Self::PowerUp => {
+                "Get Chassis Status (after Chassis Control (power up) went unanswered)"
+            }
+            Self::PowerCycle => {
+                "Get Chassis Status (after Chassis Control (power cycle) went unanswered)"
+            }
+            Self::HardReset => {
+                "Get Chassis Status (after Chassis Control (hard reset) went unanswered)"
+            }
+        }
+    }
+
     /// For logs and errors.
     pub(crate) fn describe(self) -> &'static str {
         match self {
@@ -249,6 +282,23 @@ mod tests {
             [5, 0x80, 0x04, 0, 0, 0]
         );
         assert_eq!(BootOverride::None.request_data(), [5, 0x80, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn only_a_visible_effect_stops_a_chassis_control_resend() {
+        use ChassisControl::*;
+        assert!(PowerUp.took_effect(None, true));
+        assert!(!PowerUp.took_effect(None, false));
+        assert!(PowerDown.took_effect(None, false));
+        assert!(!PowerDown.took_effect(None, true));
+        // A cycle from on is seen while the chassis is off; from off (some BMCs power
+        // on) while it is on; an unchanged state is no proof either way.
+        assert!(PowerCycle.took_effect(Some(true), false));
+        assert!(PowerCycle.took_effect(Some(false), true));
+        assert!(!PowerCycle.took_effect(Some(true), true));
+        assert!(!PowerCycle.took_effect(Some(false), false));
+        assert!(!PowerCycle.took_effect(None, false));
+        assert!(!HardReset.took_effect(Some(true), true));
     }
 
     #[test]

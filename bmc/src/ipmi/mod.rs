@@ -2,7 +2,8 @@
 //! primitives (hmac, sha1, sha2, aes, cbc).
 //!
 //! * [`IpmiClient`] implements [`crate::PowerControl`]: each operation opens an RMCP+
-//!   session (cipher suite 17 if the BMC offers it, else 3), raises it to
+//!   session (cipher suite 17 if the BMC offers it, else 3; the BMC's answer is
+//!   remembered per address for [`DEFAULT_SUITE_CACHE_TTL`]), raises it to
 //!   administrator, sends one command and closes the session, all within
 //!   [`IpmiConfig::timeout`], retransmitting lost datagrams every
 //!   [`IpmiConfig::attempt_timeout`].
@@ -24,6 +25,7 @@ mod cmd;
 mod crypto;
 pub mod fuzz;
 mod session;
+mod suite_cache;
 mod wire;
 
 pub use client::{
@@ -32,3 +34,4 @@ pub use client::{
 };
 pub use cmd::{BootOverride, ChassisControl};
 pub use crypto::CipherSuite;
+pub use suite_cache::DEFAULT_SUITE_CACHE_TTL;

@@ -166,6 +166,22 @@ impl SimBmc {
             .block_on(self.wait_ready());
     }
 
+    /// The simulator's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("simulator running").id()
+    }
+
+    /// Freezes the simulator (SIGSTOP to its PID): it keeps its socket, so datagrams
+    /// queue up unanswered, like a BMC whose firmware hangs.
+    pub(crate) fn freeze(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Lets a frozen simulator run again (SIGCONT to its PID).
+    pub(crate) fn thaw(&self) {
+        signal(self.pid(), "-CONT");
+    }
+
     /// Kills the simulator (by its PID, through our handle).
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -179,6 +195,16 @@ impl Drop for SimBmc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to one process by PID with kill(1).
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {sig} {pid} failed");
 }
 
 fn read_chassis_log(path: &Path) -> Vec<String> {

@@ -8,10 +8,11 @@
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
+use super::guard::{self, Refusal};
 use super::policy::{BootPolicy, MENU_DESCRIPTION};
 use crate::udp::{RecvMeta, SendMeta};
 use crate::wire::dhcpv4::{FLAG_BROADCAST, MIN_REPLY_LEN};
-use crate::wire::options::{ClientArch, OptionWriter, code};
+use crate::wire::options::{ClientArch, OptionWriter, client_uuid, code};
 use crate::wire::pxe::{self, DiscoveryMenu};
 use crate::wire::{Error, MessageType, Op, Packet, Repr};
 
@@ -110,11 +111,13 @@ pub enum Ignored {
     UnexpectedPort,
     /// A DHCPREQUEST on the PXE port naming another server (option 54).
     OtherServer,
+    /// A reply we would have sent, refused for where it would go (see [`Refusal`]).
+    Refused(Refusal),
 }
 
 impl Ignored {
     /// Every reason, for metrics.
-    pub const ALL: [Ignored; 8] = [
+    pub const ALL: [Ignored; 18] = [
         Ignored::NotBootRequest,
         Ignored::NoMessageType,
         Ignored::NotPxeClient,
@@ -123,6 +126,16 @@ impl Ignored {
         Ignored::NoIa32BootFile,
         Ignored::UnexpectedPort,
         Ignored::OtherServer,
+        Ignored::Refused(Refusal::ALL[0]),
+        Ignored::Refused(Refusal::ALL[1]),
+        Ignored::Refused(Refusal::ALL[2]),
+        Ignored::Refused(Refusal::ALL[3]),
+        Ignored::Refused(Refusal::ALL[4]),
+        Ignored::Refused(Refusal::ALL[5]),
+        Ignored::Refused(Refusal::ALL[6]),
+        Ignored::Refused(Refusal::ALL[7]),
+        Ignored::Refused(Refusal::ALL[8]),
+        Ignored::Refused(Refusal::ALL[9]),
     ];
 
     /// Metrics label.
@@ -136,6 +149,7 @@ impl Ignored {
             Ignored::NoIa32BootFile => "no_ia32_boot_file",
             Ignored::UnexpectedPort => "unexpected_port",
             Ignored::OtherServer => "other_server",
+            Ignored::Refused(why) => why.label(),
         }
     }
 }
@@ -221,9 +235,10 @@ fn boot_target(policy: &BootPolicy, client: Client) -> Result<&str, Ignored> {
 
 /// Decide the reply to `request`, received as `meta` says, and write it into `out`.
 ///
-/// `out` must hold at least 576 bytes, the message size every DHCP client accepts; replies
-/// to real firmware stay far below it (about 350 bytes). The only error is an `out` too
-/// small for the reply, which only oversized echoed options (97, 61, 82) can cause.
+/// `out` must hold at least 576 bytes, the message size every DHCP client accepts (RFC
+/// 2131 2), and no reply is longer, whatever `out` holds; replies to real firmware stay
+/// far below it (about 350 bytes). The only error is a reply that does not fit, which
+/// only a long option 82 echoed to a relay can cause.
 pub fn decide(
     request: &Repr<'_>,
     meta: &RecvMeta,
@@ -265,16 +280,49 @@ pub fn decide(
         Ok(t) => t,
         Err(why) => return Ok(Decision::Ignore(why)),
     };
-    let len = write_reply(request, meta, policy, client, reply_type, target, out)?;
+    let (send, to_relay) = match destination(request, meta, policy, reply_type) {
+        Ok(d) => d,
+        Err(why) => return Ok(Decision::Ignore(Ignored::Refused(why))),
+    };
+    let content = Content {
+        client,
+        reply_type,
+        target,
+        uuid: request.client_uuid.filter(|v| client_uuid(v).is_some()),
+        relay_agent_information: request.relay_agent_information.filter(|_| to_relay),
+    };
+    let len = write_reply(request, meta, policy, content, out)?;
     Ok(Decision::Reply(Reply {
         len,
-        send: destination(request, meta, policy, reply_type),
+        send,
         message_type: reply_type,
         client,
     }))
 }
 
-/// Where the reply goes.
+/// What a reply says: for whom, its type, what to boot, and the request's options it
+/// carries back. Those are returned only where firmware or a relay needs them, so a reply
+/// holds as few bytes chosen by the sender as it can:
+///
+/// - Option 97 (client UUID, RFC 4578 2.3; the PXE specification lists it, 17 bytes long,
+///   in the server's replies): only in its one defined form, type 0 and a 16-byte UUID.
+/// - Option 82 (relay agent information, RFC 3046 2.2): only in a reply sent to the relay,
+///   which strips it before the client sees it. A client that sends option 82 itself, or
+///   a reply that goes to the client directly (a 4011 ACK), gets none.
+/// - Option 61 (client identifier) is never returned: the PXE firmware seen (iPXE ROM,
+///   iPXE snponly, EDK2) matches replies by `xid` and `chaddr`, and boots from ProxyDHCP
+///   replies without it (the dnsmasq captures in `net/tests/data`).
+#[derive(Debug, Clone, Copy)]
+struct Content<'a> {
+    client: Client,
+    reply_type: MessageType,
+    target: &'a str,
+    uuid: Option<&'a [u8]>,
+    relay_agent_information: Option<&'a [u8]>,
+}
+
+/// Where the reply goes, and whether that is a relay; refused if it is not a place a
+/// reply may go (see [`guard`]).
 ///
 /// OFFERs to a client without an address are broadcast to port 68 whatever the broadcast
 /// flag says: the client has no address to unicast to and firmware often leaves the flag
@@ -285,22 +333,32 @@ fn destination(
     meta: &RecvMeta,
     policy: &BootPolicy,
     reply_type: MessageType,
-) -> SendMeta {
+) -> Result<(SendMeta, bool), Refusal> {
     let ports = policy.ports;
     let relayed = !request.giaddr.is_unspecified();
-    let dst = if reply_type == MessageType::Ack && !meta.src.ip().is_unspecified() {
-        meta.src
+    let (dst, to_relay) = if reply_type == MessageType::Ack && !meta.src.ip().is_unspecified() {
+        guard::check_reply_source(
+            meta.src,
+            meta.local_addr,
+            &policy.local_subnets,
+            &policy.relay_allow,
+            ports.client,
+            ports.pxe,
+        )?;
+        (meta.src, false)
     } else if relayed {
-        SocketAddrV4::new(request.giaddr, ports.server)
+        guard::check_giaddr(request.giaddr, &policy.local_subnets, &policy.relay_allow)?;
+        (SocketAddrV4::new(request.giaddr, ports.server), true)
     } else {
-        SocketAddrV4::new(Ipv4Addr::BROADCAST, ports.client)
+        (SocketAddrV4::new(Ipv4Addr::BROADCAST, ports.client), false)
     };
-    SendMeta {
+    let send = SendMeta {
         dst,
         ifindex: (dst.ip().is_broadcast()).then_some(meta.ifindex),
         src_ip: None,
         local_port: meta.local_port,
-    }
+    };
+    Ok((send, to_relay))
 }
 
 /// Write the reply message; returns its length.
@@ -308,18 +366,22 @@ fn write_reply(
     request: &Repr<'_>,
     meta: &RecvMeta,
     policy: &BootPolicy,
-    client: Client,
-    reply_type: MessageType,
-    target: &str,
+    content: Content<'_>,
     out: &mut [u8],
 ) -> Result<usize, Error> {
+    let Content {
+        client,
+        reply_type,
+        target,
+        ..
+    } = content;
     const NEEDED: usize = 576;
-    if out.len() < NEEDED {
+    let Some(out) = out.get_mut(..NEEDED) else {
         return Err(Error::BufferTooSmall {
             needed: NEEDED,
             available: out.len(),
         });
-    }
+    };
     let header = crate::wire::dhcpv4::layout::OPTIONS;
     out[..header].fill(0);
     let mut packet = Packet::new_unchecked(&mut *out);
@@ -347,11 +409,8 @@ fn write_reply(
         b"PXEClient"
     };
     w.put(code::VENDOR_CLASS_ID, vendor_class)?;
-    if let Some(uuid) = request.client_uuid {
+    if let Some(uuid) = content.uuid {
         w.put(code::CLIENT_UUID, uuid)?;
-    }
-    if let Some(id) = request.client_identifier {
-        w.put(code::CLIENT_IDENTIFIER, id)?;
     }
     if !client.firmware.is_http() {
         match reply_type {
@@ -375,7 +434,7 @@ fn write_reply(
     }
     w.put(code::TFTP_SERVER_NAME, policy.tftp_server_name.as_bytes())?;
     w.put(code::BOOT_FILE_NAME, target.as_bytes())?;
-    if let Some(info) = request.relay_agent_information {
+    if let Some(info) = content.relay_agent_information {
         w.put(code::RELAY_AGENT_INFORMATION, info)?;
     }
     w.end()?;

@@ -11,10 +11,12 @@ use std::sync::LazyLock;
 
 use super::counters::ProxyCounters;
 use super::decide::Ignored;
+use super::guard::{Ipv4Subnet, check_giaddr, check_reply_source};
 use super::policy::BootPolicy;
 use super::service::handle_datagram;
 use crate::udp::{MAX_DATAGRAM, RecvMeta};
 use crate::wire::dhcpv4::{MAX_LEN, MIN_REPLY_LEN};
+use crate::wire::options::client_uuid;
 use crate::wire::{Error, MessageType, Op, Packet, Repr};
 
 /// The address the fuzzed server advertises (and, with selector bit 4 clear, receives on).
@@ -44,21 +46,26 @@ const SOURCES: [SocketAddrV4; 4] = [
 const OUT_LENS: [usize; 4] = [MAX_DATAGRAM, 1500, 576, 300];
 
 /// Policies by selector bit 5: the default, and one that also serves EFI IA32 (which
-/// otherwise gets no reply), so both sides of that branch are reachable. Built once:
+/// otherwise gets no reply) and knows the served link's subnet and a relay allow list
+/// holding [`RELAY`], so both sides of those branches are reachable. Built once:
 /// building allocates, and the fuzzer calls us millions of times.
 static POLICIES: LazyLock<[BootPolicy; 2]> = LazyLock::new(|| {
     let base = BootPolicy::new(SERVER, API_PORT);
-    let ia32 = base
+    let subnet = |a: Ipv4Addr, p| Ipv4Subnet::containing(a, p).into_iter().collect();
+    let guarded = base
         .clone()
-        .with_efi_ia32_file(Some("ipxe-ia32.efi".to_owned()));
-    [base, ia32]
+        .with_efi_ia32_file(Some("ipxe-ia32.efi".to_owned()))
+        .with_local_subnets(subnet(SERVER, 24))
+        .with_relay_allow(subnet(RELAY, 24));
+    [base, guarded]
 });
 
 /// The receive context an input selects with its first byte.
 ///
 /// Bits 0-1: local port ([`LOCAL_PORTS`]); bits 2-3: source ([`SOURCES`]); bit 4: local
 /// address is another interface instead of the advertised one; bit 5: IA32 boot file
-/// configured; bits 6-7: output buffer size ([`OUT_LENS`]).
+/// configured, with a local subnet and a relay allow list; bits 6-7: output buffer size
+/// ([`OUT_LENS`]).
 struct Context {
     meta: RecvMeta,
     policy: &'static BootPolicy,
@@ -93,9 +100,13 @@ impl Context {
 ///   a buffer one byte short instead of panicking;
 /// - [`handle_datagram`] never panics, answers nothing that did not parse, and counts
 ///   every datagram exactly once (a reply, a reason to ignore, or malformed);
-/// - a reply fits the output buffer, is at least the BOOTP minimum, parses, is a
-///   BOOTREPLY of the right type for the port, and echoes the request's `xid` and
-///   hardware address.
+/// - a reply fits the output buffer, is at least the BOOTP minimum and at most 576 bytes,
+///   parses, is a BOOTREPLY of the right type for the port, and echoes the request's
+///   `xid` and hardware address;
+/// - a reply goes to one unicast host that passes the destination checks, or is a
+///   broadcast to the client port on the arrival interface;
+/// - a reply never carries option 61, carries option 82 only to a relay, and option 97
+///   only as type 0 and a 16-byte UUID.
 ///
 /// Allocation-free apart from building the policies on first use.
 pub fn check_datagram(input: &[u8]) {
@@ -162,6 +173,65 @@ pub fn check_datagram(input: &[u8]) {
         MessageType::Ack
     };
     assert_eq!(reply.message_type, Some(expected));
+    check_destination_and_echoes(&request, &reply, len, &send, &ctx);
+}
+
+/// Where a reply goes and what it carries back of the request.
+fn check_destination_and_echoes(
+    request: &Repr<'_>,
+    reply: &Repr<'_>,
+    len: usize,
+    send: &crate::udp::SendMeta,
+    ctx: &Context,
+) {
+    let ports = ctx.policy.ports();
+    assert!(len <= 576, "reply of {len} bytes passes 576");
+    let to_relay = !request.giaddr.is_unspecified() && send.dst.port() == ports.server;
+    if send.dst.ip().is_broadcast() {
+        assert_eq!(send.dst.port(), ports.client, "broadcast only to clients");
+        assert_eq!(
+            send.ifindex,
+            Some(ctx.meta.ifindex),
+            "broadcast on the arrival link"
+        );
+    } else if to_relay {
+        assert_eq!(*send.dst.ip(), request.giaddr);
+        assert_eq!(
+            check_giaddr(
+                request.giaddr,
+                &ctx.policy.local_subnets,
+                &ctx.policy.relay_allow
+            ),
+            Ok(()),
+            "reply to a refused relay {}",
+            send.dst
+        );
+    } else {
+        assert_eq!(send.dst, ctx.meta.src, "an ACK goes back to its source");
+        assert_eq!(
+            check_reply_source(
+                send.dst,
+                ctx.meta.local_addr,
+                &ctx.policy.local_subnets,
+                &ctx.policy.relay_allow,
+                ports.client,
+                ports.pxe,
+            ),
+            Ok(()),
+            "reply to a refused source {}",
+            send.dst
+        );
+    }
+    assert_eq!(reply.client_identifier, None, "option 61 echoed");
+    if !to_relay {
+        assert_eq!(
+            reply.relay_agent_information, None,
+            "option 82 echoed to a client"
+        );
+    }
+    if let Some(uuid) = reply.client_uuid {
+        assert!(client_uuid(uuid).is_some(), "malformed option 97 echoed");
+    }
 }
 
 /// Emit `request` again, parse that, and require the same [`Repr`].

@@ -3,6 +3,8 @@
 
 use core::net::Ipv4Addr;
 
+use super::guard::Ipv4Subnet;
+
 /// Default TFTP boot file for x86 BIOS PXE ROMs (iPXE's UNDI loader).
 pub const DEFAULT_BIOS_FILE: &str = "undionly.kpxe";
 /// Default TFTP boot file for x86-64 UEFI (iPXE snponly).
@@ -48,6 +50,8 @@ pub struct BootPolicy {
     pub(crate) http_x64_url: String,
     pub(crate) http_arm64_url: String,
     pub(crate) http_ia32_url: Option<String>,
+    pub(crate) relay_allow: Vec<Ipv4Subnet>,
+    pub(crate) local_subnets: Vec<Ipv4Subnet>,
 }
 
 impl BootPolicy {
@@ -69,7 +73,24 @@ impl BootPolicy {
             http_x64_url: format!("{base}/tftp/amd64/snp.efi"),
             http_arm64_url: format!("{base}/tftp/arm64/snp.efi"),
             http_ia32_url: None,
+            relay_allow: Vec::new(),
+            local_subnets: Vec::new(),
         }
+    }
+
+    /// Answer relayed requests only when their `giaddr` lies in one of `subnets`, and not
+    /// as the network or broadcast address of the most specific one; empty (the default):
+    /// any unicast `giaddr`.
+    pub fn with_relay_allow(mut self, subnets: Vec<Ipv4Subnet>) -> Self {
+        self.relay_allow = subnets;
+        self
+    }
+
+    /// The subnets of the served interface: no reply goes to their network or broadcast
+    /// address, whether a `giaddr` or a 4011 request's source names it.
+    pub fn with_local_subnets(mut self, subnets: Vec<Ipv4Subnet>) -> Self {
+        self.local_subnets = subnets;
+        self
     }
 
     /// Serve EFI IA32 clients this file over TFTP (and over HTTP at `/tftp/<file>` for

@@ -24,6 +24,13 @@ pub const DEFAULT_MAX_TRANSFERS: usize = 8192;
 /// a relay may show several machines as one address.
 pub const DEFAULT_MAX_PER_CLIENT: usize = 8;
 
+/// Requests answered but not yet acknowledged, at most. A request holds no transfer slot
+/// until its client acknowledges the first reply (proving it receives at the address it
+/// claims); until then it waits in this table, and when the table is full the oldest entry
+/// is dropped. A real client acknowledges within a round trip, so even a flood of spoofed
+/// requests at tens of thousands per second leaves each entry tens of milliseconds.
+pub const DEFAULT_MAX_PENDING: usize = 2048;
+
 /// Longest client-requested `timeout` accepted, in seconds; longer requests are declined so
 /// a vanished client frees its slot within about a minute (6 x 10 s).
 pub const DEFAULT_MAX_TIMEOUT_SECS: u8 = 10;
@@ -50,6 +57,9 @@ pub struct TftpConfig {
     pub max_transfers: usize,
     /// Transfers at once per client IP ([`DEFAULT_MAX_PER_CLIENT`]).
     pub max_per_client: usize,
+    /// Requests waiting for their client's first ACK ([`DEFAULT_MAX_PENDING`]); they
+    /// count toward neither limit above.
+    pub max_pending: usize,
     /// Serve every transfer from [`TftpConfig::port`] instead of a per-transfer port from
     /// the pool (the Go provider's `--tftp-single-port`): for firewalls and NAT that only
     /// let port 69 through.
@@ -67,6 +77,7 @@ impl Default for TftpConfig {
             retries: DEFAULT_RETRIES,
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_per_client: DEFAULT_MAX_PER_CLIENT,
+            max_pending: DEFAULT_MAX_PENDING,
             single_port: false,
         }
     }
@@ -85,7 +96,8 @@ pub enum ConfigError {
     /// `default_timeout` is zero.
     #[error("the retransmission timeout must be positive")]
     ZeroTimeout,
-    /// `max_transfers` or `max_per_client` is zero: nothing could be served.
+    /// `max_transfers`, `max_per_client` or `max_pending` is zero: nothing could be
+    /// served.
     #[error("transfer limits must be positive")]
     ZeroLimit,
     /// Pool mode without pool ports.
@@ -108,7 +120,7 @@ impl TftpConfig {
         if self.default_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
         }
-        if self.max_transfers == 0 || self.max_per_client == 0 {
+        if self.max_transfers == 0 || self.max_per_client == 0 || self.max_pending == 0 {
             return Err(ConfigError::ZeroLimit);
         }
         Ok(())

@@ -16,6 +16,9 @@ pub enum RequestOutcome {
     Started,
     /// A repeat of the request a live transfer is serving; ignored.
     Repeat,
+    /// The same request again, a timeout after the last reply, while its first reply was
+    /// not acknowledged: answered again from the same port.
+    AnsweredAgain,
     /// ERROR 1: no such file.
     NotFound,
     /// ERROR 2: the name tries to leave the served set (`..`, absolute escape, empty).
@@ -36,9 +39,10 @@ pub enum RequestOutcome {
 
 impl RequestOutcome {
     /// Every outcome, for metrics.
-    pub const ALL: [RequestOutcome; 10] = [
+    pub const ALL: [RequestOutcome; 11] = [
         RequestOutcome::Started,
         RequestOutcome::Repeat,
+        RequestOutcome::AnsweredAgain,
         RequestOutcome::NotFound,
         RequestOutcome::RefusedName,
         RequestOutcome::WriteRefused,
@@ -54,6 +58,7 @@ impl RequestOutcome {
         match self {
             RequestOutcome::Started => "started",
             RequestOutcome::Repeat => "repeat",
+            RequestOutcome::AnsweredAgain => "answered_again",
             RequestOutcome::NotFound => "not_found",
             RequestOutcome::RefusedName => "refused_name",
             RequestOutcome::WriteRefused => "write_refused",
@@ -69,7 +74,8 @@ impl RequestOutcome {
 /// Why a started transfer ended without completing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransferFailure {
-    /// The client stayed silent through every retransmission.
+    /// The resend budget ran out with no ACK progress: the window went out again once,
+    /// then single-block probes up to the retry limit, and the client stayed silent.
     Timeout,
     /// The client sent ERROR after data had started.
     ClientError,
@@ -78,15 +84,32 @@ pub enum TransferFailure {
     NegotiationAborted,
     /// The client sent a new request from the same address.
     Replaced,
+    /// No ACK came for the first reply (sent once, resent once) within the retry time:
+    /// the request's source address never showed it receives (a lost client, or a forged
+    /// request).
+    Unproven,
+    /// The table of requests waiting for their first ACK was full and this was the oldest.
+    PendingEvicted,
+    /// The client acknowledged the first reply while the transfer limits were full; it
+    /// was answered "busy".
+    Busy,
+    /// An ACK from the client's address and port reached another transfer port before the
+    /// transfer had delivered anything acknowledged: a client locked onto its server port
+    /// never does that, a blind sprayer of spoofed ACKs does. Ended without a reply.
+    WrongPort,
 }
 
 impl TransferFailure {
     /// Every reason, for metrics.
-    pub const ALL: [TransferFailure; 4] = [
+    pub const ALL: [TransferFailure; 8] = [
         TransferFailure::Timeout,
         TransferFailure::ClientError,
         TransferFailure::NegotiationAborted,
         TransferFailure::Replaced,
+        TransferFailure::Unproven,
+        TransferFailure::PendingEvicted,
+        TransferFailure::Busy,
+        TransferFailure::WrongPort,
     ];
 
     /// Metrics label.
@@ -96,6 +119,10 @@ impl TransferFailure {
             TransferFailure::ClientError => "client_error",
             TransferFailure::NegotiationAborted => "negotiation_aborted",
             TransferFailure::Replaced => "replaced",
+            TransferFailure::Unproven => "unproven",
+            TransferFailure::PendingEvicted => "pending_evicted",
+            TransferFailure::Busy => "busy",
+            TransferFailure::WrongPort => "wrong_port",
         }
     }
 }
@@ -108,7 +135,13 @@ pub(crate) enum Retransmit {
     /// The client acknowledged part of a window (it missed the block after), so the window
     /// restarted there.
     Rollback,
+    /// A timeout after the window was already resent with no progress since, or while
+    /// only an ACK of the OACK started the first window: only the first unacknowledged
+    /// block and the window's last went out again.
+    Probe,
 }
+
+const RETRANSMIT_CAUSES: [&str; 3] = ["timeout", "rollback", "probe"];
 
 /// Datagrams dropped without an answer, besides malformed ones (labelled by
 /// [`WireError::reason`]).
@@ -206,7 +239,8 @@ pub struct TftpCounters {
     completed: AtomicU64,
     failed: [AtomicU64; TransferFailure::ALL.len()],
     active: AtomicU64,
-    retransmissions: [AtomicU64; 2],
+    pending: AtomicU64,
+    retransmissions: [AtomicU64; RETRANSMIT_CAUSES.len()],
     data_packets: AtomicU64,
     data_bytes: AtomicU64,
     oacks: AtomicU64,
@@ -236,8 +270,15 @@ impl TftpCounters {
         bump(&self.errors_sent[i]);
     }
 
+    /// A request was accepted and answered; it waits for its first ACK.
     pub(crate) fn transfer_started(&self) {
         bump(&self.started);
+        bump(&self.pending);
+    }
+
+    /// A waiting request's client acknowledged the first reply: it holds a slot now.
+    pub(crate) fn transfer_proven(&self) {
+        self.pending.fetch_sub(1, Relaxed);
         bump(&self.active);
     }
 
@@ -250,13 +291,23 @@ impl TftpCounters {
         self.size.observe(&SIZE_BUCKETS, size);
     }
 
-    pub(crate) fn transfer_failed(&self, why: TransferFailure) {
+    /// A transfer ended for `why`; `proven` says whether it held a slot or was waiting.
+    pub(crate) fn transfer_failed(&self, why: TransferFailure, proven: bool) {
         bump(&self.failed[index_of(&TransferFailure::ALL, &why)]);
-        self.active.fetch_sub(1, Relaxed);
+        if proven {
+            self.active.fetch_sub(1, Relaxed);
+        } else {
+            self.pending.fetch_sub(1, Relaxed);
+        }
     }
 
     pub(crate) fn retransmitted(&self, cause: Retransmit) {
-        bump(&self.retransmissions[usize::from(cause == Retransmit::Rollback)]);
+        let i = match cause {
+            Retransmit::Timeout => 0,
+            Retransmit::Rollback => 1,
+            Retransmit::Probe => 2,
+        };
+        bump(&self.retransmissions[i]);
     }
 
     pub(crate) fn data_sent(&self, payload: usize) {
@@ -307,9 +358,14 @@ impl TftpCounters {
         );
     }
 
-    /// Transfers in progress.
+    /// Transfers in progress (their client acknowledged the first reply).
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
+    }
+
+    /// Requests answered and waiting for their client's first ACK.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Relaxed)
     }
 
     /// Transfers started so far.
@@ -348,7 +404,7 @@ impl TftpCounters {
         self.data_bytes.load(Relaxed)
     }
 
-    /// Blocks and OACKs sent again after a timeout so far.
+    /// Windows' blocks and OACKs sent again after a timeout so far (probes apart).
     pub fn retransmissions_on_timeout(&self) -> u64 {
         self.retransmissions[0].load(Relaxed)
     }
@@ -356,6 +412,11 @@ impl TftpCounters {
     /// Blocks sent again because the client acknowledged only part of a window.
     pub fn retransmissions_on_rollback(&self) -> u64 {
         self.retransmissions[1].load(Relaxed)
+    }
+
+    /// Single blocks sent again on a timeout after the window had already been resent.
+    pub fn retransmissions_as_probe(&self) -> u64 {
+        self.retransmissions[2].load(Relaxed)
     }
 
     /// ACKs that acknowledged the already acknowledged block again.
@@ -407,7 +468,7 @@ impl TftpCounters {
         family(
             "ironboot_tftp_transfers_started_total",
             "counter",
-            "TFTP transfers started.",
+            "TFTP requests accepted and answered (OACK or DATA 1), proven or not.",
             &mut one(&self.started),
         );
         family(
@@ -428,14 +489,20 @@ impl TftpCounters {
         family(
             "ironboot_tftp_active_transfers",
             "gauge",
-            "TFTP transfers in progress.",
+            "TFTP transfers in progress whose client acknowledged the first reply.",
             &mut one(&self.active),
+        );
+        family(
+            "ironboot_tftp_pending_requests",
+            "gauge",
+            "TFTP requests answered and waiting for the client's first ACK (they hold no transfer slot).",
+            &mut one(&self.pending),
         );
         family(
             "ironboot_tftp_retransmissions_total",
             "counter",
             "TFTP blocks and OACKs sent again, by cause.",
-            &mut ["timeout", "rollback"]
+            &mut RETRANSMIT_CAUSES
                 .iter()
                 .zip(&self.retransmissions)
                 .map(|(r, c)| (format!("cause=\"{r}\""), c.load(Relaxed))),

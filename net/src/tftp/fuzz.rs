@@ -65,7 +65,7 @@ static FILES: LazyLock<Arc<FileSet>> = LazyLock::new(|| {
 ///
 /// Bit 0: single-port mode; bits 1-2: max window 1/3/8/64; bits 3-4: max block size
 /// 512/8/1468/100; bit 5: 0 or 2 retries; bits 6-7: at most 1/2/4/64 transfers, with at
-/// most 1/2/1/2 per client IP.
+/// most 1/2/1/2 per client IP and 2/1/3/64 requests waiting for their first ACK.
 fn config(s: u8) -> TftpConfig {
     let bits = |shift: u8, mask: u8| usize::from((s >> shift) & mask);
     TftpConfig {
@@ -76,6 +76,7 @@ fn config(s: u8) -> TftpConfig {
         retries: [0, 2][bits(5, 1)],
         max_transfers: [1, 2, 4, 64][bits(6, 3)],
         max_per_client: [1, 2, 1, 2][bits(6, 3)],
+        max_pending: [2, 1, 3, 64][bits(6, 3)],
         default_timeout: Duration::from_millis(500),
         max_timeout_secs: super::DEFAULT_MAX_TIMEOUT_SECS,
     }
@@ -159,7 +160,9 @@ impl Harness {
             &POOL,
             Arc::clone(&counters),
         )
-        .unwrap_or_else(|e| panic!("fuzz configuration refused: {e}"));
+        .unwrap_or_else(|e| panic!("fuzz configuration refused: {e}"))
+        // Port picks are random in service; an input must replay the same way.
+        .with_port_seed(u64::from(selector));
         let tx = TxQueue::with_capacity(server.max_sends_per_event());
         Harness {
             joined: Vec::new(),
@@ -201,7 +204,7 @@ impl Harness {
                 }
             }
         }
-        let active_before = self.server.active_transfers();
+        let active_before = self.server.active_transfers() + self.server.pending_requests();
         let meta = RecvMeta {
             src: c,
             local_addr: SERVER,
@@ -216,7 +219,7 @@ impl Harness {
                 .any(|(_, code)| *code == Some(ErrorCode::UnknownTransferId))
         {
             assert_eq!(
-                self.server.active_transfers(),
+                self.server.active_transfers() + self.server.pending_requests(),
                 active_before,
                 "an unknown TID disturbed a transfer"
             );
@@ -272,9 +275,16 @@ impl Harness {
         for c in CLIENTS {
             assert!(self.server.transfers_of(*c.ip()) <= self.config.max_per_client);
         }
+        let pending = self.server.pending_requests();
+        assert!(pending <= self.config.max_pending, "{pending} pending");
+        assert_eq!(self.counters.pending(), pending as u64, "pending gauge");
         let load: usize = self.server.pool_load().map(|(_, n)| n).sum();
         if !self.config.single_port {
-            assert_eq!(load, active, "pool load accounts for every transfer");
+            assert_eq!(
+                load,
+                active + pending,
+                "pool load accounts for every transfer and pending request"
+            );
         }
     }
 
@@ -293,6 +303,12 @@ impl Harness {
             "transfers outlive their retries"
         );
         assert_eq!(self.counters.active(), 0);
+        assert_eq!(
+            self.server.pending_requests(),
+            0,
+            "requests outlive their resend"
+        );
+        assert_eq!(self.counters.pending(), 0);
         let ended = self.counters.transfers_completed()
             + TransferFailure::ALL
                 .iter()

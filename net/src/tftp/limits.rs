@@ -14,7 +14,8 @@ use super::counters::RequestOutcome;
 /// requests among them, so limits kept per server would multiply by the worker count.
 /// Give every worker's server the same `Arc<SharedLimits>` with
 /// [`TftpServer::with_shared_limits`](super::TftpServer::with_shared_limits). It is taken
-/// once when a transfer starts and once when it ends, never per packet.
+/// when a request is checked, when its client proves it receives and when the transfer
+/// ends, never per packet.
 #[derive(Debug, Default)]
 pub struct SharedLimits {
     state: Mutex<State>,
@@ -40,6 +41,23 @@ impl SharedLimits {
     /// Transfers in progress for `ip`, all servers together.
     pub fn transfers_of(&self, ip: Ipv4Addr) -> usize {
         self.lock().per_ip.get(&ip).map_or(0, |&n| n as usize)
+    }
+
+    /// Whether a new transfer for `ip` would be admitted now; counts nothing.
+    pub(crate) fn check(
+        &self,
+        ip: Ipv4Addr,
+        max_transfers: usize,
+        max_per_client: usize,
+    ) -> Result<(), RequestOutcome> {
+        let state = self.lock();
+        if state.active >= max_transfers {
+            return Err(RequestOutcome::ServerBusy);
+        }
+        if state.per_ip.get(&ip).map_or(0, |&n| n as usize) >= max_per_client {
+            return Err(RequestOutcome::ClientBusy);
+        }
+        Ok(())
     }
 
     /// Count a new transfer for `ip` if both limits allow it; else say which refused.

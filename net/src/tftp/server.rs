@@ -1,7 +1,9 @@
 //! The TFTP server: every transfer's session, the ports they use, the limits and the timers,
 //! behind one [`DatagramService`].
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +20,7 @@ use crate::udp::{DatagramService, DriverDrop, RecvMeta, SendMeta, TxQueue};
 use crate::wire::tftp::{ErrorCode, Mode, Opcode, Packet, Repr, write_error};
 
 /// Sessions allocated before the first request; the table grows on demand up to
-/// `max_transfers` and never shrinks, so the steady state allocates nothing.
+/// `max_transfers + max_pending` and never shrinks, so the steady state allocates nothing.
 const INITIAL_SLOTS: usize = 1024;
 
 /// A session slot; the generation tells a reused slot from its previous occupant.
@@ -76,11 +78,28 @@ enum End {
 /// The read-only TFTP server as a sans-IO [`DatagramService`].
 ///
 /// Requests arrive on [`TftpConfig::port`] (69). Each transfer is then served from one of
-/// the pool ports, the least loaded (RFC 1350's per-transfer TID; the binary binds the
-/// pool on ephemeral ports and passes their numbers), or, with
+/// the pool ports, picked at random among the least loaded (RFC 1350's per-transfer TID;
+/// the binary binds the pool on ephemeral ports and passes their numbers), or, with
 /// [`TftpConfig::single_port`], from the request port itself. Packets are matched to
-/// transfers by client address (and the transfer's port). Nothing here reads a clock or
+/// transfers by client address and the transfer's port. Nothing here reads a clock or
 /// touches a socket: the driver passes `now` in and sends what lands in the [`TxQueue`].
+///
+/// Anyone on the network can send a request with a forged source address, so a request
+/// earns nothing until its client proves it receives there by acknowledging the first
+/// reply (the OACK, or block 1 without options):
+/// - until then it is *pending*: it holds no transfer slot and counts toward neither
+///   [`TftpConfig::max_transfers`] nor [`TftpConfig::max_per_client`]; it waits in a table
+///   of at most [`TftpConfig::max_pending`] entries, the oldest dropped when it is full;
+/// - its first reply goes out once and is resent at most once (it then waits silently
+///   for the client's own retransmission until the retries' time is up), so a forged
+///   request makes its victim receive two datagrams at most, never a window;
+/// - an ACK from its client's address and port arriving at another transfer port before
+///   anything beyond the first reply was acknowledged ends it without a reply: a client
+///   locked onto its server port never does that, a blind sprayer of forged ACKs does, and
+///   the port is picked at random so the sprayer cannot know which one is right;
+/// - a request replacing a transfer of the same client address and port is served from a
+///   different port, so late datagrams of the old transfer (an EDK2 probe's ERROR 8)
+///   cannot reach the new one.
 #[derive(Debug)]
 pub struct TftpServer {
     config: TftpConfig,
@@ -91,7 +110,15 @@ pub struct TftpServer {
     free: Vec<u32>,
     by_client: HashMap<SocketAddrV4, u32>,
     per_ip: HashMap<Ipv4Addr, u32>,
+    /// Proven transfers (the ones the limits count).
     active: usize,
+    /// Requests waiting for their first ACK.
+    pending: usize,
+    /// Pending requests, oldest first; entries of requests since proven or ended are
+    /// skipped (and dropped) when met.
+    pending_order: VecDeque<SlotId>,
+    /// State of the generator picking among equally loaded pool ports (xorshift64*).
+    rng: u64,
     /// Limits kept together with other workers' servers, when there are any.
     shared: Option<Arc<SharedLimits>>,
     timers: Timers,
@@ -125,7 +152,8 @@ impl TftpServer {
                 .map(|&port| PoolPort { port, load: 0 })
                 .collect()
         };
-        let initial = config.max_transfers.min(INITIAL_SLOTS);
+        let initial = (config.max_transfers + config.max_pending).min(INITIAL_SLOTS);
+        let pending_order = VecDeque::with_capacity(2 * config.max_pending.min(INITIAL_SLOTS));
         Ok(TftpServer {
             config,
             files,
@@ -136,6 +164,9 @@ impl TftpServer {
             by_client: HashMap::with_capacity(initial),
             per_ip: HashMap::with_capacity(initial),
             active: 0,
+            pending: 0,
+            pending_order,
+            rng: RandomState::new().hash_one(0x7466_7470_u64) | 1,
             shared: None,
             timers: Timers::with_capacity(initial),
             netascii: NetasciiCache::default(),
@@ -156,6 +187,14 @@ impl TftpServer {
         self.netascii.clear();
     }
 
+    /// Pick among equally loaded transfer ports with a generator seeded by `seed` instead
+    /// of a random seed, for reproducible runs. In service the seed must stay random: it
+    /// keeps a sprayer of forged ACKs from knowing the port of a transfer.
+    pub fn with_port_seed(mut self, seed: u64) -> Self {
+        self.rng = seed | 1;
+        self
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &TftpConfig {
         &self.config
@@ -166,17 +205,23 @@ impl TftpServer {
         &self.counters
     }
 
-    /// Transfers in progress.
+    /// Transfers in progress whose client acknowledged the first reply.
     pub fn active_transfers(&self) -> usize {
         self.active
     }
 
-    /// Whether a transfer for `ip` may start under the transfer limits (counted in the
-    /// shared limits at once when there are any: the transfer then must begin).
-    fn admit(&self, ip: Ipv4Addr) -> Result<(), RequestOutcome> {
+    /// Requests answered and waiting for their client's first ACK.
+    pub fn pending_requests(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether a transfer for `ip` could take a slot under the transfer limits now; takes
+    /// nothing (a request is only checked: its slot is taken when its client proves it
+    /// receives, see [`TftpServer::reserve`]).
+    fn check_limits(&self, ip: Ipv4Addr) -> Result<(), RequestOutcome> {
         let (max, per_client) = (self.config.max_transfers, self.config.max_per_client);
         if let Some(shared) = &self.shared {
-            return shared.admit(ip, max, per_client);
+            return shared.check(ip, max, per_client);
         }
         if self.active >= max {
             return Err(RequestOutcome::ServerBusy);
@@ -187,7 +232,17 @@ impl TftpServer {
         Ok(())
     }
 
-    /// Transfers in progress for one client IP.
+    /// Take a slot for a transfer of `ip` if the limits allow it (counted in the shared
+    /// limits at once when there are any: the caller must then count it as proven).
+    fn reserve(&self, ip: Ipv4Addr) -> Result<(), RequestOutcome> {
+        let (max, per_client) = (self.config.max_transfers, self.config.max_per_client);
+        match &self.shared {
+            Some(shared) => shared.admit(ip, max, per_client),
+            None => self.check_limits(ip),
+        }
+    }
+
+    /// Proven transfers in progress for one client IP.
     pub fn transfers_of(&self, ip: Ipv4Addr) -> usize {
         self.per_ip.get(&ip).map_or(0, |&n| n as usize)
     }
@@ -265,9 +320,19 @@ impl TftpServer {
         let hash = fingerprint(data);
         let mut previous_port = None;
         if let Some(&index) = self.by_client.get(&client) {
-            match self.slots.get(index) {
+            match self.slots.get_mut(index) {
                 Some(session) if session.is_repeat(hash, now) => {
                     self.counters.request(RequestOutcome::Repeat);
+                    return;
+                }
+                // The same request again, later, for a transfer never acknowledged: the
+                // first reply (or its resend) was lost. Answered again from the same
+                // port, which the client may have locked onto already; one reply per
+                // request, like a new one.
+                Some(session) if !session.proven && session.same_request(hash) => {
+                    session.answer_again(now, tx, &self.counters);
+                    self.counters.request(RequestOutcome::AnsweredAgain);
+                    self.arm(index);
                     return;
                 }
                 // A new read request from the same address: the client gave up on the old
@@ -331,7 +396,7 @@ impl TftpServer {
                 );
             }
         };
-        if let Err(outcome) = self.admit(*client.ip()) {
+        if let Err(outcome) = self.check_limits(*client.ip()) {
             let message = match outcome {
                 RequestOutcome::ClientBusy => "busy: too many transfers from this address, retry",
                 _ => "server busy, retry",
@@ -343,6 +408,9 @@ impl TftpServer {
         } else {
             file.clone()
         };
+        if self.pending >= self.config.max_pending {
+            self.evict_oldest_pending(now);
+        }
         let start = Start {
             client,
             local_port: self.transfer_port(previous_port),
@@ -357,22 +425,84 @@ impl TftpServer {
     }
 
     /// The port a new transfer is served from: the request port in single-port mode, else
-    /// the port the client's previous transfer used (its OACK may still be in flight, and
-    /// a client that locked on that TID should keep working), else the least loaded.
-    fn transfer_port(&self, previous: Option<u16>) -> u16 {
+    /// one picked at random among the least loaded, never `previous` (the port of the
+    /// transfer this one replaces, whose late datagrams must not reach it) unless the pool
+    /// has no other.
+    fn transfer_port(&mut self, previous: Option<u16>) -> u16 {
         if self.config.single_port {
             return self.config.port;
         }
-        if let Some(port) = previous.filter(|&p| self.is_pool_port(p)) {
-            return port;
-        }
+        let eligible = |p: &&PoolPort| Some(p.port) != previous;
+        let Some(min) = self.pool.iter().filter(eligible).map(|p| p.load).min() else {
+            return previous.unwrap_or(self.config.port);
+        };
+        let candidates = self
+            .pool
+            .iter()
+            .filter(eligible)
+            .filter(|p| p.load == min)
+            .count();
+        // The high half of the output, scaled to the count: its low bits are the weakest.
+        let pick = (((self.next_random() >> 32) * candidates as u64) >> 32) as usize;
         self.pool
             .iter()
-            .min_by_key(|p| p.load)
+            .filter(eligible)
+            .filter(|p| p.load == min)
+            .nth(pick)
             .map_or(self.config.port, |p| p.port)
     }
 
-    /// Put a new transfer in a slot and send its first packet.
+    /// The next number of the port-picking generator (xorshift64*).
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Whether the slot `id` names still holds a request waiting for its first ACK.
+    fn is_live_pending(&self, id: SlotId) -> bool {
+        self.slots.id(id.index) == id && self.slots.get(id.index).is_some_and(|s| !s.proven)
+    }
+
+    /// End the oldest request still waiting for its first ACK, to make room.
+    fn evict_oldest_pending(&mut self, now: Instant) {
+        while let Some(id) = self.pending_order.pop_front() {
+            if self.is_live_pending(id) {
+                self.end(id.index, now, End::Failed(TransferFailure::PendingEvicted));
+                return;
+            }
+        }
+    }
+
+    /// The client of waiting request `index` acknowledged the first reply: give it a
+    /// transfer slot, or if the limits are full now, answer "busy" and end it. Returns
+    /// whether it may go on.
+    fn prove(&mut self, index: u32, now: Instant, meta: &RecvMeta, tx: &mut TxQueue) -> bool {
+        let ip = *meta.src.ip();
+        if let Err(outcome) = self.reserve(ip) {
+            let message = match outcome {
+                RequestOutcome::ClientBusy => "busy: too many transfers from this address, retry",
+                _ => "server busy, retry",
+            };
+            self.send_error(tx, meta, ErrorCode::NotDefined, message);
+            self.end(index, now, End::Failed(TransferFailure::Busy));
+            return false;
+        }
+        let Some(session) = self.slots.get_mut(index) else {
+            return false;
+        };
+        session.proven = true;
+        self.pending -= 1;
+        self.active += 1;
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        self.counters.transfer_proven();
+        true
+    }
+
+    /// Put a new transfer in a slot, waiting for its first ACK, and send its first packet.
     fn begin(&mut self, start: Start, now: Instant, tx: &mut TxQueue) {
         let client = start.client;
         let port = start.local_port;
@@ -390,11 +520,30 @@ impl TftpServer {
         };
         self.slots.0[index as usize].session = Some(session);
         self.by_client.insert(client, index);
-        *self.per_ip.entry(*client.ip()).or_insert(0) += 1;
         if let Some(p) = self.pool.iter_mut().find(|p| p.port == port) {
             p.load += 1;
         }
-        self.active += 1;
+        self.pending += 1;
+        // Entries of requests that ended or were proven are dropped from the front here,
+        // and the whole queue is swept if they pile up behind a long-lived one, so it
+        // stays within twice the pending limit.
+        while let Some(&front) = self.pending_order.front() {
+            if self.is_live_pending(front) {
+                break;
+            }
+            self.pending_order.pop_front();
+        }
+        if self.pending_order.len() >= 2 * self.config.max_pending {
+            let TftpServer {
+                pending_order,
+                slots,
+                ..
+            } = self;
+            pending_order.retain(|&id| {
+                slots.id(id.index) == id && slots.get(id.index).is_some_and(|s| !s.proven)
+            });
+        }
+        self.pending_order.push_back(self.slots.id(index));
         self.counters.transfer_started();
         self.arm(index);
     }
@@ -421,30 +570,52 @@ impl TftpServer {
             self.by_client.remove(&session.client);
         }
         let ip = *session.client.ip();
-        if let Some(n) = self.per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&ip);
-            }
-        }
         if let Some(p) = self.pool.iter_mut().find(|p| p.port == session.local_port) {
             p.load -= 1;
         }
-        self.active -= 1;
-        if let Some(shared) = &self.shared {
-            shared.release(ip);
+        if session.proven {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+            self.active -= 1;
+            if let Some(shared) = &self.shared {
+                shared.release(ip);
+            }
+        } else {
+            self.pending -= 1;
         }
         match how {
+            // Only an ACK reaches completion, and the first one proves the client.
             End::Completed => self.counters.transfer_completed(
                 now.saturating_duration_since(session.started()),
                 session.size(),
             ),
-            End::Failed(why) => self.counters.transfer_failed(why),
+            End::Failed(why) => self.counters.transfer_failed(why, session.proven),
         }
     }
 
     /// A datagram from the client of transfer `index`, on its port.
-    fn on_transfer_packet(&mut self, index: u32, now: Instant, data: &[u8], tx: &mut TxQueue) {
+    fn on_transfer_packet(
+        &mut self,
+        index: u32,
+        now: Instant,
+        data: &[u8],
+        meta: &RecvMeta,
+        tx: &mut TxQueue,
+    ) {
+        let Some(session) = self.slots.get(index) else {
+            return;
+        };
+        if !session.proven {
+            if let Ok(Repr::Ack { block }) = Repr::parse_bytes(data) {
+                if session.is_proof(block) && !self.prove(index, now, meta, tx) {
+                    return;
+                }
+            }
+        }
         let counters = &*self.counters;
         let Some(session) = self.slots.get_mut(index) else {
             return;
@@ -475,6 +646,21 @@ impl TftpServer {
             },
             _ => counters.unexpected_message(),
         }
+    }
+
+    /// The transfer an ACK on the wrong pool port gives away as forged: its client's
+    /// address and port hold a transfer on another port that nothing beyond the first
+    /// reply was acknowledged for. A client locked onto its transfer's port never sends
+    /// there; a sprayer of blind ACKs to every pool port does.
+    fn sprayed(&self, opcode: Opcode, meta: &RecvMeta) -> Option<u32> {
+        if opcode != Opcode::Ack || !self.is_pool_port(meta.local_port) {
+            return None;
+        }
+        let index = *self.by_client.get(&meta.src)?;
+        self.slots
+            .get(index)
+            .is_some_and(|s| s.unconfirmed())
+            .then_some(index)
     }
 
     /// A datagram on the request port that is not a request and belongs to no transfer.
@@ -517,11 +703,14 @@ impl TftpServer {
             let Some(session) = self.slots.get_mut(id.index) else {
                 continue;
             };
+            let why = if session.proven {
+                TransferFailure::Timeout
+            } else {
+                TransferFailure::Unproven
+            };
             match session.on_timeout(now, self.config.retries, tx, &self.counters) {
                 TimeoutOutcome::Retransmitted => self.arm(id.index),
-                TimeoutOutcome::GiveUp => {
-                    self.end(id.index, now, End::Failed(TransferFailure::Timeout))
-                }
+                TimeoutOutcome::GiveUp => self.end(id.index, now, End::Failed(why)),
             }
         }
     }
@@ -556,9 +745,11 @@ impl DatagramService for TftpServer {
         if on_request_port && matches!(opcode, Opcode::Rrq | Opcode::Wrq) {
             self.on_request(now, data, meta, tx);
         } else if let Some(index) = self.session_at(meta.src, meta.local_port) {
-            self.on_transfer_packet(index, now, data, tx);
+            self.on_transfer_packet(index, now, data, meta, tx);
         } else if on_request_port {
             self.on_stray(data, meta, tx);
+        } else if let Some(index) = self.sprayed(opcode, meta) {
+            self.end(index, now, End::Failed(TransferFailure::WrongPort));
         } else if self.is_pool_port(meta.local_port) {
             // RFC 1350: a packet for a transfer we do not have gets ERROR 5, and no
             // transfer is disturbed. Never answer an ERROR, nor a runt.

@@ -11,6 +11,14 @@
 //! gap). An ACK for the already acknowledged block, or for anything outside the window, is
 //! ignored: answering duplicates is the Sorcerer's Apprentice bug (RFC 1123 4.2.3.1), where
 //! every duplicate doubles the traffic. Only the timer retransmits.
+//!
+//! What a timeout resends is bounded, so a transfer started for a forged address costs
+//! its victim little: the first timeout after ACK progress resends the window (except the
+//! first window, which an ACK of the OACK alone started), later ones only a probe of two
+//! blocks, the first unacknowledged one and the window's last (a live client acknowledges
+//! what it has, at once or after its own timeout, and the window resumes from there).
+//! Without progress a transfer resends at most one window plus `2 * retries` blocks
+//! before it is given up.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -48,7 +56,8 @@ pub(crate) enum AckOutcome {
 /// What a timeout did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimeoutOutcome {
-    /// The OACK or window went out again.
+    /// The OACK, window or probe went out again (or, for a transfer not yet proven past
+    /// its one resend, nothing did and it waits on).
     Retransmitted,
     /// Retries exhausted: drop the transfer.
     GiveUp,
@@ -86,6 +95,12 @@ pub(crate) struct Session {
     sent_to: u64,
     /// Highest block ever sent, to count re-sends.
     high_water: u64,
+    /// Whether the window was resent on a timeout since the last ACK progress (later
+    /// timeouts then send a probe only).
+    window_resent: bool,
+    /// Whether the client acknowledged the first reply; until then the transfer holds no
+    /// slot and is resent at most once.
+    pub(crate) proven: bool,
     phase: Phase,
     retries: u8,
     pub(crate) timer: Timer,
@@ -111,6 +126,8 @@ impl Session {
             acked: 0,
             sent_to: 0,
             high_water: 0,
+            window_resent: false,
+            proven: false,
             phase: Phase::Negotiating,
             retries: 0,
             timer: Timer::new(now + start.timeout),
@@ -158,8 +175,21 @@ impl Session {
     /// Send blocks `acked + 1 ..= min(acked + windowsize, last_block)`. Blocks sent before
     /// are counted as re-sent for `cause`.
     fn send_window(&mut self, tx: &mut TxQueue, counters: &TftpCounters, cause: Retransmit) {
-        let first = self.acked + 1;
         let last = (self.acked + u64::from(self.options.windowsize)).min(self.last_block);
+        self.send_blocks(self.acked + 1, last, tx, counters, cause);
+        self.sent_to = last;
+    }
+
+    /// Send blocks `first ..= last`; blocks sent before are counted as re-sent for
+    /// `cause`.
+    fn send_blocks(
+        &mut self,
+        first: u64,
+        last: u64,
+        tx: &mut TxQueue,
+        counters: &TftpCounters,
+        cause: Retransmit,
+    ) {
         let meta = self.send_meta();
         let blksize = u64::from(self.options.blksize);
         let len = self.file.len() as u64;
@@ -185,8 +215,20 @@ impl Session {
                 counters.retransmitted(cause);
             }
         }
-        self.sent_to = last;
         self.high_water = self.high_water.max(last);
+    }
+
+    /// Send the first unacknowledged block, which a client that missed it needs to go on,
+    /// and the last block of the window in flight, which a client that has the whole
+    /// window but whose ACK was lost answers with that ACK again (a finished client
+    /// answers only the last block of the file).
+    fn send_probe(&mut self, tx: &mut TxQueue, counters: &TftpCounters) {
+        let first = self.acked + 1;
+        self.send_blocks(first, first, tx, counters, Retransmit::Probe);
+        let last = self.sent_to;
+        if last > first {
+            self.send_blocks(last, last, tx, counters, Retransmit::Probe);
+        }
     }
 
     /// Handle ACK `block` from the client.
@@ -219,13 +261,16 @@ impl Session {
             }
         }
         self.retries = 0;
+        self.window_resent = false;
         self.last_progress = now;
         self.send_window(tx, counters, Retransmit::Rollback);
         self.timer.deadline = now + self.timeout;
         AckOutcome::Advanced
     }
 
-    /// Handle the retransmission deadline having passed.
+    /// Handle the retransmission deadline having passed. A transfer not yet proven
+    /// resends its first reply once; its later timeouts send nothing and only keep it
+    /// waiting (up to `max_retries` of them) for an ACK the client retransmits itself.
     pub(crate) fn on_timeout(
         &mut self,
         now: Instant,
@@ -237,15 +282,55 @@ impl Session {
             return TimeoutOutcome::GiveUp;
         }
         self.retries += 1;
+        if !self.proven && self.retries > 1 {
+            self.timer.deadline = now + self.timeout;
+            return TimeoutOutcome::Retransmitted;
+        }
         match self.phase {
             Phase::Negotiating => {
                 self.send_oack(tx, counters);
                 counters.retransmitted(Retransmit::Timeout);
             }
-            Phase::Sending => self.send_window(tx, counters, Retransmit::Timeout),
+            // Until the client acknowledged a block of it, the first window went out on an
+            // ACK of the OACK alone, which a blind guess of the transfer's port can forge:
+            // never resent whole.
+            Phase::Sending if self.window_resent || (self.proven && self.acked == 0) => {
+                self.send_probe(tx, counters)
+            }
+            Phase::Sending => {
+                self.window_resent = true;
+                self.send_window(tx, counters, Retransmit::Timeout);
+            }
         }
         self.timer.deadline = now + self.timeout;
         TimeoutOutcome::Retransmitted
+    }
+
+    /// Send the first reply again (the OACK, or block 1) for a repeated request of a
+    /// transfer not yet proven, and restart its timer.
+    pub(crate) fn answer_again(&mut self, now: Instant, tx: &mut TxQueue, counters: &TftpCounters) {
+        match self.phase {
+            Phase::Negotiating => self.send_oack(tx, counters),
+            Phase::Sending => self.send_window(tx, counters, Retransmit::Timeout),
+        }
+        self.retries = 0;
+        self.last_progress = now;
+        self.timer.deadline = now + self.timeout;
+    }
+
+    /// Whether ACK `block` is the client's first proof of receiving: the ACK of the OACK,
+    /// or without options the ACK of block 1.
+    pub(crate) fn is_proof(&self, block: u16) -> bool {
+        match self.phase {
+            Phase::Negotiating => block == 0,
+            Phase::Sending => self.acked == 0 && block == 1,
+        }
+    }
+
+    /// Whether nothing sent yet was acknowledged beyond the first reply: the transfer
+    /// waits for its proof, or its first window went out on an ACK of the OACK alone.
+    pub(crate) fn unconfirmed(&self) -> bool {
+        !self.proven || self.acked == 0
     }
 
     /// Whether a request with fingerprint `hash`, arriving at `now`, repeats the one this
@@ -253,7 +338,12 @@ impl Session {
     /// because our first reply was slow or lost, or the network duplicating it. Such a
     /// request is ignored (the timer retransmits); anything else replaces the transfer.
     pub(crate) fn is_repeat(&self, hash: u64, now: Instant) -> bool {
-        self.request_hash == hash && now < self.last_progress + self.timeout
+        self.same_request(hash) && now < self.last_progress + self.timeout
+    }
+
+    /// Whether a request with fingerprint `hash` asks exactly what this transfer answers.
+    pub(crate) fn same_request(&self, hash: u64) -> bool {
+        self.request_hash == hash
     }
 
     /// When the transfer started.

@@ -508,6 +508,13 @@ impl Sim {
         i
     }
 
+    /// Put a datagram from `src` to the server's request port on the wire now, as a host
+    /// forging its source address would: replies to `src` go nowhere unless a client of
+    /// the simulation has that address.
+    pub fn inject(&mut self, src: SocketAddrV4, bytes: Vec<u8>) {
+        self.transmit(src, SocketAddrV4::new(SERVER_IP, REQUEST_PORT), bytes);
+    }
+
     /// Put a datagram on the wire, through the faults.
     fn transmit(&mut self, src: SocketAddrV4, dst: SocketAddrV4, bytes: Vec<u8>) {
         if self.rng.f64() < self.faults.loss {
