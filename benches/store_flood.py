@@ -166,10 +166,22 @@ def stall(args):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(f"GET {args.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         socks.append(s)
-    # Wait until the RSS stops growing (every answer built and stuck in the socket).
-    peak, stable_since = rss_kib(args.pid), time.monotonic()
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline and time.monotonic() - stable_since < args.settle:
+    # Wait until every client has its answer's first bytes waiting (the server has built
+    # what it holds for it), then until the RSS stops growing.
+    peak, start = rss_kib(args.pid), time.monotonic()
+    answered = set()
+    while time.monotonic() - start < args.wait and len(answered) < len(socks):
+        for i, s in enumerate(socks):
+            if i not in answered:
+                try:
+                    if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                        answered.add(i)
+                except BlockingIOError:
+                    pass
+        peak = max(peak, rss_kib(args.pid))
+        time.sleep(0.5)
+    stable_since = time.monotonic()
+    while time.monotonic() - start < args.wait and time.monotonic() - stable_since < args.settle:
         time.sleep(0.5)
         now = rss_kib(args.pid)
         if now > peak * 1.01:
@@ -183,6 +195,7 @@ def stall(args):
     print(json.dumps({"clients": args.clients, "path": args.path, "rss_before_mib": round(before / 1024, 1),
                       "rss_peak_mib": round(peak / 1024, 1),
                       "rss_held_mib": round(held / 1024, 1), "settled": settled,
+                      "answered": len(answered),
                       "rss_after_close_mib": round(rss_kib(args.pid) / 1024, 1)}))
 
 
@@ -204,8 +217,8 @@ def main():
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("--clients", type=int, default=20)
     s.add_argument("--path", default="/api/v1/machines", help="what the clients ask for")
-    s.add_argument("--wait", type=float, default=300, help="longest wait for the RSS to settle")
-    s.add_argument("--settle", type=float, default=20,
+    s.add_argument("--wait", type=float, default=900, help="longest wait for answers and RSS")
+    s.add_argument("--settle", type=float, default=10,
                    help="seconds without 1%% growth that count as settled")
     args = p.parse_args()
     {"flood": flood, "real": real, "stall": stall}[args.cmd](args)
