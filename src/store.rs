@@ -79,8 +79,13 @@ pub(crate) const CONFIRM_GAP_MS: u64 = 60_000;
 pub(crate) const DEFAULT_NEW_PER_SOURCE: u32 = 16;
 /// Source addresses with a bucket in use at once; beyond, new addresses share one bucket.
 const MAX_SOURCES: usize = 4096;
-/// Least time between two attempts to reopen the database after an I/O error.
+/// Least time between two attempts to reopen the database after an I/O error; doubled
+/// after each attempt that is followed by another failure, up to [`MAX_REOPEN_BACKOFF`]
+/// (each attempt reads every record back), and reset by a successful write.
 const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two reopening attempts: how long recording may lag behind the
+/// disk having room again.
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(16);
 /// Least time between two log lines about failing writes.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -598,6 +603,7 @@ impl Store {
                 pinned: options.pinned.clone(),
                 max_machines: options.max_machines.max(1),
                 last_reopen: None,
+                reopen_backoff: REOPEN_BACKOFF,
                 last_log: None,
                 failed_since_log: 0,
             };
@@ -648,6 +654,7 @@ struct Writer {
     pinned: Arc<dyn Pinned>,
     max_machines: usize,
     last_reopen: Option<Instant>,
+    reopen_backoff: Duration,
     last_log: Option<Instant>,
     failed_since_log: u64,
 }
@@ -733,6 +740,8 @@ impl Writer {
                 self.stats.written.fetch_add(applied, Relaxed);
                 self.stats.evicted.fetch_add(evicted, Relaxed);
                 self.stats.batches.fetch_add(1, Relaxed);
+                self.last_reopen = None;
+                self.reopen_backoff = REOPEN_BACKOFF;
                 if self.stats.writable.swap(1, Relaxed) == 0 {
                     info!(path = %self.path.display(), "machine store writable again");
                     self.last_log = None;
@@ -786,13 +795,16 @@ impl Writer {
     }
 
     /// Reopen the database (redb repairs it if the last commit was cut short) and reload
-    /// the mirror from what it holds, at most once per [`REOPEN_BACKOFF`].
+    /// the mirror from what it holds, at most once per backoff period.
     fn reopen(&mut self) -> Result<(), StoreError> {
         if self
             .last_reopen
-            .is_some_and(|at| at.elapsed() < REOPEN_BACKOFF)
+            .is_some_and(|at| at.elapsed() < self.reopen_backoff)
         {
             return Err(closed(&self.path));
+        }
+        if self.last_reopen.is_some() {
+            self.reopen_backoff = (self.reopen_backoff * 2).min(MAX_REOPEN_BACKOFF);
         }
         self.last_reopen = Some(Instant::now());
         let store = Store::open_file(&self.path)?;
