@@ -31,16 +31,21 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         warn_if_ipxe_cannot_reach_the_factory(&config, &files);
     }
     let files = Arc::new(files);
-    let inventory = match &config.inventory {
+    let inventory = Arc::new(match &config.inventory {
         Some(path) => inventory::Inventory::load(path)?,
         None => inventory::Inventory::default(),
-    };
+    });
     if config.omni_endpoint.is_none() {
         info!(inventory = %inventory.summary(), "boot policy");
     }
     let store = store::Store::open(&config.state_dir)?;
     info!(path = %store.path().display(), "machine store open");
-    let store = store.start(store::DEFAULT_QUEUE)?;
+    let store = store.start_with(store::StoreOptions {
+        max_machines: config.store_max_machines,
+        new_per_source: config.store_new_per_source,
+        pinned: inventory.clone(),
+        ..store::StoreOptions::default()
+    })?;
     let store_stats = store.stats.clone();
 
     let udp_shutdown = Shutdown::new();
@@ -69,7 +74,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let agent_tunnels = omni.as_ref().map(|omni| omni.tunnels.clone());
     let decider: Arc<dyn boot_script::BootAnswerer> = match &omni {
         Some(omni) => omni.decider.clone(),
-        None => Arc::new(inventory),
+        None => inventory,
     };
 
     let http_gate = http_gate(&config);

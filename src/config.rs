@@ -185,6 +185,14 @@ pub(crate) struct Cli {
     #[arg(long, default_value = crate::store::DEFAULT_STATE_DIR)]
     pub(crate) state_dir: PathBuf,
 
+    /// Most machines the store records; at the cap, new machines replace unconfirmed ones.
+    #[arg(long, default_value_t = crate::store::MAX_MACHINES)]
+    pub(crate) store_max_machines: usize,
+
+    /// New machines one source address may add to the store at once, and again per minute.
+    #[arg(long, default_value_t = crate::store::DEFAULT_NEW_PER_SOURCE)]
+    pub(crate) store_new_machines_per_source: u32,
+
     /// How a machine is told to boot from its disk: ipxe-exit, http-404 or ipxe-sanboot.
     #[arg(long, default_value = "ipxe-exit")]
     pub(crate) boot_from_disk_method: BootFromDiskMethod,
@@ -526,6 +534,10 @@ pub(crate) struct Config {
     pub(crate) inventory: Option<PathBuf>,
     /// The state directory.
     pub(crate) state_dir: PathBuf,
+    /// `--store-max-machines`.
+    pub(crate) store_max_machines: usize,
+    /// `--store-new-machines-per-source`.
+    pub(crate) store_new_per_source: u32,
     /// Boot-from-disk answer.
     pub(crate) boot_from_disk_method: BootFromDiskMethod,
     /// TFTP settings.
@@ -749,6 +761,16 @@ impl Config {
             ipxe_dirs: nonempty_paths("ipxe-dir", &cli.ipxe_dir)?,
             inventory: cli.inventory.clone(),
             state_dir: nonempty_paths("state-dir", std::slice::from_ref(&cli.state_dir))?.remove(0),
+            store_max_machines: in_range(
+                "store-max-machines",
+                cli.store_max_machines,
+                1..=STORE_MAX_MACHINES_LIMIT,
+            )?,
+            store_new_per_source: in_range(
+                "store-new-machines-per-source",
+                cli.store_new_machines_per_source,
+                1..=STORE_NEW_PER_SOURCE_LIMIT,
+            )?,
             boot_from_disk_method: cli.boot_from_disk_method,
             tftp: tftp_settings(cli)?,
             bmc: bmc_selection(cli)?,
@@ -1104,6 +1126,31 @@ fn bmc_selection(cli: &Cli) -> Result<ironboot_bmc::SelectorOptions, ConfigError
     })
 }
 
+/// Largest `--store-max-machines`: the mirror of the store is held in memory.
+const STORE_MAX_MACHINES_LIMIT: usize = 10_000_000;
+/// Largest `--store-new-machines-per-source`.
+const STORE_NEW_PER_SOURCE_LIMIT: u32 = 1_000_000;
+
+/// `value`, or a refusal naming `flag` and the range.
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(refuse(
+            flag,
+            format!(
+                "{value}: must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
 fn tftp_settings(cli: &Cli) -> Result<TftpSettings, ConfigError> {
     use ironboot_net::tftp::MAX_WINDOWSIZE_LIMIT;
     if !(512..=65464).contains(&cli.tftp_max_blksize) {
@@ -1291,6 +1338,10 @@ mod tests {
         assert_eq!(c.omni_endpoint, None);
         assert_eq!(c.udp_driver, DriverKind::Auto);
         assert_eq!(c.udp_workers, 1, "one worker unless asked");
+        assert_eq!(
+            (c.store_max_machines, c.store_new_per_source),
+            (100_000, 16)
+        );
         let dhcp = c.dhcp_proxy.unwrap();
         assert_eq!(
             dhcp.interface,
@@ -1448,6 +1499,12 @@ mod tests {
                 "tls-custom-ipxe-ca-cert-file",
             ),
             (&["--tls-ca-ttl", "0s"], "tls-ca-ttl"),
+            (&["--store-max-machines", "0"], "store-max-machines"),
+            (&["--store-max-machines", "10000001"], "store-max-machines"),
+            (
+                &["--store-new-machines-per-source", "0"],
+                "store-new-machines-per-source",
+            ),
             (&["--tls-cert-file", "cert.pem"], "tls-ca-cert-file"),
             (
                 &[

@@ -448,6 +448,22 @@ impl Inventory {
     }
 }
 
+/// The machines an inventory entry names are the operator's own: the store never evicts
+/// them (see [`crate::store`]). Entries match by UUID or MAC, as lookups do.
+impl crate::store::Pinned for Inventory {
+    fn pinned(&self, uuid: Option<Uuid>, macs: &mut dyn Iterator<Item = MacAddr>) -> bool {
+        if uuid.is_some_and(|u| self.by_uuid.contains_key(&u)) {
+            return true;
+        }
+        for m in macs {
+            if self.by_mac.contains_key(&m) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 impl BootDecider for Inventory {
     fn decide(&self, who: &MachineQuery) -> BootTarget {
         let (target, matched) = self.lookup(who);
@@ -513,6 +529,46 @@ machine:
             BootTarget::Kernel(k) => std::str::from_utf8(k.bytes()).unwrap(),
             BootTarget::Disk => "disk",
         }
+    }
+
+    #[test]
+    fn listed_machines_are_pinned_in_the_store_by_uuid_or_any_mac() {
+        use crate::store::Pinned;
+        let inv = toml(
+            r#"
+[default]
+boot = "disk"
+[[machine]]
+uuid = "00000000-0000-4000-8000-000000000001"
+boot = "disk"
+[[machine]]
+mac = ["52:54:00:aa:00:02", "52:54:00:aa:00:03"]
+boot = "disk"
+"#,
+        )
+        .unwrap();
+        let u = |s: &str| Some(s.parse::<Uuid>().unwrap());
+        let macs = |l: &[&str]| {
+            l.iter()
+                .map(|m| m.parse::<MacAddr>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let pinned = |uuid, l: &[&str]| inv.pinned(uuid, &mut macs(l).into_iter());
+        assert!(pinned(u("00000000-0000-4000-8000-000000000001"), &[]));
+        assert!(pinned(None, &["52:54:00:aa:00:09", "52:54:00:aa:00:03"]));
+        assert!(pinned(
+            u("00000000-0000-4000-8000-000000000009"),
+            &["52:54:00:aa:00:02"]
+        ));
+        assert!(!pinned(
+            u("00000000-0000-4000-8000-000000000009"),
+            &["52:54:00:aa:00:09"]
+        ));
+        assert!(!pinned(None, &[]), "the [default] pins nothing");
+        assert!(!Inventory::default().pinned(
+            u("00000000-0000-4000-8000-000000000001"),
+            &mut std::iter::empty()
+        ));
     }
 
     #[test]

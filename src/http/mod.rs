@@ -8,7 +8,7 @@
 //! | `GET`/`HEAD /tftp/<name>` | a boot file, with single-range support |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` |
-//! | `GET /api/v1/machines` | JSON array of recorded machines |
+//! | `GET /api/v1/machines?limit=&after=` | JSON array of recorded machines, a page at a time (`Link: rel="next"`), streamed |
 //! | `GET /config?u=<uuid>` | Omni mode: the machines' join configuration ([`crate::omni_boot`]) |
 //! | `GET /assets/<name>` | Omni mode with `--use-local-boot-assets`: the agent's kernel and initramfs |
 //! | `GET /factory/pxe/...`, `GET`/`HEAD /factory/image/...` | Omni mode with `--image-factory-proxy`: the factory's scripts and cached images ([`crate::factory_proxy`]) |

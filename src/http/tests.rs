@@ -627,3 +627,120 @@ async fn serve_records_the_peer_address_and_shuts_down_gracefully() {
         Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
     );
 }
+
+/// The `after` of a `Link: <...>; rel="next"` header, if any.
+fn next_after(headers: &axum::http::HeaderMap) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().unwrap();
+    assert!(link.ends_with(">; rel=\"next\""), "{link}");
+    let uri = link.strip_prefix('<')?.split('>').next()?;
+    assert!(uri.starts_with("/api/v1/machines?limit="), "{link}");
+    Some(uri.split("&after=").nth(1)?.to_owned())
+}
+
+#[tokio::test]
+async fn the_machine_list_is_paginated_with_a_next_link_and_streamed_in_chunks() {
+    let h = Harness::new(BootFromDiskMethod::IpxeExit).await;
+    let n = 250u32;
+    for i in 0..n {
+        h.get(&boot_uri(&format!(
+            "uuid=00000000-0000-4000-8000-{i:012x}&mac=52-54-00-00-{:02x}-{:02x}",
+            i / 256,
+            i % 256
+        )))
+        .await;
+    }
+    h.wait_for_machines(n as usize).await;
+    // A machine without a UUID: its ID (`mac-...`) sorts after every UUID.
+    h.get(&boot_uri("mac=52-54-00-aa-00-02")).await;
+    h.wait_for_machines(n as usize + 1).await;
+
+    // Without parameters: one JSON array of every machine (fewer than the default limit),
+    // no Link.
+    let (s, headers, body) = h.get("/api/v1/machines").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    assert!(headers.get(header::LINK).is_none());
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(all.len(), n as usize + 1);
+
+    // Page by page: each page at most the limit, the Link's cursor continues where the
+    // page ended, every machine exactly once, in ID order.
+    let mut ids = Vec::new();
+    let mut uri = "/api/v1/machines?limit=100".to_owned();
+    let mut pages = 0;
+    loop {
+        let (s, headers, body) = h.get(&uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}");
+        let page: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert!(
+            page.len() <= 100 && !page.is_empty(),
+            "{uri}: {}",
+            page.len()
+        );
+        ids.extend(page.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match next_after(&headers) {
+            Some(after) => {
+                assert_eq!(Some(&after), ids.last(), "the cursor is the page's last ID");
+                uri = format!("/api/v1/machines?limit=100&after={after}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = all
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, want);
+    assert_eq!(ids.last().unwrap(), "mac-52:54:00:aa:00:02");
+    // After the last machine: an empty array.
+    let (s, headers, body) = h.get("/api/v1/machines?after=mac-52:54:00:aa:00:02").await;
+    assert_eq!((s, &body[..]), (StatusCode::OK, &b"[]"[..]));
+    assert!(headers.get(header::LINK).is_none());
+
+    // The body comes in chunks of at most 64 records, produced as they are polled.
+    let resp = h
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/api/v1/machines?limit=200")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (mut frames, mut bytes) = (Vec::new(), Vec::new());
+    let mut stream = resp.into_body().into_data_stream();
+    while let Some(chunk) = tokio_stream::StreamExt::next(&mut stream).await {
+        let chunk = chunk.unwrap();
+        frames.push(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    assert_eq!(frames.len(), 4, "200 records in chunks of 64: {frames:?}");
+    let page: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(page.len(), 200);
+
+    // Bad parameters are refused with the reason.
+    for (q, reason) in [
+        ("limit=0", "bad limit"),
+        ("limit=10001", "bad limit"),
+        ("limit=ten", "bad limit"),
+        ("limit=-1", "bad limit"),
+    ] {
+        let (s, text) = h.get_text(&format!("/api/v1/machines?{q}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}");
+        assert!(
+            text.contains(reason) && text.contains("10000"),
+            "{q}: {text}"
+        );
+    }
+    let (s, text) = h
+        .get_text(&format!("/api/v1/machines?after={}", "x".repeat(65)))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(text.contains("bad after"), "{text}");
+    // The largest limit is accepted.
+    let (s, _) = h.get_text("/api/v1/machines?limit=10000").await;
+    assert_eq!(s, StatusCode::OK);
+}
