@@ -81,14 +81,15 @@ struct Server {
 
 impl Server {
     async fn start(tunnels: Tunnels) -> Self {
+        Self::start_with_limits(tunnels, server::Limits::default()).await
+    }
+
+    /// The binary's accept loop for --api-port (h2c beside HTTP/1) with `limits`.
+    async fn start_with_limits(tunnels: Tunnels, limits: server::Limits) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = tunnels.mount(axum::Router::new());
-        // The binary's accept loop for --api-port (h2c beside HTTP/1), at its defaults.
-        let gate = server::Gate::new(
-            server::Limits::default(),
-            std::sync::Arc::new(server::ConnCounters::default()),
-        );
+        let gate = server::Gate::new(limits, std::sync::Arc::new(server::ConnCounters::default()));
         let task = tokio::spawn(async move {
             let forever = std::future::pending::<()>();
             server::serve(
@@ -421,6 +422,34 @@ async fn a_reconnecting_agent_replaces_a_tunnel_that_fails_its_ping() {
     client.hello(MACHINE_R).await.unwrap();
     assert_eq!(new.next_call().await["agent"], "new");
     assert!(client.is_connected(MACHINE_R));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tunnel_outlives_the_idle_deadline() {
+    // The HTTP server closes connections with no request in flight after the idle
+    // deadline; a tunnel is a request in flight for as long as the agent is there.
+    let idle = Duration::from_secs(1);
+    let limits = server::Limits {
+        idle_timeout: idle,
+        ..server::Limits::default()
+    };
+    let server = Server::start_with_limits(Tunnels::new(AgentGate::open()), limits).await;
+    let mut events = server.tunnels.subscribe();
+    let mut go = GoAgent::start(&server, MACHINE_A, "quiet", &[]);
+    connected(&mut events, MACHINE_A).await;
+    tokio::time::sleep(idle * 4).await;
+    let client = server.client(upstream_timeouts());
+    client.hello(MACHINE_A).await.unwrap();
+    let ev = go.next_call().await;
+    assert_eq!(
+        (&ev["agent"], &ev["method"]),
+        (&json!("quiet"), &json!("Hello")),
+        "the same tunnel, still up after four idle deadlines"
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "the tunnel was not closed and reopened meanwhile"
+    );
 }
 
 /// Known machines for the address-bound gate.
