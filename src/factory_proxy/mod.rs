@@ -19,7 +19,7 @@
 //! query: ironboot is no open proxy. A factory that cannot be reached is a `502` with the reason in plain
 //! text (`404` passes through); the machine's retry script then applies.
 
-mod cache;
+pub(crate) mod cache;
 mod path;
 mod script;
 mod stats;

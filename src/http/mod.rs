@@ -21,6 +21,7 @@
 mod api;
 mod files;
 mod ipxe;
+pub(crate) mod sendfile;
 pub(crate) mod server;
 #[cfg(test)]
 mod tests;
@@ -106,12 +107,26 @@ pub(crate) async fn serve(
     gate: Arc<server::Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::serve(
+    serve_with_images(listener, router, None, gate, shutdown).await
+}
+
+/// [`serve`], with `images` (if any) sent by the zero-copy image path ([`sendfile`])
+/// on plain HTTP/1 connections; everything else goes to `router`.
+pub(crate) async fn serve_with_images(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    images: Option<Arc<dyn sendfile::ImageRoutes>>,
+    gate: Arc<server::Gate>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let raw = images.map(|i| Arc::new(sendfile::ImagePath(i)) as Arc<dyn server::RawPath>);
+    server::serve_with(
         listener,
         server::Listener::Api,
         gate,
         router,
         server::Plain,
+        raw,
         shutdown,
     )
     .await

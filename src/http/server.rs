@@ -559,6 +559,13 @@ pub(crate) trait Handshake: Clone + Send + Sync + 'static {
         &self,
         tcp: Timed<TcpStream>,
     ) -> impl Future<Output = io::Result<Self::Io>> + Send + 'static;
+
+    /// The plain TCP stream under `io`, if HTTP is spoken on it directly (a
+    /// [`RawPath`] may then serve it).
+    fn plain_tcp(io: &mut Self::Io) -> Option<&mut Timed<TcpStream>> {
+        let _ = io;
+        None
+    }
 }
 
 /// The API port: plain TCP.
@@ -574,6 +581,10 @@ impl Handshake for Plain {
         tcp: Timed<TcpStream>,
     ) -> impl Future<Output = io::Result<Self::Io>> + Send + 'static {
         std::future::ready(Ok(tcp))
+    }
+
+    fn plain_tcp(io: &mut Self::Io) -> Option<&mut Timed<TcpStream>> {
+        Some(io)
     }
 }
 
@@ -591,6 +602,20 @@ pub(crate) async fn serve<H: Handshake>(
     gate: Arc<Gate>,
     router: Router,
     handshake: H,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with(listener, which, gate, router, handshake, None, shutdown).await
+}
+
+/// [`serve`], with `raw` answering what is its own of plain HTTP/1 connections before
+/// hyper.
+pub(crate) async fn serve_with<H: Handshake>(
+    listener: TcpListener,
+    which: Listener,
+    gate: Arc<Gate>,
+    router: Router,
+    handshake: H,
+    raw: Option<Arc<dyn RawPath>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -639,6 +664,7 @@ pub(crate) async fn serve<H: Handshake>(
             which,
             router.clone(),
             handshake.clone(),
+            raw.clone(),
             stop_rx.clone(),
         ));
     }
@@ -688,6 +714,7 @@ async fn connection<H: Handshake>(
     which: Listener,
     router: Router,
     handshake: H,
+    raw: Option<Arc<dyn RawPath>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let gate = permit.gate.clone();
@@ -728,6 +755,48 @@ async fn connection<H: Handshake>(
         }
     };
     activity.opened();
+    let mut io = io;
+    let mut prefix = Vec::new();
+    let mut tick = tokio::time::interval(watch_period(limits));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let (Some(raw), Some(tcp)) = (&raw, H::plain_tcp(&mut io)) {
+        let served = raw.serve(tcp, &mut prefix);
+        tokio::pin!(served);
+        let mut closing_by: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                to_hyper = served.as_mut() => {
+                    if !to_hyper {
+                        return;
+                    }
+                    break;
+                }
+                _ = tick.tick() => {
+                    if closing_by.is_some_and(|by| Instant::now() >= by) {
+                        return;
+                    }
+                    if let Some(reason) = activity.verdict(limits) {
+                        counters.ended(which, reason);
+                        debug!(%peer, reason = reason.label(), "connection dropped");
+                        return;
+                    }
+                }
+                () = activity.evict.notified() => {
+                    counters.ended(which, Reason::Evicted);
+                    return;
+                }
+                changed = stop.changed(), if closing_by.is_none() => {
+                    // Shutdown: finish the response under way, if any.
+                    let _ = changed;
+                    if activity.in_flight.load(Relaxed) == 0 {
+                        return;
+                    }
+                    closing_by = Some(Instant::now() + CLOSE_GRACE.max(limits.write_timeout));
+                }
+            }
+        }
+    }
+    let io = Rewind::new(prefix, io);
     let service = ConnService {
         router,
         peer,
@@ -737,8 +806,6 @@ async fn connection<H: Handshake>(
     };
     let conn = gate.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut tick = tokio::time::interval(watch_period(limits));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set once the connection was asked to finish: it is dropped if it has not by then.
     let mut closing_by: Option<Instant> = None;
     loop {
@@ -974,6 +1041,122 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Timed<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream whose first reads come from bytes already read off it.
+#[derive(Debug)]
+pub(crate) struct Rewind<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    /// `inner`, replaying `prefix` first.
+    pub(crate) fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Rewind {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A path that may answer a plain connection's HTTP/1 requests itself before hyper
+/// (the image path, `sendfile.rs`): it reads from `io` into `buf` and answers what is
+/// its own; it returns `true` to hand the connection to hyper with `buf`'s bytes
+/// replayed first, `false` when the connection is done. The watchdog's deadlines hold
+/// throughout (reads, requests and stalled writes are reported through `io`).
+pub(crate) trait RawPath: Send + Sync + 'static {
+    /// Serve what is its own of the connection.
+    fn serve<'a>(
+        &'a self,
+        io: &'a mut Timed<TcpStream>,
+        buf: &'a mut Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
+impl<T> Timed<T> {
+    /// The stream, for calls that bypass `AsyncWrite` (`sendfile`); report their
+    /// progress with [`Self::write_stalled`] and [`Self::write_progressed`].
+    pub(crate) fn inner_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// A write would block: the write deadline runs from now (if not already).
+    pub(crate) fn write_stalled(&self) {
+        if self.activity.write_blocked.load(Relaxed) == 0 {
+            self.activity
+                .write_blocked
+                .store(self.activity.now(), Relaxed);
+        }
+    }
+
+    /// A write made progress.
+    pub(crate) fn write_progressed(&self) {
+        self.activity.write_blocked.store(0, Relaxed);
+    }
+
+    /// An HTTP/1 request is in flight (for the idle and header rules).
+    pub(crate) fn request_started(&self) {
+        self.activity.request_started(false);
+    }
+
+    /// The request started last is answered.
+    pub(crate) fn request_ended(&self) {
+        self.activity.request_ended();
     }
 }
 
