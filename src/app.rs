@@ -107,6 +107,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(omni) => omni.mount(router),
         None => router,
     };
+    // Boot images (`/assets/`, `/factory/image/`) go out with sendfile (src/http/sendfile.rs).
+    let images = omni.as_ref().and_then(|omni| omni.image_routes());
     let http_addr = SocketAddrV4::new(
         config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
         config.api_port,
@@ -142,7 +144,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         };
         (
             "HTTP API",
-            http::serve(listener, router, http_gate, stopped)
+            http::serve_with_images(listener, router, images, http_gate, stopped)
                 .await
                 .map_err(Into::into),
         )

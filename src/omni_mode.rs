@@ -190,6 +190,11 @@ impl OmniMode {
         })
     }
 
+    /// The boot images sent by the zero-copy image path, if any ([`OmniBoot::image_routes`]).
+    pub(crate) fn image_routes(&self) -> Option<Arc<dyn crate::http::sendfile::ImageRoutes>> {
+        self.boot.image_routes()
+    }
+
     /// Adds Omni mode's routes (`/config`, `/assets/`, the agents' tunnel) to `router`,
     /// and Omni's reachability to its `/healthz`.
     pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {

@@ -138,6 +138,12 @@ impl Source {
         self.progress.is_none()
     }
 
+    /// The open file, the download's progress while it is under way, and the size when
+    /// known: for the zero-copy image path (`crate::http::sendfile`).
+    pub(crate) fn into_parts(self) -> (Arc<fs::File>, Option<watch::Receiver<Progress>>, Option<u64>) {
+        (self.file, self.progress, self.len)
+    }
+
     /// The body: `range` of a complete image, or all of it; an error item when the
     /// download breaks off.
     pub(crate) fn stream(

@@ -26,6 +26,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+use crate::http::sendfile::{ImageFile, Resolved};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -376,6 +377,43 @@ impl FactoryProxy {
                     },
                 ),
             )
+    }
+
+    /// `path` (`/factory/image/<schematic>/<version>/<name>`) for the zero-copy image
+    /// path: the image's open file (complete or still downloading), or the same error
+    /// answers as the route's handler. Paths with escapes are left to the handler (its
+    /// extractor decodes them).
+    pub(crate) async fn image_for_sendfile(self: &Arc<Self>, path: &str) -> Resolved {
+        let Some(rest) = path.strip_prefix("/factory/image/") else {
+            return Resolved::NotMine;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let [s, v, n] = parts[..] else {
+            return Resolved::NotMine;
+        };
+        if rest.contains('%') {
+            return Resolved::NotMine;
+        }
+        let path = match AssetPath::new(Kind::Image, s, v, n) {
+            Ok(p) => p,
+            Err(e) => return Resolved::Answer(self.refused(Kind::Image, &e)),
+        };
+        if let Some(refused) = self.unknown(&path) {
+            return Resolved::Answer(refused);
+        }
+        let source = match self.images.get(&path).await {
+            Ok(source) => source,
+            Err(e) => return Resolved::Answer(self.failed(Kind::Image, &e)),
+        };
+        self.stats.request(Kind::Image, source.served);
+        let (file, follow, len) = source.into_parts();
+        let stats = self.stats.clone();
+        Resolved::File(ImageFile {
+            file,
+            len,
+            follow,
+            sent: Some(Box::new(move |n| stats.served_bytes(n))),
+        })
     }
 
     fn refused(&self, kind: Kind, e: &PathError) -> Response {

@@ -495,7 +495,8 @@ fn response_head(
             v.etag, v.last_modified
         );
     }
-    if len.is_some() {
+    // Ranges are served once the file is complete (it has validators then).
+    if v.is_some() {
         out.push_str("Accept-Ranges: bytes\r\n");
     }
     if head.close {

@@ -19,6 +19,7 @@ use tokio_util::io::ReaderStream;
 use tracing::warn;
 
 use crate::config::boot_asset_names;
+use crate::http::sendfile::{ImageFile, Resolved};
 
 /// The asset directory and the names served from it.
 #[derive(Debug)]
@@ -87,6 +88,29 @@ impl LocalAssets {
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         response
+    }
+
+    /// `path` (`/assets/<name>`) for the zero-copy image path: the asset's open file;
+    /// anything else (another name, an absent or unreadable file) is left to the route's
+    /// handler, which answers it.
+    pub(crate) async fn image_for_sendfile(&self, path: &str) -> Resolved {
+        let Some(name) = path.strip_prefix("/assets/") else {
+            return Resolved::NotMine;
+        };
+        if !self.names.iter().any(|n| n == name) {
+            return Resolved::NotMine;
+        }
+        let path = self.dir.join(name);
+        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(path)).await;
+        match opened {
+            Ok(Ok(file)) => Resolved::File(ImageFile {
+                file: Arc::new(file),
+                len: None,
+                follow: None,
+                sent: None,
+            }),
+            _ => Resolved::NotMine,
+        }
     }
 
     /// Add `GET /assets/<name>` to `router`.

@@ -129,6 +129,18 @@ impl OmniBoot {
         self
     }
 
+    /// The image routes for the zero-copy image path (`/assets/`, `/factory/image/`),
+    /// if this set-up has any.
+    pub(crate) fn image_routes(&self) -> Option<Arc<dyn crate::http::sendfile::ImageRoutes>> {
+        if self.assets.is_none() && self.factory_proxy.is_none() {
+            return None;
+        }
+        Some(Arc::new(BootImages {
+            assets: self.assets.clone(),
+            factory: self.factory_proxy.clone(),
+        }))
+    }
+
     /// Add `/config` (binding agents to addresses in `agents`' gate) and, with local boot
     /// assets, `/assets/<name>`, with the factory proxy `/factory/...`, to `router`.
     pub(crate) fn mount(
@@ -145,5 +157,37 @@ impl OmniBoot {
             Some(assets) => assets.mount(router),
             None => router,
         }
+    }
+}
+
+/// The boot images served on the zero-copy image path: local boot assets and the
+/// factory cache's images.
+#[derive(Debug)]
+pub(crate) struct BootImages {
+    /// `/assets/`.
+    pub(crate) assets: Option<Arc<LocalAssets>>,
+    /// `/factory/image/`.
+    pub(crate) factory: Option<Arc<FactoryProxy>>,
+}
+
+impl crate::http::sendfile::ImageRoutes for BootImages {
+    fn resolve<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = crate::http::sendfile::Resolved> + Send + 'a>> {
+        use crate::http::sendfile::Resolved;
+        Box::pin(async move {
+            if let Some(assets) = &self.assets
+                && path.starts_with("/assets/")
+            {
+                return assets.image_for_sendfile(path).await;
+            }
+            if let Some(factory) = &self.factory
+                && path.starts_with("/factory/image/")
+            {
+                return factory.image_for_sendfile(path).await;
+            }
+            Resolved::NotMine
+        })
     }
 }
