@@ -98,6 +98,7 @@ pub(crate) fn parse_boot_query(uri: &axum::http::Uri) -> Result<MachineQuery, St
     ipxe::machine_query(params).map_err(|msg| msg + "\n")
 }
 
+#[cfg(test)]
 /// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in
 /// flight. Every connection is held to `gate`'s caps and deadlines ([`server`]); handlers
 /// see the client address (recorded as a machine's last IP).

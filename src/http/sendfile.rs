@@ -652,6 +652,10 @@ async fn send_range(
 }
 
 #[cfg(test)]
+#[path = "sendfile_tests.rs"]
+pub(crate) mod real;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -46,7 +46,7 @@
 //! - [`AgentTls::spawn_renewal`]: replaces the serving certificate once less than a tenth
 //!   of its life is left; handshakes in flight keep the old one, later ones get the new.
 //! - [`AgentTls::serve`]: the listener: TLS 1.3 only, ALPN `h2`, no client certificates,
-//!   the connection caps and deadlines and the graceful shutdown of [`crate::http::serve`].
+//!   the connection caps and deadlines and the graceful shutdown of [`crate::http::serve_with_images`].
 
 mod ca;
 mod listener;
