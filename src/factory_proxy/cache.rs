@@ -140,7 +140,13 @@ impl Source {
 
     /// The open file, the download's progress while it is under way, and the size when
     /// known: for the zero-copy image path (`crate::http::sendfile`).
-    pub(crate) fn into_parts(self) -> (Arc<fs::File>, Option<watch::Receiver<Progress>>, Option<u64>) {
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        Arc<fs::File>,
+        Option<watch::Receiver<Progress>>,
+        Option<u64>,
+    ) {
         (self.file, self.progress, self.len)
     }
 

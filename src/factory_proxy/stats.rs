@@ -108,6 +108,12 @@ impl FactoryProxyStats {
         self.served_bytes.fetch_add(n, Relaxed);
     }
 
+    /// Image bytes sent so far.
+    #[cfg(test)]
+    pub(crate) fn served_bytes_total(&self) -> u64 {
+        self.served_bytes.load(Relaxed)
+    }
+
     /// The cache's size now.
     pub(crate) fn set_cache(&self, bytes: u64, entries: u64) {
         self.cache_bytes.store(bytes, Relaxed);

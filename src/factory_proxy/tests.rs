@@ -797,3 +797,98 @@ async fn only_schematics_ironboot_created_or_cached_are_fetched() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(standin.image_gets("v1.13.7", "kernel-amd64"), 1);
 }
+
+/// The proxy's images through the accept loop's zero-copy image path, fetched by curl.
+async fn serve_with_sendfile(
+    p: &Arc<FactoryProxy>,
+    router: Router,
+) -> crate::http::sendfile::real::Running {
+    let routes = Arc::new(crate::omni_boot::BootImages {
+        assets: None,
+        factory: Some(p.clone()),
+    });
+    crate::http::sendfile::real::Running::start(
+        routes,
+        router,
+        crate::http::server::Limits::default(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sendfile_readers_follow_a_slow_download_then_the_cache() {
+    use crate::http::sendfile::real::curl;
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, router) = proxy(&standin, dir.path(), DEFAULT_MAX_BYTES);
+    let running = serve_with_sendfile(&p, router).await;
+    let url = running.url(&image_uri("v1.13.7", "kernel-amd64"));
+    let want = upstream_image("v1.13.7", "kernel-amd64");
+    // The stand-in holds the download halfway until the gate opens.
+    standin.f.gate.close();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        tasks.spawn(async move { curl(&[&url]).await });
+    }
+    let stats = p.stats();
+    until("3 requests are being answered", || {
+        stats.requests(Kind::Image, Served::Miss) + stats.requests(Kind::Image, Served::Shared) == 3
+    })
+    .await;
+    // The readers have caught up with the download and wait for more.
+    until("half the image was sent to each reader", || {
+        stats.served_bytes_total() >= 3 * (IMAGE_LEN as u64 / 2) - 3 * CHUNK as u64
+    })
+    .await;
+    let (files, _) = cache_files(dir.path());
+    assert!(
+        files.len() == 1 && files[0].starts_with(".tmp-"),
+        "{files:?}"
+    );
+    standin.f.gate.open();
+    while let Some(done) = tasks.join_next().await {
+        let r = done.unwrap();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.statuses(), [200]);
+        assert_eq!(r.header("content-length"), Some(IMAGE_LEN.to_string()));
+        assert!(r.body == want, "every reader gets the whole image");
+    }
+    assert_eq!(standin.image_gets("v1.13.7", "kernel-amd64"), 1);
+    assert_eq!(stats.served_bytes_total(), 3 * IMAGE_LEN as u64);
+    // Then from the cache: validators and ranges.
+    let hit = curl(&["-r", "100-199", &url]).await;
+    assert_eq!(hit.statuses(), [206]);
+    assert!(hit.body == want[100..200]);
+    assert!(hit.header("etag").is_some());
+    assert_eq!(stats.requests(Kind::Image, Served::Hit), 1);
+    assert_eq!(standin.image_gets("v1.13.7", "kernel-amd64"), 1);
+    // Errors are the route's own answers.
+    let unknown = curl(&[&running.url(&format!(
+        "/factory/image/{}/v1.13.7/kernel-amd64",
+        "ab".repeat(32)
+    ))])
+    .await;
+    assert_eq!(unknown.statuses(), [404]);
+    assert!(String::from_utf8_lossy(&unknown.body).contains("not created by ironboot"));
+}
+
+#[tokio::test]
+async fn sendfile_readers_of_a_failed_download_get_a_truncated_transfer() {
+    use crate::http::sendfile::real::curl;
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, router) = proxy(&standin, dir.path(), DEFAULT_MAX_BYTES);
+    let running = serve_with_sendfile(&_p, router).await;
+    let url = running.url(&image_uri("v1.13.7", "kernel-amd64"));
+    standin.set(Mode::BreakImages);
+    let r = curl(&[&url]).await;
+    assert_eq!(r.statuses(), [200]);
+    assert_eq!(r.header("content-length"), Some(IMAGE_LEN.to_string()));
+    assert_ne!(r.code, 0, "curl must see the transfer fail");
+    assert!(r.body.len() < IMAGE_LEN, "{} bytes", r.body.len());
+    assert!(
+        r.body[..] == upstream_image("v1.13.7", "kernel-amd64")[..r.body.len()],
+        "what was sent is the image's beginning"
+    );
+}

@@ -94,8 +94,7 @@ pub(crate) enum Resolved {
 /// The image routes served on the image path.
 pub(crate) trait ImageRoutes: Send + Sync + 'static {
     /// What `path` (no query) names.
-    fn resolve<'a>(&'a self, path: &'a str)
-    -> Pin<Box<dyn Future<Output = Resolved> + Send + 'a>>;
+    fn resolve<'a>(&'a self, path: &'a str) -> Pin<Box<dyn Future<Output = Resolved> + Send + 'a>>;
 }
 
 /// The method of a request head, as far as the image path cares.
@@ -163,7 +162,11 @@ pub(crate) fn parse_head(buf: &[u8]) -> Parsed {
     let mut close = req.version == Some(0);
     let (mut range, mut if_none_match, mut if_range) = (None, None, None);
     for f in req.headers.iter() {
-        let value = || std::str::from_utf8(f.value).ok().map(|v| v.trim().to_owned());
+        let value = || {
+            std::str::from_utf8(f.value)
+                .ok()
+                .map(|v| v.trim().to_owned())
+        };
         let name = f.name;
         if name.eq_ignore_ascii_case("connection") {
             let v = value().unwrap_or_default();
@@ -255,7 +258,9 @@ pub(crate) enum Answer {
 /// Whether `list` (an `If-None-Match` value) matches `etag` by the weak comparison.
 fn none_match_hits(list: &str, etag: &str) -> bool {
     let bare = etag.trim_start_matches("W/");
-    list.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == bare)
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == bare)
 }
 
 /// The answer to `head` for a file of length `len` (`None`: still downloading, so only
@@ -402,11 +407,7 @@ pub(crate) async fn serve_images(
 }
 
 /// Write a route's small answer (its body collected, at most [`MAX_ERROR_BODY`]).
-async fn write_answer(
-    io: &mut Timed<TcpStream>,
-    head: &Head,
-    r: Response<Body>,
-) -> io::Result<()> {
+async fn write_answer(io: &mut Timed<TcpStream>, head: &Head, r: Response<Body>) -> io::Result<()> {
     let (parts, body) = r.into_parts();
     let body = http_body_util::Limited::new(body, MAX_ERROR_BODY)
         .collect()
@@ -519,7 +520,11 @@ async fn send_file(io: &mut Timed<TcpStream>, head: &Head, image: ImageFile) -> 
     let complete = image.follow.is_none();
     // Validators only for a complete file: one still growing changes under them.
     let v = complete.then(|| Validators::of(&meta));
-    let len = if complete { Some(meta.len()) } else { image.len };
+    let len = if complete {
+        Some(meta.len())
+    } else {
+        image.len
+    };
     let answer = answer(head, len, v.as_ref());
     let chunked = len.is_none();
     let text = response_head(head, &answer, len, v.as_ref(), chunked);
@@ -680,11 +685,18 @@ mod tests {
         assert_eq!(h.if_range.as_deref(), Some("\"a\""));
         let text = "GET /assets/kernel-amd64?x=1 HTTP/1.1\r\nHost: a\r\nRange: bytes=5-\r\n\
              If-None-Match: \"a\"\r\nif-none-match: \"b\"\r\nIf-Range: \"a\"\r\n\r\n";
-        assert_eq!(h.len, text.len(), "the pipelined request stays in the buffer");
+        assert_eq!(
+            h.len,
+            text.len(),
+            "the pipelined request stays in the buffer"
+        );
         assert!(head("HEAD /a HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
         assert!(head("GET /a HTTP/1.0\r\n\r\n").close);
         assert!(!head("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").close);
-        assert_eq!(parse_head(b"GET /assets/kernel HTTP/1.1\r\nHost"), Parsed::Partial);
+        assert_eq!(
+            parse_head(b"GET /assets/kernel HTTP/1.1\r\nHost"),
+            Parsed::Partial
+        );
         assert_eq!(parse_head(b"GE"), Parsed::Partial);
         for hyper in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
@@ -697,9 +709,16 @@ mod tests {
             b"\x16\x03\x01\x02\x00",
             b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n",
         ] {
-            assert_eq!(parse_head(hyper), Parsed::Hyper, "{:?}", String::from_utf8_lossy(hyper));
+            assert_eq!(
+                parse_head(hyper),
+                Parsed::Hyper,
+                "{:?}",
+                String::from_utf8_lossy(hyper)
+            );
         }
-        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect();
         assert_eq!(
             parse_head(format!("GET /a HTTP/1.1\r\n{many}\r\n").as_bytes()),
             Parsed::Hyper
@@ -731,8 +750,14 @@ mod tests {
         };
         let req = |extra: &str| head(&format!("GET /a HTTP/1.1\r\n{extra}\r\n"));
         let a = |h: &Head| answer(h, Some(1000), Some(&v));
-        assert_eq!(a(&req("If-None-Match: \"1-2-3.4\"\r\n")), Answer::NotModified);
-        assert_eq!(a(&req("If-None-Match: \"x\", W/\"1-2-3.4\"\r\n")), Answer::NotModified);
+        assert_eq!(
+            a(&req("If-None-Match: \"1-2-3.4\"\r\n")),
+            Answer::NotModified
+        );
+        assert_eq!(
+            a(&req("If-None-Match: \"x\", W/\"1-2-3.4\"\r\n")),
+            Answer::NotModified
+        );
         assert_eq!(a(&req("If-None-Match: *\r\n")), Answer::NotModified);
         assert_eq!(a(&req("If-None-Match: \"x\"\r\n")), Answer::Full);
         // If-None-Match wins over Range.
@@ -770,7 +795,10 @@ mod tests {
         // HEAD ignores Range; a download under way (no length) is sent whole.
         let h = head("HEAD /a HTTP/1.1\r\nRange: bytes=0-1\r\n\r\n");
         assert_eq!(answer(&h, Some(1000), Some(&v)), Answer::Full);
-        assert_eq!(answer(&req("Range: bytes=0-1\r\n"), None, None), Answer::Full);
+        assert_eq!(
+            answer(&req("Range: bytes=0-1\r\n"), None, None),
+            Answer::Full
+        );
     }
 
     #[test]

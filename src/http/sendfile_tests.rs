@@ -31,7 +31,11 @@ impl Drop for Running {
 }
 
 impl Running {
-    pub(crate) async fn start(routes: Arc<dyn ImageRoutes>, router: Router, limits: Limits) -> Self {
+    pub(crate) async fn start(
+        routes: Arc<dyn ImageRoutes>,
+        router: Router,
+        limits: Limits,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(ConnCounters::default());
@@ -76,7 +80,9 @@ impl Curl {
         let last = self.headers.rsplit("HTTP/").next().unwrap_or("");
         last.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     }
 
@@ -230,7 +236,10 @@ async fn curl_resumes_a_partial_download() {
     let resumed = curl(&["-C", "-", "-o", file.to_str().unwrap(), &url]).await;
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert_eq!(resumed.statuses(), [206]);
-    assert!(std::fs::read(&file).unwrap() == s.data, "the resumed file is whole");
+    assert!(
+        std::fs::read(&file).unwrap() == s.data,
+        "the resumed file is whole"
+    );
 }
 
 #[tokio::test]
@@ -240,7 +249,15 @@ async fn keep_alive_carries_images_then_hyper_routes_and_h2c_still_works() {
     let cmdline = s.running.url("/assets/cmdline-metal-amd64");
     let hello = s.running.url("/hello");
     // One curl, one connection: two images, then a route of hyper's, pipelined by turn.
-    let r = curl(&["-w", "%{num_connects}\n", &kernel, &cmdline, &kernel, &hello]).await;
+    let r = curl(&[
+        "-w",
+        "%{num_connects}\n",
+        &kernel,
+        &cmdline,
+        &kernel,
+        &hello,
+    ])
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.statuses(), [200, 200, 200, 200]);
     let mut expected = s.data.clone();
@@ -248,7 +265,11 @@ async fn keep_alive_carries_images_then_hyper_routes_and_h2c_still_works() {
     expected.extend_from_slice(b"console=ttyS0\n0\n");
     expected.extend_from_slice(&s.data);
     expected.extend_from_slice(b"0\nhello\n0\n");
-    assert!(r.body == expected, "bodies and connection reuse: {:?}", String::from_utf8_lossy(&r.body[LEN..]));
+    assert!(
+        r.body == expected,
+        "bodies and connection reuse: {:?}",
+        String::from_utf8_lossy(&r.body[LEN..])
+    );
     let h2 = curl(&["--http2-prior-knowledge", &hello]).await;
     assert_eq!(h2.code, 0, "{}", h2.stderr);
     assert!(h2.headers.starts_with("HTTP/2 200"), "{}", h2.headers);
@@ -274,13 +295,17 @@ fn connect(addr: SocketAddr, request: &str) -> std::net::TcpStream {
     });
     nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&sock), &sa).unwrap();
     let mut conn = std::net::TcpStream::from(sock);
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     conn.write_all(request.as_bytes()).unwrap();
     conn
 }
 
 /// Read one response with a `Content-Length` off `conn`: head and body.
-fn read_response(conn: &mut std::net::TcpStream, mut body_hook: impl FnMut(usize)) -> (String, Vec<u8>) {
+fn read_response(
+    conn: &mut std::net::TcpStream,
+    mut body_hook: impl FnMut(usize),
+) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -290,7 +315,11 @@ fn read_response(conn: &mut std::net::TcpStream, mut body_hook: impl FnMut(usize
     let head = String::from_utf8(buf).unwrap();
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap();
     let mut body = vec![0u8; len];
     let mut at = 0;
@@ -326,7 +355,10 @@ async fn a_file_replaced_by_rename_while_sent_reaches_each_client_whole() {
             }
         });
         assert!(replaced);
-        assert!(body == old, "the client that started on the old file gets it whole");
+        assert!(
+            body == old,
+            "the client that started on the old file gets it whole"
+        );
         // The next request on the same connection opens the new file.
         conn.write_all(req.as_bytes()).unwrap();
         let (head, body) = read_response(&mut conn, |_| {});
@@ -353,19 +385,30 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     let s = setup(limits).await;
     let addr = s.running.addr;
     let conn = tokio::task::spawn_blocking(move || {
-        connect(addr, &format!("GET /assets/{KERNEL} HTTP/1.1\r\nHost: x\r\n\r\n"))
+        connect(
+            addr,
+            &format!("GET /assets/{KERNEL} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
     })
     .await
     .unwrap();
     let started = Instant::now();
-    while s.running.counters.ended_total(Listener::Api, Reason::WriteTimeout) == 0 {
+    while s
+        .running
+        .counters
+        .ended_total(Listener::Api, Reason::WriteTimeout)
+        == 0
+    {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the stalled client is still connected"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(started.elapsed() >= Duration::from_secs(1), "not before the write timeout");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the write timeout"
+    );
     // The server's side is gone: draining the connection ends before the whole file.
     let got = tokio::task::spawn_blocking(move || {
         let mut conn = conn;
@@ -381,10 +424,16 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     })
     .await
     .unwrap();
-    assert!(got < LEN, "{got} bytes: the response was cut, as it must be");
+    assert!(
+        got < LEN,
+        "{got} bytes: the response was cut, as it must be"
+    );
     let started = Instant::now();
     while s.running.counters.open(Listener::Api) != 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the connection stays open");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the connection stays open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
