@@ -143,3 +143,31 @@ impl ScriptRenderer {
         }
     }
 }
+
+/// Serve the local boot assets of `assets_dir` (`/assets/<name>`, as Omni mode with
+/// `--use-local-boot-assets`) on `listener` through the API port's accept loop, with
+/// `max_per_source` connections allowed from one address, until the process ends.
+/// `zero_copy`: boot images go out on the sendfile image path (`src/http/sendfile.rs`);
+/// otherwise through hyper and the route's file stream, as before that path existed.
+pub async fn serve_assets(
+    listener: tokio::net::TcpListener,
+    assets_dir: &Path,
+    zero_copy: bool,
+    max_per_source: usize,
+) -> std::io::Result<()> {
+    use crate::http::server::{ConnCounters, Gate, Limits};
+    let assets = crate::omni_boot::LocalAssets::new(assets_dir.to_owned());
+    let router = assets.mount(axum::Router::new());
+    let images: Option<Arc<dyn crate::http::sendfile::ImageRoutes>> = zero_copy.then(|| {
+        Arc::new(crate::omni_boot::BootImages {
+            assets: Some(assets.clone()),
+            factory: None,
+        }) as Arc<dyn crate::http::sendfile::ImageRoutes>
+    });
+    let limits = Limits {
+        max_per_source,
+        ..Limits::default()
+    };
+    let gate = Gate::new(limits, Arc::new(ConnCounters::default()));
+    crate::http::serve_with_images(listener, router, images, gate, std::future::pending()).await
+}
