@@ -17,7 +17,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(_) => return Err(usage.into()),
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("image_server: {addr}, {}, zero_copy={zero_copy}", dir.display());
+    eprintln!(
+        "image_server: {addr}, {}, zero_copy={zero_copy}",
+        dir.display()
+    );
     ironboot::bench_api::serve_assets(listener, &dir, zero_copy, 100_000).await?;
     Ok(())
 }

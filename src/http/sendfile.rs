@@ -573,10 +573,14 @@ async fn send_file(io: &mut Timed<TcpStream>, head: &Head, image: ImageFile) -> 
             }
             break;
         }
-        if ahead < stop.min(pos + READAHEAD) {
-            ahead = read_ahead(&image.file, pos, stop).await;
+        // Send one window at a time, the next one being read ahead meanwhile.
+        let window_end = stop.min(pos.saturating_add(READAHEAD));
+        let advise_to = stop.min(window_end.saturating_add(READAHEAD));
+        if ahead < advise_to {
+            read_ahead(&image.file, ahead.max(pos), advise_to).await;
+            ahead = advise_to;
         }
-        let n = stop - pos;
+        let n = window_end - pos;
         if chunked {
             io.write_all(format!("{n:x}\r\n").as_bytes()).await?;
         }
@@ -595,21 +599,20 @@ async fn send_file(io: &mut Timed<TcpStream>, head: &Head, image: ImageFile) -> 
     Ok(true)
 }
 
-/// Ask the kernel to read `pos..` (up to [`READAHEAD`] bytes, not past `stop`) into the
-/// page cache; returns where that ends.
+/// Ask the kernel to read `from..to` of `file` into the page cache.
 ///
 /// A `sendfile` from pages not yet resident waits for the disk inside the call, on an
-/// async worker. `posix_fadvise(WILLNEED)` starts the reads of the next window without
-/// waiting for them (it runs on the blocking pool, as submitting the reads may wait on
-/// a congested device), so the disk works ahead of the socket and a `sendfile` call
-/// waits at most for pages already on their way; each call is also bounded
-/// ([`SEND_CHUNK`]). Reading the window on the blocking pool would guarantee residency
-/// but costs a copy of every byte, which is what this path is here to avoid.
-async fn read_ahead(file: &Arc<std::fs::File>, pos: u64, stop: u64) -> u64 {
-    let end = stop.min(pos.saturating_add(READAHEAD));
+/// async worker. `posix_fadvise(WILLNEED)` starts the reads of the window after the one
+/// being sent without waiting for them (it runs on the blocking pool, as submitting the
+/// reads may wait on a congested device), so the disk works ahead of the socket and a
+/// `sendfile` call waits at most for pages already on their way; each call is also
+/// bounded ([`SEND_CHUNK`]). Reading the window on the blocking pool would guarantee
+/// residency but costs a copy of every byte, which is what this path is here to avoid.
+async fn read_ahead(file: &Arc<std::fs::File>, from: u64, to: u64) {
     let f = file.clone();
-    let (Ok(offset), Ok(len)) = (i64::try_from(pos), i64::try_from(end - pos)) else {
-        return end;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from)))
+    else {
+        return;
     };
     let _ = tokio::task::spawn_blocking(move || {
         nix::fcntl::posix_fadvise(
@@ -620,7 +623,6 @@ async fn read_ahead(file: &Arc<std::fs::File>, pos: u64, stop: u64) -> u64 {
         )
     })
     .await;
-    end
 }
 
 /// Send `n` bytes of `file` from `pos` with `sendfile`, waiting for writability when the
