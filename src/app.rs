@@ -90,6 +90,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(proxy) = &factory_proxy {
         registry.register(proxy.stats());
     }
+    let image_stats = Arc::new(http::sendfile::ImageStats::default());
+    registry.register(image_stats.clone());
     let router = http::router(http::ApiState {
         init_script: boot_script::init_script(
             config.advertise_address.into(),
@@ -108,7 +110,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         None => router,
     };
     // Boot images (`/assets/`, `/factory/image/`) go out with sendfile (src/http/sendfile.rs).
-    let images = omni.as_ref().and_then(|omni| omni.image_routes());
+    let images = omni
+        .as_ref()
+        .and_then(|omni| omni.image_routes())
+        .map(|routes| http::sendfile::ImagePath::new(routes, image_stats));
     let http_addr = SocketAddrV4::new(
         config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
         config.api_port,

@@ -158,11 +158,14 @@ pub async fn serve_assets(
     use crate::http::server::{ConnCounters, Gate, Limits};
     let assets = crate::omni_boot::LocalAssets::new(assets_dir.to_owned());
     let router = assets.mount(axum::Router::new());
-    let images: Option<Arc<dyn crate::http::sendfile::ImageRoutes>> = zero_copy.then(|| {
-        Arc::new(crate::omni_boot::BootImages {
-            assets: Some(assets.clone()),
-            factory: None,
-        }) as Arc<dyn crate::http::sendfile::ImageRoutes>
+    let images = zero_copy.then(|| {
+        crate::http::sendfile::ImagePath::new(
+            Arc::new(crate::omni_boot::BootImages {
+                assets: Some(assets.clone()),
+                factory: None,
+            }),
+            Arc::default(),
+        )
     });
     let limits = Limits {
         max_per_source,

@@ -871,6 +871,11 @@ async fn sendfile_readers_follow_a_slow_download_then_the_cache() {
     .await;
     assert_eq!(unknown.statuses(), [404]);
     assert!(String::from_utf8_lossy(&unknown.body).contains("not created by ironboot"));
+    assert_eq!(
+        running.images.responses("other"),
+        1,
+        "the 404 went out on the image path"
+    );
 }
 
 #[tokio::test]
@@ -891,4 +896,6 @@ async fn sendfile_readers_of_a_failed_download_get_a_truncated_transfer() {
         r.body[..] == upstream_image("v1.13.7", "kernel-amd64")[..r.body.len()],
         "what was sent is the image's beginning"
     );
+    assert_eq!(running.images.cut_short(), 1);
+    assert_eq!(running.images.responses("200"), 1);
 }

@@ -111,16 +111,16 @@ pub(crate) async fn serve(
     serve_with_images(listener, router, None, gate, shutdown).await
 }
 
-/// [`serve`], with `images` (if any) sent by the zero-copy image path ([`sendfile`])
-/// on plain HTTP/1 connections; everything else goes to `router`.
+/// [`serve`], with `images` (if any: the zero-copy image path, [`sendfile`]) answering
+/// boot image requests on plain HTTP/1 connections; everything else goes to `router`.
 pub(crate) async fn serve_with_images(
     listener: tokio::net::TcpListener,
     router: Router,
-    images: Option<Arc<dyn sendfile::ImageRoutes>>,
+    images: Option<sendfile::ImagePath>,
     gate: Arc<server::Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let raw = images.map(|i| Arc::new(sendfile::ImagePath(i)) as Arc<dyn server::RawPath>);
+    let raw = images.map(|i| Arc::new(i) as Arc<dyn server::RawPath>);
     server::serve_with(
         listener,
         server::Listener::Api,

@@ -37,6 +37,7 @@ use std::ops::Range;
 use std::os::fd::AsFd as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -330,8 +331,91 @@ pub(crate) fn parse_range(spec: &str, len: u64) -> Answer {
     }
 }
 
-/// The image path as the accept loop's [`RawPath`].
-pub(crate) struct ImagePath(pub(crate) Arc<dyn ImageRoutes>);
+/// The image path's counters (`/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct ImageStats {
+    /// By [`STATUSES`] index.
+    responses: [AtomicU64; STATUSES.len()],
+    body_bytes: AtomicU64,
+    cut_short: AtomicU64,
+}
+
+/// Status labels of [`ImageStats`]; the last one takes every other status (a route's own
+/// error answers).
+const STATUSES: [&str; 5] = ["200", "206", "304", "416", "other"];
+
+impl ImageStats {
+    fn response(&self, status: &str) {
+        let i = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        self.responses[i].fetch_add(1, Relaxed);
+    }
+
+    /// Responses answered with `status` (`"other"`: any other) so far.
+    #[cfg(test)]
+    pub(crate) fn responses(&self, status: &str) -> u64 {
+        STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .map_or(0, |i| self.responses[i].load(Relaxed))
+    }
+
+    /// Body bytes sent with `sendfile` so far.
+    #[cfg(test)]
+    pub(crate) fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Relaxed)
+    }
+
+    /// Responses that ended before their last byte so far.
+    #[cfg(test)]
+    pub(crate) fn cut_short(&self) -> u64 {
+        self.cut_short.load(Relaxed)
+    }
+}
+
+impl crate::metrics::PrometheusSource for ImageStats {
+    fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP ironboot_http_image_responses_total Boot image responses written by the \
+             zero-copy image path (/assets/, /factory/image/), by status.\n\
+             # TYPE ironboot_http_image_responses_total counter\n",
+        );
+        for (i, s) in STATUSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ironboot_http_image_responses_total{{status=\"{s}\"}} {}",
+                self.responses[i].load(Relaxed)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP ironboot_http_image_body_bytes_total Boot image bytes sent with sendfile.\n\
+             # TYPE ironboot_http_image_body_bytes_total counter\n\
+             ironboot_http_image_body_bytes_total {}\n\
+             # HELP ironboot_http_image_cut_short_total Image responses that ended before \
+             their last byte (client gone or too slow, a download that failed).\n\
+             # TYPE ironboot_http_image_cut_short_total counter\n\
+             ironboot_http_image_cut_short_total {}\n",
+            self.body_bytes.load(Relaxed),
+            self.cut_short.load(Relaxed)
+        );
+    }
+}
+
+/// The image path as the accept loop's [`RawPath`]: `routes`, counted in `stats`.
+pub(crate) struct ImagePath {
+    routes: Arc<dyn ImageRoutes>,
+    stats: Arc<ImageStats>,
+}
+
+impl ImagePath {
+    /// Serve `routes`, counting into `stats`.
+    pub(crate) fn new(routes: Arc<dyn ImageRoutes>, stats: Arc<ImageStats>) -> Self {
+        ImagePath { routes, stats }
+    }
+}
 
 impl RawPath for ImagePath {
     fn serve<'a>(
@@ -339,7 +423,9 @@ impl RawPath for ImagePath {
         io: &'a mut Timed<TcpStream>,
         buf: &'a mut Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(async move { serve_images(io, buf, &*self.0).await == Outcome::Hyper })
+        Box::pin(async move {
+            serve_images(io, buf, &*self.routes, &self.stats).await == Outcome::Hyper
+        })
     }
 }
 
@@ -360,6 +446,7 @@ pub(crate) async fn serve_images(
     io: &mut Timed<TcpStream>,
     buf: &mut Vec<u8>,
     routes: &dyn ImageRoutes,
+    stats: &ImageStats,
 ) -> Outcome {
     loop {
         let head = loop {
@@ -382,6 +469,7 @@ pub(crate) async fn serve_images(
             Resolved::NotMine => return Outcome::Hyper,
             Resolved::File(f) => f,
             Resolved::Answer(r) => {
+                stats.response(r.status().as_str());
                 io.request_started();
                 let ok = write_answer(io, &head, r).await.is_ok();
                 io.request_ended();
@@ -394,8 +482,11 @@ pub(crate) async fn serve_images(
         };
         io.request_started();
         buf.drain(..head.len);
-        let sent = send_file(io, &head, file).await;
+        let sent = send_file(io, &head, file, stats).await;
         io.request_ended();
+        if sent.is_err() {
+            stats.cut_short.fetch_add(1, Relaxed);
+        }
         match sent {
             Ok(true) if !head.close => {}
             _ => {
@@ -512,7 +603,12 @@ fn response_head(
 
 /// Answer `head` with `image`. `Ok(true)`: the response is complete and the connection
 /// may carry another request.
-async fn send_file(io: &mut Timed<TcpStream>, head: &Head, image: ImageFile) -> io::Result<bool> {
+async fn send_file(
+    io: &mut Timed<TcpStream>,
+    head: &Head,
+    image: ImageFile,
+    stats: &ImageStats,
+) -> io::Result<bool> {
     let file = image.file.clone();
     let meta = tokio::task::spawn_blocking(move || file.metadata())
         .await
@@ -528,6 +624,12 @@ async fn send_file(io: &mut Timed<TcpStream>, head: &Head, image: ImageFile) -> 
     let answer = answer(head, len, v.as_ref());
     let chunked = len.is_none();
     let text = response_head(head, &answer, len, v.as_ref(), chunked);
+    stats.response(match answer {
+        Answer::Full => "200",
+        Answer::Partial(_) => "206",
+        Answer::NotModified => "304",
+        Answer::Unsatisfiable => "416",
+    });
     io.write_all(text.as_bytes()).await?;
     if head.method == Method::Head {
         return Ok(true);
@@ -585,6 +687,7 @@ async fn send_file(io: &mut Timed<TcpStream>, head: &Head, image: ImageFile) -> 
             io.write_all(format!("{n:x}\r\n").as_bytes()).await?;
         }
         send_range(io, &image.file, pos, n).await?;
+        stats.body_bytes.fetch_add(n, Relaxed);
         if let Some(sent) = &image.sent {
             sent(n);
         }
@@ -815,6 +918,35 @@ mod tests {
         assert_ne!(a.etag, b.etag);
         assert!(a.etag.starts_with('"') && a.etag.ends_with('"'));
         assert!(a.last_modified.ends_with(" GMT"));
+    }
+
+    #[test]
+    fn image_stats_render_as_prometheus_families() {
+        use crate::metrics::PrometheusSource as _;
+        let st = ImageStats::default();
+        st.response("206");
+        st.response("404");
+        st.body_bytes.fetch_add(7, Relaxed);
+        let mut text = String::new();
+        st.render(&mut text);
+        for line in [
+            "ironboot_http_image_responses_total{status=\"206\"} 1",
+            "ironboot_http_image_responses_total{status=\"other\"} 1",
+            "ironboot_http_image_responses_total{status=\"200\"} 0",
+            "ironboot_http_image_body_bytes_total 7",
+            "ironboot_http_image_cut_short_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let mut declared = Vec::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert!(declared.iter().any(|d| d == name), "{l}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -14,13 +14,14 @@ use axum::Router;
 use axum::routing::get;
 
 use super::super::server::{self, ConnCounters, Gate, Limits, Listener, Plain, Reason};
-use super::{ImagePath, ImageRoutes};
+use super::{ImagePath, ImageRoutes, ImageStats};
 use crate::omni_boot::{BootImages, LocalAssets};
 
 /// The accept loop on 127.0.0.1 with `routes` on the image path and `router` behind.
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
     pub(crate) counters: Arc<ConnCounters>,
+    pub(crate) images: Arc<ImageStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -40,7 +41,8 @@ impl Running {
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(ConnCounters::default());
         let gate = Gate::new(limits, counters.clone());
-        let raw: Arc<dyn server::RawPath> = Arc::new(ImagePath(routes));
+        let images = Arc::new(ImageStats::default());
+        let raw: Arc<dyn server::RawPath> = Arc::new(ImagePath::new(routes, images.clone()));
         let task = tokio::spawn(async move {
             let _ = server::serve_with(
                 listener,
@@ -56,6 +58,7 @@ impl Running {
         Running {
             addr,
             counters,
+            images,
             task,
         }
     }
@@ -217,6 +220,16 @@ async fn curl_gets_whole_files_ranges_heads_and_conditionals() {
     let changed = curl(&["-r", "5-9", "-H", "If-Range: \"other\"", &url]).await;
     assert_eq!(changed.statuses(), [200]);
     assert!(changed.body == s.data, "a changed file is sent whole");
+
+    // Every one of those went out on the image path.
+    let st = &s.running.images;
+    let counts: Vec<u64> = ["200", "206", "304", "416", "other"]
+        .iter()
+        .map(|c| st.responses(c))
+        .collect();
+    assert_eq!(counts, [5, 4, 1, 1, 0]);
+    assert_eq!(st.body_bytes(), 4 * LEN as u64 + 1000 + 100 + 5 + 5);
+    assert_eq!(st.cut_short(), 0);
 
     // A name that is not an asset, and an absent asset: the route's own 404s (hyper).
     let other = curl(&[&s.running.url("/assets/nope")]).await;
