@@ -465,12 +465,17 @@ pub(crate) async fn serve_images(
                 Ok(_) => {}
             }
         };
+        // In flight from here: resolving may wait on the factory's answer, which the
+        // header deadline must not cut.
+        io.request_started();
         let file = match routes.resolve(&head.path).await {
-            Resolved::NotMine => return Outcome::Hyper,
+            Resolved::NotMine => {
+                io.request_ended();
+                return Outcome::Hyper;
+            }
             Resolved::File(f) => f,
             Resolved::Answer(r) => {
                 stats.response(r.status().as_str());
-                io.request_started();
                 let ok = write_answer(io, &head, r).await.is_ok();
                 io.request_ended();
                 buf.drain(..head.len);
@@ -480,7 +485,6 @@ pub(crate) async fn serve_images(
                 continue;
             }
         };
-        io.request_started();
         buf.drain(..head.len);
         let sent = send_file(io, &head, file, stats).await;
         io.request_ended();
