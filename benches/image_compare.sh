@@ -44,7 +44,7 @@ master_process off;
 worker_processes 1;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx.err warn;
-worker_rlimit_nofile 65536;
+
 events { worker_connections 8192; }
 http {
     sendfile on;
@@ -75,7 +75,7 @@ start() {
     bench_die "$1 did not answer; its log: $(cat "$WORK/$1.log")"
 }
 
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 printf '| server | clients | throughput (MB/s) | requests/s | server CPU (cores) | server CPU s per GB | wrk errors |\n'
 printf '|---|---|---|---|---|---|---|\n'
 for server in $SERVERS; do
