@@ -36,7 +36,12 @@ enum Mode {
     Down,
     /// Images: headers with the full length, half the bytes, then the connection breaks.
     BreakImages,
+    /// Images: the answer starts after [`SLOW_HEADERS`].
+    SlowHeaders,
 }
+
+/// How long the stand-in takes to answer in [`Mode::SlowHeaders`].
+const SLOW_HEADERS: Duration = Duration::from_millis(2500);
 
 /// Holds image transfers halfway until opened, so a test knows every request joined a
 /// download under way.
@@ -122,6 +127,9 @@ async fn image(State(f): State<Factory>, uri: axum::http::Uri) -> Response {
     let mode = *f.mode.lock().unwrap();
     if mode == Mode::Down {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    if mode == Mode::SlowHeaders {
+        tokio::time::sleep(SLOW_HEADERS).await;
     }
     let path = uri.path().to_owned();
     *f.image_gets
@@ -802,17 +810,13 @@ async fn only_schematics_ironboot_created_or_cached_are_fetched() {
 async fn serve_with_sendfile(
     p: &Arc<FactoryProxy>,
     router: Router,
+    limits: crate::http::server::Limits,
 ) -> crate::http::sendfile::real::Running {
     let routes = Arc::new(crate::omni_boot::BootImages {
         assets: None,
         factory: Some(p.clone()),
     });
-    crate::http::sendfile::real::Running::start(
-        routes,
-        router,
-        crate::http::server::Limits::default(),
-    )
-    .await
+    crate::http::sendfile::real::Running::start(routes, router, limits).await
 }
 
 #[tokio::test]
@@ -821,7 +825,7 @@ async fn sendfile_readers_follow_a_slow_download_then_the_cache() {
     let standin = StandIn::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (p, router) = proxy(&standin, dir.path(), DEFAULT_MAX_BYTES);
-    let running = serve_with_sendfile(&p, router).await;
+    let running = serve_with_sendfile(&p, router, Default::default()).await;
     let url = running.url(&image_uri("v1.13.7", "kernel-amd64"));
     let want = upstream_image("v1.13.7", "kernel-amd64");
     // The stand-in holds the download halfway until the gate opens.
@@ -884,7 +888,7 @@ async fn sendfile_readers_of_a_failed_download_get_a_truncated_transfer() {
     let standin = StandIn::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (_p, router) = proxy(&standin, dir.path(), DEFAULT_MAX_BYTES);
-    let running = serve_with_sendfile(&_p, router).await;
+    let running = serve_with_sendfile(&_p, router, Default::default()).await;
     let url = running.url(&image_uri("v1.13.7", "kernel-amd64"));
     standin.set(Mode::BreakImages);
     let r = curl(&[&url]).await;
@@ -898,4 +902,28 @@ async fn sendfile_readers_of_a_failed_download_get_a_truncated_transfer() {
     );
     assert_eq!(running.images.cut_short(), 1);
     assert_eq!(running.images.responses("200"), 1);
+}
+
+#[tokio::test]
+async fn sendfile_waits_for_a_factory_slower_than_the_header_deadline() {
+    use crate::http::sendfile::real::curl;
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, router) = proxy(&standin, dir.path(), DEFAULT_MAX_BYTES);
+    // The client's head is complete at once; the factory answers after the header
+    // deadline: the request is in flight, not a slow client.
+    let limits = crate::http::server::Limits {
+        header_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let running = serve_with_sendfile(&p, router, limits).await;
+    standin.set(Mode::SlowHeaders);
+    let r = curl(&[&running.url(&image_uri("v1.13.7", "kernel-amd64"))]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.body == upstream_image("v1.13.7", "kernel-amd64"));
+    let dropped = running.counters.ended_total(
+        crate::http::server::Listener::Api,
+        crate::http::server::Reason::HeaderTimeout,
+    );
+    assert_eq!(dropped, 0);
 }
