@@ -114,6 +114,9 @@ pub(crate) struct Head {
     /// The connection ends after the response (`Connection: close`, HTTP/1.0 without
     /// `keep-alive`).
     pub(crate) close: bool,
+    /// HTTP/1.0 with `Connection: keep-alive`: the response must say it keeps the
+    /// connection open.
+    pub(crate) keep_alive_1_0: bool,
     pub(crate) range: Option<String>,
     pub(crate) if_none_match: Option<String>,
     pub(crate) if_range: Option<String>,
@@ -206,6 +209,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Parsed {
     Parsed::Head(Head {
         method,
         path,
+        keep_alive_1_0: req.version == Some(0) && !close,
         close,
         range,
         if_none_match,
@@ -525,6 +529,8 @@ async fn write_answer(io: &mut Timed<TcpStream>, head: &Head, r: Response<Body>)
     let _ = write!(out, "Content-Length: {}\r\n", body.len());
     if head.close {
         out.push_str("Connection: close\r\n");
+    } else if head.keep_alive_1_0 {
+        out.push_str("Connection: keep-alive\r\n");
     }
     out.push_str("\r\n");
     let mut bytes = out.into_bytes();
@@ -597,6 +603,8 @@ fn response_head(
     }
     if head.close {
         out.push_str("Connection: close\r\n");
+    } else if head.keep_alive_1_0 {
+        out.push_str("Connection: keep-alive\r\n");
     }
     out.push_str("\r\n");
     if *answer == Answer::Unsatisfiable && head.method == Method::Get {
@@ -801,7 +809,9 @@ mod tests {
         );
         assert!(head("HEAD /a HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
         assert!(head("GET /a HTTP/1.0\r\n\r\n").close);
-        assert!(!head("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").close);
+        let h10 = head("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!h10.close && h10.keep_alive_1_0);
+        assert!(!head("GET /a HTTP/1.1\r\n\r\n").keep_alive_1_0);
         assert_eq!(
             parse_head(b"GET /assets/kernel HTTP/1.1\r\nHost"),
             Parsed::Partial

@@ -287,6 +287,22 @@ async fn keep_alive_carries_images_then_hyper_routes_and_h2c_still_works() {
     assert_eq!(h2.code, 0, "{}", h2.stderr);
     assert!(h2.headers.starts_with("HTTP/2 200"), "{}", h2.headers);
     assert_eq!(h2.body, b"hello\n");
+    // HTTP/1.0: closed unless asked to keep it open.
+    let old = curl(&["-0", &cmdline, &cmdline]).await;
+    assert_eq!(old.statuses(), [200, 200]);
+    assert_eq!(old.header("connection").as_deref(), Some("close"));
+    let kept = curl(&[
+        "-0",
+        "-H",
+        "Connection: keep-alive",
+        "-w",
+        "%{num_connects}\n",
+        &cmdline,
+        &cmdline,
+    ])
+    .await;
+    assert_eq!(kept.header("connection").as_deref(), Some("keep-alive"));
+    assert_eq!(kept.body, b"console=ttyS0\n1\nconsole=ttyS0\n0\n");
     let closed = curl(&["-H", "Connection: close", &kernel]).await;
     assert_eq!(closed.header("connection").as_deref(), Some("close"));
     assert!(closed.body == s.data);
