@@ -110,8 +110,6 @@ pub(crate) struct Settings {
 
 impl Settings {
     fn get(&self, name: &str) -> Option<&str> {
-        // `net0/mac` and the like name the booting NIC's own setting.
-        let name = name.rsplit('/').next().unwrap_or(name);
         Some(match name {
             "uuid" => &self.uuid,
             "mac" => &self.mac,
@@ -132,6 +130,8 @@ impl Settings {
                 .ok_or(ScriptError::UnclosedSetting { line })?;
             let setting = &after[..end];
             let (name, kind) = setting.split_once(':').unwrap_or((setting, ""));
+            // `net0/mac` and the like name the booting NIC's own setting.
+            let name = name.rsplit('/').next().unwrap_or(name);
             let value = self
                 .get(name)
                 .filter(|_| matches!(kind, "" | "string" | "uristring" | "hex" | "hexhyp"))
@@ -869,4 +869,415 @@ async fn follow(
         return Err("verify_image_more_files_than_fetched".to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            uuid: "57a7c000-0000-4000-8000-000000000001".into(),
+            mac: "52:54:00:00:00:01".into(),
+            buildarch: "x86_64".into(),
+        }
+    }
+
+    fn images(text: &str) -> Vec<ImageLine> {
+        match parse_script(text, &settings()) {
+            Ok(ScriptPlan::Images(i)) => i,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kernel_and_initrd_lines_are_read_in_order_with_their_names_and_arguments() {
+        let got = images(
+            "#!ipxe\n# a comment\n:start\necho booting ${uuid}\ndhcp\n\
+             kernel http://10.0.0.1/vmlinuz console=ttyS0 talos.platform=metal\r\n\
+             initrd http://10.0.0.1/initramfs.xz\n\
+             initrd --name extra.cpio http://10.0.0.1/extra.cpio\n\
+             imgfetch -n y --timeout 5000 http://10.0.0.1/y || goto failed\n\
+             module --autofree --name=z http://10.0.0.1/${buildarch}/z?m=${net0/mac:hexhyp}\n\
+             boot\ninitrd http://10.0.0.1/after-boot\n",
+        );
+        let urls: Vec<(Kind, &str, Option<&str>)> = got
+            .iter()
+            .map(|l| (l.kind, l.url.as_str(), l.name.as_deref()))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                (Kind::Kernel, "http://10.0.0.1/vmlinuz", None),
+                (Kind::Initrd, "http://10.0.0.1/initramfs.xz", None),
+                (
+                    Kind::Initrd,
+                    "http://10.0.0.1/extra.cpio",
+                    Some("extra.cpio")
+                ),
+                (Kind::Initrd, "http://10.0.0.1/y", Some("y")),
+                (
+                    Kind::Initrd,
+                    "http://10.0.0.1/x86_64/z?m=52-54-00-00-00-01",
+                    Some("z")
+                ),
+            ],
+            "the line after boot is never run"
+        );
+        assert_eq!(got[0].args, ["console=ttyS0", "talos.platform=metal"]);
+        assert!(got[1].args.is_empty());
+        // ironboot's own rendering of an inventory kernel target.
+        let got =
+            images("#!ipxe\nkernel http://10.0.0.1/k a=${uuid}\ninitrd http://10.0.0.1/i\nboot\n");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].args, ["a=${uuid}"], "arguments are not expanded");
+    }
+
+    #[test]
+    fn a_chain_ends_the_script_and_is_returned() {
+        let s = settings();
+        assert_eq!(
+            parse_script(
+                "#!ipxe\nchain --replace http://10.0.0.1:50042/x?u=${uuid} || goto f\n\
+                 kernel http://10.0.0.1/never\n",
+                &s
+            ),
+            Ok(ScriptPlan::Chain(
+                "http://10.0.0.1:50042/x?u=57a7c000-0000-4000-8000-000000000001".into()
+            ))
+        );
+        // A chain after a kernel line still hands over (iPXE runs lines in order).
+        assert_eq!(
+            parse_script("#!ipxe\nkernel http://a/k\nimgexec http://10.0.0.1/s\n", &s),
+            Ok(ScriptPlan::Chain("http://10.0.0.1/s".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_scripts_are_refused_with_a_reason() {
+        let s = settings();
+        for (text, reason) in [
+            ("kernel http://a/k\n", "script_not_ipxe"),
+            ("", "script_not_ipxe"),
+            ("#!ipxe\nkernel\n", "script_missing_url"),
+            ("#!ipxe\ninitrd --name x\n", "script_missing_url"),
+            ("#!ipxe\nkernel --name\n", "script_option_without_value"),
+            (
+                "#!ipxe\nkernel --bogus http://a/k\n",
+                "script_unknown_option",
+            ),
+            (
+                "#!ipxe\nkernel --replace=1 http://a/k\n",
+                "script_unknown_option",
+            ),
+            (
+                "#!ipxe\nkernel http://${next-server}/k\n",
+                "script_unknown_setting",
+            ),
+            (
+                "#!ipxe\nkernel http://a/${uuid\n",
+                "script_unclosed_setting",
+            ),
+            ("#!ipxe\ninitrd http://a/i\nboot\n", "script_no_kernel"),
+            ("#!ipxe\nexit\nkernel http://a/k\n", "script_no_kernel"),
+            (
+                "#!ipxe\nsanboot --no-describe --drive 0x80\n",
+                "script_no_kernel",
+            ),
+        ] {
+            match parse_script(text, &s) {
+                Err(e) => assert_eq!(e.reason(), reason, "{text:?}: {e}"),
+                Ok(p) => panic!("{text:?} accepted: {p:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn urls_resolve_as_ipxe_resolves_them() {
+        let base = Target {
+            addr: "10.0.0.1:50042".parse().unwrap(),
+            path: "/ipxe/boot.ipxe?uuid=x/y".into(),
+        };
+        let t = |url| resolve(url, &base);
+        assert_eq!(
+            t("http://10.0.0.2:8080/a/k?x=1"),
+            Ok(Target {
+                addr: "10.0.0.2:8080".parse().unwrap(),
+                path: "/a/k?x=1".into()
+            })
+        );
+        assert_eq!(
+            t("HTTP://10.0.0.2"),
+            Ok(Target {
+                addr: "10.0.0.2:80".parse().unwrap(),
+                path: "/".into()
+            })
+        );
+        assert_eq!(t("/tftp/k").map(|t| t.path), Ok("/tftp/k".into()));
+        assert_eq!(t("k.efi").map(|t| t.path), Ok("/ipxe/k.efi".into()));
+        assert_eq!(t("k.efi").map(|t| t.addr), Ok(base.addr));
+        assert_eq!(t("https://10.0.0.1/k"), Err(UrlError::NotHttp));
+        assert_eq!(t("tftp://10.0.0.1/k"), Err(UrlError::NotHttp));
+        assert_eq!(t("http://boot.example/k"), Err(UrlError::HostNotIpv4));
+        assert_eq!(t("http://10.0.0.1:0/k"), Err(UrlError::BadPort));
+        assert_eq!(t("http://10.0.0.1:x/k"), Err(UrlError::BadPort));
+    }
+
+    #[test]
+    fn response_heads() {
+        let h = parse_head("HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX: y").unwrap();
+        assert_eq!(
+            h,
+            Head {
+                status: 200,
+                framing: Framing::Length(12),
+                keep_alive: true
+            }
+        );
+        let h = parse_head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3")
+            .unwrap();
+        assert_eq!(h.framing, Framing::Chunked, "chunked overrides the length");
+        let h = parse_head("HTTP/1.0 200 OK\r\nContent-Length: 1").unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
+        let h = parse_head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1").unwrap();
+        assert!(!h.keep_alive);
+        let h = parse_head("HTTP/1.1 200 OK").unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
+        for bad in [
+            "SSH-2.0-x",
+            "HTTP/1.1 2000 OK",
+            "HTTP/1.1 200 OK\r\nno colon",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
+        ] {
+            assert!(
+                matches!(parse_head(bad), Err(FetchError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// A server on loopback answering each accepted connection's requests from `answers`
+    /// in turn (one answer per request, the connection closed after `close_after`
+    /// requests). Returns its address and the number of connections it accepted.
+    async fn server(
+        answers: Vec<Vec<u8>>,
+        close_after: usize,
+    ) -> (SocketAddrV4, std::sync::Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
+        };
+        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut reader = BufReader::new(stream);
+                for _ in 0..close_after {
+                    // Read one request head.
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        if reader.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if line == b"\r\n" {
+                            break;
+                        }
+                    }
+                    let Some(answer) = answers.next() else {
+                        return;
+                    };
+                    if reader.get_mut().write_all(&answer).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn ok(body: &[u8]) -> Vec<u8> {
+        let mut v =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        v.extend_from_slice(body);
+        v
+    }
+
+    async fn fetch_all(
+        addr: SocketAddrV4,
+        paths: &[&str],
+    ) -> (Vec<Result<(u64, Vec<u8>), String>>, u64) {
+        let mut client = Client::new(Ipv4Addr::UNSPECIFIED, Duration::from_secs(5));
+        let mut out = Vec::new();
+        for p in paths {
+            let mut body = Vec::new();
+            let r = client
+                .get(
+                    &Target {
+                        addr,
+                        path: (*p).to_owned(),
+                    },
+                    &mut |d: &[u8]| body.extend_from_slice(d),
+                )
+                .await;
+            out.push(r.map(|f| (f.bytes, body)).map_err(|e| e.reason()));
+        }
+        (out, client.connections)
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_every_image_and_framings_are_honoured() {
+        let big = vec![7u8; 3 * READ_BUFFER + 5];
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+            .to_vec();
+        let (addr, accepted) = server(vec![ok(&big), chunked, ok(b"")], 10).await;
+        let (got, connections) = fetch_all(addr, &["/k", "/i", "/e"]).await;
+        assert_eq!(got[0], Ok((big.len() as u64, big)));
+        assert_eq!(got[1], Ok((5, b"abcde".to_vec())));
+        assert_eq!(got[2], Ok((0, Vec::new())));
+        assert_eq!(connections, 1);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_server_closed_is_replaced_once() {
+        // The server answers one request per connection without saying it will close.
+        let (addr, accepted) = server(vec![ok(b"kernel"), ok(b"initrd")], 1).await;
+        let (got, connections) = fetch_all(addr, &["/k", "/i"]).await;
+        assert_eq!(got[1], Ok((6, b"initrd".to_vec())));
+        assert_eq!(connections, 2);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn short_bodies_and_error_statuses_fail_with_their_reason() {
+        let mut short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec();
+        short.extend_from_slice(&[1; 40]);
+        let (addr, _) = server(vec![short], 1).await;
+        let (got, _) = fetch_all(addr, &["/k"]).await;
+        assert_eq!(got[0], Err("short_body".to_owned()));
+
+        let cut_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nabc".to_vec();
+        let (addr, _) = server(vec![cut_chunk], 1).await;
+        assert_eq!(
+            fetch_all(addr, &["/k"]).await.0[0],
+            Err("short_body".to_owned())
+        );
+
+        let not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let (addr, _) = server(vec![not_found], 1).await;
+        assert_eq!(
+            fetch_all(addr, &["/k"]).await.0[0],
+            Err("status_404".to_owned())
+        );
+
+        let (addr, _) = server(vec![b"SSH-2.0-x\r\n\r\n".to_vec()], 1).await;
+        assert_eq!(
+            fetch_all(addr, &["/k"]).await.0[0],
+            Err("http_malformed".to_owned())
+        );
+
+        // Nothing listens: the port of a listener just closed.
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(addr) = gone.local_addr().unwrap() else {
+            unreachable!("bound to an IPv4 address")
+        };
+        drop(gone);
+        assert_eq!(
+            fetch_all(addr, &["/k"]).await.0[0],
+            Err("connection_refused".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_machine_follows_one_chain_and_verifies_what_it_fetched() {
+        let kernel = b"kernel bytes".to_vec();
+        let initrd = vec![3u8; 100_000];
+        let digest = |b: &[u8]| {
+            let mut h = Hasher::new();
+            h.update(b);
+            h.finish()
+        };
+        let chained = b"#!ipxe\nkernel /k quiet\ninitrd i.img\nboot\n";
+        let (addr, accepted) = server(vec![ok(chained), ok(&kernel), ok(&initrd)], 10).await;
+        let digests = [digest(&kernel), digest(&initrd)];
+        let machine = Machine {
+            api: addr,
+            bind: Ipv4Addr::UNSPECIFIED,
+            idle: Duration::from_secs(5),
+            settings: settings(),
+            digests: &digests,
+        };
+        let script = format!("#!ipxe\nchain --replace http://{addr}/ipxe/next.ipxe\n");
+        let at = Target {
+            addr,
+            path: "/ipxe/boot.ipxe".into(),
+        };
+        let moved = AtomicU64::new(0);
+        let mut out = Outcome::default();
+        boot_images(&machine, script.as_bytes(), at.clone(), &mut out, &moved)
+            .await
+            .unwrap();
+        assert_eq!(out.bytes, (kernel.len() + initrd.len()) as u64);
+        assert_eq!(moved.load(std::sync::atomic::Ordering::Relaxed), out.bytes);
+        assert_eq!(
+            (out.kernel.len(), out.initrd.len(), out.connections),
+            (1, 1, 1)
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        // The same, with the initrd's contents changed: a hash mismatch.
+        let (addr2, _) = server(vec![ok(chained), ok(&kernel), ok(b"other")], 10).await;
+        let machine = Machine {
+            api: addr2,
+            ..machine
+        };
+        let script = format!("#!ipxe\nchain http://{addr2}/ipxe/next.ipxe\n");
+        let mut out = Outcome::default();
+        let at = Target { addr: addr2, ..at };
+        assert_eq!(
+            boot_images(&machine, script.as_bytes(), at.clone(), &mut out, &moved).await,
+            Err("initrd_hash_mismatch".to_owned())
+        );
+        assert_eq!(out.kernel.len(), 1);
+
+        // A chain to another server, and a second chain, are refused.
+        let other = "#!ipxe\nchain http://10.255.255.1:1/x\n";
+        assert_eq!(
+            boot_images(&machine, other.as_bytes(), at.clone(), &mut out, &moved).await,
+            Err("chain_other_server".to_owned())
+        );
+        let again = format!("#!ipxe\nchain http://{addr2}/ipxe/again.ipxe\n");
+        let (addr3, _) = server(vec![ok(again.as_bytes())], 10).await;
+        let machine = Machine {
+            api: addr3,
+            ..machine
+        };
+        let script = format!("#!ipxe\nchain http://{addr3}/ipxe/next.ipxe\n");
+        assert_eq!(
+            boot_images(
+                &machine,
+                script.as_bytes(),
+                Target { addr: addr3, ..at },
+                &mut out,
+                &moved
+            )
+            .await,
+            Err("chain_twice".to_owned())
+        );
+    }
 }

@@ -504,6 +504,16 @@ mod tests {
             .plan()
             .unwrap();
         assert_eq!(plan.last_stage, Stage::Discover);
+        let plan = parse(&["--stop-after", "image", "--verify-image", "/dev/null"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(plan.last_stage, Stage::Image);
+        assert_eq!(
+            plan.image_digests,
+            [image::file_digest(std::path::Path::new("/dev/null")).unwrap()]
+        );
+        assert_ne!(plan.image_digests[0], [0; 32], "the SHA-256 of no bytes");
     }
 
     #[test]
@@ -515,6 +525,11 @@ mod tests {
             (&["--concurrency", "0"][..], "concurrency"),
             (&["--timeout-scale", "0"][..], "timeout-scale"),
             (&["--interface", ""][..], "interface"),
+            (&["--verify-image", "/dev/null"][..], "verify-image"),
+            (
+                &["--stop-after", "image", "--verify-image", "/nonexistent/k"][..],
+                "verify-image",
+            ),
         ] {
             match parse(args).unwrap().plan() {
                 Err(StormError::Flag { flag, .. }) => assert_eq!(flag, name),

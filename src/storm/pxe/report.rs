@@ -523,6 +523,62 @@ mod tests {
     }
 
     #[test]
+    fn the_image_stage_reports_bytes_goodput_and_per_file_latency() {
+        let mut a = BootTally::default();
+        a.stage_done(Stage::Image, ms(300));
+        a.image_bytes = 3_000_000;
+        a.kernel_latencies.push(ms(100));
+        a.initrd_latencies.extend([ms(150), ms(50)]);
+        a.image_connections = 1;
+        a.image_ran(ms(200), ms(1200));
+        let mut b = BootTally::default();
+        b.failure(Stage::Image, "initrd_status_404");
+        b.image_bytes = 1_000_000;
+        b.kernel_latencies.push(ms(400));
+        b.image_connections = 1;
+        b.image_ran(ms(100), ms(900));
+        a.merge(b);
+        a.booted = 1;
+        let r = PxeReport::new(
+            a,
+            PxeContext {
+                setup: setup(2, Stage::Image),
+                last_stage: Stage::Image,
+                replies: ReplyCounters::default(),
+                wall: ms(2000),
+                cpu: ms(1),
+            },
+        );
+        assert_eq!(r.image_bytes, 4_000_000);
+        assert!((r.image_secs - 1.1).abs() < 1e-9, "{}", r.image_secs);
+        assert!((r.image_mb_s - 4.0 / 1.1).abs() < 1e-9, "{}", r.image_mb_s);
+        assert_eq!((r.kernel_fetches, r.initrd_fetches), (2, 2));
+        assert_eq!(r.kernel_latency.max_ms, 400.0);
+        assert_eq!(r.initrd_latency.p50_ms, 50.0);
+        assert_eq!(r.stages["image"].failures["initrd_status_404"], 1);
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        for field in [
+            "image_bytes",
+            "image_secs",
+            "image_mb_s",
+            "kernel_fetches",
+            "initrd_fetches",
+            "image_connections",
+        ] {
+            assert!(json[field].is_number(), "{field}: {json}");
+        }
+        assert_eq!(json["kernel_latency"]["p99_ms"], 400.0);
+        assert_eq!(json["stages"]["image"]["ok"], 1);
+        let text = r.to_text();
+        assert!(
+            text.contains("image:      4000000 bytes in 1.100 s"),
+            "{text}"
+        );
+        assert!(text.contains("initrd_status_404 1"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("kernel ")), "{text}");
+    }
+
+    #[test]
     fn the_report_keeps_the_setup_at_the_top_level_of_the_json() {
         let r = PxeReport::new(
             BootTally::default(),
