@@ -182,7 +182,7 @@ pub(crate) fn parse_script(text: &str, settings: &Settings) -> Result<ScriptPlan
             "kernel" | "imgselect" => Some(Kind::Kernel),
             "initrd" | "imgfetch" | "module" => Some(Kind::Initrd),
             "chain" | "imgexec" => None,
-            "boot" | "imgexec_selected" | "exit" | "sanboot" | "reboot" | "poweroff" => break,
+            "boot" | "exit" | "sanboot" | "reboot" | "poweroff" => break,
             _ => continue,
         };
         let mut name = None;
@@ -225,6 +225,10 @@ pub(crate) fn parse_script(text: &str, settings: &Settings) -> Result<ScriptPlan
             }
         }
         let Some((url, args)) = positional.split_first() else {
+            // `imgexec` alone boots the selected image, as `boot` does.
+            if command == "imgexec" {
+                break;
+            }
             return Err(ScriptError::MissingUrl {
                 line,
                 command: command.to_owned(),
@@ -985,6 +989,8 @@ mod tests {
             ),
             ("#!ipxe\ninitrd http://a/i\nboot\n", "script_no_kernel"),
             ("#!ipxe\nexit\nkernel http://a/k\n", "script_no_kernel"),
+            ("#!ipxe\nimgexec\nkernel http://a/k\n", "script_no_kernel"),
+            ("#!ipxe\nchain\n", "script_missing_url"),
             (
                 "#!ipxe\nsanboot --no-describe --drive 0x80\n",
                 "script_no_kernel",
