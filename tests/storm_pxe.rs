@@ -19,7 +19,8 @@
 //!   initrd (ironboot's own `ipxe.efi` and `undionly.kpxe` under `/tftp/`) fetched by every
 //!   machine on one kept-alive connection each, bytes and SHA-256 (`--verify-image`) those
 //!   of the files, ironboot's `/metrics` counting each fetch; then 50 machines whose
-//!   initrd URL 404s all fail in the image stage with `initrd_status_404`.
+//!   initrd URL 404s all fail in the image stage with `initrd_status_404`; and 10 whose
+//!   script chains to another boot script of ironboot follow it to the same images.
 //! - the Go provider's own libraries (`tests/pxe-peer`: insomniacslk/dhcp server4 and
 //!   pin/tftp v3, configured as the provider configures them, built with `go build`):
 //!   50 machines through every stage, the TFTP bytes those of the served files (and curl
@@ -827,23 +828,34 @@ fn storm_of_50_against_the_go_providers_dhcp_and_tftp_libraries() {
 /// on, whose inventory entry names an initrd ironboot does not have).
 const IMAGE_MACHINES: u64 = 50;
 const BROKEN_OFFSET: u64 = 0x100;
+/// Machines whose script chains to another machine's boot script (`FIRST + CHAIN_OFFSET`
+/// on).
+const CHAIN_MACHINES: u64 = 10;
+const CHAIN_OFFSET: u64 = 0x200;
 
 #[test]
 fn storm_of_50_boots_to_the_image_from_ironboot() {
     let mut lab = Lab::new("i");
     let state = lab.path("state");
     let inventory = lab.path("inventory.toml");
-    let broken: Vec<String> = (FIRST + BROKEN_OFFSET..FIRST + BROKEN_OFFSET + IMAGE_MACHINES)
-        .map(|i| format!("\"57a7c000-0000-4000-8000-{i:012x}\""))
-        .collect();
+    let uuids = |from: u64, n: u64| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("\"57a7c000-0000-4000-8000-{i:012x}\""))
+            .collect()
+    };
+    let broken = uuids(FIRST + BROKEN_OFFSET, IMAGE_MACHINES);
+    let chained = uuids(FIRST + CHAIN_OFFSET, CHAIN_MACHINES);
     fs::write(
         &inventory,
         format!(
             "[default]\nkernel = \"{API}/tftp/ipxe.efi\"\ninitrd = \"{API}/tftp/undionly.kpxe\"\n\
              cmdline = \"console=ttyS0 storm=${{uuid}}\"\n\n\
              [[machine]]\nname = \"broken-initrd\"\nuuid = [{}]\nkernel = \"{API}/tftp/ipxe.efi\"\n\
-             initrd = \"{API}/tftp/missing.img\"\n",
-            broken.join(", ")
+             initrd = \"{API}/tftp/missing.img\"\n\n\
+             [[machine]]\nname = \"chained\"\nuuid = [{}]\n\
+             script = \"#!ipxe\\nchain --replace {API}/ipxe/boot.ipxe?uuid=57a7c000-0000-4000-8000-00000000ffff || exit\\n\"\n",
+            broken.join(", "),
+            chained.join(", ")
         ),
     )
     .expect("write inventory");
@@ -985,6 +997,38 @@ fn storm_of_50_boots_to_the_image_from_ironboot() {
         (metric(&metrics, files_ok), metric(&metrics, files_404)),
         (Some(3 * IMAGE_MACHINES), Some(IMAGE_MACHINES))
     );
+
+    // A script that chains to another boot script of the same server (an unknown
+    // machine's: the default kernel and initrd): followed once, then the images.
+    let (code, chain, stderr) = lab.storm_from(
+        FIRST + CHAIN_OFFSET,
+        CHAIN_MACHINES,
+        TIMEOUT_SCALE,
+        &["--stop-after", "image", "--verify-image", IPXE_EFI],
+    );
+    assert_eq!(code, Some(0), "stderr: {stderr}\n{chain:#}");
+    assert_eq!(
+        (
+            num(&chain, &["stages", "image", "ok"]),
+            num(&chain, &["image_bytes"]),
+            num(&chain, &["image_connections"]),
+        ),
+        (
+            CHAIN_MACHINES,
+            CHAIN_MACHINES * (size(IPXE_EFI) + size(UNDIONLY)),
+            CHAIN_MACHINES
+        ),
+        "the chained script, the kernel and the initrd on one connection: {chain:#}"
+    );
+    let script_ok = "ironboot_http_requests_total{route=\"boot_script\",status=\"200\"}";
+    let want = 2 * IMAGE_MACHINES + 2 * CHAIN_MACHINES;
+    let metrics = lab.metrics_when(&[(script_ok, want)]);
+    assert_eq!(
+        metric(&metrics, script_ok),
+        Some(want),
+        "every machine's boot.ipxe, and the chained one"
+    );
+
     let err = fs::read_to_string(lab.path("ironboot.err")).unwrap_or_default();
     assert!(!err.contains("panicked"), "{}", lab.log_tail("ironboot"));
 }
