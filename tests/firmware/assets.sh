@@ -61,8 +61,9 @@ check_ironboot_bin
 for cmd in cpio:cpio gzip:gzip; do need_cmd "${cmd%%:*}" "${cmd#*:}"; done
 [ ${#MISSING[@]} -eq 0 ] ||
   setup_error "missing: ${MISSING[*]}; install: sudo tests/install-prereqs.sh (or apt-get install -y ${MISSING_PKGS[*]})"
-[ -s "$CACHE/vmlinuz" ] && [ -x "$CACHE/busybox" ] ||
+if [ ! -s "$CACHE/vmlinuz" ] || [ ! -x "$CACHE/busybox" ]; then
   setup_error "missing the Linux kernel and static busybox under $CACHE (vmlinuz, busybox): run sudo tests/install-prereqs.sh, which downloads Debian's linux-image-amd64 and busybox-static there"
+fi
 [[ "$LIMIT" =~ ^[0-9]+$ ]] || setup_error "ASSETS_TIMEOUT must be a number of seconds, not '$LIMIT'"
 remove_stale_namespaces
 make_out_dir "${IBFW_OUT_BASE:-$repo/target/firmware-test}" assets
@@ -123,7 +124,7 @@ if api_get "/ipxe/boot.ipxe?mac=${VM_MAC//:/-}&arch=x86_64" "$out/boot.ipxe"; th
   fi
 fi
 
-T0=$(now_ms)
+START=$(now_ms)
 # 512 MiB: iPXE holds the kernel and initramfs in memory before Linux starts.
 start qemu-vm lan qemu-system-x86_64 -uuid "$VM_UUID" -accel tcg -display none -monitor none \
   -no-reboot -serial "file:$out/serial-vm.log" \
@@ -132,7 +133,7 @@ start qemu-vm lan qemu-system-x86_64 -uuid "$VM_UUID" -accel tcg -display none -
 say "VM started (tap0, $VM_MAC, limit ${LIMIT}s)"
 result=""
 while [ -z "$result" ]; do
-  el=$(($(now_ms) - T0))
+  el=$(($(now_ms) - START))
   if grep -aq "$DONE init=[0-9a-f]* cmdline=[0-9a-f]*" "$out/serial-vm.log" 2>/dev/null; then result=reached
   elif log_has serial-vm.log "$IPXE_GAVE_UP"; then result="iPXE gave up ('$IPXE_GAVE_UP')"
   elif log_has serial-vm.log "Kernel panic"; then result="the kernel panicked"
