@@ -28,8 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Path as UrlPath;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::io::ReaderStream;
@@ -238,7 +237,16 @@ impl AssetTree {
         router
             .route(
                 "/assets/{*path}",
-                get(move |UrlPath(path): UrlPath<String>| files.clone().answer(path)),
+                get(move |uri: Uri| {
+                    let files = files.clone();
+                    async move {
+                        let raw = uri.path().strip_prefix("/assets/").unwrap_or_default();
+                        match percent_decoded(raw) {
+                            Some(rel) => files.answer(rel).await,
+                            None => files.refuse(Refused::BadName),
+                        }
+                    }
+                }),
             )
             .route(
                 "/assets/",
@@ -282,6 +290,27 @@ fn checked_relative(rel: &str) -> Result<&Path, Refused> {
     Ok(path)
 }
 
+/// `raw` with its `%XX` escapes decoded, or `None` if an escape is malformed or the
+/// result is not UTF-8. Done here rather than by axum's `Path` extractor, whose rejection
+/// of such paths would be an uncounted `400`.
+fn percent_decoded(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn io_refusal(e: &std::io::Error) -> Refused {
     use std::io::ErrorKind;
     match e.kind() {
@@ -323,6 +352,10 @@ mod tests {
         std::os::unix::fs::symlink("talos/v1/initramfs.xz", dir.join("current")).unwrap();
         std::os::unix::fs::symlink("../secret", dir.join("leak")).unwrap();
         std::os::unix::fs::symlink("..", dir.join("up")).unwrap();
+        // A sibling whose name has DIR's as a prefix: outside, though the strings match.
+        std::fs::create_dir(top.path().join("assets2")).unwrap();
+        std::fs::write(top.path().join("assets2/secret"), b"outside").unwrap();
+        std::os::unix::fs::symlink("../assets2/secret", dir.join("sibling")).unwrap();
         let tree = AssetTree::new(&dir).unwrap();
         (top, tree)
     }
@@ -380,8 +413,12 @@ mod tests {
             ("/assets/%2Fetc%2Fpasswd", Refused::Absolute),
             ("/assets/talos//v1/initramfs.xz", Refused::Absolute),
             ("/assets/vmlinuz%00.txt", Refused::BadName),
+            ("/assets/vmlinuz%ff", Refused::BadName),
+            ("/assets/vmlinuz%2", Refused::BadName),
+            ("/assets/vmlinuz%zz", Refused::BadName),
             ("/assets/leak", Refused::Escape),
             ("/assets/up/secret", Refused::Escape),
+            ("/assets/sibling", Refused::Escape),
             ("/assets/talos", Refused::Directory),
             ("/assets/talos/", Refused::Directory),
             ("/assets/", Refused::Directory),
@@ -409,7 +446,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("ironboot_assets_refused_total{reason=\"escape\"} 2\n"),
+            text.contains("ironboot_assets_refused_total{reason=\"escape\"} 3\n"),
             "{text}"
         );
     }
