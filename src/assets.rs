@@ -25,12 +25,14 @@ use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ironboot_net::log_limit::LogLimiter;
 use tokio_util::io::ReaderStream;
 
 use crate::metrics::PrometheusSource;
@@ -144,6 +146,9 @@ pub(crate) struct AssetTree {
     /// DIR, canonical: every resolved file must lie under it.
     root: PathBuf,
     counters: Arc<AssetCounters>,
+    /// Files that exist but cannot be read are the operator's to fix: logged, at most
+    /// one line a minute (anyone can ask for them again and again).
+    unreadable_log: LogLimiter,
 }
 
 /// Why the asset directory cannot be served.
@@ -166,6 +171,7 @@ impl AssetTree {
         Ok(Arc::new(Self {
             root,
             counters: Arc::new(AssetCounters::default()),
+            unreadable_log: LogLimiter::new(Duration::from_secs(60)),
         }))
     }
 
@@ -180,25 +186,48 @@ impl AssetTree {
         let joined = self.root.join(checked_relative(rel)?);
         let resolved = match joined.canonicalize() {
             Ok(p) => p,
-            Err(e) => return Err(io_refusal(&e)),
+            Err(e) => return Err(self.io_refusal(&joined, &e)),
         };
         if !resolved.starts_with(&self.root) {
             return Err(Refused::Escape);
         }
-        let meta = std::fs::metadata(&resolved).map_err(|e| io_refusal(&e))?;
+        let meta = std::fs::metadata(&resolved).map_err(|e| self.io_refusal(&resolved, &e))?;
         if meta.is_dir() {
             return Err(Refused::Directory);
         }
         if !meta.is_file() {
             return Err(Refused::NotRegular);
         }
-        let file = File::open(&resolved).map_err(|e| io_refusal(&e))?;
+        let file = File::open(&resolved).map_err(|e| self.io_refusal(&resolved, &e))?;
         // What was opened is what is sent: checked again on the descriptor.
-        let meta = file.metadata().map_err(|_| Refused::Unreadable)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| self.io_refusal(&resolved, &e))?;
         if !meta.is_file() {
             return Err(Refused::NotRegular);
         }
         Ok((file, meta.len()))
+    }
+
+    /// The refusal for an I/O error on `path`: nothing there, or a file that cannot be
+    /// read (logged, rate-limited).
+    fn io_refusal(&self, path: &Path, e: &std::io::Error) -> Refused {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::NotFound | ErrorKind::NotADirectory => Refused::NotFound,
+            _ => {
+                if let Some(suppressed) = self.unreadable_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        suppressed,
+                        "boot asset unreadable: answered 404 (one line a minute; \
+                         `suppressed` were not logged)"
+                    );
+                }
+                Refused::Unreadable
+            }
+        }
     }
 
     /// Answer `GET /assets/<rel>`: the file, or a counted `404`.
@@ -311,14 +340,6 @@ fn percent_decoded(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn io_refusal(e: &std::io::Error) -> Refused {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::NotFound | ErrorKind::NotADirectory => Refused::NotFound,
-        _ => Refused::Unreadable,
-    }
-}
-
 /// The response carrying an opened file's `len` bytes. The one place the bytes of
 /// `/assets/` are sent, so a faster path can replace it alone.
 pub(crate) fn send_file(file: File, len: u64) -> Response {
@@ -352,6 +373,8 @@ mod tests {
         std::os::unix::fs::symlink("talos/v1/initramfs.xz", dir.join("current")).unwrap();
         std::os::unix::fs::symlink("../secret", dir.join("leak")).unwrap();
         std::os::unix::fs::symlink("..", dir.join("up")).unwrap();
+        // A symlink loop: exists, cannot be resolved (ELOOP), even by root.
+        std::os::unix::fs::symlink("loop", dir.join("loop")).unwrap();
         // A sibling whose name has DIR's as a prefix: outside, though the strings match.
         std::fs::create_dir(top.path().join("assets2")).unwrap();
         std::fs::write(top.path().join("assets2/secret"), b"outside").unwrap();
@@ -425,6 +448,7 @@ mod tests {
             ("/assets", Refused::Directory),
             ("/assets/missing", Refused::NotFound),
             ("/assets/vmlinuz/below", Refused::NotFound),
+            ("/assets/loop", Refused::Unreadable),
         ];
         for (i, (uri, reason)) in cases.iter().enumerate() {
             let before = tree.counters().refused(*reason);
