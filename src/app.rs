@@ -14,7 +14,9 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::omni_mode::OmniMode;
-use crate::{boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service};
+use crate::{
+    assets, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
+};
 
 /// The running services; each task resolves with its name and how it ended.
 type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -31,8 +33,21 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         warn_if_ipxe_cannot_reach_the_factory(&config, &files);
     }
     let files = Arc::new(files);
+    // Standalone mode with --use-local-boot-assets: the directory's files on /assets/,
+    // which the inventory's kernel and initrd may name as /assets/... paths.
+    let assets = match config.standalone_assets() {
+        Some(dir) => {
+            let tree = assets::AssetTree::new(dir)?;
+            info!(dir = %dir.display(), "serving the boot assets directory's files on /assets/");
+            Some(tree)
+        }
+        None => None,
+    };
+    let assets_url = assets
+        .as_ref()
+        .map(|_| boot_script::assets_url(config.advertise_address.into(), config.api_port));
     let inventory = Arc::new(match &config.inventory {
-        Some(path) => inventory::Inventory::load(path)?,
+        Some(path) => inventory::Inventory::load(path, assets_url.as_deref())?,
         None => inventory::Inventory::default(),
     });
     if config.omni_endpoint.is_none() {
@@ -90,6 +105,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(proxy) = &factory_proxy {
         registry.register(proxy.stats());
     }
+    if let Some(assets) = &assets {
+        registry.register(assets.counters());
+    }
     let image_stats = Arc::new(http::sendfile::ImageStats::default());
     registry.register(image_stats.clone());
     let router = http::router(http::ApiState {
@@ -105,15 +123,18 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         recorder: store.recorder,
         machines: store.machines,
     });
-    let router = match &omni {
-        Some(omni) => omni.mount(router),
-        None => router,
+    let router = match (&omni, &assets) {
+        (Some(omni), _) => omni.mount(router),
+        (None, Some(assets)) => assets.mount(router),
+        (None, None) => router,
     };
     // Boot images (`/assets/`, `/factory/image/`) go out with sendfile (src/http/sendfile.rs).
-    let images = omni
-        .as_ref()
-        .and_then(|omni| omni.image_routes())
-        .map(|routes| http::sendfile::ImagePath::new(routes, image_stats));
+    let image_routes: Option<Arc<dyn http::sendfile::ImageRoutes>> = match (&omni, &assets) {
+        (Some(omni), _) => omni.image_routes(),
+        (None, Some(assets)) => Some(Arc::new(assets::AssetImages(assets.clone()))),
+        (None, None) => None,
+    };
+    let images = image_routes.map(|routes| http::sendfile::ImagePath::new(routes, image_stats));
     let http_addr = SocketAddrV4::new(
         config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
         config.api_port,

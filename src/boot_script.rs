@@ -91,6 +91,12 @@ fn url_host(advertise: IpAddr) -> String {
     }
 }
 
+/// The URL of ironboot's own `/assets/` (standalone mode with `--use-local-boot-assets`),
+/// ending in `/`: inventory paths `/assets/<file>` become this URL followed by `<file>`.
+pub(crate) fn assets_url(advertise: IpAddr, port: u16) -> String {
+    format!("http://{}:{port}/assets/", url_host(advertise))
+}
+
 /// `boot.ipxe` on ironboot, with every identifier of the machine in the query (iPXE
 /// expands the settings when it fetches it).
 fn boot_url(advertise: IpAddr, port: u16) -> String {

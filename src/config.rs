@@ -563,6 +563,17 @@ pub(crate) struct Config {
     pub(crate) http: crate::http::server::Limits,
 }
 
+impl Config {
+    /// Standalone mode with `--use-local-boot-assets`: the directory served on
+    /// `/assets/`.
+    pub(crate) fn standalone_assets(&self) -> Option<&Path> {
+        match (&self.omni_endpoint, &self.agent_boot) {
+            (None, AgentBootSource::LocalAssets { path }) => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// `--image-factory-proxy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FactoryProxyMode {
@@ -700,6 +711,7 @@ impl Config {
                  --omni-api-endpoint, Omni decides what each machine boots",
             ));
         }
+        let agent_boot = agent_boot_source(cli, omni_endpoint.is_none())?;
         let dhcp_proxy = if cli.disable_dhcp_proxy {
             None
         } else {
@@ -796,7 +808,7 @@ impl Config {
                 &cli.power_poll_interval,
             )?,
             machine_labels: machine_labels(&cli.machine_labels)?,
-            agent_boot: agent_boot_source(cli)?,
+            agent_boot,
             image_factory_proxy: match cli.image_factory_proxy.trim() {
                 "auto" => FactoryProxyMode::Auto,
                 "on" => FactoryProxyMode::On,
@@ -973,8 +985,9 @@ fn machine_labels(items: &[String]) -> Result<BTreeMap<String, String>, ConfigEr
 }
 
 /// The agent boot source, with the Go provider's start-up checks: secure boot needs UEFI
-/// PXE boots and the factory; local assets must hold one complete architecture.
-fn agent_boot_source(cli: &Cli) -> Result<AgentBootSource, ConfigError> {
+/// PXE boots and the factory; in Omni mode local assets must hold one complete
+/// architecture, in standalone mode (`standalone`) the asset directory must exist.
+fn agent_boot_source(cli: &Cli, standalone: bool) -> Result<AgentBootSource, ConfigError> {
     if cli.secure_boot_enabled {
         if cli.ipmi_pxe_boot_mode.trim() != "uefi" {
             return Err(refuse(
@@ -990,8 +1003,24 @@ fn agent_boot_source(cli: &Cli) -> Result<AgentBootSource, ConfigError> {
         }
     }
     if cli.use_local_boot_assets {
-        check_boot_assets(&cli.boot_assets_path)
-            .map_err(|message| refuse("boot-assets-path", message))?;
+        // Omni mode boots the agent from the assets: one complete architecture must be
+        // there. Standalone mode serves whatever the directory holds (the inventory names
+        // the files), so the directory must only exist.
+        if standalone {
+            if !cli.boot_assets_path.is_dir() {
+                return Err(refuse(
+                    "boot-assets-path",
+                    format!(
+                        "{} is not a directory (with --use-local-boot-assets ironboot serves \
+                         its files on /assets/)",
+                        cli.boot_assets_path.display()
+                    ),
+                ));
+            }
+        } else {
+            check_boot_assets(&cli.boot_assets_path)
+                .map_err(|message| refuse("boot-assets-path", message))?;
+        }
         return Ok(AgentBootSource::LocalAssets {
             path: cli.boot_assets_path.clone(),
         });
@@ -1854,11 +1883,13 @@ mod tests {
     }
 
     #[test]
-    fn local_boot_assets_need_one_complete_architecture() {
+    fn local_boot_assets_need_one_complete_architecture_in_omni_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_str().unwrap().to_owned();
         let with_assets = |extra: &[&str]| {
             let mut args = vec![
+                "--omni-api-endpoint",
+                "https://omni.example",
                 "--use-local-boot-assets",
                 "--boot-assets-path",
                 path.as_str(),
@@ -1902,9 +1933,55 @@ mod tests {
             e.message.contains("kernel-arm64 is not a regular file"),
             "{e}"
         );
+        assert_eq!(
+            c.standalone_assets(),
+            None,
+            "Omni mode serves its allowlist only"
+        );
         // Without --use-local-boot-assets the directory is not looked at.
         let c = Config::from_cli(&cli(&["--boot-assets-path", "/nonexistent"]), &host()).unwrap();
         assert!(matches!(c.agent_boot, AgentBootSource::ImageFactory(_)));
+        assert_eq!(c.standalone_assets(), None);
+    }
+
+    /// Standalone mode serves any directory's files: no agent files are needed, but the
+    /// directory must exist, and a missing one or a file is refused naming the flag.
+    #[test]
+    fn standalone_local_boot_assets_need_only_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let standalone = |path: &Path| {
+            let path = path.to_str().unwrap();
+            Config::from_cli(
+                &cli(&["--use-local-boot-assets", "--boot-assets-path", path]),
+                &host(),
+            )
+        };
+        let c = standalone(dir.path()).unwrap();
+        assert_eq!(c.standalone_assets(), Some(dir.path()));
+        let missing = dir.path().join("missing");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        for path in [&missing, &file] {
+            let e = standalone(path).unwrap_err();
+            assert_eq!(e.flag, "boot-assets-path", "{e}");
+            assert!(e.message.contains("is not a directory"), "{e}");
+            assert!(e.to_string().starts_with("--boot-assets-path: "), "{e}");
+        }
+        // The Omni-mode check of the agent's files does not apply: the empty directory
+        // above was accepted; in Omni mode it is refused.
+        let path = dir.path().to_str().unwrap();
+        let e = Config::from_cli(
+            &cli(&[
+                "--omni-api-endpoint",
+                "https://omni.example",
+                "--use-local-boot-assets",
+                "--boot-assets-path",
+                path,
+            ]),
+            &host(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("kernel-amd64"), "{e}");
     }
 
     #[test]

@@ -234,8 +234,52 @@ fn invalid(entry: &str, field: impl Into<String>, problem: impl Into<String>) ->
     }
 }
 
-/// Validate one target (the `[default]` or a machine's).
-fn target(entry: &str, raw: RawTarget) -> Result<BootTarget, Invalid> {
+/// The prefix of inventory paths served by ironboot itself (standalone mode with
+/// `--use-local-boot-assets`).
+const ASSETS_PREFIX: &str = "/assets/";
+
+/// A `kernel` or `initrd` value as iPXE fetches it: an `/assets/...` path becomes
+/// ironboot's own URL (`assets`, e.g. `http://10.0.0.1:50042/assets/`); without assets
+/// served such a path is refused, as is one with an empty, `.` or `..` segment (ironboot
+/// would answer it 404). Anything else is kept as written (checked as a URL later).
+fn asset_url(
+    entry: &str,
+    field: &str,
+    value: String,
+    assets: Option<&str>,
+) -> Result<String, Invalid> {
+    let Some(rest) = value.strip_prefix(ASSETS_PREFIX) else {
+        return Ok(value);
+    };
+    if rest
+        .split('/')
+        .any(|segment| matches!(segment, "" | "." | ".."))
+    {
+        return Err(invalid(
+            entry,
+            field,
+            format!(
+                "{value:?}: an /assets/ path names a file under --boot-assets-path: no empty, \
+                 '.' or '..' segments"
+            ),
+        ));
+    }
+    match assets {
+        Some(base) => Ok(format!("{base}{rest}")),
+        None => Err(invalid(
+            entry,
+            field,
+            format!(
+                "{value:?} is an /assets/ path, but ironboot serves no assets: start it in \
+                 standalone mode with --use-local-boot-assets --boot-assets-path DIR"
+            ),
+        )),
+    }
+}
+
+/// Validate one target (the `[default]` or a machine's); `assets` is the URL of
+/// ironboot's `/assets/`, if it serves them.
+fn target(entry: &str, raw: RawTarget, assets: Option<&str>) -> Result<BootTarget, Invalid> {
     let kernel_given = raw.kernel.is_some() || !raw.initrd.is_empty() || raw.cmdline.is_some();
     let given: Vec<&str> = [
         (raw.boot.is_some(), "boot"),
@@ -291,18 +335,25 @@ fn target(entry: &str, raw: RawTarget) -> Result<BootTarget, Invalid> {
             format!("missing: {field} needs a kernel"),
         ));
     };
-    KernelBoot::new(&kernel, &raw.initrd, raw.cmdline.as_deref().unwrap_or(""))
+    let kernel = asset_url(entry, "kernel", kernel, assets)?;
+    let initrds = raw
+        .initrd
+        .into_iter()
+        .enumerate()
+        .map(|(i, initrd)| asset_url(entry, &format!("initrd[{i}]"), initrd, assets))
+        .collect::<Result<Vec<_>, _>>()?;
+    KernelBoot::new(&kernel, &initrds, raw.cmdline.as_deref().unwrap_or(""))
         .map(BootTarget::Kernel)
         .map_err(|(field, e)| invalid(entry, field.to_string(), e.to_string()))
 }
 
-impl TryFrom<RawInventory> for Inventory {
-    type Error = Invalid;
-
-    fn try_from(raw: RawInventory) -> Result<Self, Invalid> {
+impl Inventory {
+    /// Validate `raw`; `assets` is the URL `/assets/...` paths become (see
+    /// [`asset_url`]), `None` if ironboot serves no assets.
+    fn validate(raw: RawInventory, assets: Option<&str>) -> Result<Self, Invalid> {
         let mut inv = Inventory::default();
         if let Some(default) = raw.default {
-            inv.default = target("[default]", default)?;
+            inv.default = target("[default]", default, assets)?;
             inv.has_default = true;
         }
         // Entry labels of earlier entries, to name both sides of a duplicate.
@@ -370,6 +421,7 @@ impl TryFrom<RawInventory> for Inventory {
                     initrd: m.initrd,
                     cmdline: m.cmdline,
                 },
+                assets,
             )?;
             inv.entries.push(Entry {
                 name: m.name,
@@ -381,9 +433,20 @@ impl TryFrom<RawInventory> for Inventory {
     }
 }
 
+impl TryFrom<RawInventory> for Inventory {
+    type Error = Invalid;
+
+    /// Validate `raw` for an ironboot serving no assets.
+    fn try_from(raw: RawInventory) -> Result<Self, Invalid> {
+        Inventory::validate(raw, None)
+    }
+}
+
 impl Inventory {
-    /// Read and validate `path` (format by extension).
-    pub(crate) fn load(path: &Path) -> Result<Inventory, InventoryError> {
+    /// Read and validate `path` (format by extension); `assets` is the URL of ironboot's
+    /// own `/assets/` (e.g. `http://10.0.0.1:50042/assets/`) when it serves them, which
+    /// `kernel` and `initrd` values of the form `/assets/...` are turned into.
+    pub(crate) fn load(path: &Path, assets: Option<&str>) -> Result<Inventory, InventoryError> {
         let format = Format::of(path).ok_or_else(|| InventoryError::Format {
             path: path.to_owned(),
         })?;
@@ -391,7 +454,7 @@ impl Inventory {
             path: path.to_owned(),
             source,
         })?;
-        Inventory::parse(&text, format, path)
+        Inventory::parse_with_assets(&text, format, path, assets)
     }
 
     /// Validate inventory text; `path` only names the source in errors.
@@ -399,6 +462,16 @@ impl Inventory {
         text: &str,
         format: Format,
         path: &Path,
+    ) -> Result<Inventory, InventoryError> {
+        Inventory::parse_with_assets(text, format, path, None)
+    }
+
+    /// [`Inventory::parse`] for an ironboot serving `/assets/` at `assets`.
+    pub(crate) fn parse_with_assets(
+        text: &str,
+        format: Format,
+        path: &Path,
+        assets: Option<&str>,
     ) -> Result<Inventory, InventoryError> {
         let raw: RawInventory = match format {
             Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
@@ -408,7 +481,7 @@ impl Inventory {
             path: path.to_owned(),
             message: message.trim_end().to_owned(),
         })?;
-        Inventory::try_from(raw).map_err(|invalid| InventoryError::Invalid {
+        Inventory::validate(raw, assets).map_err(|invalid| InventoryError::Invalid {
             path: path.to_owned(),
             invalid,
         })
@@ -804,7 +877,7 @@ machine:
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
             assert_eq!(
-                Inventory::load(&path).unwrap(),
+                Inventory::load(&path, None).unwrap(),
                 toml(SAMPLE).unwrap(),
                 "{name}"
             );
@@ -812,13 +885,130 @@ machine:
         let json = dir.path().join("inv.json");
         std::fs::write(&json, "{}").unwrap();
         assert!(matches!(
-            Inventory::load(&json),
+            Inventory::load(&json, None),
             Err(InventoryError::Format { .. })
         ));
         let missing = dir.path().join("missing.toml");
-        let e = Inventory::load(&missing).unwrap_err();
+        let e = Inventory::load(&missing, None).unwrap_err();
         assert!(matches!(e, InventoryError::Read { .. }));
         assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+
+    const ASSETS: &str = "http://10.0.0.1:50042/assets/";
+
+    /// `/assets/...` kernels and initrds become ironboot's own URLs; other URLs stay.
+    #[test]
+    fn assets_paths_become_ironboot_urls() {
+        let text = r#"
+[default]
+kernel = "/assets/talos/v1.13.7/vmlinuz-amd64"
+initrd = ["/assets/talos/v1.13.7/initramfs-amd64.xz", "http://10.0.0.9/extra.cpio"]
+cmdline = "console=ttyS0 talos.platform=metal"
+[[machine]]
+mac = "52:54:00:aa:00:01"
+kernel = "/assets/${buildarch}/vmlinuz"
+"#;
+        let path = Path::new("/etc/ironboot/inventory.toml");
+        let inv = Inventory::parse_with_assets(text, Format::Toml, path, Some(ASSETS)).unwrap();
+        assert_eq!(
+            script_text(&inv.decide(&who(None, Some("52:54:00:aa:00:09")))),
+            "#!ipxe\nkernel http://10.0.0.1:50042/assets/talos/v1.13.7/vmlinuz-amd64 \
+             console=ttyS0 talos.platform=metal\n\
+             initrd http://10.0.0.1:50042/assets/talos/v1.13.7/initramfs-amd64.xz\n\
+             initrd http://10.0.0.9/extra.cpio\nboot\n"
+        );
+        assert_eq!(
+            script_text(&inv.decide(&who(None, Some("52:54:00:aa:00:01")))),
+            "#!ipxe\nkernel http://10.0.0.1:50042/assets/${buildarch}/vmlinuz\nboot\n"
+        );
+        // The URL comes from the running ironboot: another advertise address, another URL.
+        let other = Inventory::parse_with_assets(
+            text,
+            Format::Toml,
+            path,
+            Some(&crate::boot_script::assets_url(
+                "192.0.2.7".parse().unwrap(),
+                8080,
+            )),
+        )
+        .unwrap();
+        assert!(
+            script_text(&other.decide(&who(None, None)))
+                .starts_with("#!ipxe\nkernel http://192.0.2.7:8080/assets/talos/")
+        );
+    }
+
+    /// Without assets served, or with a path ironboot would refuse, the entry and field
+    /// are named.
+    #[test]
+    fn assets_paths_are_refused_without_assets_or_with_dot_segments() {
+        let path = Path::new("/etc/ironboot/inventory.toml");
+        let cases: [(&str, Option<&str>, &str, &str, &str); 6] = [
+            (
+                "[default]\nkernel = \"/assets/vmlinuz\"\n",
+                None,
+                "[default]",
+                "kernel",
+                "--use-local-boot-assets",
+            ),
+            (
+                "[[machine]]\nname = \"n1\"\nmac = \"52:54:00:aa:00:01\"\nkernel = \"http://h/k\"\ninitrd = [\"http://h/i\", \"/assets/initrd\"]\n",
+                None,
+                "machine[0] (\"n1\")",
+                "initrd[1]",
+                "serves no assets",
+            ),
+            (
+                "[default]\nkernel = \"/assets/../etc/shadow\"\n",
+                Some(ASSETS),
+                "[default]",
+                "kernel",
+                "'..'",
+            ),
+            (
+                "[default]\nkernel = \"/assets/\"\n",
+                Some(ASSETS),
+                "[default]",
+                "kernel",
+                "no empty",
+            ),
+            (
+                "[default]\nkernel = \"/assets/a//b\"\n",
+                Some(ASSETS),
+                "[default]",
+                "kernel",
+                "no empty",
+            ),
+            (
+                "[default]\nkernel = \"/assets/vmlinuz\"\ninitrd = \"/assets/./i\"\n",
+                Some(ASSETS),
+                "[default]",
+                "initrd[0]",
+                "'.'",
+            ),
+        ];
+        for (text, assets, entry, field, problem) in cases {
+            let e = Inventory::parse_with_assets(text, Format::Toml, path, assets).unwrap_err();
+            let InventoryError::Invalid { invalid, .. } = &e else {
+                panic!("{text}: not an Invalid: {e}");
+            };
+            assert_eq!(
+                (invalid.entry.as_str(), invalid.field.as_str()),
+                (entry, field),
+                "{text}: {e}"
+            );
+            assert!(invalid.problem.contains(problem), "{text}: {e}");
+        }
+        // Loading a file refuses the same, naming the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inv.toml");
+        std::fs::write(&file, cases[0].0).unwrap();
+        let e = Inventory::load(&file, None).unwrap_err();
+        assert!(
+            e.to_string().contains("inv.toml: [default]: kernel: "),
+            "{e}"
+        );
+        assert!(Inventory::load(&file, Some(ASSETS)).is_ok());
     }
 
     /// Every TOML and YAML block in docs/inventory.md is a valid inventory.
@@ -835,10 +1025,16 @@ machine:
             };
             let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
             let text = block.join("\n") + "\n";
-            Inventory::parse(&text, format, Path::new("docs/inventory.md"))
-                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            // The samples booting from ironboot's /assets/ need it to serve them.
+            Inventory::parse_with_assets(
+                &text,
+                format,
+                Path::new("docs/inventory.md"),
+                Some(ASSETS),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
             count += 1;
         }
-        assert!(count >= 4, "found only {count} samples");
+        assert!(count >= 5, "found only {count} samples");
     }
 }

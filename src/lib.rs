@@ -6,6 +6,7 @@
 
 mod agent;
 mod app;
+mod assets;
 #[doc(hidden)]
 pub mod bench_api;
 mod bmc_cli;

@@ -600,7 +600,7 @@ async fn failures_name_the_machine_and_what_failed() {
     );
 
     let err = client
-        .set_power_management(MACHINE_SLOW, ipmi_creds("talos-agent", "pw"))
+        .set_power_management(MACHINE_SLOW, ipmi_creds("talos-agent", "sl0wAgentPassw0rd"))
         .await
         .unwrap_err();
     match &err {
@@ -612,7 +612,7 @@ async fn failures_name_the_machine_and_what_failed() {
     }
     assert!(err.to_string().contains(MACHINE_SLOW), "{err}");
     assert!(
-        !format!("{err:?} {err}").contains("\"pw\""),
+        !format!("{err:?} {err}").contains("sl0wAgentPassw0rd"),
         "no password in errors"
     );
     go.next_call().await;

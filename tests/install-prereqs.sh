@@ -34,6 +34,9 @@ PACKAGES=(
   # TFTP conformance with real clients (tests/tftp_conformance.rs)
   atftp    # TFTP client with windowsize
   tftp-hpa # plain TFTP client (netascii and binary)
+  # a Linux boot from ironboot's /assets/ (tests/firmware/assets.sh): the initramfs it builds
+  cpio
+  gzip
   # later tests: BMC power (IPMI), DHCP load, Redfish emulator venv
   openipmi # ipmi_sim, simulated BMCs of bmc/tests/ipmi_sim.rs
   ipmitool
@@ -59,6 +62,26 @@ if [ ${#need[@]} -gt 0 ]; then
     die "cargo has no ${need[*]} and rustup is not on PATH: install ${need[*]} for your toolchain"
   rustup component add "${need[@]}"
 fi
+
+# --- Linux boot from /assets/ (tests/firmware/assets.sh): a kernel and a static busybox ---
+# Debian's kernel (the version linux-image-amd64 depends on) and busybox-static's binary,
+# unpacked into a project-local, git-ignored cache; neither package is installed (the
+# kernel would change this host's boot set-up, busybox-static conflicts with busybox).
+LINUX_BOOT="$(cd "$(dirname "$0")/.." && pwd)/.cache-tests/linux-boot"
+if [ ! -s "$LINUX_BOOT/vmlinuz" ] || [ ! -x "$LINUX_BOOT/busybox" ]; then
+  kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  [ -n "$kernel_pkg" ] || die "apt-cache depends linux-image-amd64 names no versioned linux-image package"
+  debs=$(mktemp -d)
+  (cd "$debs" && apt-get download "$kernel_pkg" busybox-static) ||
+    die "apt-get download $kernel_pkg busybox-static failed (is the Debian mirror reachable?)"
+  dpkg-deb -x "$debs"/linux-image-*.deb "$debs/kernel"
+  dpkg-deb -x "$debs"/busybox-static_*.deb "$debs/busybox"
+  mkdir -p "$LINUX_BOOT"
+  install -m 644 "$(find "$debs/kernel/boot" -name 'vmlinuz-*' | head -n 1)" "$LINUX_BOOT/vmlinuz"
+  install -m 755 "$debs/busybox/bin/busybox" "$LINUX_BOOT/busybox"
+  rm -rf "$debs"
+fi
+# --- end Linux boot from /assets/ ----------------------------------------------------------
 
 # --- Redfish emulator (bmc/tests/redfish.rs): sushy-tools with its fake driver ---------
 # A project-local, git-ignored venv; the test looks for .venv-tests/redfish/bin/sushy-emulator

@@ -23,6 +23,13 @@
 //!   loads the schematic's `talos.config` URL (`/config?u=<its uuid>`) from ironboot, which
 //!   serves Omni's join document.
 //!
+//! - standalone mode's `/assets/` (`tests/firmware/assets.sh`): a BIOS VM's inventory
+//!   entry boots a kernel and an initramfs given as `/assets/...` paths; the VM fetches a
+//!   real Debian kernel and an initramfs the script built (busybox and an `/init` with a
+//!   per-run token) from ironboot, Linux boots and `/init` prints both the token and the
+//!   inventory command line's token on the serial console; refused paths (`..`, absolute,
+//!   a symlink out, directories) are 404s counted by reason.
+//!
 //! The checks are made on packet captures with tshark and through ironboot's HTTP API. The
 //! tests need root and the packages of `tests/install-prereqs.sh`; without them they FAIL
 //! (never skip) and say what is missing and how to install it. They share one test LAN, so
@@ -44,6 +51,10 @@ mod logs;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/run.sh");
 const STORM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/storm.sh");
 const OMNI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/omni.sh");
+const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/assets.sh");
+/// Where `tests/install-prereqs.sh` puts the Linux kernel and static busybox of the
+/// `/assets/` boot.
+const LINUX_BOOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.cache-tests/linux-boot");
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 /// The scripts bound each VM (60 s BIOS, 120 s UEFI, in parallel; 180 s for the storm);
 /// this only guards a hang.
@@ -102,6 +113,7 @@ fn run_script(script: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
         .env_remove("STORM_VMS")
         .env_remove("STORM_TIMEOUT")
         .env_remove("OMNI_HARNESS_BIN")
+        .env_remove("ASSETS_TIMEOUT")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log file"))
@@ -237,5 +249,40 @@ fn real_firmware_omni_agent_mode_boot() {
         "Omni mode, agent image from the factory stand-in",
         OMNI,
         &[("IRONBOOT_ARGS", BASE_ARGS), ("OMNI_HARNESS_BIN", &harness)],
+    );
+}
+
+/// Standalone mode with `--use-local-boot-assets`: a BIOS VM boots a real Linux kernel and
+/// an initramfs made by the test, both fetched from ironboot's `/assets/` as the inventory
+/// names them; the initramfs's `/init` prints its marker on the serial console.
+#[test]
+fn real_firmware_boots_linux_from_standalone_assets() {
+    check_prerequisites();
+    let mut missing = Vec::new();
+    for (cmd, pkg) in [("cpio", "cpio"), ("gzip", "gzip")] {
+        if common::missing_prerequisites("", "real_firmware", &[(cmd, pkg)], &[]).is_some() {
+            missing.push(format!("command `{cmd}` (package {pkg})"));
+        }
+    }
+    for file in ["vmlinuz", "busybox"] {
+        let path = Path::new(LINUX_BOOT).join(file);
+        if !path.is_file() {
+            missing.push(format!(
+                "{} (Debian's kernel and busybox-static, downloaded there by {})",
+                path.display(),
+                common::INSTALL_HINT
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the /assets/ Linux boot test cannot run; missing: {}.\n  install: {}",
+        missing.join(", "),
+        common::INSTALL_HINT
+    );
+    scenario(
+        "Linux from standalone /assets/",
+        ASSETS,
+        &[("IRONBOOT_ARGS", BASE_ARGS)],
     );
 }

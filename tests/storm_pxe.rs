@@ -15,6 +15,12 @@
 //!   silent namespace must fail every machine in the discover stage (exit status 1).
 //! - dnsmasq (`--no-http`): every DHCP and TFTP stage succeeds, and its log shows every
 //!   boot file sent: the generator is not ironboot-specific.
+//! - ironboot to the end (`--stop-after image`, 50 machines): the inventory's kernel and
+//!   initrd (ironboot's own `ipxe.efi` and `undionly.kpxe` under `/tftp/`) fetched by every
+//!   machine on one kept-alive connection each, bytes and SHA-256 (`--verify-image`) those
+//!   of the files, ironboot's `/metrics` counting each fetch; then 50 machines whose
+//!   initrd URL 404s all fail in the image stage with `initrd_status_404`; and 10 whose
+//!   script chains to another boot script of ironboot follow it to the same images.
 //! - the Go provider's own libraries (`tests/pxe-peer`: insomniacslk/dhcp server4 and
 //!   pin/tftp v3, configured as the provider configures them, built with `go build`):
 //!   50 machines through every stage, the TFTP bytes those of the served files (and curl
@@ -49,6 +55,8 @@ use process::{run_ok, stop};
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";
 const UNDIONLY: &str = "/usr/lib/ipxe/undionly.kpxe";
+/// The "kernel" of the image storm (any file ironboot serves under `/tftp/` will do).
+const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
 const SERVER_IP: &str = "10.77.0.1";
 const LOAD_IP: &str = "10.77.0.2";
 const API: &str = "http://10.77.0.1:50042";
@@ -71,7 +79,7 @@ const COMMANDS: [(&str, &str); 5] = [
     ("dnsmasq", "dnsmasq-base"),
     ("timeout", "coreutils"),
 ];
-const FILES: [(&str, &str); 2] = [(SNPONLY, "ipxe"), (UNDIONLY, "ipxe")];
+const FILES: [(&str, &str); 3] = [(SNPONLY, "ipxe"), (UNDIONLY, "ipxe"), (IPXE_EFI, "ipxe")];
 /// Machines storming the Go provider's own libraries (`tests/pxe-peer`): its single-port
 /// TFTP sends 512-byte blocks only, so a smaller storm keeps the test to seconds.
 const GO_PEER_MACHINES: u64 = 50;
@@ -185,7 +193,18 @@ impl Lab {
 
     /// The storm, from the load namespace; its exit status and JSON report.
     fn storm(&self, machines: u64, scale: &str, extra: &[&str]) -> (Option<i32>, Value, String) {
-        let first = FIRST.to_string();
+        self.storm_from(FIRST, machines, scale, extra)
+    }
+
+    /// The storm of machines `first` on.
+    fn storm_from(
+        &self,
+        first: u64,
+        machines: u64,
+        scale: &str,
+        extra: &[&str],
+    ) -> (Option<i32>, Value, String) {
+        let first = first.to_string();
         let machines = machines.to_string();
         let bind = sources().join(",");
         let mut args = vec![
@@ -803,4 +822,213 @@ fn storm_of_50_against_the_go_providers_dhcp_and_tftp_libraries() {
         GO_PEER_MACHINES / 2,
         lab.log_tail("pxepeer")
     );
+}
+
+/// Machines of the image storm, and of its failure case (machines `FIRST + BROKEN_OFFSET`
+/// on, whose inventory entry names an initrd ironboot does not have).
+const IMAGE_MACHINES: u64 = 50;
+const BROKEN_OFFSET: u64 = 0x100;
+/// Machines whose script chains to another machine's boot script (`FIRST + CHAIN_OFFSET`
+/// on).
+const CHAIN_MACHINES: u64 = 10;
+const CHAIN_OFFSET: u64 = 0x200;
+
+#[test]
+fn storm_of_50_boots_to_the_image_from_ironboot() {
+    let mut lab = Lab::new("i");
+    let state = lab.path("state");
+    let inventory = lab.path("inventory.toml");
+    let uuids = |from: u64, n: u64| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("\"57a7c000-0000-4000-8000-{i:012x}\""))
+            .collect()
+    };
+    let broken = uuids(FIRST + BROKEN_OFFSET, IMAGE_MACHINES);
+    let chained = uuids(FIRST + CHAIN_OFFSET, CHAIN_MACHINES);
+    fs::write(
+        &inventory,
+        format!(
+            "[default]\nkernel = \"{API}/tftp/ipxe.efi\"\ninitrd = \"{API}/tftp/undionly.kpxe\"\n\
+             cmdline = \"console=ttyS0 storm=${{uuid}}\"\n\n\
+             [[machine]]\nname = \"broken-initrd\"\nuuid = [{}]\nkernel = \"{API}/tftp/ipxe.efi\"\n\
+             initrd = \"{API}/tftp/missing.img\"\n\n\
+             [[machine]]\nname = \"chained\"\nuuid = [{}]\n\
+             script = \"#!ipxe\\nchain --replace {API}/ipxe/boot.ipxe?uuid=57a7c000-0000-4000-8000-00000000ffff || exit\\n\"\n",
+            broken.join(", "),
+            chained.join(", ")
+        ),
+    )
+    .expect("write inventory");
+    let srv_if = lab.net.server_if.clone();
+    lab.start_server(
+        "ironboot",
+        &[
+            IRONBOOT,
+            "--dhcp-proxy-iface-or-ip",
+            &srv_if,
+            "--api-advertise-address",
+            SERVER_IP,
+            "--state-dir",
+            &state,
+            "--inventory",
+            &inventory,
+            "--ipxe-dir",
+            "/usr/lib/ipxe",
+        ],
+    );
+    lab.wait_started(
+        "ironboot",
+        Duration::from_secs(20),
+        "answer /healthz",
+        |lab| {
+            let url = format!("{API}/healthz");
+            let out = lab.exec(
+                &lab.net.server_ns,
+                "curl",
+                &["-sf", "--max-time", "1", &url],
+                5,
+            );
+            out.status.success().then_some(())
+        },
+    );
+    let size = |p: &str| fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}")).len();
+
+    let (code, report, stderr) = lab.storm(
+        IMAGE_MACHINES,
+        TIMEOUT_SCALE,
+        &[
+            "--stop-after",
+            "image",
+            "--verify-image",
+            IPXE_EFI,
+            "--verify-image",
+            UNDIONLY,
+        ],
+    );
+    eprintln!("[image] storm report: {report}");
+    let context = || format!("stderr: {stderr}\n{}", lab.log_tail("ironboot"));
+    assert_all_booted(
+        &report,
+        IMAGE_MACHINES,
+        &["discover", "request", "tftp", "http", "image"],
+        "image",
+    );
+    assert_eq!(code, Some(0), "{}", context());
+    assert_eq!(report["stop_after"], "image");
+    assert_eq!(
+        num(&report, &["image_bytes"]),
+        IMAGE_MACHINES * (size(IPXE_EFI) + size(UNDIONLY)),
+        "{report:#}"
+    );
+    assert_eq!(
+        (
+            num(&report, &["kernel_fetches"]),
+            num(&report, &["initrd_fetches"]),
+            num(&report, &["image_connections"]),
+        ),
+        (IMAGE_MACHINES, IMAGE_MACHINES, IMAGE_MACHINES),
+        "one kernel, one initrd, one kept-alive connection per machine: {report:#}"
+    );
+    assert!(
+        report["image_mb_s"].as_f64().is_some_and(|v| v > 0.0)
+            && report["kernel_latency"]["max_ms"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0)
+            && report["initrd_latency"]["max_ms"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+        "{report:#}"
+    );
+    let curve = report["completion_curve"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no completion_curve: {report:#}"));
+    assert_eq!(
+        curve.last().and_then(|p| p[1].as_f64()),
+        Some(IMAGE_MACHINES as f64),
+        "{report:#}"
+    );
+    // ironboot's own account: one file request per image fetched.
+    let files_ok = "ironboot_http_requests_total{route=\"files\",status=\"200\"}";
+    let metrics = lab.metrics_when(&[(files_ok, 2 * IMAGE_MACHINES)]);
+    assert_eq!(metric(&metrics, files_ok), Some(2 * IMAGE_MACHINES));
+
+    // The initrd URL 404s: every machine fails in the image stage, with that reason,
+    // after fetching its kernel.
+    let (code, broken, stderr) = lab.storm_from(
+        FIRST + BROKEN_OFFSET,
+        IMAGE_MACHINES,
+        TIMEOUT_SCALE,
+        &["--stop-after", "image"],
+    );
+    assert_eq!(code, Some(1), "stderr: {stderr}\n{broken:#}");
+    assert_eq!(
+        (
+            num(&broken, &["booted"]),
+            num(&broken, &["failed"]),
+            num(&broken, &["stages", "http", "ok"]),
+            num(&broken, &["stages", "image", "ok"]),
+            num(
+                &broken,
+                &["stages", "image", "failures", "initrd_status_404"]
+            ),
+        ),
+        (0, IMAGE_MACHINES, IMAGE_MACHINES, 0, IMAGE_MACHINES),
+        "{broken:#}"
+    );
+    assert_eq!(
+        broken["stages"]["image"]["failures"]
+            .as_object()
+            .map(|m| m.len()),
+        Some(1),
+        "no other reason: {broken:#}"
+    );
+    assert_eq!(
+        (
+            num(&broken, &["kernel_fetches"]),
+            num(&broken, &["initrd_fetches"]),
+            num(&broken, &["image_bytes"]),
+        ),
+        (IMAGE_MACHINES, 0, IMAGE_MACHINES * size(IPXE_EFI)),
+        "{broken:#}"
+    );
+    let files_404 = "ironboot_http_requests_total{route=\"files\",status=\"404\"}";
+    let metrics = lab.metrics_when(&[(files_ok, 3 * IMAGE_MACHINES), (files_404, IMAGE_MACHINES)]);
+    assert_eq!(
+        (metric(&metrics, files_ok), metric(&metrics, files_404)),
+        (Some(3 * IMAGE_MACHINES), Some(IMAGE_MACHINES))
+    );
+
+    // A script that chains to another boot script of the same server (an unknown
+    // machine's: the default kernel and initrd): followed once, then the images.
+    let (code, chain, stderr) = lab.storm_from(
+        FIRST + CHAIN_OFFSET,
+        CHAIN_MACHINES,
+        TIMEOUT_SCALE,
+        &["--stop-after", "image", "--verify-image", IPXE_EFI],
+    );
+    assert_eq!(code, Some(0), "stderr: {stderr}\n{chain:#}");
+    assert_eq!(
+        (
+            num(&chain, &["stages", "image", "ok"]),
+            num(&chain, &["image_bytes"]),
+            num(&chain, &["image_connections"]),
+        ),
+        (
+            CHAIN_MACHINES,
+            CHAIN_MACHINES * (size(IPXE_EFI) + size(UNDIONLY)),
+            CHAIN_MACHINES
+        ),
+        "the chained script, the kernel and the initrd on one connection: {chain:#}"
+    );
+    let script_ok = "ironboot_http_requests_total{route=\"boot_script\",status=\"200\"}";
+    let want = 2 * IMAGE_MACHINES + 2 * CHAIN_MACHINES;
+    let metrics = lab.metrics_when(&[(script_ok, want)]);
+    assert_eq!(
+        metric(&metrics, script_ok),
+        Some(want),
+        "every machine's boot.ipxe, and the chained one"
+    );
+
+    let err = fs::read_to_string(lab.path("ironboot.err")).unwrap_or_default();
+    assert!(!err.contains("panicked"), "{}", lab.log_tail("ironboot"));
 }

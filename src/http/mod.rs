@@ -11,6 +11,7 @@
 //! | `GET /api/v1/machines?limit=&after=` | JSON array of recorded machines, a page at a time (`Link: rel="next"`), streamed |
 //! | `GET /config?u=<uuid>` | Omni mode: the machines' join configuration ([`crate::omni_boot`]) |
 //! | `GET /assets/<name>` | Omni mode with `--use-local-boot-assets`: the agent's kernel and initramfs |
+//! | `GET /assets/<path>` | standalone mode with `--use-local-boot-assets`: any file under `--boot-assets-path` ([`crate::assets`]) |
 //! | `GET /factory/pxe/...`, `GET`/`HEAD /factory/image/...` | Omni mode with `--image-factory-proxy`: the factory's scripts and cached images ([`crate::factory_proxy`]) |
 //!
 //! Handlers never block: the boot decision is in memory (in Omni mode it may await the

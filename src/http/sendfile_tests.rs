@@ -466,3 +466,42 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn standalone_assets_go_out_on_the_image_path_with_the_same_refusals() {
+    use crate::assets::{AssetImages, AssetTree, Refused};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("assets");
+    std::fs::create_dir_all(root.join("talos")).unwrap();
+    let data = pattern(300_000, 3);
+    std::fs::write(root.join("talos/vmlinuz"), &data).unwrap();
+    std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+    let tree = AssetTree::new(&root).unwrap();
+    let router = tree.mount(Router::new());
+    let running = Running::start(
+        Arc::new(AssetImages(tree.clone())),
+        router,
+        Limits::default(),
+    )
+    .await;
+    let url = running.url("/assets/talos/vmlinuz");
+    let part = curl(&["-r", "10-19", &url]).await;
+    assert_eq!(part.statuses(), [206]);
+    assert!(part.body == data[10..20]);
+    assert!(part.header("etag").is_some(), "sent by the image path");
+    let whole = curl(&[&url]).await;
+    assert!(whole.body == data);
+    assert_eq!(tree.counters().served(), 2);
+    let escape = curl(&["--path-as-is", &running.url("/assets/../secret")]).await;
+    assert_eq!(escape.statuses(), [404]);
+    assert!(!escape.body.starts_with(b"outside"));
+    let bad = curl(&[&running.url("/assets/%zz")]).await;
+    assert_eq!(bad.statuses(), [404]);
+    assert_eq!(tree.counters().refused(Refused::BadName), 1);
+    assert_eq!(
+        running.images.responses("other"),
+        2,
+        "both 404s from the image path"
+    );
+    assert_eq!(running.images.responses("206"), 1);
+}

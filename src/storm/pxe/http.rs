@@ -71,13 +71,14 @@ pub(crate) fn parse_response(bytes: &[u8]) -> Result<Response, &'static str> {
 /// Largest response read (a boot script is a few hundred bytes).
 const MAX_RESPONSE: u64 = 1 << 20;
 
-/// `GET path` on `server` from `bind` (unspecified: any), within `limit`.
+/// `GET path` on `server` from `bind` (unspecified: any), within `limit`: the response
+/// and its body.
 pub(crate) async fn get(
     bind: Ipv4Addr,
     server: SocketAddrV4,
     path: &str,
     limit: Duration,
-) -> Result<Response, String> {
+) -> Result<(Response, Vec<u8>), String> {
     let exchange = async {
         let socket = TcpSocket::new_v4().map_err(|e| io_reason(&e))?;
         if !bind.is_unspecified() {
@@ -103,7 +104,16 @@ pub(crate) async fn get(
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| io_reason(&e))?;
-        parse_response(&bytes).map_err(str::to_owned)
+        let response = parse_response(&bytes).map_err(str::to_owned)?;
+        // The body follows the head's empty line (parse_response found it).
+        let start = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(bytes.len(), |i| i + 4);
+        let end = start.saturating_add(usize::try_from(response.body_len).unwrap_or(usize::MAX));
+        bytes.truncate(end.min(bytes.len()));
+        bytes.drain(..start);
+        Ok((response, bytes))
     };
     tokio::time::timeout(limit, exchange)
         .await

@@ -1,18 +1,21 @@
 //! `ironboot storm pxe`: N emulated machines booting the whole PXE way against any
 //! ProxyDHCP + TFTP (+ HTTP) server: DISCOVER broadcast to 67, the proxy OFFER, a REQUEST
 //! to the boot server's port 4011, the ACK, the TFTP fetch of the boot file (EDK2's or
-//! iPXE's way), then the `boot.ipxe` request the chained iPXE makes.
+//! iPXE's way), the `boot.ipxe` request the chained iPXE makes, and with `--stop-after
+//! image` the kernel and initrds that script names.
 //!
 //! `packet` builds and parses the DHCP messages and demultiplexes replies (sans-IO),
-//! `run` moves them and runs the machines, `http` is the last stage, `report` the
-//! arithmetic. The TFTP stage is the TFTP storm's client (`super::transfer`).
+//! `run` moves them and runs the machines, `http` fetches the script, `image` follows it,
+//! `report` does the arithmetic. The TFTP stage is the TFTP storm's client (`super::transfer`).
 
 mod http;
+mod image;
 mod packet;
 mod report;
 mod run;
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -92,9 +95,16 @@ pub(crate) struct PxeArgs {
     pub(crate) no_http: bool,
 
     /// The last stage of each boot: `discover` measures ProxyDHCP alone (DISCOVER to
-    /// OFFER), `request` adds the 4011 exchange, `tftp` the boot file, `http` the script.
+    /// OFFER), `request` adds the 4011 exchange, `tftp` the boot file, `http` the script,
+    /// `image` the script's kernel and initrds.
     #[arg(long, value_enum, default_value_t = Stage::Http)]
     pub(crate) stop_after: Stage,
+
+    /// With `--stop-after image`: the expected contents of the images, in the order the
+    /// script fetches them (the kernel, then each initrd); repeat it for each. A body that
+    /// differs fails the boot (`kernel_hash_mismatch`, `initrd_hash_mismatch`).
+    #[arg(long)]
+    pub(crate) verify_image: Vec<PathBuf>,
 
     /// The server's HTTP API port.
     #[arg(long, default_value_t = crate::config::DEFAULT_API_PORT)]
@@ -224,6 +234,8 @@ pub(crate) struct PxePlan {
     pub(crate) tftp_edk2_retransmit: Duration,
     pub(crate) tftp_ipxe_retransmit: Duration,
     pub(crate) http_timeout: Duration,
+    /// SHA-256 of each `--verify-image` file, in order.
+    pub(crate) image_digests: Vec<[u8; 32]>,
     pub(crate) progress: bool,
 }
 
@@ -313,6 +325,22 @@ impl PxeArgs {
         if self.interface.as_deref().is_some_and(str::is_empty) {
             return Err(flag("interface", "must not be empty"));
         }
+        let last_stage = if self.no_http {
+            Stage::Tftp
+        } else {
+            self.stop_after
+        };
+        if !self.verify_image.is_empty() && last_stage != Stage::Image {
+            return Err(flag("verify-image", "needs --stop-after image"));
+        }
+        let image_digests = self
+            .verify_image
+            .iter()
+            .map(|path| {
+                image::file_digest(path)
+                    .map_err(|e| flag("verify-image", format!("reading {}: {e}", path.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let scale = |d: Duration, floor: Duration| d.mul_f64(self.timeout_scale).max(floor);
         let load = match (self.rate, self.concurrency) {
             (Some(r), _) => Load::Rate(r),
@@ -326,11 +354,7 @@ impl PxeArgs {
             load,
             firmware: self.firmware,
             tftp: self.tftp,
-            last_stage: if self.no_http {
-                Stage::Tftp
-            } else {
-                self.stop_after
-            },
+            last_stage,
             api_port: self.api_port,
             bind: self.bind.clone(),
             mac_base: self.mac_base,
@@ -351,6 +375,7 @@ impl PxeArgs {
             tftp_edk2_retransmit: scale(timeouts::TFTP_EDK2, timeouts::FLOOR),
             tftp_ipxe_retransmit: scale(timeouts::TFTP_IPXE, timeouts::FLOOR),
             http_timeout: scale(timeouts::HTTP, timeouts::HTTP_FLOOR),
+            image_digests,
             progress: !self.quiet,
         })
     }
@@ -363,12 +388,14 @@ pub(crate) fn storm_pxe(args: &PxeArgs) -> Result<PxeReport, StormError> {
         Load::Concurrency(c) => c,
         Load::Rate(_) => plan.machines,
     };
-    // A TFTP socket (two while the EDK2 probe's lingers) and an HTTP socket per machine
-    // that gets that far; the DHCP stages share the client-port sockets.
+    // A TFTP socket (two while the EDK2 probe's lingers), an HTTP socket for the script
+    // and one kept-alive TCP connection for the images per machine that gets that far;
+    // the DHCP stages share the client-port sockets.
     let per_machine = match plan.last_stage {
         Stage::Discover | Stage::Request => 0,
         Stage::Tftp => 2,
         Stage::Http => 3,
+        Stage::Image => 4,
     };
     super::raise_file_limit(
         per_machine * concurrent + 64 + plan.bind.len() as u64,
@@ -477,6 +504,16 @@ mod tests {
             .plan()
             .unwrap();
         assert_eq!(plan.last_stage, Stage::Discover);
+        let plan = parse(&["--stop-after", "image", "--verify-image", "/dev/null"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(plan.last_stage, Stage::Image);
+        assert_eq!(
+            plan.image_digests,
+            [image::file_digest(std::path::Path::new("/dev/null")).unwrap()]
+        );
+        assert_ne!(plan.image_digests[0], [0; 32], "the SHA-256 of no bytes");
     }
 
     #[test]
@@ -488,6 +525,11 @@ mod tests {
             (&["--concurrency", "0"][..], "concurrency"),
             (&["--timeout-scale", "0"][..], "timeout-scale"),
             (&["--interface", ""][..], "interface"),
+            (&["--verify-image", "/dev/null"][..], "verify-image"),
+            (
+                &["--stop-after", "image", "--verify-image", "/nonexistent/k"][..],
+                "verify-image",
+            ),
         ] {
             match parse(args).unwrap().plan() {
                 Err(StormError::Flag { flag, .. }) => assert_eq!(flag, name),

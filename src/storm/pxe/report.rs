@@ -22,10 +22,19 @@ pub(crate) enum Stage {
     Tftp,
     /// `GET /ipxe/boot.ipxe`.
     Http,
+    /// The script's kernel and initrds over HTTP (a `chain` to the same server followed
+    /// once), on one kept-alive connection.
+    Image,
 }
 
 impl Stage {
-    pub(crate) const ALL: [Stage; 4] = [Stage::Discover, Stage::Request, Stage::Tftp, Stage::Http];
+    pub(crate) const ALL: [Stage; 5] = [
+        Stage::Discover,
+        Stage::Request,
+        Stage::Tftp,
+        Stage::Http,
+        Stage::Image,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -33,6 +42,7 @@ impl Stage {
             Stage::Request => "request",
             Stage::Tftp => "tftp",
             Stage::Http => "http",
+            Stage::Image => "image",
         }
     }
 
@@ -49,8 +59,8 @@ pub(crate) struct BootTally {
     /// Whole-boot latency of those.
     pub(crate) boot_latencies: Vec<Duration>,
     /// Per stage: how many completed, and how long each took.
-    pub(crate) stage_ok: [u64; 4],
-    pub(crate) stage_latencies: [Vec<Duration>; 4],
+    pub(crate) stage_ok: [u64; 5],
+    pub(crate) stage_latencies: [Vec<Duration>; 5],
     /// Failed boots by (stage, reason).
     pub(crate) failures: BTreeMap<(Stage, String), u64>,
     /// DHCP messages sent again after a silent timeout (DISCOVER, REQUEST).
@@ -63,6 +73,16 @@ pub(crate) struct BootTally {
     pub(crate) http_bytes: u64,
     /// When each completed boot ended, counted from the storm's start.
     pub(crate) completions: Vec<Duration>,
+    /// Image body bytes received (kernels and initrds, of failed boots too).
+    pub(crate) image_bytes: u64,
+    /// Latency of each completed kernel fetch, and of each completed initrd fetch.
+    pub(crate) kernel_latencies: Vec<Duration>,
+    pub(crate) initrd_latencies: Vec<Duration>,
+    /// TCP connections the image stage opened.
+    pub(crate) image_connections: u64,
+    /// The image stage's span over all machines: the first start and the last end,
+    /// counted from the storm's start.
+    pub(crate) image_span: Option<(Duration, Duration)>,
 }
 
 impl BootTally {
@@ -81,7 +101,7 @@ impl BootTally {
     pub(crate) fn merge(&mut self, other: BootTally) {
         self.booted += other.booted;
         self.boot_latencies.extend(other.boot_latencies);
-        for i in 0..4 {
+        for i in 0..Stage::ALL.len() {
             self.stage_ok[i] += other.stage_ok[i];
             self.stage_latencies[i].extend_from_slice(&other.stage_latencies[i]);
         }
@@ -95,6 +115,21 @@ impl BootTally {
         self.tftp_client.merge(other.tftp_client);
         self.http_bytes += other.http_bytes;
         self.completions.extend(other.completions);
+        self.image_bytes += other.image_bytes;
+        self.kernel_latencies.extend(other.kernel_latencies);
+        self.initrd_latencies.extend(other.initrd_latencies);
+        self.image_connections += other.image_connections;
+        if let Some((start, end)) = other.image_span {
+            self.image_ran(start, end);
+        }
+    }
+
+    /// A machine's image stage ran from `start` to `end` (since the storm's start).
+    pub(crate) fn image_ran(&mut self, start: Duration, end: Duration) {
+        self.image_span = Some(match self.image_span {
+            Some((s, e)) => (s.min(start), e.max(end)),
+            None => (start, end),
+        });
     }
 }
 
@@ -171,7 +206,7 @@ pub(crate) struct PxeSetup {
     pub(crate) tftp_mode: String,
     /// `rate N/s` or `concurrency N`.
     pub(crate) load: String,
-    /// Whether the HTTP stage ran.
+    /// Whether the HTTP stage (the boot script) ran.
     pub(crate) http: bool,
     /// The last stage a boot went through (`discover` ... `http`).
     pub(crate) stop_after: &'static str,
@@ -187,7 +222,7 @@ pub(crate) struct PxeReport {
     pub(crate) booted: u64,
     /// Boots that failed (in some stage).
     pub(crate) failed: u64,
-    /// Per stage (`discover`, `request`, `tftp`, `http`).
+    /// Per stage (`discover`, `request`, `tftp`, `http`, `image`).
     pub(crate) stages: BTreeMap<String, StageReport>,
     /// Whole-boot latency (first DISCOVER to the last stage's end) of completed boots.
     pub(crate) boot_latency: Latency,
@@ -199,8 +234,23 @@ pub(crate) struct PxeReport {
     pub(crate) tftp_bytes: u64,
     /// `tftp_bytes / wall_secs`, 10^6 bytes per second.
     pub(crate) tftp_mb_s: f64,
-    /// HTTP body bytes.
+    /// HTTP body bytes of the boot scripts.
     pub(crate) http_bytes: u64,
+    /// Image body bytes received (kernels and initrds; `--stop-after image`).
+    pub(crate) image_bytes: u64,
+    /// The image stage's span: the first machine's start to the last one's end, seconds.
+    pub(crate) image_secs: f64,
+    /// Goodput of the image stage: `image_bytes / image_secs`, 10^6 bytes per second.
+    pub(crate) image_mb_s: f64,
+    /// Latency of each completed kernel fetch.
+    pub(crate) kernel_latency: Latency,
+    /// Latency of each completed initrd fetch (one per `initrd` line).
+    pub(crate) initrd_latency: Latency,
+    /// Completed kernel and initrd fetches.
+    pub(crate) kernel_fetches: u64,
+    pub(crate) initrd_fetches: u64,
+    /// TCP connections the image stage opened (one per machine when kept alive).
+    pub(crate) image_connections: u64,
     /// DISCOVERs sent again after a silent timeout.
     pub(crate) discover_retransmissions: u64,
     /// 4011 REQUESTs sent again.
@@ -231,9 +281,16 @@ impl PxeReport {
     pub(crate) fn new(tally: BootTally, ctx: PxeContext) -> PxeReport {
         let wall_secs = ctx.wall.as_secs_f64();
         let per_sec = |n: f64| if wall_secs > 0.0 { n / wall_secs } else { 0.0 };
-        let [l0, l1, l2, l3] = tally.stage_latencies;
+        let image_secs = tally
+            .image_span
+            .map_or(0.0, |(s, e)| e.saturating_sub(s).as_secs_f64());
+        let image_mb_s = if image_secs > 0.0 {
+            tally.image_bytes as f64 / image_secs / 1e6
+        } else {
+            0.0
+        };
         let mut stages = BTreeMap::new();
-        for (stage, lat) in Stage::ALL.into_iter().zip([l0, l1, l2, l3]) {
+        for (stage, lat) in Stage::ALL.into_iter().zip(tally.stage_latencies) {
             if stage > ctx.last_stage {
                 continue;
             }
@@ -264,6 +321,14 @@ impl PxeReport {
             tftp_bytes: tally.tftp_bytes,
             tftp_mb_s: per_sec(tally.tftp_bytes as f64) / 1e6,
             http_bytes: tally.http_bytes,
+            image_bytes: tally.image_bytes,
+            image_secs,
+            image_mb_s,
+            kernel_fetches: tally.kernel_latencies.len() as u64,
+            initrd_fetches: tally.initrd_latencies.len() as u64,
+            kernel_latency: latency(tally.kernel_latencies),
+            initrd_latency: latency(tally.initrd_latencies),
+            image_connections: tally.image_connections,
             discover_retransmissions: tally.dhcp_retransmissions[0],
             request_retransmissions: tally.dhcp_retransmissions[1],
             tftp_client: tally.tftp_client,
@@ -343,6 +408,19 @@ impl PxeReport {
             self.tftp_client.gap_acks,
             self.tftp_client.foreign
         );
+        if self.stages.contains_key(Stage::Image.label()) {
+            for (name, n, l) in [
+                ("kernel", self.kernel_fetches, &self.kernel_latency),
+                ("initrd", self.initrd_fetches, &self.initrd_latency),
+            ] {
+                row(&mut s, name, n, 0, l, "(per file)".to_owned());
+            }
+            let _ = writeln!(
+                s,
+                "image:      {} bytes in {:.3} s, {:.2} MB/s; {} connections",
+                self.image_bytes, self.image_secs, self.image_mb_s, self.image_connections
+            );
+        }
         let _ = writeln!(
             s,
             "dhcp:       {} DISCOVER and {} REQUEST retransmissions; {} OFFERs and {} ACKs \
@@ -442,6 +520,62 @@ mod tests {
         assert!(!r.stages.contains_key("http"));
         assert_eq!(r.boots_per_sec, 0.0);
         assert!(r.completion_curve.is_empty());
+    }
+
+    #[test]
+    fn the_image_stage_reports_bytes_goodput_and_per_file_latency() {
+        let mut a = BootTally::default();
+        a.stage_done(Stage::Image, ms(300));
+        a.image_bytes = 3_000_000;
+        a.kernel_latencies.push(ms(100));
+        a.initrd_latencies.extend([ms(150), ms(50)]);
+        a.image_connections = 1;
+        a.image_ran(ms(200), ms(1200));
+        let mut b = BootTally::default();
+        b.failure(Stage::Image, "initrd_status_404");
+        b.image_bytes = 1_000_000;
+        b.kernel_latencies.push(ms(400));
+        b.image_connections = 1;
+        b.image_ran(ms(100), ms(900));
+        a.merge(b);
+        a.booted = 1;
+        let r = PxeReport::new(
+            a,
+            PxeContext {
+                setup: setup(2, Stage::Image),
+                last_stage: Stage::Image,
+                replies: ReplyCounters::default(),
+                wall: ms(2000),
+                cpu: ms(1),
+            },
+        );
+        assert_eq!(r.image_bytes, 4_000_000);
+        assert!((r.image_secs - 1.1).abs() < 1e-9, "{}", r.image_secs);
+        assert!((r.image_mb_s - 4.0 / 1.1).abs() < 1e-9, "{}", r.image_mb_s);
+        assert_eq!((r.kernel_fetches, r.initrd_fetches), (2, 2));
+        assert_eq!(r.kernel_latency.max_ms, 400.0);
+        assert_eq!(r.initrd_latency.p50_ms, 50.0);
+        assert_eq!(r.stages["image"].failures["initrd_status_404"], 1);
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        for field in [
+            "image_bytes",
+            "image_secs",
+            "image_mb_s",
+            "kernel_fetches",
+            "initrd_fetches",
+            "image_connections",
+        ] {
+            assert!(json[field].is_number(), "{field}: {json}");
+        }
+        assert_eq!(json["kernel_latency"]["p99_ms"], 400.0);
+        assert_eq!(json["stages"]["image"]["ok"], 1);
+        let text = r.to_text();
+        assert!(
+            text.contains("image:      4000000 bytes in 1.100 s"),
+            "{text}"
+        );
+        assert!(text.contains("initrd_status_404 1"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("kernel ")), "{text}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! per `--bind` address, one on `addr:68` (the 4011 REQUEST leaves from it and its unicast
 //! ACK comes back to it). A receiver task per socket parses every datagram and hands it to
 //! the machine waiting on its xid and MAC ([`Demux`]). Each machine then fetches its boot
-//! file over TFTP from a fresh port (the TFTP storm's client) and asks for its boot script
-//! over HTTP.
+//! file over TFTP from a fresh port (the TFTP storm's client), asks for its boot script
+//! over HTTP and, with `--stop-after image`, fetches the script's kernel and initrds.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::image;
 use super::packet::{self, Demux, Identity, Reply, Route};
 use super::report::{BootTally, PxeContext, PxeReport, PxeSetup, ReplyCounters, Stage};
 use super::{Load, PxePlan};
@@ -48,8 +49,10 @@ struct Shared {
     started: AtomicU64,
     booted: AtomicU64,
     failed: AtomicU64,
-    stage_ok: [AtomicU64; 4],
+    stage_ok: [AtomicU64; 5],
     tftp_bytes: AtomicU64,
+    /// Image bytes received so far (the progress line).
+    image_bytes: AtomicU64,
     /// Next machine index (closed loop).
     next: AtomicU64,
     /// When the storm started: completions are counted from here.
@@ -370,7 +373,7 @@ async fn stages(
     done(shared, tally, Stage::Tftp, t);
 
     // HTTP boot script, as the chained iPXE asks for it.
-    if plan.last_stage == Stage::Http {
+    if plan.last_stage >= Stage::Http {
         let t = Instant::now();
         let path = format!(
             "/ipxe/boot.ipxe?uuid={}&mac={}&arch={}",
@@ -383,19 +386,48 @@ async fn stages(
         } else {
             ip
         };
-        let response = super::http::get(
-            bind,
-            SocketAddrV4::new(plan.server, plan.api_port),
-            &path,
-            plan.http_timeout,
-        )
-        .await
-        .map_err(|r| (Stage::Http, r))?;
+        let api = SocketAddrV4::new(plan.server, plan.api_port);
+        let (response, script) = super::http::get(bind, api, &path, plan.http_timeout)
+            .await
+            .map_err(|r| (Stage::Http, r))?;
         if response.status != 200 {
             return Err((Stage::Http, format!("status_{}", response.status)));
         }
         tally.http_bytes += response.body_len;
         done(shared, tally, Stage::Http, t);
+
+        // The kernel and initrds the script names.
+        if plan.last_stage == Stage::Image {
+            let t = Instant::now();
+            let machine = image::Machine {
+                api,
+                bind,
+                idle: plan.http_timeout,
+                settings: image::Settings {
+                    uuid: id.uuid_string(),
+                    mac: id.mac_hexhyp().replace('-', ":"),
+                    buildarch: id.firmware.buildarch().to_owned(),
+                },
+                digests: &plan.image_digests,
+            };
+            let mut outcome = image::Outcome::default();
+            let result = image::boot_images(
+                &machine,
+                &script,
+                image::Target { addr: api, path },
+                &mut outcome,
+                &shared.image_bytes,
+            )
+            .await;
+            let since = |at: Instant| at.saturating_duration_since(shared.start);
+            tally.image_ran(since(t), since(Instant::now()));
+            tally.image_bytes += outcome.bytes;
+            tally.image_connections += outcome.connections;
+            tally.kernel_latencies.extend(outcome.kernel);
+            tally.initrd_latencies.extend(outcome.initrd);
+            result.map_err(|r| (Stage::Image, r))?;
+            done(shared, tally, Stage::Image, t);
+        }
     }
     Ok(())
 }
@@ -408,11 +440,11 @@ async fn progress(shared: Arc<Shared>, start: Instant) {
     loop {
         let at = tick.tick().await;
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let bytes = n(&shared.tftp_bytes);
+        let bytes = n(&shared.tftp_bytes) + n(&shared.image_bytes);
         let secs = (at - last_at).as_secs_f64().max(1e-3);
         eprintln!(
-            "[{:>5.0}s] {}/{} started, {} booted, {} failed | offer {} ack {} tftp {} http {} | \
-             {:.1} MB/s",
+            "[{:>5.0}s] {}/{} started, {} booted, {} failed | offer {} ack {} tftp {} http {} \
+             image {} | {:.1} MB/s",
             (at - start).as_secs_f64(),
             n(&shared.started),
             shared.plan.machines,
@@ -422,6 +454,7 @@ async fn progress(shared: Arc<Shared>, start: Instant) {
             n(&shared.stage_ok[1]),
             n(&shared.stage_ok[2]),
             n(&shared.stage_ok[3]),
+            n(&shared.stage_ok[4]),
             (bytes - last_bytes) as f64 / secs / 1e6,
         );
         last_bytes = bytes;
@@ -461,6 +494,7 @@ pub(crate) async fn run(
         failed: AtomicU64::new(0),
         stage_ok: Default::default(),
         tftp_bytes: AtomicU64::new(0),
+        image_bytes: AtomicU64::new(0),
         next: AtomicU64::new(0),
         start: Instant::now(),
         plan,
@@ -534,7 +568,7 @@ pub(crate) async fn run(
                     Load::Rate(r) => format!("rate {r}/s"),
                     Load::Concurrency(c) => format!("concurrency {c}"),
                 },
-                http: plan.last_stage == Stage::Http,
+                http: plan.last_stage >= Stage::Http,
                 stop_after: plan.last_stage.label(),
             },
             last_stage: plan.last_stage,
