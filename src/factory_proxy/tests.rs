@@ -38,6 +38,8 @@ enum Mode {
     BreakImages,
     /// Images: the answer starts after [`SLOW_HEADERS`].
     SlowHeaders,
+    /// Images: no `Content-Length` (a chunked answer).
+    Unannounced,
 }
 
 /// How long the stand-in takes to answer in [`Mode::SlowHeaders`].
@@ -162,11 +164,11 @@ async fn image(State(f): State<Factory>, uri: axum::http::Uri) -> Response {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
-    (
-        [(header::CONTENT_LENGTH, IMAGE_LEN.to_string())],
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-        .into_response()
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if mode == Mode::Unannounced {
+        return body.into_response();
+    }
+    ([(header::CONTENT_LENGTH, IMAGE_LEN.to_string())], body).into_response()
 }
 
 /// `POST /schematics`: every schematic is [`schematic`] here (the proxy does not care
@@ -926,4 +928,20 @@ async fn sendfile_waits_for_a_factory_slower_than_the_header_deadline() {
         crate::http::server::Reason::HeaderTimeout,
     );
     assert_eq!(dropped, 0);
+}
+
+#[tokio::test]
+async fn sendfile_readers_of_a_download_of_unknown_length_get_a_chunked_body() {
+    use crate::http::sendfile::real::curl;
+    let standin = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, router) = proxy(&standin, dir.path(), DEFAULT_MAX_BYTES);
+    let running = serve_with_sendfile(&p, router, Default::default()).await;
+    standin.set(Mode::Unannounced);
+    let r = curl(&[&running.url(&image_uri("v1.13.7", "kernel-amd64"))]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.statuses(), [200]);
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(r.header("content-length"), None);
+    assert!(r.body == upstream_image("v1.13.7", "kernel-amd64"));
 }
