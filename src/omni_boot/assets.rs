@@ -80,14 +80,7 @@ impl LocalAssets {
                 );
             }
         };
-        let mut response = Body::from_stream(ReaderStream::new(file)).into_response();
-        let h = response.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        response
+        crate::assets::send_file(file.into_std().await, len)
     }
 
     /// `path` (`/assets/<name>`) for the zero-copy image path: the asset's open file;
