@@ -19,7 +19,7 @@ mod go_duration;
 mod http;
 #[allow(
     dead_code,
-    reason = "the boot decisions (issue 6, part 3) will create schematics and PXE URLs"
+    reason = "the client's URL helpers beyond what the boot decisions use are exercised by its tests only"
 )]
 mod image_factory;
 mod inventory;

@@ -1,4 +1,4 @@
-//! The thin executor of the Omni-mode control loop (issue 6, item 2): one task per machine
+//! The thin executor of the Omni-mode control loop: one task per machine
 //! reads the machine's records, folds in its live status, asks [`lifecycle::reconcile`]
 //! what to do and does it (BMC through the fleet, agent through its tunnel, records through
 //! COSI writes), then either goes again at once (a step was taken: decide from the fresh

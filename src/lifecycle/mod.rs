@@ -1,4 +1,4 @@
-//! The pure core of the Omni-mode control loop (issue 6, item 2).
+//! The pure core of the Omni-mode control loop.
 //!
 //! Everything a machine's lifecycle decides lives here as plain functions over plain data:
 //! [`reconcile`] takes what was observed (Omni's `InfraMachine`, the provider's private
@@ -19,7 +19,7 @@
 #![allow(
     dead_code,
     unused_imports,
-    reason = "the pure lifecycle core is wired into the Omni-mode executor in issue 6"
+    reason = "predicates and re-exports read only by the rule tables in tests"
 )]
 
 mod action;

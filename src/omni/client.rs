@@ -493,12 +493,12 @@ impl Client {
     }
 }
 
-// Finalizers and teardown: the control loop (issue 6) holds a finalizer on each
-// InfraMachine it manages and tears down private resources; exercised today by
+// Finalizers and teardown: the control loop holds a finalizer on each
+// InfraMachine it manages and tears down private resources; teardown is exercised by
 // tests/omni_conformance.rs against the real COSI runtime.
 #[allow(
     dead_code,
-    reason = "used by the control loop of issue 6; tested by tests/omni_conformance.rs"
+    reason = "teardown calls are used only by tests/omni_conformance.rs, which includes this file"
 )]
 impl Client {
     /// Adds `finalizer` to resource `id` (any phase; idempotent).

@@ -2,7 +2,7 @@
 //! connection ([`transport`]), typed COSI State calls ([`client`]) and watches
 //! ([`watch`]), the resource types ([`resources`]) and provider registration and
 //! heartbeat ([`provider`]). `ironboot omni check` ([`cli`]) drives them against a live
-//! Omni; the control loop (issue 6) builds on them.
+//! Omni; the control loop builds on them.
 //!
 //! Proven against the real upstream Go modules by `tests/omni_conformance.rs` and its
 //! harness in `tests/omni-harness`.

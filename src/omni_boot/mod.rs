@@ -1,4 +1,4 @@
-//! Omni-mode boot decisions (issue 6, item 3): what `/ipxe/boot.ipxe` answers each
+//! Omni-mode boot decisions: what `/ipxe/boot.ipxe` answers each
 //! machine, from its state in Omni, and the routes Talos and the agent load from ironboot.
 //!
 //! - [`MachineStateCache`]: each machine's boot-relevant state (acceptance, cordon, the
@@ -24,8 +24,7 @@
 #![allow(
     dead_code,
     unused_imports,
-    reason = "the Omni-mode wiring (watches feeding the cache and the join config, the \
-              decider in the router) lands with the control-loop executor of issue 6"
+    reason = "re-exports and helpers read only by this module's tests and the benches"
 )]
 
 mod assets;

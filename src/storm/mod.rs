@@ -1,4 +1,4 @@
-//! `ironboot storm`: load generators that behave like a rack of booting machines (issue 7).
+//! `ironboot storm`: load generators that behave like a rack of booting machines.
 //!
 //! `storm pxe` boots N emulated machines the whole PXE way (DISCOVER, proxy OFFER, 4011
 //! REQUEST, ACK, TFTP, HTTP boot script) and reports per stage; see [`pxe`].
@@ -26,7 +26,7 @@ use ironboot_net::tftp::client::ClientOptions;
 pub(crate) use report::Report;
 pub(crate) use run::{Plan, Work, run};
 
-/// Load generators (issue 7): many concurrent clients against a boot server.
+/// Load generators: many concurrent clients against a boot server.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct StormArgs {
     /// What to storm.
