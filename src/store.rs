@@ -606,6 +606,7 @@ impl Store {
                 reopen_backoff: REOPEN_BACKOFF,
                 last_log: None,
                 failed_since_log: 0,
+                failure_announced: false,
             };
             tokio::task::spawn_blocking(move || writer.run(rx))
         };
@@ -657,6 +658,9 @@ struct Writer {
     reopen_backoff: Duration,
     last_log: Option<Instant>,
     failed_since_log: u64,
+    /// A failure line was logged and its recovery not yet: a disk that flaps between
+    /// full and not logs at most one failure and one recovery line a minute.
+    failure_announced: bool,
 }
 
 impl Writer {
@@ -742,9 +746,9 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Relaxed);
                 self.last_reopen = None;
                 self.reopen_backoff = REOPEN_BACKOFF;
-                if self.stats.writable.swap(1, Relaxed) == 0 {
+                if self.stats.writable.swap(1, Relaxed) == 0 && self.failure_announced {
                     info!(path = %self.path.display(), "machine store writable again");
-                    self.last_log = None;
+                    self.failure_announced = false;
                 }
             }
             Err(e) => {
@@ -769,6 +773,7 @@ impl Writer {
                     );
                     self.last_log = Some(Instant::now());
                     self.failed_since_log = 0;
+                    self.failure_announced = true;
                 }
             }
         }
