@@ -6,7 +6,9 @@
 # network namespace over a veth pair. Release build. Reports throughput (bytes the
 # server's veth sent) and the server process's CPU time per GB.
 #
-# Run as root: benches/image_compare.sh   (DUR=10s CONNS="50 500" SERVERS="...")
+# Run as root: benches/image_compare.sh   (DUR=10s CONNS="50 500" SERVERS="..." ROUNDS=1)
+# ROUNDS>1 repeats the whole comparison, alternating the servers' order, and ends with
+# the medians and each server's ratio to nginx.
 # Needs: wrk, nginx-light (apt-get install wrk nginx-light), iproute2.
 set -euo pipefail
 
@@ -15,6 +17,7 @@ BENCH=image_compare
 . "$(dirname "$0")/lib.sh"
 
 DUR=${DUR:-10s}
+ROUNDS=${ROUNDS:-1}
 CONNS=${CONNS:-"50 500"}
 SERVERS=${SERVERS:-"ironboot-hyper ironboot-zero-copy nginx"}
 SRV_IP=10.77.0.1
@@ -76,25 +79,54 @@ start() {
 }
 
 ulimit -n "$(ulimit -Hn)"
-printf '| server | clients | throughput (MB/s) | requests/s | server CPU (cores) | server CPU s per GB | wrk errors |\n'
-printf '|---|---|---|---|---|---|---|\n'
-for server in $SERVERS; do
-    start "$server"
-    for c in $CONNS; do
-        ticks0=$(cpu_ticks "$SERVER_PID")
-        tx0=$(tx_bytes)
-        t0=$(date +%s.%N)
-        out=$(in_load wrk -t2 -c"$c" -d"$DUR" --timeout 60s "http://$SRV_IP:$PORT/assets/kernel-amd64" 2>&1)
-        t1=$(date +%s.%N)
-        tx1=$(tx_bytes)
-        ticks1=$(cpu_ticks "$SERVER_PID")
-        rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-        errors=$(awk '/Socket errors|Non-2xx/ {sub(/^ +/, ""); printf "%s; ", $0}' <<<"$out")
-        awk -v tx=$((tx1 - tx0)) -v ticks=$((ticks1 - ticks0)) -v tck="$TCK" -v t0="$t0" -v t1="$t1" \
-            -v s="$server" -v c="$c" -v rps="$rps" -v e="${errors:-none}" 'BEGIN {
-                secs = t1 - t0; cpu = ticks / tck;
-                printf "| %s | %d | %.0f | %s | %.2f | %.3f | %s |\n", s, c, tx / secs / 1e6, rps, cpu / secs, cpu / (tx / 1e9), e
-            }'
+ROWS=$WORK/rows.tsv
+: >"$ROWS"
+printf '| round | server | clients | throughput (MB/s) | requests/s | server CPU (cores) | server CPU s per GB | wrk errors |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
+for round in $(seq "$ROUNDS"); do
+    # Alternate the order so that neither server always runs first.
+    order=$SERVERS
+    if ((round % 2 == 0)); then order=$(tr ' ' '\n' <<<"$SERVERS" | tac | tr '\n' ' '); fi
+    for server in $order; do
+        start "$server"
+        for c in $CONNS; do
+            ticks0=$(cpu_ticks "$SERVER_PID")
+            tx0=$(tx_bytes)
+            t0=$(date +%s.%N)
+            out=$(in_load wrk -t2 -c"$c" -d"$DUR" --timeout 60s "http://$SRV_IP:$PORT/assets/kernel-amd64" 2>&1)
+            t1=$(date +%s.%N)
+            tx1=$(tx_bytes)
+            ticks1=$(cpu_ticks "$SERVER_PID")
+            rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+            errors=$(awk '/Socket errors|Non-2xx/ {sub(/^ +/, ""); printf "%s; ", $0}' <<<"$out")
+            awk -v tx=$((tx1 - tx0)) -v ticks=$((ticks1 - ticks0)) -v tck="$TCK" -v t0="$t0" -v t1="$t1" \
+                -v s="$server" -v c="$c" -v rps="$rps" -v e="${errors:-none}" -v r="$round" -v rows="$ROWS" 'BEGIN {
+                    secs = t1 - t0; cpu = ticks / tck;
+                    printf "| %d | %s | %d | %.0f | %s | %.2f | %.3f | %s |\n", r, s, c, tx / secs / 1e6, rps, cpu / secs, cpu / (tx / 1e9), e
+                    printf "%s\t%d\t%.1f\t%.4f\n", s, c, tx / secs / 1e6, cpu / (tx / 1e9) >> rows
+                }'
+        done
+        stop_server
     done
-    stop_server
 done
+
+# Medians over the rounds, and each server's ratio to nginx's medians.
+echo
+printf '| server | clients | median throughput (MB/s) | vs nginx | median CPU s per GB | vs nginx |\n'
+printf '|---|---|---|---|---|---|\n'
+python3 - "$ROWS" "$SERVERS" "$CONNS" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+med = {}
+for server in sys.argv[2].split():
+    for c in sys.argv[3].split():
+        picked = [r for r in rows if r[0] == server and r[1] == c]
+        if picked:
+            med[server, c] = (statistics.median(float(r[2]) for r in picked),
+                              statistics.median(float(r[3]) for r in picked))
+for (server, c), (tput, cpu) in med.items():
+    ref = med.get(("nginx", c))
+    ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
+    print(f"| {server} | {c} | {tput:.0f} | {ratio(tput, ref[0]) if ref else '-'} "
+          f"| {cpu:.3f} | {ratio(cpu, ref[1]) if ref else '-'} |")
+PY

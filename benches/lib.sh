@@ -64,8 +64,14 @@ stop_sampler() {
 in_srv() { ip netns exec "$NS_SRV" "$@"; }
 in_load() { ip netns exec "$NS_LOAD" "$@"; }
 
-# Build the release binary into $BIN.
+# Build the release binary into $BIN, unless BIN already names one (an older build, to
+# compare against in the same run).
 build_ironboot() {
+    if [ -n "${BIN:-}" ]; then
+        [ -x "$BIN" ] || bench_die "BIN=$BIN is not executable"
+        echo "== using $BIN" >&2
+        return
+    fi
     echo "== building ironboot (release)" >&2
     (cd "$REPO" && cargo build --release --bin ironboot >&2)
     BIN=$REPO/target/release/ironboot

@@ -43,7 +43,8 @@
 # seconds, the bytes the server veth sent and those its tbf charged (GSO packets counted as
 # the frames they become) with its drops; from those the wire-time bound of a shaped run
 # (tbf bytes x 8 / rate) and ironboot's bound, max(its wire time, nginx's image stage time
-# on the same link). Then a Markdown table (OUT/results.md) and the commands
+# on the same link), and ironboot's /metrics after the run (OUT/<run>.metrics). Then a
+# Markdown table (OUT/results.md) and the commands
 # (OUT/commands.md).
 set -euo pipefail
 
@@ -92,11 +93,7 @@ if [[ " $CASES " == *" nginx "* ]] && ! command -v nginx >/dev/null; then
     command -v nginx >/dev/null || bench_die "apt-get install nginx-light failed"
 fi
 
-if [ -n "${BIN:-}" ]; then
-    [ -x "$BIN" ] || bench_die "BIN=$BIN is not executable"
-else
-    build_ironboot
-fi
+build_ironboot
 # One source address per machine, as in a rack (servers may cap connections per address).
 bench_setup "$SRV_IP" "$LOAD_IP" 10.97 "$SOURCES"
 stage_pxe_files
@@ -243,6 +240,9 @@ for shaping in $SHAPES; do
             tx1=$(tx_bytes)
             read -r qb1 qd1 < <(qdisc_stats)
             hwm=$(hwm_kib "$SERVER_PID")
+            # ironboot's own account of the run: connections dropped (write timeouts,
+            # caps), image responses cut short, bytes sent.
+            in_load curl -s --max-time 10 "http://$SRV_IP:50042/metrics" >"$OUT/$run.metrics" || true
             python3 - "$OUT/$run.json" "$case" "$shaping" "$repeat" "$TCK" "$((ib1 - ib0))" \
                 "$((ng1 - ng0))" "$hwm" "$((tx1 - tx0))" "$((busy1 - busy0))" "$((qb1 - qb0))" \
                 "$((qd1 - qd0))" >>"$RESULTS" <<'EOF'

@@ -18,7 +18,8 @@
 # `rate=N`), SHAPES (none 1gbit: the server's egress through tbf at 1 Gbit/s), REPEATS
 # (runs of each case), FIRMWARE (uefi, bios, mixed), TIMEOUT_SCALE (of the firmware
 # timeouts), SOURCES (machine source addresses), THREADS (storm worker threads),
-# IRONBOOT_ARGS (more ironboot flags), OUT (results, kept).
+# IRONBOOT_ARGS (more ironboot flags), BIN (an ironboot binary to use instead of building the
+# release one: an older build, to compare in the same run), OUT (results, kept).
 #
 # Per run it records the storm's JSON report plus, for the server: CPU seconds, peak RSS
 # (VmHWM after a reset through clear_refs; for tftpd-hpa the sampled peak of its process

@@ -490,10 +490,13 @@ pub(crate) async fn serve_images(
             }
         };
         buf.drain(..head.len);
+        // Counted as cut short unless the response completes, including when the
+        // watchdog drops this future mid-body (a client that stopped reading).
+        let unfinished = Unfinished(&stats.cut_short);
         let sent = send_file(io, &head, file, stats).await;
         io.request_ended();
-        if sent.is_err() {
-            stats.cut_short.fetch_add(1, Relaxed);
+        if sent.is_ok() {
+            std::mem::forget(unfinished);
         }
         match sent {
             Ok(true) if !head.close => {}
@@ -502,6 +505,15 @@ pub(crate) async fn serve_images(
                 return Outcome::Closed;
             }
         }
+    }
+}
+
+/// Adds one to its counter when dropped: an image response that did not complete.
+struct Unfinished<'a>(&'a AtomicU64);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
     }
 }
 

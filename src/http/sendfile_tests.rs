@@ -457,6 +457,11 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         got < LEN,
         "{got} bytes: the response was cut, as it must be"
     );
+    assert_eq!(
+        s.running.images.cut_short(),
+        1,
+        "the response the watchdog dropped is counted as cut short"
+    );
     let started = Instant::now();
     while s.running.counters.open(Listener::Api) != 0 {
         assert!(
