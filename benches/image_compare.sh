@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boot image serving: ironboot's accept loop sending a 64 MiB file on /assets/ through
 # hyper (the route's file stream, as before the image path) and through the zero-copy
-# image path (sendfile, src/http/sendfile.rs), against nginx (Debian's nginx-light, one
+# image path (sendfile, src/boot/http/sendfile.rs), against nginx (Debian's nginx-light, one
 # process, sendfile on), to 50 and to 500 concurrent keep-alive clients (wrk) in another
 # network namespace over a veth pair. Release build. Reports throughput (bytes the
 # server's veth sent) and the server process's CPU time per GB.

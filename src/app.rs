@@ -12,11 +12,11 @@ use ironboot_net::wire::MessageType;
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
-use crate::config::Config;
-use crate::omni_mode::OmniMode;
-use crate::{
+use crate::boot::{
     assets, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
 };
+use crate::cli::config::Config;
+use crate::provider::mode::OmniMode;
 
 /// The running services; each task resolves with its name and how it ended.
 type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -128,7 +128,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         (None, Some(assets)) => assets.mount(router),
         (None, None) => router,
     };
-    // Boot images (`/assets/`, `/factory/image/`) go out with sendfile (src/http/sendfile.rs).
+    // Boot images (`/assets/`, `/factory/image/`) go out with sendfile (src/boot/http/sendfile.rs).
     let image_routes: Option<Arc<dyn http::sendfile::ImageRoutes>> = match (&omni, &assets) {
         (Some(omni), _) => omni.image_routes(),
         (None, Some(assets)) => Some(Arc::new(assets::AssetImages(assets.clone()))),
@@ -268,9 +268,9 @@ fn http_gate(config: &Config) -> Arc<http::server::Gate> {
 fn factory_proxy(
     config: &Config,
     files: &ironboot_net::files::FileSet,
-) -> anyhow::Result<Option<Arc<crate::factory_proxy::FactoryProxy>>> {
-    use crate::config::{AgentBootSource, FactoryProxyMode};
-    use crate::factory_proxy::{CACHE_DIR_NAME, FactoryProxy, Options, ipxe_needs_proxy};
+) -> anyhow::Result<Option<Arc<crate::provider::factory_proxy::FactoryProxy>>> {
+    use crate::cli::config::{AgentBootSource, FactoryProxyMode};
+    use crate::provider::factory_proxy::{CACHE_DIR_NAME, FactoryProxy, Options, ipxe_needs_proxy};
     let (Some(_), AgentBootSource::ImageFactory(settings)) =
         (&config.omni_endpoint, &config.agent_boot)
     else {
@@ -303,7 +303,7 @@ fn factory_proxy(
 /// In Omni mode the agent and installer boots chain to the Image Factory's PXE front end;
 /// over `https://` that needs an iPXE built with HTTPS, which Debian's is not.
 fn warn_if_ipxe_cannot_reach_the_factory(config: &Config, files: &ironboot_net::files::FileSet) {
-    let crate::config::AgentBootSource::ImageFactory(factory) = &config.agent_boot else {
+    let crate::cli::config::AgentBootSource::ImageFactory(factory) = &config.agent_boot else {
         return;
     };
     if config.omni_endpoint.is_none() || !factory.pxe_base_url.starts_with("https://") {

@@ -4,40 +4,14 @@
 //! Nothing here is a stable interface: [`main`] is the whole command, and the hidden
 //! `bench_api` module exists only for the benchmarks.
 
-mod agent;
 mod app;
-mod assets;
+mod boot;
+mod cli;
+mod provider;
+mod tools;
+
 #[doc(hidden)]
-pub mod bench_api;
-mod bmc_cli;
-mod boot_files;
-mod boot_script;
-mod config;
-mod executor;
-mod factory_proxy;
-mod go_duration;
-mod http;
-#[allow(
-    dead_code,
-    reason = "the client's URL helpers beyond what the boot decisions use are exercised by its tests only"
-)]
-mod image_factory;
-mod inventory;
-mod lifecycle;
-mod log_filter;
-mod machine;
-mod metrics;
-mod netif;
-mod omni;
-mod omni_boot;
-mod omni_mode;
-mod power_mgmt_dir;
-mod proxy_dhcp;
-mod store;
-mod storm;
-mod tftp_service;
-mod tls;
-mod udp_workers;
+pub use tools::bench_api;
 
 use std::process::ExitCode;
 
@@ -45,13 +19,13 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 
-use crate::config::{Cli, Command, Config};
+use crate::cli::config::{Cli, Command, Config};
 
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     // RUST_LOG or the default, the chatty dependencies kept at info and the OpenPGP crate
     // at warn (it would dump the service-account key).
-    let filter = log_filter::from_env(default);
+    let filter = cli::log_filter::from_env(default);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -65,16 +39,16 @@ fn init_logging(debug: bool) {
 /// process exit code.
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if omni::cli::wants(&args) {
+    if provider::omni::cli::wants(&args) {
         init_logging(false);
-        return omni::cli::main(&args);
+        return provider::omni::cli::main(&args);
     }
     let cli = Cli::parse();
     if let Some(Command::Storm(storm)) = &cli.command {
-        return storm::main(storm);
+        return tools::storm::main(storm);
     }
     if let Some(Command::Bmc(bmc)) = &cli.command {
-        return bmc_cli::main(bmc);
+        return tools::bmc::main(bmc);
     }
     init_logging(cli.debug);
     match start(&cli) {
@@ -89,7 +63,7 @@ pub fn main() -> ExitCode {
 }
 
 fn start(cli: &Cli) -> anyhow::Result<()> {
-    let interfaces = netif::host_interfaces().context("listing network interfaces")?;
+    let interfaces = boot::netif::host_interfaces().context("listing network interfaces")?;
     let config = Config::from_cli(cli, &interfaces)?;
     info!(
         provider_id = %config.provider_id,

@@ -9,14 +9,24 @@
 //! `target/tmp/agent-harness/`. No root needed; everything listens on 127.0.0.1.
 
 // The agent module is compiled into this test as it is in the binary.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/agent/mod.rs"]
-mod agent;
+#[path = "../src/provider"]
+mod provider {
+    #[allow(dead_code, unreachable_pub)]
+    #[path = "agent/mod.rs"]
+    pub(crate) mod agent;
+}
+use provider::agent;
 #[path = "common/go_harness.rs"]
 mod go_harness;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/http/server.rs"]
-mod server;
+#[path = "../src/boot"]
+mod boot {
+    pub(crate) mod http {
+        #[allow(dead_code, unreachable_pub)]
+        #[path = "server.rs"]
+        pub(crate) mod server;
+    }
+}
+use boot::http::server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -22,22 +22,29 @@ mod go_harness;
 mod omni_harness;
 
 // The modules are compiled into this test as they are in the binary.
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/agent/mod.rs"]
-mod agent;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/omni/mod.rs"]
-mod omni;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/http/server.rs"]
-mod server;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/tls/mod.rs"]
-mod tls;
-/// The accept loop the TLS listener runs on, where the binary has it.
-mod http {
-    pub(crate) use super::server;
+#[path = "../src/provider"]
+mod provider {
+    #[allow(dead_code, unreachable_pub, unused_imports)]
+    #[path = "agent/mod.rs"]
+    pub(crate) mod agent;
+    #[allow(dead_code, unreachable_pub, unused_imports)]
+    #[path = "omni/mod.rs"]
+    pub(crate) mod omni;
+    #[allow(dead_code, unreachable_pub, unused_imports)]
+    #[path = "tls/mod.rs"]
+    pub(crate) mod tls;
 }
+/// The accept loop the TLS listener runs on, where the binary has it.
+#[path = "../src/boot"]
+mod boot {
+    pub(crate) mod http {
+        #[allow(dead_code, unreachable_pub, unused_imports)]
+        #[path = "server.rs"]
+        pub(crate) mod server;
+    }
+}
+use boot::http;
+use provider::{agent, omni, tls};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

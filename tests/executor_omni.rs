@@ -28,21 +28,25 @@ mod omni_harness;
 mod sim;
 
 // The modules are compiled into this test as they are in the binary.
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/agent/mod.rs"]
-mod agent;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/executor/mod.rs"]
-mod executor;
-#[allow(unreachable_pub)]
-#[path = "../src/lifecycle/mod.rs"]
-mod lifecycle;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../src/omni/mod.rs"]
-mod omni;
-#[allow(unreachable_pub)]
-#[path = "../src/power_mgmt_dir.rs"]
-mod power_mgmt_dir;
+#[path = "../src/provider"]
+mod provider {
+    #[allow(dead_code, unreachable_pub, unused_imports)]
+    #[path = "agent/mod.rs"]
+    pub(crate) mod agent;
+    #[allow(dead_code, unreachable_pub, unused_imports)]
+    #[path = "executor/mod.rs"]
+    pub(crate) mod executor;
+    #[allow(unreachable_pub)]
+    #[path = "lifecycle/mod.rs"]
+    pub(crate) mod lifecycle;
+    #[allow(dead_code, unreachable_pub, unused_imports)]
+    #[path = "omni/mod.rs"]
+    pub(crate) mod omni;
+    #[allow(unreachable_pub)]
+    #[path = "power_mgmt_dir.rs"]
+    pub(crate) mod power_mgmt_dir;
+}
+use provider::{agent, executor, lifecycle, omni};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -14,9 +14,13 @@
 mod go_harness;
 #[path = "common/logs.rs"]
 mod logs;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/omni/mod.rs"]
-mod omni;
+#[path = "../src/provider"]
+mod provider {
+    #[allow(dead_code, unreachable_pub)]
+    #[path = "omni/mod.rs"]
+    pub(crate) mod omni;
+}
+use provider::omni;
 #[path = "common/omni_harness.rs"]
 mod omni_harness;
 
@@ -29,7 +33,7 @@ use std::time::{Duration, SystemTime};
 use ironboot_proto::{baremetal, omni as specs};
 use omni::auth::{KeyError, ServiceAccountKey};
 use omni::client::{Client, LabelQuery, OmniError, Phase};
-use omni::provider::{self, ProviderInfo};
+use omni::provider::{self as registration, ProviderInfo};
 use omni::resources::{LABEL_INFRA_PROVIDER_ID, LABEL_IS_STATIC_PROVIDER, Spec};
 use omni::transport::{OmniEndpoint, SignedChannel};
 use omni::watch::{Event, Watch};
@@ -171,7 +175,7 @@ fn registration_heartbeat_and_machine_status_decode_with_omnis_go_types() {
         version: "v9.8.7".into(),
     };
     let status = rt
-        .block_on(provider::register(&c, &info))
+        .block_on(registration::register(&c, &info))
         .expect("register");
     assert_eq!(status.metadata.version, Some(1));
     let icon = &status.spec.icon;
@@ -195,7 +199,7 @@ fn registration_heartbeat_and_machine_status_decode_with_omnis_go_types() {
 
     // Registering again (a restart) updates in place.
     let again = rt
-        .block_on(provider::register(
+        .block_on(registration::register(
             &c,
             &ProviderInfo {
                 version: "v9.8.8".into(),
@@ -207,7 +211,7 @@ fn registration_heartbeat_and_machine_status_decode_with_omnis_go_types() {
     assert_eq!(again.spec.version, "v9.8.8");
 
     let at = SystemTime::UNIX_EPOCH + Duration::new(1_750_000_000, 123_456_789);
-    rt.block_on(provider::heartbeat(&c, at, "bmc 10.0.0.9: timeout"))
+    rt.block_on(registration::heartbeat(&c, at, "bmc 10.0.0.9: timeout"))
         .expect("heartbeat");
     check::<specs::InfraProviderHealthStatusSpec>(
         &mut h,
@@ -220,14 +224,18 @@ fn registration_heartbeat_and_machine_status_decode_with_omnis_go_types() {
         }),
     );
     let hb = rt
-        .block_on(provider::heartbeat(&c, at + Duration::from_secs(30), ""))
+        .block_on(registration::heartbeat(
+            &c,
+            at + Duration::from_secs(30),
+            "",
+        ))
         .expect("second heartbeat");
     assert_eq!(hb.spec.error, "");
     assert_eq!(hb.metadata.version, Some(2));
 
     // The heartbeat loop: a tick, then the latest error as soon as it is reported.
     let (report, errors) = tokio::sync::watch::channel(String::new());
-    let beat = rt.spawn(provider::run_heartbeat(
+    let beat = rt.spawn(registration::run_heartbeat(
         c.clone(),
         Duration::from_millis(50),
         errors,
@@ -863,7 +871,7 @@ fn unreachable_omni_is_retried_until_it_answers() {
             description: "d".into(),
             version: "v".into(),
         };
-        provider::register_with_retry(&c, &info, |e, wait| {
+        registration::register_with_retry(&c, &info, |e, wait| {
             let _ = tx.send(format!("{e} (retry in {wait:?})"));
         })
         .await
@@ -893,19 +901,19 @@ fn https_endpoints_with_and_without_verification() {
     let rt = rt();
     let _guard = rt.enter();
     let ok = client_for(&h.url("https"), provider_key(), |c| c);
-    rt.block_on(provider::heartbeat(&ok, SystemTime::now(), ""))
+    rt.block_on(registration::heartbeat(&ok, SystemTime::now(), ""))
         .expect("heartbeat over TLS");
     // Verifying against the system roots refuses the self-signed certificate.
     let key = Arc::new(ServiceAccountKey::parse(provider_key(), ID, SystemTime::now()).unwrap());
     let strict = Client::new(&OmniEndpoint::parse(&h.url("https"), false).unwrap(), key).unwrap();
     let err = rt
-        .block_on(provider::heartbeat(&strict, SystemTime::now(), ""))
+        .block_on(registration::heartbeat(&strict, SystemTime::now(), ""))
         .expect_err("self-signed certificate");
     assert!(matches!(err, OmniError::Unavailable { .. }), "{err}");
     // Plain HTTP/2 to a TLS port fails too, as unreachable.
     let plain = client_for(&h.url("http"), provider_key(), |c| c);
     assert!(
-        rt.block_on(provider::heartbeat(&plain, SystemTime::now(), ""))
+        rt.block_on(registration::heartbeat(&plain, SystemTime::now(), ""))
             .is_err()
     );
 }

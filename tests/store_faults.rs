@@ -30,7 +30,7 @@ use redb::{ReadableTable, TableDefinition};
 
 const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const HOST: &str = "127.0.0.1";
-/// The store's table, as `src/store.rs` defines it.
+/// The store's table, as `src/boot/store.rs` defines it.
 const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
 
 fn check_prerequisites(test: &str) {

@@ -1,0 +1,447 @@
+//! The executor's seams over the real peers: Omni through the COSI client
+//! ([`OmniStore`]), BMCs through the selector and the fleet ([`FleetPower`]), metal agents
+//! through their tunnels ([`crate::provider::agent::client::AgentClient`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ironboot_bmc::fleet::{Fleet, Operation, Outcome};
+use ironboot_bmc::{Backend, BmcInfo, PowerState, Selector};
+use ironboot_proto::agent::{
+    GetPowerManagementRequest, GetPowerManagementResponse, SetPowerManagementRequest,
+    set_power_management_request,
+};
+use ironboot_proto::{baremetal, omni};
+
+use super::mapping::{self, Records, WIPE_STARTED_ANNOTATION, Write};
+use super::{Agent, ExecError, Power, PowerAction, Store};
+use crate::provider::agent::client::AgentClient;
+use crate::provider::lifecycle::Secret;
+use crate::provider::omni::client::{Client, OmniError, Phase};
+use crate::provider::omni::resources::Spec;
+
+/// The owner of each record: the Go provider's controller names (prefixed with the
+/// provider ID), so either provider can take over the other's records.
+fn owner(provider_id: &str, controller: &str) -> String {
+    format!("{provider_id}.{controller}")
+}
+
+/// Omni as the executor's [`Store`].
+#[derive(Clone)]
+pub(crate) struct OmniStore {
+    client: Client,
+}
+
+impl OmniStore {
+    /// A store over `client` (which knows the provider ID).
+    pub(crate) fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    fn omni_error(machine_id: &str) -> impl Fn(OmniError) -> ExecError + '_ {
+        move |source| ExecError::Omni {
+            machine_id: machine_id.to_owned(),
+            source,
+        }
+    }
+
+    /// The finalizer this provider puts on its `InfraMachine`s (upstream's controller
+    /// name, so either provider can release the other's machines).
+    fn finalizer(&self) -> String {
+        owner(self.client.provider_id(), "MachineStatusController")
+    }
+
+    /// Destroys `machine_id`'s private records (absent ones are fine: a release
+    /// interrupted by a restart is run again), then lifts every finalizer of this provider
+    /// (ours, and the Go provider's controllers' after a takeover) from the InfraMachine.
+    async fn release(&self, machine_id: &str) -> Result<(), ExecError> {
+        self.destroy_record::<baremetal::BmcConfigurationSpec>(
+            machine_id,
+            "BMCConfigurationController",
+        )
+        .await?;
+        self.destroy_record::<baremetal::WipeStatusSpec>(machine_id, "WipeStatusController")
+            .await?;
+        self.destroy_record::<baremetal::PowerOperationSpec>(
+            machine_id,
+            "PowerOperationController",
+        )
+        .await?;
+        self.destroy_record::<baremetal::RebootStatusSpec>(machine_id, "RebootStatusController")
+            .await?;
+        self.destroy_record::<omni::InfraMachineStatusSpec>(
+            machine_id,
+            "InfraMachineStatusController",
+        )
+        .await?;
+        let (c, id) = (&self.client, self.client.provider_id());
+        let err = Self::omni_error(machine_id);
+        let prefix = format!("{id}.");
+        let infra = match c.get_opt::<omni::InfraMachineSpec>(machine_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(err(e)),
+        };
+        for f in infra
+            .metadata
+            .finalizers
+            .iter()
+            .filter(|f| f.starts_with(&prefix))
+        {
+            match c
+                .remove_finalizer::<omni::InfraMachineSpec>(machine_id, f)
+                .await
+            {
+                Ok(_) | Err(OmniError::NotFound { .. }) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys `machine_id`'s record of type `S` written by `controller`; one already gone
+    /// is fine (a release interrupted by a restart runs again).
+    async fn destroy_record<S: Spec>(
+        &self,
+        machine_id: &str,
+        controller: &str,
+    ) -> Result<(), ExecError> {
+        let owner = owner(self.client.provider_id(), controller);
+        match self.client.destroy::<S>(machine_id, &owner).await {
+            Ok(()) | Err(OmniError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::omni_error(machine_id)(e)),
+        }
+    }
+
+    async fn modify<S: Spec>(
+        &self,
+        machine_id: &str,
+        controller: &str,
+        mut f: impl FnMut(&mut crate::provider::omni::client::Resource<S>),
+    ) -> Result<(), ExecError> {
+        let owner = owner(self.client.provider_id(), controller);
+        self.client
+            .modify::<S>(machine_id, &owner, true, |r| {
+                f(r);
+                true
+            })
+            .await
+            .map(|_| ())
+            .map_err(Self::omni_error(machine_id))
+    }
+}
+
+impl Store for OmniStore {
+    async fn load(&self, machine_id: &str) -> Result<Records, ExecError> {
+        let c = &self.client;
+        let (infra, bmc_config, bmc_configuration, wipe, power, reboot, status) = tokio::try_join!(
+            c.get_opt::<omni::InfraMachineSpec>(machine_id),
+            c.get_opt::<omni::BmcConfigSpec>(machine_id),
+            c.get_opt::<baremetal::BmcConfigurationSpec>(machine_id),
+            c.get_opt::<baremetal::WipeStatusSpec>(machine_id),
+            c.get_opt::<baremetal::PowerOperationSpec>(machine_id),
+            c.get_opt::<baremetal::RebootStatusSpec>(machine_id),
+            c.get_opt::<omni::InfraMachineStatusSpec>(machine_id),
+        )
+        .map_err(Self::omni_error(machine_id))?;
+        let wipe_started = wipe
+            .as_ref()
+            .and_then(|w| w.metadata.annotations.get(WIPE_STARTED_ANNOTATION).cloned());
+        let (infra_tearing_down, held) = infra.as_ref().map_or((false, false), |r| {
+            let finalizer = self.finalizer();
+            (
+                r.metadata.phase == Phase::TearingDown,
+                r.metadata.finalizers.contains(&finalizer),
+            )
+        });
+        Ok(Records {
+            infra_tearing_down,
+            held,
+            infra: infra.map(|r| r.spec),
+            bmc_config: bmc_config.map(|r| r.spec),
+            bmc_configuration: bmc_configuration.map(|r| r.spec),
+            wipe: wipe.map(|r| r.spec),
+            wipe_started,
+            power: power.map(|r| r.spec),
+            reboot: reboot.map(|r| r.spec),
+            status: status.map(|r| r.spec),
+        })
+    }
+
+    async fn write(&self, machine_id: &str, write: &Write) -> Result<(), ExecError> {
+        match write {
+            Write::BmcConfiguration(spec) => {
+                self.modify::<baremetal::BmcConfigurationSpec>(
+                    machine_id,
+                    "BMCConfigurationController",
+                    |r| r.spec = spec.clone(),
+                )
+                .await
+            }
+            Write::WipeStarted { wipe_id } => {
+                self.modify::<baremetal::WipeStatusSpec>(machine_id, "WipeStatusController", |r| {
+                    r.metadata
+                        .annotations
+                        .insert(WIPE_STARTED_ANNOTATION.to_owned(), wipe_id.clone());
+                })
+                .await
+            }
+            Write::WipeDone { .. } => {
+                self.modify::<baremetal::WipeStatusSpec>(machine_id, "WipeStatusController", |r| {
+                    mapping::apply_wipe(&mut r.spec, write);
+                })
+                .await
+            }
+            Write::PowerOp { .. } | Write::PowerOffAcknowledged { .. } => {
+                self.modify::<baremetal::PowerOperationSpec>(
+                    machine_id,
+                    "PowerOperationController",
+                    |r| mapping::apply_power(&mut r.spec, write),
+                )
+                .await
+            }
+            Write::RebootHandled { .. } => {
+                self.modify::<baremetal::RebootStatusSpec>(
+                    machine_id,
+                    "RebootStatusController",
+                    |r| mapping::apply_reboot(&mut r.spec, write),
+                )
+                .await
+            }
+            Write::Hold => self
+                .client
+                .add_finalizer::<omni::InfraMachineSpec>(machine_id, &self.finalizer())
+                .await
+                .map(drop)
+                .map_err(Self::omni_error(machine_id)),
+            Write::Release => self.release(machine_id).await,
+            Write::Status { spec, labels } => {
+                self.modify::<omni::InfraMachineStatusSpec>(
+                    machine_id,
+                    "InfraMachineStatusController",
+                    |r| {
+                        r.spec = spec.clone();
+                        r.metadata
+                            .labels
+                            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    },
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// BMCs as the executor's [`Power`]: a back end chosen by the selector per machine, run
+/// through the fleet (one operation at a time per BMC, bounded, with backoff).
+pub(crate) struct FleetPower {
+    selector: Selector,
+    fleet: Fleet<Backend>,
+    /// Per machine: the credentials its fleet member was built from, and the member key.
+    members: Mutex<HashMap<String, (BmcInfo, String)>>,
+}
+
+impl FleetPower {
+    /// Power control through `fleet`, choosing back ends with `selector`.
+    pub(crate) fn new(selector: Selector, fleet: Fleet<Backend>) -> Self {
+        Self {
+            selector,
+            fleet,
+            members: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The fleet key of `machine_id`'s BMC, (re)built when its credentials changed.
+    async fn member(&self, machine_id: &str, bmc: &BmcInfo) -> Result<String, ExecError> {
+        {
+            let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((info, key)) = members.get(machine_id)
+                && info == bmc
+            {
+                return Ok(key.clone());
+            }
+        }
+        let backend = self
+            .selector
+            .select(bmc)
+            .await
+            .map_err(|e| ExecError::Bmc {
+                machine_id: machine_id.to_owned(),
+                bmc: bmc_address(bmc),
+                operation: "select".into(),
+                detail: e.to_string(),
+            })?;
+        let key = self.fleet.insert(backend);
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(machine_id.to_owned(), (bmc.clone(), key.clone()));
+        Ok(key)
+    }
+
+    async fn run(
+        &self,
+        machine_id: &str,
+        key: &str,
+        operation: Operation,
+    ) -> Result<Outcome, ExecError> {
+        let report = self.fleet.run(key, operation).await;
+        report.result.map_err(|e| ExecError::Bmc {
+            machine_id: machine_id.to_owned(),
+            bmc: key.to_owned(),
+            operation: operation.to_string(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn bmc_address(bmc: &BmcInfo) -> String {
+    match bmc {
+        BmcInfo::Ipmi(i) => format!("{}:{}", i.address, i.port),
+        BmcInfo::Api { address } => address.clone(),
+    }
+}
+
+impl Power for FleetPower {
+    async fn status(&self, machine_id: &str, bmc: &BmcInfo) -> Result<PowerState, ExecError> {
+        let key = self.member(machine_id, bmc).await?;
+        match self.run(machine_id, &key, Operation::Status).await? {
+            Outcome::Power(state) => Ok(state),
+            Outcome::Done => Err(ExecError::Bmc {
+                machine_id: machine_id.to_owned(),
+                bmc: key,
+                operation: "status".into(),
+                detail: "no power state in the answer".into(),
+            }),
+        }
+    }
+
+    async fn act(
+        &self,
+        machine_id: &str,
+        bmc: &BmcInfo,
+        action: PowerAction,
+    ) -> Result<(), ExecError> {
+        let key = self.member(machine_id, bmc).await?;
+        let (pxe, operation) = match action {
+            PowerAction::On(pxe) => (pxe, Operation::On),
+            PowerAction::Off => (None, Operation::Off),
+            PowerAction::Reboot(pxe) => (pxe, Operation::Cycle),
+        };
+        if let Some(mode) = pxe {
+            self.run(machine_id, &key, Operation::PxeOnce(mode)).await?;
+        }
+        self.run(machine_id, &key, operation).await.map(|_| ())
+    }
+}
+
+impl Agent for AgentClient {
+    fn is_connected(&self, machine_id: &str) -> bool {
+        AgentClient::is_connected(self, machine_id)
+    }
+
+    async fn get_power_management(
+        &self,
+        machine_id: &str,
+    ) -> Result<GetPowerManagementResponse, ExecError> {
+        // The provider sends an empty request, as upstream does.
+        Ok(AgentClient::get_power_management(
+            self,
+            machine_id,
+            GetPowerManagementRequest::default(),
+        )
+        .await?)
+    }
+
+    async fn set_power_management(
+        &self,
+        machine_id: &str,
+        username: &str,
+        password: &Secret,
+    ) -> Result<(), ExecError> {
+        let request = SetPowerManagementRequest {
+            ipmi: Some(set_power_management_request::Ipmi {
+                username: username.to_owned(),
+                password: password.expose().to_owned(),
+            }),
+            api: None,
+        };
+        Ok(AgentClient::set_power_management(self, machine_id, request).await?)
+    }
+
+    async fn wipe_disks(&self, machine_id: &str, zeroes: bool) -> Result<(), ExecError> {
+        Ok(AgentClient::wipe_disks(self, machine_id, zeroes).await?)
+    }
+}
+
+/// The executor over the real peers, with the tasks that feed it.
+pub(crate) type OmniExecutor = super::Executor<OmniStore, FleetPower, AgentClient>;
+
+/// A running Omni-mode control loop: the executor and its feeders (Omni watches of this
+/// provider's `InfraMachine`s and `BMCConfig`s, the agents' tunnel events).
+pub(crate) struct Running {
+    /// The executor (also the target of PXE-boot events from the HTTP routes).
+    pub(crate) executor: std::sync::Arc<OmniExecutor>,
+    feeders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the feeders and every machine's task.
+    pub(crate) fn stop(&self) {
+        for f in &self.feeders {
+            f.abort();
+        }
+        self.executor.shutdown();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the control loop: machines are woken by Omni's changes (the watches' initial
+/// contents start every known machine) and by tunnel opens and closes. Must be called
+/// within a Tokio runtime. A watch that fails for good (its key rejected, say) is logged;
+/// the machines it fed keep running on their power polls.
+pub(crate) fn start(
+    client: &Client,
+    power: FleetPower,
+    agents: AgentClient,
+    tunnel_events: tokio::sync::broadcast::Receiver<crate::provider::agent::tunnel::TunnelEvent>,
+    settings: super::Settings,
+) -> Running {
+    use super::feed;
+    use crate::provider::omni::watch::Watch;
+    use std::sync::Arc;
+
+    let executor = Arc::new(super::Executor::new(
+        OmniStore::new(client.clone()),
+        power,
+        agents,
+        settings,
+    ));
+    let labels = feed::provider_machines(client);
+    let mut feeders = Vec::new();
+    let waker = Arc::clone(&executor);
+    let watch = Watch::<omni::InfraMachineSpec>::new(client.clone(), labels.clone());
+    feeders.push(tokio::spawn(async move {
+        if let Err(e) = feed::follow_kind(watch, move |id: &str| waker.wake(id)).await {
+            tracing::error!(error = %e, "watching InfraMachines stopped");
+        }
+    }));
+    let waker = Arc::clone(&executor);
+    let watch = Watch::<omni::BmcConfigSpec>::new(client.clone(), labels);
+    feeders.push(tokio::spawn(async move {
+        if let Err(e) = feed::follow_kind(watch, move |id: &str| waker.wake(id)).await {
+            tracing::error!(error = %e, "watching BMCConfigs stopped");
+        }
+    }));
+    let target = Arc::clone(&executor);
+    feeders.push(tokio::spawn(feed::follow_tunnels(
+        tunnel_events,
+        move |id: &str, event| target.event(id, event),
+    )));
+    Running { executor, feeders }
+}

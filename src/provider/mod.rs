@@ -1,0 +1,19 @@
+//! The Omni infrastructure provider: the COSI client, what each machine boots from its
+//! state in Omni, the pure lifecycle and the executor that carries out its actions, the
+//! metal agents' reverse tunnel (and its TLS), BMC power through the agents' credentials,
+//! and the Image Factory with its caching proxy.
+
+pub(crate) mod agent;
+pub(crate) mod boot_plan;
+pub(crate) mod executor;
+pub(crate) mod factory_proxy;
+#[allow(
+    dead_code,
+    reason = "the client's URL helpers beyond what the boot decisions use are exercised by its tests only"
+)]
+pub(crate) mod image_factory;
+pub(crate) mod lifecycle;
+pub(crate) mod mode;
+pub(crate) mod omni;
+pub(crate) mod power_mgmt_dir;
+pub(crate) mod tls;

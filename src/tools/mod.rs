@@ -1,0 +1,7 @@
+//! The operator tools: `ironboot storm` (emulated PXE storms), `ironboot bmc` (power and
+//! boot through a BMC by hand), and the hidden API the benchmarks drive.
+
+#[doc(hidden)]
+pub mod bench_api;
+pub(crate) mod bmc;
+pub(crate) mod storm;
