@@ -148,7 +148,7 @@ impl ScriptRenderer {
 /// `--use-local-boot-assets`) on `listener` through the API port's accept loop, with
 /// `max_per_source` connections allowed from one address, until the process ends.
 /// `zero_copy`: boot images go out on the sendfile image path (`src/boot/http/sendfile.rs`);
-/// otherwise through hyper and the route's file stream, as before that path existed.
+/// otherwise through hyper and the route's file stream (the baseline it is compared with).
 pub async fn serve_assets(
     listener: tokio::net::TcpListener,
     assets_dir: &Path,

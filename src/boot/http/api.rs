@@ -70,7 +70,7 @@ impl<'a> From<&'a MachineRecord> for MachineJson<'a> {
 }
 
 /// Machines per page when the request names no `limit`: small fleets get the whole list
-/// in one answer, as before pages existed.
+/// in one answer.
 pub(crate) const DEFAULT_LIMIT: usize = 1000;
 /// Largest `limit` a request may ask for.
 pub(crate) const MAX_LIMIT: usize = 10_000;

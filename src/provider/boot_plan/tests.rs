@@ -997,7 +997,7 @@ fn tls_agent_kernel_args_follow_upstream() {
     .unwrap();
     let extra = vec!["foo=bar".to_owned()];
 
-    // Defaults: no TLS, no test mode (as before).
+    // Defaults: no TLS, no test mode.
     assert_eq!(
         omni.decider.kernel_args(Arch::Amd64, true, &extra).unwrap(),
         [

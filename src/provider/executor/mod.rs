@@ -19,14 +19,10 @@
 //! peers by `tests/executor_omni.rs` (Omni's COSI state from the Go harness, `ipmi_sim`,
 //! the Go metal agent over the real tunnel).
 //!
-//! Not wired into the binary yet, so `config.rs` still refuses an Omni endpoint. What
-//! remains: in `app.rs`, read the service-account key, build the Omni client, register
-//! and heartbeat (`omni::provider`), and call [`real::start`] with the API port's
-//! `Tunnels`; the iPXE route must send [`Event::PxeBoot`] to
-//! `Running::executor`; then an end-to-end test of the binary against the harness.
-//! Not done here either: the InfraMachine finalizer and the clean-up of the private
-//! records when Omni removes a machine, and writing the private `MachineStatus` resource
-//! (the live status is kept in memory; no rule needs it across a restart).
+//! Started by the Omni mode ([`crate::provider::mode`]) with the API port's tunnels; PXE
+//! boots reach a machine's task as [`Event::PxeBoot`]. The live status is kept in
+//! memory (no rule needs it across a restart), and the private `MachineStatus` record is
+//! not written.
 
 pub(crate) mod feed;
 pub(crate) mod mapping;

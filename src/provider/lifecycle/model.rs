@@ -1,5 +1,5 @@
 //! The inputs of [`super::reconcile`]: small plain structs, independent of the protobuf
-//! types, so the rules read like the issue text and the executor does the mapping once.
+//! types, so the rules read as they are stated and the executor does the mapping once.
 
 use std::time::{Duration, SystemTime};
 

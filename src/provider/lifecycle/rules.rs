@@ -1,5 +1,5 @@
 //! The lifecycle predicates (upstream `internal/provider/machine`), each one line of the
-//! issue's rules, shared by [`super::reconcile`] and the boot decision.
+//! lifecycle's rules, shared by [`super::reconcile`] and the boot decision.
 
 use ironboot_bmc::PowerState;
 

@@ -185,7 +185,7 @@ pub(crate) async fn probe(
     }
 }
 
-/// Middleware: `/healthz` answers as before, with the [`OmniReachability::health_line`]
+/// Middleware: `/healthz` answers as the boot server does, with the [`OmniReachability::health_line`]
 /// appended.
 pub(crate) async fn healthz_layer(
     State(reach): State<std::sync::Arc<OmniReachability>>,

@@ -1,4 +1,4 @@
-//! One table row per rule of issue 6, plus the upstream bugs as named regressions.
+//! One table row per lifecycle rule, plus the upstream bugs as named regressions.
 
 use std::time::SystemTime;
 
