@@ -31,6 +31,17 @@ pub const API_PORT: u16 = 50042;
 #[error("benchmark set-up: {0}")]
 pub struct SetupError(String);
 
+/// Why [`ScriptRenderer::render`] gave no script; each carries the answer's body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoScript {
+    /// The query is not one iPXE sends (answered 400).
+    #[error("bad request: {0}")]
+    BadQuery(String),
+    /// No script for this machine (answered 404).
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
 /// The API router over a machine store in a directory of the caller's.
 #[derive(Debug)]
 pub struct BootRouter {
@@ -133,13 +144,13 @@ impl ScriptRenderer {
         Ok(Self { inventory })
     }
 
-    /// The script `GET <uri>` is answered with (status 200), or the message of a 4xx.
-    pub fn render(&self, uri: &http::Uri) -> Result<Bytes, String> {
-        let who = parse_boot_query(uri)?;
+    /// The script `GET <uri>` is answered with (status 200), or why there is none.
+    pub fn render(&self, uri: &http::Uri) -> Result<Bytes, NoScript> {
+        let who = parse_boot_query(uri).map_err(NoScript::BadQuery)?;
         let target = self.inventory.decide(&who);
         match render(&target, BootFromDiskMethod::IpxeExit) {
             Rendered::Script(script) => Ok(script),
-            Rendered::NotFound(msg) => Err(msg.to_owned()),
+            Rendered::NotFound(msg) => Err(NoScript::NotFound(msg.to_owned())),
         }
     }
 }
