@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use ironboot_net::proxy::{BootPolicy, ProxyCounters, handle_datagram};
-use ironboot_net::udp::{MAX_DATAGRAM, RecvMeta};
+use ironboot_net::service::{MAX_DATAGRAM, RecvMeta};
 use ironboot_net::wire::{Packet, Repr};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 3);

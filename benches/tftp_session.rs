@@ -15,8 +15,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use ironboot_net::files::FileSet;
+use ironboot_net::service::{DatagramService, RecvMeta, TxQueue};
 use ironboot_net::tftp::{TftpConfig, TftpCounters, TftpServer};
-use ironboot_net::udp::{DatagramService, RecvMeta, TxQueue};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 3);
 const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 98, 0, 127), 1024);

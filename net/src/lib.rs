@@ -8,8 +8,19 @@
 //!   into buffers the caller owns. [`files`] holds the served boot files in memory;
 //!   [`machine`] validates the identifiers iPXE sends with its boot-script request;
 //!   [`cidr`] matches addresses against the allow lists of the flags.
-//! - I/O: [`udp`] drivers (io_uring and a portable one) that move datagrams between
-//!   sockets and a [`udp::DatagramService`]. This is the only place for `unsafe`.
+//!   [`service`] is the contract between the two halves: a [`service::DatagramService`]
+//!   takes datagrams with their [`service::RecvMeta`] and queues replies in a
+//!   [`service::TxQueue`].
+//! - I/O (feature `udp`, on by default): `udp` drivers (io_uring and a portable one) that
+//!   move datagrams between sockets and a [`service::DatagramService`]. This is the only
+//!   place for `unsafe`, and the only code that needs tokio, io-uring, nix, libc or
+//!   socket2: without the feature the crate builds without them.
+//!
+//! Counters are read as plain snapshots ([`proxy::ProxySnapshot`],
+//! [`tftp::TftpSnapshot`]); rendering them (Prometheus text) is the binary's job.
+//!
+//! Feature `fuzzing` adds the property checks the fuzz targets and the corpus replay tests
+//! share (`proxy::fuzz`, `tftp::fuzz`, `machine::fuzz`).
 #![warn(missing_docs)]
 
 pub mod cidr;
@@ -17,6 +28,8 @@ pub mod files;
 pub mod log_limit;
 pub mod machine;
 pub mod proxy;
+pub mod service;
 pub mod tftp;
+#[cfg(feature = "udp")]
 pub mod udp;
 pub mod wire;

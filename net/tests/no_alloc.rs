@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ironboot_net::proxy::{BootPolicy, ProxyCounters, handle_datagram};
-use ironboot_net::udp::{MAX_DATAGRAM, RecvMeta};
+use ironboot_net::service::{MAX_DATAGRAM, RecvMeta};
 
 mod common;
 use common::golden;

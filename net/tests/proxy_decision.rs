@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ironboot_net::proxy::{BootPolicy, Decision, Firmware, Ignored, ProxyCounters, Reply, decide};
-use ironboot_net::udp::RecvMeta;
+use ironboot_net::service::RecvMeta;
 use ironboot_net::wire::options::code;
 use ironboot_net::wire::pxe::{self, BootItem, sub};
 use ironboot_net::wire::{MessageType, Op, OptionWriter, Options, Packet, Repr};
@@ -538,28 +538,28 @@ fn the_service_path_counts_every_outcome() {
     assert_eq!(counters.ignored_count(Ignored::NotBootRequest), 1);
     assert_eq!(counters.malformed_total(), 1);
     assert_eq!(counters.dropped_total(), 2);
-    let mut text = String::new();
-    counters.render_prometheus(&mut text);
-    assert!(
-        text.contains("ironboot_dhcp_replies_total{type=\"offer\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ironboot_dhcp_dropped_total{reason=\"too_short\"} 1"),
-        "{text}"
-    );
-    assert!(text.contains("ironboot_dhcp_dropped_total{reason=\"not_boot_request\"} 1"));
-    assert!(
-        text.contains("ironboot_dhcp_boot_clients_total{firmware=\"x86_bios\",ipxe=\"true\"} 1")
-    );
-    assert!(text.contains("ironboot_dhcp_requests_total{type=\"discover\"} 1"));
-    assert!(text.contains("# TYPE ironboot_dhcp_dropped_total counter"));
-    // Every sample line is `name{labels} value`.
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (_, v) = line.rsplit_once(' ').unwrap();
-        v.parse::<u64>()
-            .unwrap_or_else(|_| panic!("bad sample line {line:?}"));
-    }
+    let snap = counters.snapshot();
+    let count = |rows: &[(&str, u64)], name: &str| {
+        let found = rows.iter().find(|(n, _)| *n == name);
+        found.unwrap_or_else(|| panic!("{name} in {rows:?}")).1
+    };
+    assert_eq!(count(&snap.replies, "offer"), 1);
+    assert_eq!(count(&snap.replies, "ack"), 0);
+    assert_eq!(count(&snap.dropped, "too_short"), 1);
+    assert_eq!(count(&snap.dropped, "not_boot_request"), 1);
+    assert_eq!(snap.dropped.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    assert_eq!(count(&snap.requests, "discover"), 1);
+    let bios = snap
+        .boot_clients
+        .iter()
+        .find(|c| c.firmware.label() == "x86_bios");
+    let bios = bios.expect("x86_bios is counted");
+    assert_eq!((bios.other, bios.ipxe), (0, 1));
+    // Every counter is named once.
+    let mut names: Vec<&str> = snap.dropped.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), snap.dropped.len(), "{:?}", snap.dropped);
 }
 
 #[test]

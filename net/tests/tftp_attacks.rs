@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironboot_net::files::FileSet;
+use ironboot_net::service::DatagramService;
 use ironboot_net::tftp::{TftpCounters, TftpServer};
-use ironboot_net::udp::DatagramService;
 use ironboot_net::wire::tftp::{ErrorCode, Repr};
 use tftp_sim::{
     Ask, Driver, Faults, Outcome, REQUEST_PORT, Sent, Sim, ack, config, content, error, rrq,
@@ -292,8 +292,7 @@ fn a_forged_request_flood_leaves_room_for_real_clients() {
             }
         }
     }
-    let mut metrics = String::new();
-    sim.counters.render_prometheus(&mut metrics);
+    let counts = sim.counters.snapshot();
     println!(
         "forged RRQs: {forged}; EDK2-like client: {:?} after {:?}; iPXE-like client: {:?} \
          after {:?}",
@@ -302,14 +301,19 @@ fn a_forged_request_flood_leaves_room_for_real_clients() {
         sim.clients[ipxe].outcome,
         done_at.get(&ipxe)
     );
-    for line in metrics.lines().filter(|l| {
-        !l.starts_with('#')
-            && (l.contains("pending")
-                || l.contains("active_transfers")
-                || l.contains("busy")
-                || l.contains("transfers_completed"))
-    }) {
-        println!("  {line}");
+    println!(
+        "  pending: {}, active: {}, completed: {}",
+        counts.pending, counts.active, counts.transfers_completed
+    );
+    for (what, n) in counts
+        .requests
+        .iter()
+        .map(|(o, n)| (o.label(), n))
+        .chain(counts.transfers_failed.iter().map(|(r, n)| (r.label(), n)))
+    {
+        if what.contains("busy") {
+            println!("  {what}: {n}");
+        }
     }
     for i in [edk2, ipxe] {
         let c = &sim.clients[i];

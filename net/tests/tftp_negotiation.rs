@@ -7,8 +7,8 @@ mod tftp_sim;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ironboot_net::files::FileSet;
+use ironboot_net::service::DatagramService;
 use ironboot_net::tftp::{RequestOutcome, TftpConfig, TransferFailure};
-use ironboot_net::udp::DatagramService;
 use ironboot_net::wire::tftp::{ErrorCode, Opcode, Repr};
 use tftp_sim::{Driver, REQUEST_PORT, ack, config, content, error, request, rrq};
 

@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use ironboot_net::files::FileSet;
+use ironboot_net::service::DatagramService;
 use ironboot_net::tftp::{RequestOutcome, TftpConfig, TransferFailure};
-use ironboot_net::udp::DatagramService;
 use tftp_sim::{
     Ask, Driver, Faults, Outcome, POOL, REQUEST_PORT, Sim, config, content, rrq, server,
 };

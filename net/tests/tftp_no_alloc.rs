@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
+use ironboot_net::service::{DatagramService, RecvMeta, TxQueue};
 use ironboot_net::tftp::{TftpConfig, TftpCounters, TftpServer};
-use ironboot_net::udp::{DatagramService, RecvMeta, TxQueue};
 use ironboot_net::wire::tftp::{Opcode, OptionWriter, Repr, write_ack};
 
 mod common;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
+use ironboot_net::service::DatagramService;
 use ironboot_net::tftp::{
     ConfigError, RequestOutcome, TftpConfig, TftpCounters, TftpServer, TransferFailure,
 };
-use ironboot_net::udp::DatagramService;
 use ironboot_net::wire::tftp::{ErrorCode, Opcode};
 use tftp_sim::{
     Ask, Driver, Faults, Outcome, POOL, REQUEST_PORT, Sim, ack, config, content, error, request,
@@ -623,7 +623,7 @@ fn defaults_match_the_documented_values() {
 }
 
 #[test]
-fn metrics_render_in_prometheus_text_format() {
+fn the_snapshot_counts_every_outcome() {
     let mut d = Driver::new(config(), files());
     d.fetch(
         client(1),
@@ -634,46 +634,31 @@ fn metrics_render_in_prometheus_text_format() {
         .meta
         .local_port;
     d.send(client(3), port, &error(ErrorCode::NotDefined, "bye"));
-    let mut out = String::new();
-    d.counters.render_prometheus(&mut out);
-    for line in [
-        "# TYPE ironboot_tftp_requests_total counter",
-        "ironboot_tftp_requests_total{outcome=\"started\"} 2",
-        "ironboot_tftp_requests_total{outcome=\"not_found\"} 1",
-        "ironboot_tftp_errors_sent_total{code=\"1\"} 1",
-        "ironboot_tftp_transfers_started_total 2",
-        "ironboot_tftp_transfers_completed_total 1",
-        "ironboot_tftp_transfers_failed_total{reason=\"client_error\"} 1",
-        "# TYPE ironboot_tftp_active_transfers gauge",
-        "ironboot_tftp_active_transfers 0",
-        "# TYPE ironboot_tftp_pending_requests gauge",
-        "ironboot_tftp_pending_requests 0",
-        "ironboot_tftp_transfers_failed_total{reason=\"unproven\"} 0",
-        "ironboot_tftp_requests_total{outcome=\"answered_again\"} 0",
-        "ironboot_tftp_retransmissions_total{cause=\"probe\"} 0",
-        "ironboot_tftp_sent_packets_total{type=\"data\"} 4",
-        "ironboot_tftp_sent_packets_total{type=\"oack\"} 1",
-        "ironboot_tftp_sent_bytes_total 3512",
-        "# TYPE ironboot_tftp_transfer_duration_seconds histogram",
-        "ironboot_tftp_transfer_duration_seconds_bucket{le=\"0.05\"} 1",
-        "ironboot_tftp_transfer_duration_seconds_bucket{le=\"+Inf\"} 1",
-        "ironboot_tftp_transfer_duration_seconds_count 1",
-        "ironboot_tftp_transfer_size_bytes_bucket{le=\"4096\"} 1",
-        "ironboot_tftp_transfer_size_bytes_sum 3000",
-        "ironboot_tftp_transfer_size_bytes_count 1",
-        "ironboot_tftp_dropped_total{reason=\"send_queue_full\"} 0",
-    ] {
-        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
-    }
-    // Every sample line belongs to a family announced with HELP and TYPE.
-    for l in out.lines().filter(|l| !l.starts_with('#')) {
-        let name = l.split(['{', ' ']).next().unwrap();
-        let family = name
-            .trim_end_matches("_bucket")
-            .trim_end_matches("_sum")
-            .trim_end_matches("_count");
-        assert!(out.contains(&format!("# TYPE {family} ")), "{l}");
-    }
+    let s = d.counters.snapshot();
+    assert!(s.requests.contains(&(RequestOutcome::Started, 2)));
+    assert!(s.requests.contains(&(RequestOutcome::NotFound, 1)));
+    assert!(s.requests.contains(&(RequestOutcome::AnsweredAgain, 0)));
+    assert!(s.errors_sent.contains(&("1", 1)));
+    assert_eq!((s.transfers_started, s.transfers_completed), (2, 1));
+    assert!(
+        s.transfers_failed
+            .contains(&(TransferFailure::ClientError, 1))
+    );
+    assert!(s.transfers_failed.contains(&(TransferFailure::Unproven, 0)));
+    assert_eq!((s.active, s.pending), (0, 0));
+    assert!(s.retransmissions.contains(&("probe", 0)));
+    assert_eq!((s.data_packets, s.oacks, s.data_bytes), (4, 1, 3512));
+    assert!(s.dropped.contains(&("send_queue_full", 0)));
+    // One transfer of 3000 bytes, completed within the first duration bucket (50 ms).
+    let duration = s.duration_micros;
+    assert_eq!(duration.buckets[0], (Some(50_000), 1));
+    assert_eq!(duration.buckets.last(), Some(&(None, 1)));
+    assert_eq!(duration.count, 1);
+    let size = s.size_bytes;
+    assert_eq!(size.buckets[0], (Some(4096), 1));
+    assert_eq!((size.sum, size.count), (3000, 1));
+    // The buckets are cumulative.
+    assert!(size.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
 }
 
 #[test]
@@ -720,15 +705,13 @@ fn the_pending_table_is_capped_and_drops_its_oldest() {
     assert_eq!(d.server.pending_requests(), 0);
     assert_eq!(d.counters.pending(), 0);
     assert_eq!(d.counters.transfers_failed(TransferFailure::Unproven), 3);
-    let mut out = String::new();
-    d.counters.render_prometheus(&mut out);
-    for line in [
-        "ironboot_tftp_transfers_failed_total{reason=\"pending_evicted\"} 1",
-        "ironboot_tftp_transfers_failed_total{reason=\"unproven\"} 3",
-        "ironboot_tftp_pending_requests 0",
-    ] {
-        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
-    }
+    let s = d.counters.snapshot();
+    assert!(
+        s.transfers_failed
+            .contains(&(TransferFailure::PendingEvicted, 1))
+    );
+    assert!(s.transfers_failed.contains(&(TransferFailure::Unproven, 3)));
+    assert_eq!(s.pending, 0);
 }
 
 #[test]

@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ironboot_net::service::{
+    DatagramService, DriverDrop, MAX_DATAGRAM, MAX_UDP_PAYLOAD, RecvMeta, SendMeta, TxQueue,
+};
 use ironboot_net::udp::{
-    ActiveDriver, BindSpec, BoundSockets, DatagramService, DriverDrop, DriverKind, DriverReport,
-    DriverStats, MAX_DATAGRAM, MAX_UDP_PAYLOAD, RecvMeta, SendMeta, Shutdown, SocketError, TxQueue,
-    UdpError, io_uring_available, serve, serve_bound,
+    ActiveDriver, BindSpec, BoundSockets, DriverKind, DriverReport, DriverStats, Shutdown,
+    SocketError, UdpError, io_uring_available, serve, serve_bound,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;

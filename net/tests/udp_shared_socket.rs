@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+use ironboot_net::service::{DatagramService, RecvMeta, SendMeta, TxQueue};
 use ironboot_net::udp::{
-    BindSpec, BoundSockets, DatagramService, DriverKind, RecvMeta, SendMeta, Shutdown, TxQueue,
-    io_uring_available, serve_bound,
+    BindSpec, BoundSockets, DriverKind, Shutdown, io_uring_available, serve_bound,
 };
 
 const DATAGRAMS: u32 = 400;

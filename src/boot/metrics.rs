@@ -1,13 +1,13 @@
 //! `/metrics`: a registry of counter sources rendered in the Prometheus text format.
 //!
 //! Each subsystem keeps its own counters (relaxed atomics bumped on its hot path) and
-//! renders them itself; the registry only concatenates. Nothing here allocates per event.
+//! renders them itself; the registry only concatenates. The packet core's counters
+//! (ProxyDHCP, TFTP) only hand out snapshots: their text is rendered in `net_metrics`.
+//! Nothing here allocates per event.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-use ironboot_net::proxy::ProxyCounters;
 
 use crate::boot::boot_script::BootTarget;
 
@@ -21,18 +21,6 @@ pub(crate) trait PrometheusSource: Send + Sync {
 }
 
 impl PrometheusSource for crate::provider::agent::tunnel::Tunnels {
-    fn render(&self, out: &mut String) {
-        self.render_prometheus(out);
-    }
-}
-
-impl PrometheusSource for ProxyCounters {
-    fn render(&self, out: &mut String) {
-        self.render_prometheus(out);
-    }
-}
-
-impl PrometheusSource for ironboot_net::tftp::TftpCounters {
     fn render(&self, out: &mut String) {
         self.render_prometheus(out);
     }
@@ -215,6 +203,8 @@ impl PrometheusSource for HttpCounters {
 
 #[cfg(test)]
 mod tests {
+    use ironboot_net::proxy::ProxyCounters;
+
     use super::*;
 
     #[test]

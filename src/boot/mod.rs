@@ -9,6 +9,7 @@ pub(crate) mod http;
 pub(crate) mod inventory;
 pub(crate) mod machine;
 pub(crate) mod metrics;
+pub(crate) mod net_metrics;
 pub(crate) mod netif;
 pub(crate) mod proxy_dhcp;
 pub(crate) mod store;

@@ -8,7 +8,8 @@
 //! unicast only), so the broadcast port is one socket duplicated into every worker: each
 //! datagram on it is read by exactly one worker.
 
-use ironboot_net::udp::{self, BoundSockets, DatagramService, DriverKind, Shutdown};
+use ironboot_net::service::DatagramService;
+use ironboot_net::udp::{self, BoundSockets, DriverKind, Shutdown};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span};
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Property checks shared by the `boot_query` fuzz target and the corpus replay test.
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 
 /// A malformed identifier; the message says what was expected.

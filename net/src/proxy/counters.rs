@@ -1,11 +1,11 @@
 //! ProxyDHCP counters, shared between the packet path (one relaxed atomic add per event)
-//! and the `/metrics` renderer.
+//! and whoever reads them: [`ProxyCounters::snapshot`] gives plain numbers, which the
+//! binary renders for `/metrics`.
 
-use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::decide::{Firmware, Ignored};
-use crate::udp::DriverDrop;
+use crate::service::DriverDrop;
 use crate::wire::{Error, MessageType};
 
 const REQUEST_TYPES: [&str; 5] = ["discover", "request", "inform", "other", "bootp"];
@@ -112,55 +112,59 @@ impl ProxyCounters {
         sum(&self.ignored) + sum(&self.malformed) + sum(&self.driver_drops)
     }
 
-    /// Append the counters in Prometheus text exposition format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let mut family = |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        };
-        family(
-            "ironboot_dhcp_requests_total",
-            "Well-formed DHCP requests received, by message type.",
-            &mut REQUEST_TYPES
-                .iter()
-                .zip(&self.requests)
-                .map(|(t, c)| (format!("type=\"{t}\""), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_dhcp_boot_clients_total",
-            "Requests from network-boot clients, by firmware and whether the client is iPXE.",
-            &mut Firmware::ALL
-                .iter()
-                .zip(&self.boot_clients)
-                .flat_map(|(f, c)| {
-                    [("false", &c[0]), ("true", &c[1])].map(|(ipxe, c)| {
-                        (
-                            format!("firmware=\"{}\",ipxe=\"{ipxe}\"", f.label()),
-                            c.load(Relaxed),
-                        )
-                    })
-                }),
-        );
-        family(
-            "ironboot_dhcp_replies_total",
-            "ProxyDHCP replies sent, by message type.",
-            &mut REPLY_TYPES
-                .iter()
-                .zip(&self.replies)
-                .map(|(t, c)| (format!("type=\"{t}\""), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_dhcp_dropped_total",
-            "DHCP datagrams dropped without a reply, by reason.",
-            &mut Ignored::ALL
-                .iter()
-                .map(|r| r.label())
-                .zip(&self.ignored)
-                .chain(MALFORMED.iter().copied().zip(&self.malformed))
-                .chain(DRIVER_DROPS.iter().copied().zip(&self.driver_drops))
-                .map(|(r, c)| (format!("reason=\"{r}\""), c.load(Relaxed))),
-        );
+    /// The counters as they are now, as plain numbers (for `/metrics`).
+    pub fn snapshot(&self) -> ProxySnapshot {
+        let load = |c: &AtomicU64| c.load(Relaxed);
+        let mut dropped = [("", 0); DROP_REASONS];
+        let reasons = Ignored::ALL
+            .iter()
+            .map(|r| r.label())
+            .zip(&self.ignored)
+            .chain(MALFORMED.iter().copied().zip(&self.malformed))
+            .chain(DRIVER_DROPS.iter().copied().zip(&self.driver_drops));
+        for (slot, (reason, c)) in dropped.iter_mut().zip(reasons) {
+            *slot = (reason, load(c));
+        }
+        ProxySnapshot {
+            requests: core::array::from_fn(|i| (REQUEST_TYPES[i], load(&self.requests[i]))),
+            boot_clients: core::array::from_fn(|i| BootClients {
+                firmware: Firmware::ALL[i],
+                other: load(&self.boot_clients[i][0]),
+                ipxe: load(&self.boot_clients[i][1]),
+            }),
+            replies: core::array::from_fn(|i| (REPLY_TYPES[i], load(&self.replies[i]))),
+            dropped,
+        }
     }
+}
+
+/// Drop reasons: every [`Ignored`], every malformation, then the driver's drops.
+const DROP_REASONS: usize = Ignored::ALL.len() + MALFORMED.len() + DRIVER_DROPS.len();
+
+/// The ProxyDHCP counters at one moment: plain numbers, each with the name of what it
+/// counts (the label values `/metrics` shows), in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySnapshot {
+    /// Well-formed requests, by message type: `discover`, `request`, `inform`, `other`
+    /// (any other DHCP message type) and `bootp` (no message type).
+    pub requests: [(&'static str, u64); REQUEST_TYPES.len()],
+    /// Requests from network-boot clients, for each of [`Firmware::ALL`].
+    pub boot_clients: [BootClients; Firmware::ALL.len()],
+    /// Replies sent, by message type: `offer`, `ack`.
+    pub replies: [(&'static str, u64); REPLY_TYPES.len()],
+    /// Datagrams dropped without a reply, by reason: each [`Ignored::label`], then each
+    /// malformation ([`Error::reason`]), then the driver's drops (`truncated`,
+    /// `no_packet_info`, `send_queue_full`).
+    pub dropped: [(&'static str, u64); DROP_REASONS],
+}
+
+/// Requests from network-boot clients of one firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootClients {
+    /// The firmware.
+    pub firmware: Firmware,
+    /// Requests from a client that is not iPXE.
+    pub other: u64,
+    /// Requests from iPXE.
+    pub ipxe: u64,
 }

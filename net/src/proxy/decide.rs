@@ -10,7 +10,7 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 
 use super::guard::{self, Refusal};
 use super::policy::{BootPolicy, MENU_DESCRIPTION};
-use crate::udp::{RecvMeta, SendMeta};
+use crate::service::{RecvMeta, SendMeta};
 use crate::wire::dhcpv4::{FLAG_BROADCAST, MIN_REPLY_LEN};
 use crate::wire::options::{ClientArch, OptionWriter, client_uuid, code};
 use crate::wire::pxe::{self, DiscoveryMenu};

@@ -14,7 +14,7 @@ use super::decide::Ignored;
 use super::guard::{Ipv4Subnet, check_giaddr, check_reply_source};
 use super::policy::BootPolicy;
 use super::service::handle_datagram;
-use crate::udp::{MAX_DATAGRAM, RecvMeta};
+use crate::service::{MAX_DATAGRAM, RecvMeta};
 use crate::wire::dhcpv4::{MAX_LEN, MIN_REPLY_LEN};
 use crate::wire::options::client_uuid;
 use crate::wire::{Error, MessageType, Op, Packet, Repr};
@@ -181,7 +181,7 @@ fn check_destination_and_echoes(
     request: &Repr<'_>,
     reply: &Repr<'_>,
     len: usize,
-    send: &crate::udp::SendMeta,
+    send: &crate::service::SendMeta,
     ctx: &Context,
 ) {
     let ports = ctx.policy.ports();

@@ -4,13 +4,14 @@
 mod counters;
 mod decide;
 /// Property check shared by the `dhcp_proxy` fuzz target and the corpus replay test.
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod guard;
 mod policy;
 mod ratelimit;
 mod service;
 
-pub use counters::ProxyCounters;
+pub use counters::{BootClients, ProxyCounters, ProxySnapshot};
 pub use decide::{Client, Decision, Firmware, Ignored, Reply, classify, decide};
 pub use guard::{Ipv4Subnet, Refusal, SubnetError, check_giaddr, check_reply_source};
 pub use policy::{

@@ -11,7 +11,7 @@ use super::decide::{Decision, Ignored, decide};
 use super::guard::Refusal;
 use super::policy::BootPolicy;
 use super::ratelimit::{REFUSAL_LOG_INTERVAL, RefusalLog};
-use crate::udp::{DatagramService, DriverDrop, RecvMeta, SendMeta, TxQueue};
+use crate::service::{DatagramService, DriverDrop, RecvMeta, SendMeta, TxQueue};
 use crate::wire::{Packet, Repr};
 
 /// A refused reply: why, and where it would have gone (the relay's `giaddr` and port 67,

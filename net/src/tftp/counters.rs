@@ -1,12 +1,12 @@
-//! TFTP counters, shared between the packet path (relaxed atomic adds) and the `/metrics`
-//! renderer.
+//! TFTP counters, shared between the packet path (relaxed atomic adds) and whoever reads
+//! them: [`TftpCounters::snapshot`] gives plain numbers, which the binary renders for
+//! `/metrics`.
 
-use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::session::AckOutcome;
-use crate::udp::DriverDrop;
+use crate::service::DriverDrop;
 use crate::wire::tftp::{Error as WireError, ErrorCode};
 
 /// How a request (RRQ or WRQ on the request port) was answered.
@@ -180,8 +180,8 @@ const SIZE_BUCKETS: [u64; 8] = [
     256 << 20,
 ];
 
-/// A Prometheus histogram with fixed buckets; each bucket counts its own observations
-/// (cumulated when rendered), the last one is `+Inf`.
+/// A histogram with fixed buckets; each bucket counts its own observations (cumulated in
+/// the snapshot), the last one is unbounded.
 #[derive(Debug)]
 struct Histogram<const N: usize> {
     buckets: [AtomicU64; N],
@@ -208,26 +208,30 @@ impl<const N: usize> Histogram<N> {
         self.count.fetch_add(1, Relaxed);
     }
 
-    /// Render with `le` labels from `bounds` divided by `scale`, the sum likewise.
-    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64], scale: f64) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    /// The observations so far, cumulated per bucket against `bounds` (N - 1 of them).
+    fn snapshot(&self, bounds: &[u64]) -> HistogramSnapshot<N> {
         let mut cumulative = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Relaxed);
-            match bounds.get(i) {
-                Some(&b) => {
-                    let le = b as f64 / scale;
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
+        HistogramSnapshot {
+            buckets: core::array::from_fn(|i| {
+                cumulative += self.buckets[i].load(Relaxed);
+                (bounds.get(i).copied(), cumulative)
+            }),
+            sum: self.sum.load(Relaxed),
+            count: self.count.load(Relaxed),
         }
-        let sum = self.sum.load(Relaxed) as f64 / scale;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
     }
+}
+
+/// A histogram at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot<const N: usize> {
+    /// Each bucket's upper bound (`None` for the last, unbounded one) and the number of
+    /// observations at or below it: cumulative, as Prometheus' `le` buckets are.
+    pub buckets: [(Option<u64>, u64); N],
+    /// Sum of the observed values.
+    pub sum: u64,
+    /// Number of observations.
+    pub count: u64,
 }
 
 /// Counts of everything the TFTP server saw and did.
@@ -429,130 +433,87 @@ impl TftpCounters {
         self.malformed.iter().map(|c| c.load(Relaxed)).sum()
     }
 
-    /// Append the counters in Prometheus text exposition format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let mut family =
-            |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for (labels, v) in rows {
-                    if labels.is_empty() {
-                        let _ = writeln!(out, "{name} {v}");
-                    } else {
-                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
-                    }
-                }
-            };
-        let one = |c: &AtomicU64| core::iter::once((String::new(), c.load(Relaxed)));
-        family(
-            "ironboot_tftp_requests_total",
-            "counter",
-            "TFTP requests received on the request port, by how they were answered.",
-            &mut RequestOutcome::ALL
-                .iter()
-                .zip(&self.requests)
-                .map(|(o, c)| (format!("outcome=\"{}\"", o.label()), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_tftp_errors_sent_total",
-            "counter",
-            "TFTP ERROR packets sent, by error code.",
-            &mut self.errors_sent.iter().enumerate().map(|(i, c)| {
-                let code = if i < ERROR_CODES {
-                    i.to_string()
-                } else {
-                    "other".to_owned()
-                };
-                (format!("code=\"{code}\""), c.load(Relaxed))
+    /// The counters as they are now, as plain numbers (for `/metrics`).
+    pub fn snapshot(&self) -> TftpSnapshot {
+        let load = |c: &AtomicU64| c.load(Relaxed);
+        let mut dropped = [("", 0); DROP_REASONS];
+        let reasons = WireError::REASONS
+            .iter()
+            .zip(&self.malformed)
+            .chain(DROPS.iter().zip(&self.drops));
+        for (slot, (reason, c)) in dropped.iter_mut().zip(reasons) {
+            *slot = (reason, load(c));
+        }
+        TftpSnapshot {
+            requests: core::array::from_fn(|i| (RequestOutcome::ALL[i], load(&self.requests[i]))),
+            errors_sent: core::array::from_fn(|i| {
+                (ERROR_CODE_LABELS[i], load(&self.errors_sent[i]))
             }),
-        );
-        family(
-            "ironboot_tftp_transfers_started_total",
-            "counter",
-            "TFTP requests accepted and answered (OACK or DATA 1), proven or not.",
-            &mut one(&self.started),
-        );
-        family(
-            "ironboot_tftp_transfers_completed_total",
-            "counter",
-            "TFTP transfers whose last block was acknowledged.",
-            &mut one(&self.completed),
-        );
-        family(
-            "ironboot_tftp_transfers_failed_total",
-            "counter",
-            "TFTP transfers ended before completion, by reason.",
-            &mut TransferFailure::ALL
-                .iter()
-                .zip(&self.failed)
-                .map(|(r, c)| (format!("reason=\"{}\"", r.label()), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_tftp_active_transfers",
-            "gauge",
-            "TFTP transfers in progress whose client acknowledged the first reply.",
-            &mut one(&self.active),
-        );
-        family(
-            "ironboot_tftp_pending_requests",
-            "gauge",
-            "TFTP requests answered and waiting for the client's first ACK (they hold no transfer slot).",
-            &mut one(&self.pending),
-        );
-        family(
-            "ironboot_tftp_retransmissions_total",
-            "counter",
-            "TFTP blocks and OACKs sent again, by cause.",
-            &mut RETRANSMIT_CAUSES
-                .iter()
-                .zip(&self.retransmissions)
-                .map(|(r, c)| (format!("cause=\"{r}\""), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_tftp_sent_packets_total",
-            "counter",
-            "TFTP DATA and OACK packets sent (ERRORs are in errors_sent).",
-            &mut [("data", &self.data_packets), ("oack", &self.oacks)]
-                .into_iter()
-                .map(|(t, c)| (format!("type=\"{t}\""), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_tftp_sent_bytes_total",
-            "counter",
-            "File bytes sent in TFTP DATA packets, re-sends included.",
-            &mut one(&self.data_bytes),
-        );
-        family(
-            "ironboot_tftp_acks_total",
-            "counter",
-            "TFTP ACKs received for a transfer, by effect.",
-            &mut ACKS
-                .iter()
-                .zip(&self.acks)
-                .map(|(r, c)| (format!("result=\"{r}\""), c.load(Relaxed))),
-        );
-        family(
-            "ironboot_tftp_dropped_total",
-            "counter",
-            "TFTP datagrams that were malformed or of no use, by reason (malformed requests are answered with ERROR 4, other datagrams are dropped).",
-            &mut WireError::REASONS
-                .iter()
-                .zip(&self.malformed)
-                .chain(DROPS.iter().zip(&self.drops))
-                .map(|(r, c)| (format!("reason=\"{r}\""), c.load(Relaxed))),
-        );
-        self.duration.render(
-            out,
-            "ironboot_tftp_transfer_duration_seconds",
-            "Duration of completed TFTP transfers.",
-            &DURATION_BUCKETS_MS.map(|ms| ms * 1000),
-            1e6,
-        );
-        self.size.render(
-            out,
-            "ironboot_tftp_transfer_size_bytes",
-            "Size of completed TFTP transfers.",
-            &SIZE_BUCKETS,
-            1.0,
-        );
+            transfers_started: load(&self.started),
+            transfers_completed: load(&self.completed),
+            transfers_failed: core::array::from_fn(|i| {
+                (TransferFailure::ALL[i], load(&self.failed[i]))
+            }),
+            active: load(&self.active),
+            pending: load(&self.pending),
+            retransmissions: core::array::from_fn(|i| {
+                (RETRANSMIT_CAUSES[i], load(&self.retransmissions[i]))
+            }),
+            data_packets: load(&self.data_packets),
+            oacks: load(&self.oacks),
+            data_bytes: load(&self.data_bytes),
+            acks: core::array::from_fn(|i| (ACKS[i], load(&self.acks[i]))),
+            dropped,
+            duration_micros: self
+                .duration
+                .snapshot(&DURATION_BUCKETS_MS.map(|ms| ms * 1000)),
+            size_bytes: self.size.snapshot(&SIZE_BUCKETS),
+        }
     }
+}
+
+/// Drop reasons: every malformation, then the other drops.
+const DROP_REASONS: usize = WireError::REASONS.len() + DROPS.len();
+
+/// Labels of the ERROR codes counted: 0 to 8, then anything else.
+const ERROR_CODE_LABELS: [&str; ERROR_CODES + 1] =
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "other"];
+
+/// The TFTP counters at one moment: plain numbers, each with what it counts (the label
+/// values `/metrics` shows), in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TftpSnapshot {
+    /// Requests received on the request port, by how they were answered.
+    pub requests: [(RequestOutcome, u64); RequestOutcome::ALL.len()],
+    /// ERROR packets sent, by code: `0` to `8`, then `other`.
+    pub errors_sent: [(&'static str, u64); ERROR_CODES + 1],
+    /// Requests accepted and answered (OACK or DATA 1), proven or not.
+    pub transfers_started: u64,
+    /// Transfers whose last block was acknowledged.
+    pub transfers_completed: u64,
+    /// Transfers ended before completion, by reason.
+    pub transfers_failed: [(TransferFailure, u64); TransferFailure::ALL.len()],
+    /// Transfers in progress whose client acknowledged the first reply (a gauge).
+    pub active: u64,
+    /// Requests answered and waiting for their client's first ACK (a gauge).
+    pub pending: u64,
+    /// Blocks and OACKs sent again, by cause: `timeout`, `rollback`, `probe`.
+    pub retransmissions: [(&'static str, u64); RETRANSMIT_CAUSES.len()],
+    /// DATA packets sent, re-sends included.
+    pub data_packets: u64,
+    /// OACK packets sent.
+    pub oacks: u64,
+    /// File bytes sent in DATA packets, re-sends included.
+    pub data_bytes: u64,
+    /// ACKs received for a transfer, by effect: `advanced`, `complete`, `duplicate`,
+    /// `ignored`.
+    pub acks: [(&'static str, u64); ACKS.len()],
+    /// Datagrams malformed or of no use, by reason: each malformation
+    /// ([`WireError::reason`]), then `unexpected_port`, `unexpected_message`, `bad_source`,
+    /// `truncated`, `no_packet_info`, `send_queue_full`.
+    pub dropped: [(&'static str, u64); DROP_REASONS],
+    /// Durations of completed transfers, in microseconds.
+    pub duration_micros: HistogramSnapshot<{ DURATION_BUCKETS_MS.len() + 1 }>,
+    /// Sizes of completed transfers, in bytes.
+    pub size_bytes: HistogramSnapshot<{ SIZE_BUCKETS.len() + 1 }>,
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::counters::TransferFailure;
 use super::{TftpConfig, TftpCounters, TftpServer, netascii};
 use crate::files::FileSet;
-use crate::udp::{DatagramService, RecvMeta, SendMeta, TxQueue};
+use crate::service::{DatagramService, RecvMeta, SendMeta, TxQueue};
 use crate::wire::tftp::{ErrorCode, Mode, Opcode, OptionWriter, Repr, write_ack, write_error};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);

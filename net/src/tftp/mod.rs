@@ -1,7 +1,7 @@
 //! The read-only TFTP server (RFC 1350, with RFC 2347 options: RFC 2348 `blksize`, RFC
 //! 2349 `tsize` and `timeout`, RFC 7440 `windowsize`), sans-IO.
 //!
-//! [`TftpServer`] owns every transfer and implements [`crate::udp::DatagramService`]; the
+//! [`TftpServer`] owns every transfer and implements [`crate::service::DatagramService`]; the
 //! per-transfer state machine is in `session`, option negotiation in `negotiate`, the
 //! retransmission timers in `timers`. Files come from a shared [`crate::files::FileSet`]
 //! and are never copied per transfer; `netascii` requests get an encoding computed once
@@ -31,6 +31,7 @@ pub mod client;
 mod config;
 mod counters;
 /// Property check shared by the `tftp` fuzz target and the corpus replay test.
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod limits;
 mod negotiate;
@@ -45,6 +46,8 @@ pub use config::{
     DEFAULT_MAX_TIMEOUT_SECS, DEFAULT_MAX_TRANSFERS, DEFAULT_MAX_WINDOWSIZE, DEFAULT_PORT,
     DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_WINDOWSIZE_LIMIT, TftpConfig,
 };
-pub use counters::{RequestOutcome, TftpCounters, TransferFailure};
+pub use counters::{
+    HistogramSnapshot, RequestOutcome, TftpCounters, TftpSnapshot, TransferFailure,
+};
 pub use limits::SharedLimits;
 pub use server::TftpServer;

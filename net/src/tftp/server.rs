@@ -16,7 +16,7 @@ use super::netascii::NetasciiCache;
 use super::session::{AckOutcome, Session, Start, TimeoutOutcome};
 use super::timers::{SlotId, Timer, TimerTable, Timers};
 use crate::files::FileSet;
-use crate::udp::{DatagramService, DriverDrop, RecvMeta, SendMeta, TxQueue};
+use crate::service::{DatagramService, DriverDrop, RecvMeta, SendMeta, TxQueue};
 use crate::wire::tftp::{ErrorCode, Mode, Opcode, Packet, Repr, write_error};
 
 /// Sessions allocated before the first request; the table grows on demand up to

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use super::counters::{Retransmit, TftpCounters};
 use super::negotiate::Negotiated;
 use super::timers::Timer;
-use crate::udp::{SendMeta, TxQueue};
+use crate::service::{SendMeta, TxQueue};
 use crate::wire::tftp::write_data_header;
 
 /// Where a transfer stands.

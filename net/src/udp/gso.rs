@@ -16,7 +16,7 @@
 
 use std::mem::size_of;
 
-use super::TxQueue;
+use crate::service::TxQueue;
 
 /// Most datagrams in one segmented send. Linux accepts 64 (`UDP_MAX_SEGMENTS`, 128 since
 /// 6.9); a TFTP window is at most 64 blocks anyway.
@@ -139,7 +139,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::udp::SendMeta;
+    use crate::service::SendMeta;
 
     fn to(port: u16) -> SendMeta {
         SendMeta {

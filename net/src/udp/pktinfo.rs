@@ -9,7 +9,7 @@
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::SendMeta;
+use crate::service::SendMeta;
 
 /// `CMSG_ALIGN`: control message headers and payloads are padded to `size_t` alignment.
 const fn cmsg_align(len: usize) -> usize {

@@ -27,10 +27,8 @@ use tokio::net::UdpSocket;
 use super::gso::{GsoLimit, MAX_SEGMENTS, SEGMENT_CMSG_SPACE, encode_segment_cmsg};
 use super::pktinfo::{PKTINFO_CMSG_SPACE, encode_pktinfo_cmsg, send_pktinfo};
 use super::socket::SocketTable;
-use super::{
-    ActiveDriver, BoundSockets, DatagramService, DriverDrop, DriverStats, MAX_DATAGRAM, RecvMeta,
-    SendMeta, Shutdown, TxQueue, UdpError, tx_queue_for,
-};
+use super::{ActiveDriver, BoundSockets, DriverStats, Shutdown, UdpError, tx_queue_for};
+use crate::service::{DatagramService, DriverDrop, MAX_DATAGRAM, RecvMeta, SendMeta, TxQueue};
 
 /// Most datagrams read from one socket before the others get a turn.
 const RECV_BATCH: usize = 64;

@@ -29,7 +29,7 @@ impl fmt::Display for ActiveDriver {
 pub struct DriverStats {
     /// Datagrams handed to the service.
     pub received: u64,
-    /// Datagrams dropped as too long for [`MAX_DATAGRAM`](super::MAX_DATAGRAM).
+    /// Datagrams dropped as too long for [`MAX_DATAGRAM`](crate::service::MAX_DATAGRAM).
     pub truncated: u64,
     /// Datagrams dropped for lack of packet info or an IPv4 source.
     pub no_packet_info: u64,

@@ -27,7 +27,8 @@ use tokio::sync::oneshot;
 
 use self::ring::{Sizes, Uring};
 use super::socket::BoundSocket;
-use super::{ActiveDriver, BoundSockets, DatagramService, DriverStats, Shutdown, UdpError};
+use super::{ActiveDriver, BoundSockets, DriverStats, Shutdown, UdpError};
+use crate::service::DatagramService;
 
 /// How an attempt to serve with io_uring ended.
 pub(crate) enum Outcome<S> {

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ironboot_net::files::FileSet;
+use ironboot_net::service::{DatagramService, RecvMeta, SendMeta, TxQueue};
 use ironboot_net::tftp::client::{
     Accepted, ClientError, ClientOptions, Status, TftpClient, TransferMode,
 };
 use ironboot_net::tftp::{TftpConfig, TftpCounters, TftpServer};
-use ironboot_net::udp::{DatagramService, RecvMeta, SendMeta, TxQueue};
 use ironboot_net::wire::tftp::{
     ErrorCode, Mode, Opcode, OptionWriter, Repr, write_ack, write_error,
 };

@@ -9,7 +9,7 @@
 use std::ptr;
 
 use super::mem::KernelMem;
-use crate::udp::SendMeta;
+use crate::service::SendMeta;
 use crate::udp::gso::{MAX_SEGMENTS, SEGMENT_CMSG_SPACE, encode_segment_cmsg};
 use crate::udp::pktinfo::{
     PKTINFO_CMSG_SPACE, SOCKADDR_IN_LEN, encode_pktinfo_cmsg, encode_sockaddr_in, send_pktinfo,

@@ -14,15 +14,13 @@ use super::gso_sends::GsoSends;
 use super::mem::KernelMem;
 use super::recv_out;
 use super::send_slots::SendSlots;
+use crate::service::{DatagramService, DriverDrop, MAX_DATAGRAM, RecvMeta, TxQueue};
 use crate::udp::gso::GsoLimit;
 use crate::udp::pktinfo::{
     PKTINFO_CMSG_SPACE, SOCKADDR_IN_LEN, parse_pktinfo_cmsgs, parse_sockaddr_in,
 };
 use crate::udp::socket::{BoundSocket, SocketTable};
-use crate::udp::{
-    ActiveDriver, DatagramService, DriverDrop, DriverStats, MAX_DATAGRAM, RecvMeta, Shutdown,
-    TxQueue, UdpError, tx_queue_for,
-};
+use crate::udp::{ActiveDriver, DriverStats, Shutdown, UdpError, tx_queue_for};
 
 /// How big a ring to build.
 pub(super) struct Sizes {

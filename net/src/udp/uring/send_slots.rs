@@ -8,10 +8,10 @@ use std::ptr;
 use bytes::Bytes;
 
 use super::mem::KernelMem;
+use crate::service::{MAX_DATAGRAM, SendMeta};
 use crate::udp::pktinfo::{
     PKTINFO_CMSG_SPACE, SOCKADDR_IN_LEN, encode_pktinfo_cmsg, encode_sockaddr_in, send_pktinfo,
 };
-use crate::udp::{MAX_DATAGRAM, SendMeta};
 
 struct SendSlot {
     hdr: libc::msghdr,

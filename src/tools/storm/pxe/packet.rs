@@ -400,7 +400,7 @@ impl<T> Demux<T> {
 mod tests {
     use ironboot_net::proxy::{BootPolicy, Decision, decide};
 
-    use ironboot_net::udp::RecvMeta;
+    use ironboot_net::service::RecvMeta;
 
     use super::*;
 
