@@ -1001,7 +1001,7 @@ async fn auto_runs_a_driver() {
         }
         Err(reason) => {
             assert_eq!(report.driver, ActiveDriver::Portable);
-            assert_eq!(report.fallback_reason, Some(reason));
+            assert_eq!(report.fallback_reason, Some(reason.reason));
         }
     }
 }

@@ -98,8 +98,16 @@ impl FromStr for DriverKind {
 /// Whether the io_uring driver can run here: the ring can be created, the opcodes it uses
 /// are supported, and a multishot receive into a provided-buffer ring is accepted. Costs a
 /// few system calls. `Err` says what was refused.
-pub fn io_uring_available() -> Result<(), String> {
-    uring::probe()
+pub fn io_uring_available() -> Result<(), IoUringUnavailable> {
+    uring::probe().map_err(|reason| IoUringUnavailable { reason })
+}
+
+/// Why the io_uring driver cannot run here (the kernel, or a sandbox, refused a step).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct IoUringUnavailable {
+    /// What was refused, as the fallback report gives it.
+    pub reason: String,
 }
 
 /// Open a socket for every spec, then [`serve_bound`] them.
