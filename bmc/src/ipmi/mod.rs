@@ -23,6 +23,7 @@
 mod client;
 mod cmd;
 mod crypto;
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod session;
 mod suite_cache;

@@ -384,6 +384,7 @@ pub(crate) struct Session {
 
 impl Session {
     /// A session from known keys (tests, the fuzz target).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn from_parts(
         suite: CipherSuite,
         console_sid: u32,

@@ -460,6 +460,7 @@ pub(crate) fn decode_response(message: &[u8]) -> Result<Response<'_>, WireError>
 
 /// Encodes a response message: the inverse of [`decode_response`] (simulators in
 /// tests, and the fuzz target's round-trip property).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn encode_response(rsp: &Response<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + rsp.data.len());
     out.extend_from_slice(&[rsp.rq_addr, (rsp.netfn << 2) | (rsp.rq_lun & 3)]);
