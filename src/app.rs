@@ -1,41 +1,82 @@
-//! Composition: builds every service from the validated [`Config`], runs them until a
-//! signal or the first failure, then stops them in order.
+//! Composition: builds the boot server every mode shares from the validated [`Config`],
+//! adds the mode's part (the inventory, or Omni's provider), runs every service under one
+//! [`Supervisor`] until a signal or the first failure, then stops them in order.
+
+mod supervisor;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ironboot_net::proxy::ProxyCounters;
 use ironboot_net::tftp::TftpCounters;
-use ironboot_net::udp::Shutdown;
 use ironboot_net::wire::MessageType;
-use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::info;
 
+use crate::boot::config::ServerConfig;
+use crate::boot::service::ServiceHandle;
 use crate::boot::{
     assets, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
 };
-use crate::cli::config::Config;
-use crate::provider::mode::OmniMode;
+use crate::cli::config::{Config, Mode, Standalone};
+use crate::provider::factory_proxy::FactoryProxy;
+use crate::provider::mode::{OmniConfig, OmniMode};
+use supervisor::{Stage, Supervisor, Wake};
 
-/// The running services; each task resolves with its name and how it ended.
-type Services = JoinSet<(&'static str, anyhow::Result<()>)>;
+/// How long each service may take to stop once its stage is cancelled.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Run ironboot until SIGINT/SIGTERM, or until a service fails.
+/// What the mode adds to the boot server: who answers `boot.ipxe`, extra routes, the
+/// boot images sent zero-copy, metric sources.
+struct ModeParts {
+    decider: Arc<dyn boot_script::BootAnswerer>,
+    /// Standalone's routes (Omni mode's are mounted by [`OmniMode::mount`]).
+    mount: Option<Box<dyn FnOnce(axum::Router) -> axum::Router + Send>>,
+    image_routes: Option<Arc<dyn http::sendfile::ImageRoutes>>,
+    metrics: Vec<Arc<dyn metrics::PrometheusSource>>,
+    /// Standalone's inventory, pinned in the machine store.
+    pinned: Option<Arc<inventory::Inventory>>,
+}
+
+/// Run ironboot until SIGINT/SIGTERM, or until an essential service fails.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let (mut files, report) = boot_files::load(&config.ipxe_dirs)?;
+    let Config { server, mode } = config;
+    let (mut files, report) = boot_files::load(&server.ipxe_dirs)?;
     report.log();
-    if let Some(cert) = &config.ipxe_ca_cert {
+    if let Some(cert) = &server.ipxe_ca_cert {
         boot_files::trust_ca(&mut files, cert)?.log();
     }
-    let factory_proxy = factory_proxy(&config, &files)?;
-    if factory_proxy.is_none() {
-        warn_if_ipxe_cannot_reach_the_factory(&config, &files);
-    }
+    let supervisor = Supervisor::new(STOP_GRACE);
+    let mut omni = None;
+    let parts = match &mode {
+        Mode::Standalone(standalone) => standalone_parts(&server, standalone)?,
+        Mode::Omni(config) => {
+            let factory_proxy = factory_proxy(&server, config, &files)?;
+            if factory_proxy.is_none() {
+                warn_if_ipxe_cannot_reach_the_factory(config, &files);
+            }
+            let started = omni.insert(
+                OmniMode::start(
+                    &server,
+                    config,
+                    factory_proxy.clone(),
+                    supervisor.token(Stage::Provider),
+                )
+                .await?,
+            );
+            omni_parts(started, factory_proxy)
+        }
+    };
     let files = Arc::new(files);
-    // Standalone mode with --use-local-boot-assets: the directory's files on /assets/,
-    // which the inventory's kernel and initrd may name as /assets/... paths.
-    let assets = match config.standalone_assets() {
+    serve(&server, files, parts, omni, supervisor).await
+}
+
+/// Standalone mode: the inventory decides, and with --use-local-boot-assets the
+/// directory's files are served on /assets/ (the inventory's kernel and initrd may name
+/// them as /assets/... paths).
+fn standalone_parts(server: &ServerConfig, standalone: &Standalone) -> anyhow::Result<ModeParts> {
+    let assets = match &standalone.assets {
         Some(dir) => {
             let tree = assets::AssetTree::new(dir)?;
             info!(dir = %dir.display(), "serving the boot assets directory's files on /assets/");
@@ -45,173 +86,186 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     };
     let assets_url = assets
         .as_ref()
-        .map(|_| boot_script::assets_url(config.advertise_address.into(), config.api_port));
-    let inventory = Arc::new(match &config.inventory {
+        .map(|_| boot_script::assets_url(server.advertise_address.into(), server.api_port));
+    let inventory = Arc::new(match &standalone.inventory {
         Some(path) => inventory::Inventory::load(path, assets_url.as_deref())?,
         None => inventory::Inventory::default(),
     });
-    if config.omni_endpoint.is_none() {
-        info!(inventory = %inventory.summary(), "boot policy");
+    info!(inventory = %inventory.summary(), "boot policy");
+    let mut metrics: Vec<Arc<dyn metrics::PrometheusSource>> = Vec::new();
+    if let Some(assets) = &assets {
+        metrics.push(assets.counters());
     }
-    let store = store::Store::open(&config.state_dir)?;
+    let image_routes = assets
+        .as_ref()
+        .map(|a| Arc::new(assets::AssetImages(a.clone())) as Arc<dyn http::sendfile::ImageRoutes>);
+    Ok(ModeParts {
+        decider: inventory.clone(),
+        mount: Some(Box::new(move |router| match &assets {
+            Some(assets) => assets.mount(router),
+            None => router,
+        })),
+        image_routes,
+        metrics,
+        pinned: Some(inventory),
+    })
+}
+
+/// Omni mode: Omni's boot decisions, `/config`, the agents' tunnels, the local assets or
+/// the factory proxy.
+fn omni_parts(omni: &OmniMode, factory_proxy: Option<Arc<FactoryProxy>>) -> ModeParts {
+    let mut metrics: Vec<Arc<dyn metrics::PrometheusSource>> =
+        vec![omni.stats(), Arc::new(omni.tunnels.clone())];
+    if let Some(proxy) = &factory_proxy {
+        metrics.push(proxy.stats());
+    }
+    ModeParts {
+        decider: omni.decider.clone(),
+        mount: None,
+        image_routes: omni.image_routes(),
+        metrics,
+        pinned: None,
+    }
+}
+
+/// The boot server every mode shares: the machine store, ProxyDHCP, TFTP, the HTTP API
+/// (and, in Omni mode, the agents' TLS port), run under `supervisor` until a signal or an
+/// essential service's end.
+async fn serve(
+    server: &ServerConfig,
+    files: Arc<ironboot_net::files::FileSet>,
+    parts: ModeParts,
+    mut omni: Option<OmniMode>,
+    mut supervisor: Supervisor,
+) -> anyhow::Result<()> {
+    let store = store::Store::open(&server.state_dir)?;
     info!(path = %store.path().display(), "machine store open");
-    let store = store.start_with(store::StoreOptions {
-        max_machines: config.store_max_machines,
-        new_per_source: config.store_new_per_source,
-        pinned: inventory.clone(),
+    let mut options = store::StoreOptions {
+        max_machines: server.store.max_machines,
+        new_per_source: server.store.new_per_source,
         ..store::StoreOptions::default()
-    })?;
+    };
+    if let Some(pinned) = &parts.pinned {
+        options.pinned = pinned.clone();
+    }
+    let store = store.start_with(options)?;
     let store_stats = store.stats.clone();
-
-    let udp_shutdown = Shutdown::new();
-    let mut services = Services::new();
-    let proxy_counters = Arc::new(ProxyCounters::default());
-    if let Some(task) = proxy_dhcp::start(&config, proxy_counters.clone(), udp_shutdown.clone())? {
-        services.spawn(async move { ("ProxyDHCP", flatten(task.await)) });
+    if let Some(omni) = &mut omni {
+        for service in omni.take_services() {
+            supervisor.add(Stage::Provider, service);
+        }
+        supervisor.add(
+            Stage::Tunnels,
+            omni.tunnels_service(supervisor.token(Stage::Tunnels)),
+        );
     }
 
+    let proxy_counters = Arc::new(ProxyCounters::default());
+    if let Some(service) = proxy_dhcp::start(
+        server,
+        proxy_counters.clone(),
+        supervisor.token(Stage::Edges),
+    )? {
+        supervisor.add(Stage::Edges, service);
+    }
     let tftp_counters = Arc::new(TftpCounters::default());
     let tftp = tftp_service::start(
-        &config,
+        server,
         files.clone(),
         tftp_counters.clone(),
-        udp_shutdown.clone(),
+        supervisor.token(Stage::Edges),
     )?;
-    services.spawn(async move { ("TFTP", flatten(tftp.await)) });
+    supervisor.add(Stage::Edges, tftp);
 
-    // Omni mode: the provider, with the metal agents' reverse gRPC tunnels (h2c) on the
-    // same port as the HTTP routes and, with --tls-enabled, on the TLS port.
-    let mut omni = match &config.omni_endpoint {
-        Some(endpoint) => Some(OmniMode::start(&config, endpoint, factory_proxy.clone()).await?),
-        None => None,
-    };
-    let agent_tls = omni.as_mut().and_then(|omni| omni.tls.take());
-    let agent_tunnels = omni.as_ref().map(|omni| omni.tunnels.clone());
-    let decider: Arc<dyn boot_script::BootAnswerer> = match &omni {
-        Some(omni) => omni.decider.clone(),
-        None => inventory,
-    };
-
-    let http_gate = http_gate(&config);
+    let http_gate = http_gate(server);
     let mut registry = metrics::Registry::new();
     registry.register(http_gate.counters());
     registry.register(proxy_counters.clone());
     registry.register(tftp_counters.clone());
     registry.register(store.stats.clone());
-    if let Some(omni) = &omni {
-        registry.register(omni.stats());
-        registry.register(Arc::new(omni.tunnels.clone()));
-    }
-    if let Some(proxy) = &factory_proxy {
-        registry.register(proxy.stats());
-    }
-    if let Some(assets) = &assets {
-        registry.register(assets.counters());
+    for source in parts.metrics {
+        registry.register(source);
     }
     let image_stats = Arc::new(http::sendfile::ImageStats::default());
     registry.register(image_stats.clone());
     let router = http::router(http::ApiState {
         init_script: boot_script::init_script(
-            config.advertise_address.into(),
-            config.api_port,
-            config.boot_from_disk_method,
+            server.advertise_address.into(),
+            server.api_port,
+            server.boot_from_disk_method,
         ),
-        decider,
-        disk_method: config.boot_from_disk_method,
+        decider: parts.decider,
+        disk_method: server.boot_from_disk_method,
         files,
         metrics: registry,
         recorder: store.recorder,
         machines: store.machines,
     });
-    let router = match (&omni, &assets) {
+    let router = match (&omni, parts.mount) {
         (Some(omni), _) => omni.mount(router),
-        (None, Some(assets)) => assets.mount(router),
+        (None, Some(mount)) => mount(router),
         (None, None) => router,
     };
     // Boot images (`/assets/`, `/factory/image/`) go out with sendfile (src/boot/http/sendfile.rs).
-    let image_routes: Option<Arc<dyn http::sendfile::ImageRoutes>> = match (&omni, &assets) {
-        (Some(omni), _) => omni.image_routes(),
-        (None, Some(assets)) => Some(Arc::new(assets::AssetImages(assets.clone()))),
-        (None, None) => None,
-    };
-    let images = image_routes.map(|routes| http::sendfile::ImagePath::new(routes, image_stats));
+    let images = parts
+        .image_routes
+        .map(|routes| http::sendfile::ImagePath::new(routes, image_stats));
     let http_addr = SocketAddrV4::new(
-        config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        config.api_port,
+        server.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        server.api_port,
     );
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("--api-port: listening on {http_addr}"))?;
     info!(addr = %http_addr, "HTTP API listening");
-    let tls_stop = match (agent_tls, &agent_tunnels) {
-        (Some(tls), Some(agent_tunnels)) => {
-            let addr = SocketAddrV4::new(
-                config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                config.tls.port,
-            );
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--tls-api-port: listening on {addr}"))?;
-            info!(%addr, "agents' TLS gRPC listening");
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let router = agent_tunnels.mount(axum::Router::new());
-            let served = tls.serve(listener, router, http_gate.clone(), async {
-                let _ = stopped.await;
-            });
-            services.spawn(async move { ("agents' TLS", served.await.map_err(Into::into)) });
-            Some(stop)
-        }
-        _ => None,
-    };
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    services.spawn(async move {
-        let stopped = async {
-            let _ = http_stopped.await;
-        };
-        (
-            "HTTP API",
-            http::serve_with_images(listener, router, images, http_gate, stopped)
-                .await
-                .map_err(Into::into),
-        )
-    });
+    // Omni mode with --tls-enabled: the metal agents' tunnels on the TLS port too.
+    if let Some((tls, tunnels, port)) = omni.as_mut().and_then(|omni| {
+        let port = omni.tls_port;
+        omni.tls.take().map(|tls| (tls, omni.tunnels.clone(), port))
+    }) {
+        let addr = SocketAddrV4::new(
+            server.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            port,
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--tls-api-port: listening on {addr}"))?;
+        info!(%addr, "agents' TLS gRPC listening");
+        // Stops accepting with the edges; drains once the tunnels are closed.
+        let stop = supervisor.token(Stage::Edges);
+        let router = tunnels.mount(axum::Router::new());
+        let served = tls.serve(listener, router, http_gate.clone(), stop.cancelled_owned());
+        supervisor.add(
+            Stage::Drain,
+            ServiceHandle::spawn("agents' TLS", async move { Ok(served.await?) }),
+        );
+    }
+    let stop = supervisor.token(Stage::Edges);
+    let served =
+        http::serve_with_images(listener, router, images, http_gate, stop.cancelled_owned());
+    supervisor.add(
+        Stage::Drain,
+        ServiceHandle::spawn("HTTP API", async move { Ok(served.await?) }),
+    );
+    // The writer ends once the HTTP router (the last recorder) is gone.
+    let writer = store.writer;
+    supervisor.add(
+        Stage::Store,
+        ServiceHandle::spawn("machine store", async move {
+            writer.await.context("machine store writer")
+        }),
+    );
 
-    let outcome = tokio::select! {
-        signal = shutdown_signal() => {
+    let outcome = match supervisor.wait(shutdown_signal()).await {
+        Wake::Signal(signal) => {
             info!(%signal, "shutting down");
             Ok(())
         }
-        Some(ended) = services.join_next() => {
-            let (name, result) = ended.context("a service task panicked")?;
-            match result {
-                Ok(()) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
-                Err(e) => Err(e.context(format!("{name} failed"))),
-            }
-        }
+        Wake::Ended(name, Ok(())) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+        Wake::Ended(name, Err(e)) => Err(e.context(format!("{name} failed"))),
     };
-    if let Some(omni) = &omni {
-        omni.stop();
-    }
-    udp_shutdown.trigger();
-    // Tunnels never end by themselves: close them so the HTTP server can drain.
-    if let Some(tunnels) = &agent_tunnels {
-        tunnels.close_all();
-    }
-    let _ = http_stop.send(());
-    if let Some(stop) = tls_stop {
-        let _ = stop.send(());
-    }
-    while let Some(ended) = services.join_next().await {
-        match ended {
-            Ok((name, Err(e))) => {
-                error!(service = name, error = %format!("{e:#}"), "stopped with an error")
-            }
-            Ok((name, Ok(()))) => info!(service = name, "stopped"),
-            Err(e) => error!(error = %e, "a service task panicked"),
-        }
-    }
-    // The writer ends once the HTTP router (the last recorder) is gone: after the loop.
-    store.writer.await.context("machine store writer")?;
+    supervisor.shutdown().await;
+    drop(omni);
     info!(
         offers = proxy_counters.replies(MessageType::Offer),
         acks = proxy_counters.replies(MessageType::Ack),
@@ -226,14 +280,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 /// Descriptors kept for everything but HTTP connections: the UDP services' sockets
 /// (ProxyDHCP, TFTP port 69 and its transfer ports, per worker), the machine store, the
 /// Omni and BMC clients, logs.
-fn descriptor_reserve(config: &Config) -> u64 {
+fn descriptor_reserve(config: &ServerConfig) -> u64 {
     let per_worker = config.tftp.port_pool as u64 + 4;
     1024 + config.udp_workers as u64 * per_worker
 }
 
 /// The caps and deadlines both HTTP ports share: RLIMIT_NOFILE raised to its hard limit,
 /// and `--http-max-connections` lowered if it would leave the rest of ironboot short.
-fn http_gate(config: &Config) -> Arc<http::server::Gate> {
+fn http_gate(config: &ServerConfig) -> Arc<http::server::Gate> {
     use http::server::{ConnCounters, Gate, fit_to_descriptors, raise_nofile_limit};
     let mut limits = config.http.clone();
     match raise_nofile_limit() {
@@ -266,14 +320,15 @@ fn http_gate(config: &Config) -> Arc<http::server::Gate> {
 /// The Image Factory proxy (`--image-factory-proxy`): Omni mode with the factory as the
 /// agent's source, when asked for or when the iPXE binaries cannot speak HTTPS.
 fn factory_proxy(
-    config: &Config,
+    server: &ServerConfig,
+    config: &OmniConfig,
     files: &ironboot_net::files::FileSet,
-) -> anyhow::Result<Option<Arc<crate::provider::factory_proxy::FactoryProxy>>> {
-    use crate::cli::config::{AgentBootSource, FactoryProxyMode};
-    use crate::provider::factory_proxy::{CACHE_DIR_NAME, FactoryProxy, Options, ipxe_needs_proxy};
-    let (Some(_), AgentBootSource::ImageFactory(settings)) =
-        (&config.omni_endpoint, &config.agent_boot)
-    else {
+) -> anyhow::Result<Option<Arc<FactoryProxy>>> {
+    use crate::provider::boot_plan::AgentBootSource;
+    use crate::provider::factory_proxy::{
+        CACHE_DIR_NAME, FactoryProxyMode, Options, ipxe_needs_proxy,
+    };
+    let AgentBootSource::ImageFactory(settings) = &config.agent_boot else {
         return Ok(None);
     };
     let on = match config.image_factory_proxy {
@@ -284,11 +339,11 @@ fn factory_proxy(
     if !on {
         return Ok(None);
     }
-    let cache = config.state_dir.join(CACHE_DIR_NAME);
+    let cache = server.state_dir.join(CACHE_DIR_NAME);
     let proxy = FactoryProxy::new(
         settings,
-        config.advertise_address.into(),
-        config.api_port,
+        server.advertise_address.into(),
+        server.api_port,
         Options::new(cache.clone()),
     )
     .context("--image-factory-proxy")?;
@@ -302,11 +357,15 @@ fn factory_proxy(
 
 /// In Omni mode the agent and installer boots chain to the Image Factory's PXE front end;
 /// over `https://` that needs an iPXE built with HTTPS, which Debian's is not.
-fn warn_if_ipxe_cannot_reach_the_factory(config: &Config, files: &ironboot_net::files::FileSet) {
-    let crate::cli::config::AgentBootSource::ImageFactory(factory) = &config.agent_boot else {
+fn warn_if_ipxe_cannot_reach_the_factory(
+    config: &OmniConfig,
+    files: &ironboot_net::files::FileSet,
+) {
+    let crate::provider::boot_plan::AgentBootSource::ImageFactory(factory) = &config.agent_boot
+    else {
         return;
     };
-    if config.omni_endpoint.is_none() || !factory.pxe_base_url.starts_with("https://") {
+    if !factory.pxe_base_url.starts_with("https://") {
         return;
     }
     if boot_files::efi_ipxe_speaks_https(files) == Some(false) {
@@ -318,10 +377,6 @@ fn warn_if_ipxe_cannot_reach_the_factory(config: &Config, files: &ironboot_net::
              (--image-factory-pxe-base-url), or use --use-local-boot-assets"
         );
     }
-}
-
-fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    joined.context("task panicked")?
 }
 
 /// Resolves with the name of the first of SIGINT / SIGTERM.

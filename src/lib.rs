@@ -19,7 +19,8 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 
-use crate::cli::config::{Cli, Command, Config};
+use crate::cli::config::{Config, Mode};
+use crate::cli::flags::{Cli, Command};
 
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
@@ -35,20 +36,18 @@ fn init_logging(debug: bool) {
 }
 
 /// The `ironboot` command: parses the command line (`std::env::args_os`), then runs the
-/// service, `ironboot storm`, `ironboot bmc` or the Omni provider CLI, and returns the
-/// process exit code.
+/// server (no subcommand), `ironboot storm`, `ironboot bmc` or `ironboot omni`, and returns
+/// the process exit code.
 pub fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if provider::omni::cli::wants(&args) {
-        init_logging(false);
-        return provider::omni::cli::main(&args);
-    }
     let cli = Cli::parse();
-    if let Some(Command::Storm(storm)) = &cli.command {
-        return tools::storm::main(storm);
-    }
-    if let Some(Command::Bmc(bmc)) = &cli.command {
-        return tools::bmc::main(bmc);
+    match &cli.command {
+        Some(Command::Storm(storm)) => return tools::storm::main(storm),
+        Some(Command::Bmc(bmc)) => return tools::bmc::main(bmc),
+        Some(Command::Omni(omni)) => {
+            init_logging(false);
+            return tools::omni_check::main(omni);
+        }
+        None => {}
     }
     init_logging(cli.debug);
     match start(&cli) {
@@ -66,20 +65,22 @@ fn start(cli: &Cli) -> anyhow::Result<()> {
     let interfaces = boot::netif::host_interfaces().context("listing network interfaces")?;
     let config = Config::from_cli(cli, &interfaces)?;
     info!(
-        provider_id = %config.provider_id,
-        advertise = %config.advertise_address,
-        api_port = config.api_port,
-        mode = if config.omni_endpoint.is_some() { "omni" } else { "standalone" },
+        provider_id = %cli.id.trim(),
+        advertise = %config.server.advertise_address,
+        api_port = config.server.api_port,
+        mode = config.mode.name(),
         "ironboot starting"
     );
-    tracing::debug!(selection = ?config.bmc, "BMC back-end selection");
-    tracing::debug!(
-        agent = ?config.agent,
-        min_reboot_interval = ?config.min_reboot_interval,
-        machine_labels = ?config.machine_labels,
-        agent_boot = ?config.agent_boot,
-        "lifecycle settings"
-    );
+    if let Mode::Omni(omni) = &config.mode {
+        tracing::debug!(selection = ?omni.bmc, "BMC back-end selection");
+        tracing::debug!(
+            agent = ?omni.agent,
+            min_reboot_interval = ?omni.min_reboot_interval,
+            machine_labels = ?omni.machine_labels,
+            agent_boot = ?omni.agent_boot,
+            "lifecycle settings"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

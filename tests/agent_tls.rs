@@ -312,7 +312,7 @@ async fn your_own_certificates_are_served_or_refused_naming_the_flag() {
         .unwrap();
     assert_eq!(tls.ca_pem(), ca_cert.pem());
     assert!(
-        tls.spawn_renewal().is_none(),
+        tls.spawn_renewal(Default::default()).is_none(),
         "your files are never replaced"
     );
     let server = TlsServer::start(&tls).await;

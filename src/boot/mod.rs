@@ -5,6 +5,7 @@
 pub(crate) mod assets;
 pub(crate) mod boot_files;
 pub(crate) mod boot_script;
+pub(crate) mod config;
 pub(crate) mod http;
 pub(crate) mod inventory;
 pub(crate) mod machine;
@@ -12,6 +13,7 @@ pub(crate) mod metrics;
 pub(crate) mod net_metrics;
 pub(crate) mod netif;
 pub(crate) mod proxy_dhcp;
+pub(crate) mod service;
 pub(crate) mod store;
 pub(crate) mod tftp_service;
 pub(crate) mod udp_workers;

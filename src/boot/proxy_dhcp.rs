@@ -7,15 +7,12 @@ use anyhow::Context;
 use ironboot_net::proxy::{
     BootPolicy, Ipv4Subnet, ProxyCounters, ProxyService, REFUSAL_LOG_INTERVAL, RefusalLog,
 };
-use ironboot_net::udp::{BindSpec, BoundSockets, Shutdown};
-use tokio::task::JoinHandle;
+use ironboot_net::udp::{BindSpec, BoundSockets};
 use tracing::{info, warn};
 
+use crate::boot::config::ServerConfig;
+use crate::boot::service::{CancellationToken, ServiceHandle};
 use crate::boot::udp_workers::{self, Worker};
-use crate::cli::config::Config;
-
-/// The running ProxyDHCP task; resolves when it stops (on shutdown or a fatal error).
-pub(crate) type ProxyTask = JoinHandle<anyhow::Result<()>>;
 
 /// Receive buffer of the ProxyDHCP sockets: a rack powering on at once sends its
 /// DISCOVERs within milliseconds, and each one the kernel drops costs its machine a whole
@@ -23,14 +20,36 @@ pub(crate) type ProxyTask = JoinHandle<anyhow::Result<()>>;
 /// up to 200 of 1,000 in `ironboot storm pxe`; 4 MiB holds well over a thousand.
 const RECV_BUFFER: usize = 4 << 20;
 
+/// The interface ProxyDHCP serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DhcpInterface {
+    /// Interface name, for `SO_BINDTODEVICE`.
+    pub(crate) name: String,
+    /// Interface index.
+    pub(crate) index: u32,
+}
+
+/// ProxyDHCP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DhcpProxyConfig {
+    /// The interface to bind to.
+    pub(crate) interface: DhcpInterface,
+    /// Whether to listen on 67 (else only 4011).
+    pub(crate) listen_broadcast: bool,
+    /// Boot file for EFI IA32 clients.
+    pub efi_ia32_boot_file: Option<String>,
+    /// `--dhcp-relay-allow`: the subnets relays are answered in (empty: any unicast).
+    pub(crate) relay_allow: Vec<Ipv4Subnet>,
+}
+
 /// Open the ProxyDHCP sockets now (so a busy port or a missing interface stops the start
 /// with a clear error) and serve them in a task running `--udp-workers` drivers. `None`
-/// when ProxyDHCP is disabled.
+/// when ProxyDHCP is disabled. The task stops once `stop` is cancelled.
 pub(crate) fn start(
-    config: &Config,
+    config: &ServerConfig,
     counters: Arc<ProxyCounters>,
-    shutdown: Shutdown,
-) -> anyhow::Result<Option<ProxyTask>> {
+    stop: CancellationToken,
+) -> anyhow::Result<Option<ServiceHandle>> {
     let Some(dhcp) = &config.dhcp_proxy else {
         info!("ProxyDHCP disabled (--disable-dhcp-proxy)");
         return Ok(None);
@@ -118,10 +137,13 @@ pub(crate) fn start(
         relay_allow = ?dhcp.relay_allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "ProxyDHCP listening"
     );
-    Ok(Some(tokio::spawn(udp_workers::run(
+    Ok(Some(ServiceHandle::spawn(
         "ProxyDHCP",
-        config.udp_driver,
-        workers,
-        shutdown,
-    ))))
+        udp_workers::run(
+            "ProxyDHCP",
+            config.udp_driver,
+            workers,
+            udp_workers::shutdown_on(stop),
+        ),
+    )))
 }

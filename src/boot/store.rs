@@ -77,6 +77,16 @@ pub(crate) const CONFIRM_GAP_MS: u64 = 60_000;
 /// Default `--store-new-machines-per-source`: new machines one source address may add at
 /// once, and again every minute.
 pub(crate) const DEFAULT_NEW_PER_SOURCE: u32 = 16;
+
+/// The store's caps from the command line (`--store-max-machines`,
+/// `--store-new-machines-per-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoreCaps {
+    /// Most machines recorded.
+    pub(crate) max_machines: usize,
+    /// New machines one source address may add at once and per minute.
+    pub(crate) new_per_source: u32,
+}
 /// Source addresses with a bucket in use at once; beyond, new addresses share one bucket.
 const MAX_SOURCES: usize = 4096;
 /// Least time between two attempts to reopen the database after an I/O error; doubled

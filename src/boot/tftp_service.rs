@@ -6,12 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use ironboot_net::files::FileSet;
 use ironboot_net::tftp::{SharedLimits, TftpConfig, TftpCounters, TftpServer};
-use ironboot_net::udp::{BindSpec, BoundSockets, Shutdown};
-use tokio::task::JoinHandle;
+use ironboot_net::udp::{BindSpec, BoundSockets};
 use tracing::info;
 
+use crate::boot::config::ServerConfig;
+use crate::boot::service::{CancellationToken, ServiceHandle};
 use crate::boot::udp_workers::{self, Worker};
-use crate::cli::config::Config;
 
 /// Send buffer of each TFTP socket: windows of 64 blocks of 1468 bytes to many clients at
 /// once overflow the kernel's default (about 208 KiB), and a refused send costs a timeout.
@@ -19,14 +19,34 @@ const SEND_BUFFER: usize = 4 << 20;
 /// Receive buffer: ACKs are small, but a storm's RRQs arrive together.
 const RECV_BUFFER: usize = 1 << 20;
 
+/// Default number of per-transfer TFTP ports.
+pub(crate) const DEFAULT_TFTP_PORT_POOL: usize = 32;
+
+/// TFTP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TftpSettings {
+    /// Everything on port 69.
+    pub(crate) single_port: bool,
+    /// Largest block size granted.
+    pub(crate) max_blksize: u16,
+    /// Largest window granted.
+    pub(crate) max_windowsize: u16,
+    /// Most concurrent transfers.
+    pub(crate) max_transfers: usize,
+    /// Most concurrent transfers per client.
+    pub(crate) max_per_client: usize,
+    /// Number of per-transfer ports.
+    pub(crate) port_pool: usize,
+}
+
 /// Open the TFTP sockets now (so a busy port 69 stops the start with a clear error) and
-/// serve them in a task running `--udp-workers` drivers.
+/// serve them in a task running `--udp-workers` drivers, until `stop` is cancelled.
 pub(crate) fn start(
-    config: &Config,
+    config: &ServerConfig,
     files: Arc<FileSet>,
     counters: Arc<TftpCounters>,
-    shutdown: Shutdown,
-) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    stop: CancellationToken,
+) -> anyhow::Result<ServiceHandle> {
     let tftp = &config.tftp;
     let listen = config.api_listen_address.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let server_config = TftpConfig {
@@ -86,10 +106,13 @@ pub(crate) fn start(
         max_windowsize = tftp.max_windowsize,
         "TFTP listening"
     );
-    Ok(tokio::spawn(udp_workers::run(
+    Ok(ServiceHandle::spawn(
         "TFTP",
-        config.udp_driver,
-        workers,
-        shutdown,
-    )))
+        udp_workers::run(
+            "TFTP",
+            config.udp_driver,
+            workers,
+            udp_workers::shutdown_on(stop),
+        ),
+    ))
 }

@@ -11,7 +11,20 @@
 use ironboot_net::service::DatagramService;
 use ironboot_net::udp::{self, BoundSockets, DriverKind, Shutdown};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
+
+/// The UDP drivers' own stop signal, triggered when `token` is cancelled: the drivers
+/// check it between batches of datagrams, so none is cut off mid-reply.
+pub(crate) fn shutdown_on(token: CancellationToken) -> Shutdown {
+    let shutdown = Shutdown::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        trigger.trigger();
+    });
+    shutdown
+}
 
 /// One worker's sockets and service instance.
 pub(crate) struct Worker<S> {

@@ -14,7 +14,10 @@
 //! Nothing here waits for Omni: ProxyDHCP, TFTP and HTTP serve from the first second, and a
 //! machine that boots before Omni's state is loaded gets the retrying script.
 
+mod config;
 mod reach;
+
+pub(crate) use config::OmniConfig;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,14 +28,15 @@ use ironboot_bmc::fleet::{Fleet, FleetOptions};
 use tracing::{info, warn};
 
 use crate::boot::boot_script::{AnswerFuture, BootAnswerer, BootFromDiskMethod};
+use crate::boot::config::ServerConfig;
 use crate::boot::machine::MachineQuery;
-use crate::cli::config::Config;
+use crate::boot::service::{CancellationToken, ServiceHandle};
 use crate::provider::agent::admission::{AgentGate, KnownMachines};
 use crate::provider::agent::client::AgentClient;
 use crate::provider::agent::tunnel::Tunnels;
 use crate::provider::boot_plan::{self, AgentModeOptions, AgentTlsBoot, OmniBoot, OmniBootDecider};
 use crate::provider::executor::Settings;
-use crate::provider::executor::real::{FleetPower, OmniExecutor, Running};
+use crate::provider::executor::real::{FleetPower, OmniExecutor};
 use crate::provider::lifecycle::{Event, Policy};
 use crate::provider::omni::auth::ServiceAccountKey;
 use crate::provider::omni::client::Client;
@@ -40,7 +44,7 @@ use crate::provider::omni::provider::{self, ProviderInfo};
 use crate::provider::omni::transport::OmniEndpoint;
 use crate::provider::tls::{AgentTls, CertSource, TlsError, UserFiles};
 
-/// Omni mode, started: what the HTTP router needs, and the tasks to stop at shutdown.
+/// Omni mode, started: what the HTTP router needs, and its services for the supervisor.
 pub(crate) struct OmniMode {
     /// The `boot.ipxe` answerer: Omni's boot decisions, reporting each PXE boot to the
     /// control loop.
@@ -49,10 +53,15 @@ pub(crate) struct OmniMode {
     pub(crate) tls: Option<AgentTls>,
     /// The metal agents' tunnels, admitted by their machines' address bindings.
     pub(crate) tunnels: Tunnels,
+    /// `--tls-api-port`.
+    pub(crate) tls_port: u16,
     boot: OmniBoot,
-    control: Running,
+    executor_stats: Arc<crate::provider::executor::stats::ExecutorStats>,
     reach: Arc<reach::OmniReachability>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The control loop, registration and heartbeat, probe, watches, binding saver and
+    /// certificate renewal: each ends once the token given to [`OmniMode::start`] is
+    /// cancelled.
+    services: Vec<ServiceHandle>,
 }
 
 impl OmniMode {
@@ -60,11 +69,12 @@ impl OmniMode {
     /// watches and the control loop. Fails only on what a restart cannot fix: a missing or
     /// malformed key, a bad endpoint, unusable TLS files. With `--tls-enabled` and the
     /// generated CA, it first loads (or creates) the CA in Omni, waiting while Omni is
-    /// unreachable: agents and boots need it.
+    /// unreachable: agents and boots need it. The loops stop once `stop` is cancelled.
     pub(crate) async fn start(
-        config: &Config,
-        endpoint: &str,
+        server: &ServerConfig,
+        config: &OmniConfig,
         factory_proxy: Option<Arc<crate::provider::factory_proxy::FactoryProxy>>,
+        stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let key = ServiceAccountKey::from_env(&config.provider_id, SystemTime::now())
             .context("OMNI_SERVICE_ACCOUNT_KEY")?;
@@ -74,18 +84,18 @@ impl OmniMode {
             fingerprint = key.fingerprint(),
             "Omni service-account key loaded"
         );
-        let endpoint = OmniEndpoint::parse(endpoint, config.omni.insecure_skip_tls_verify)
+        let endpoint = OmniEndpoint::parse(&config.endpoint, config.insecure_skip_tls_verify)
             .context("--omni-api-endpoint")?;
         let client = Client::new(&endpoint, key).context("--omni-api-endpoint")?;
 
         let tls = match config.tls.enabled {
-            true => Some(prepare_tls(config, Some(&client)).await?),
+            true => Some(prepare_tls(server, config, Some(&client)).await?),
             false => None,
         };
         let boot = OmniBoot::new(
             &config.provider_id,
-            config.advertise_address.into(),
-            config.api_port,
+            server.advertise_address.into(),
+            server.api_port,
             &config.agent_boot,
         )
         .context("Omni-mode boot decisions")?
@@ -114,7 +124,7 @@ impl OmniMode {
         // the address that loaded their configuration.
         let gate = AgentGate::bound(
             Arc::new(KnownInOmni(boot.cache.clone())),
-            Some(&config.state_dir),
+            Some(&server.state_dir),
         );
         let tunnels = Tunnels::new(gate.clone());
         let agents = AgentClient::new(tunnels.clone(), config.agent.timeouts);
@@ -135,7 +145,7 @@ impl OmniMode {
             .power_api_dir
             .clone_from(&config.api_power_mgmt_state_dir);
         settings.bmc_allow.clone_from(&config.bmc_allow);
-        let control = crate::provider::executor::real::start(
+        let mut control = crate::provider::executor::real::start(
             &client,
             power,
             agents,
@@ -144,53 +154,118 @@ impl OmniMode {
         );
 
         let info = ProviderInfo {
-            name: config.omni.provider_name.clone(),
-            description: config.omni.provider_description.clone(),
+            name: config.provider_name.clone(),
+            description: config.provider_description.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         // A send on `kick` makes the heartbeat beat at once (the probe, when Omni is back).
         let (kick, beats) = tokio::sync::watch::channel(String::new());
         let reach = Arc::new(reach::OmniReachability::default());
-        let mut tasks = vec![
-            tokio::spawn(register_and_heartbeat(client.clone(), info, beats)),
-            tokio::spawn(reach::probe(
-                client.clone(),
-                reach.clone(),
-                kick,
-                reach::PROBE_INTERVAL,
-            )),
+        // The heartbeat, the probe and the watches only read from Omni or send it a
+        // status: stopping them at any await point loses nothing.
+        let until_stopped = |name: &'static str, run| {
+            let stop = stop.clone();
+            ServiceHandle::spawn(name, async move {
+                stop.run_until_cancelled(run).await;
+                Ok(())
+            })
+        };
+        let mut services = vec![
+            until_stopped(
+                "Omni registration and heartbeat",
+                Box::pin(register_and_heartbeat(client.clone(), info, beats))
+                    as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+            ),
+            until_stopped(
+                "Omni reachability probe",
+                Box::pin(reach::probe(
+                    client.clone(),
+                    reach.clone(),
+                    kick,
+                    reach::PROBE_INTERVAL,
+                )),
+            ),
         ];
-        tasks.extend(gate.spawn_saver());
-        tasks.extend(tls.as_ref().and_then(AgentTls::spawn_renewal));
         let (cache, join) = (boot.cache.clone(), boot.join.clone());
-        tasks.push(tokio::spawn(async move {
-            // The watches resume broken streams themselves; an end is for good (the key
-            // rejected, say): boots then keep the last state Omni gave.
-            if let Err(e) = boot_plan::follow(client, cache, join).await {
-                tracing::error!(error = %e, "watching Omni for boot decisions stopped");
-            }
-        }));
+        let watch_client = client.clone();
+        services.push(until_stopped(
+            "Omni boot decisions watch",
+            Box::pin(async move {
+                // The watches resume broken streams themselves; an end is for good (the
+                // key rejected, say): boots then keep the last state Omni gave.
+                if let Err(e) = boot_plan::follow(watch_client, cache, join).await {
+                    tracing::error!(error = %e, "watching Omni for boot decisions stopped");
+                }
+            }),
+        ));
+        let joined = |name, task: tokio::task::JoinHandle<()>| {
+            ServiceHandle::spawn(name, async move {
+                task.await.context("task panicked")?;
+                Ok(())
+            })
+        };
+        services.extend(
+            gate.spawn_saver(stop.clone())
+                .map(|t| joined("agent bindings saver", t)),
+        );
+        services.extend(
+            tls.as_ref()
+                .and_then(|tls| tls.spawn_renewal(stop.clone()))
+                .map(|t| joined("agents' TLS renewal", t)),
+        );
 
         let decider = Arc::new(ReportingPxeBoots {
             decider: boot.decider.clone(),
             executor: control.executor.clone(),
             gate,
         });
+        let executor_stats = control.executor.stats();
+        // The control loop: a machine in a lifecycle step finishes it, then its task ends.
+        services.push(ServiceHandle::spawn("Omni control loop", async move {
+            stop.cancelled().await;
+            control.stopped().await;
+            Ok(())
+        }));
         Ok(Self {
             decider,
             tls,
             tunnels,
+            tls_port: config.tls.port,
             boot,
-            control,
+            executor_stats,
             reach,
-            tasks,
+            services,
+        })
+    }
+
+    /// The loops started, for the supervisor (taken once).
+    pub(crate) fn take_services(&mut self) -> Vec<ServiceHandle> {
+        std::mem::take(&mut self.services)
+    }
+
+    /// The service closing the agents' tunnels once `stop` is cancelled (after the
+    /// control loop has stopped: its steps may be using them), then saving the agents'
+    /// address bindings. Open tunnels would keep the HTTP servers from draining.
+    pub(crate) fn tunnels_service(&self, stop: CancellationToken) -> ServiceHandle {
+        let tunnels = self.tunnels.clone();
+        ServiceHandle::spawn("agent tunnels", async move {
+            stop.cancelled().await;
+            tunnels.close_all();
+            let gate = tunnels.gate().clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || gate.save())
+                .await
+                .context("task panicked")?
+            {
+                warn!(error = %e, "saving the agent bindings failed");
+            }
+            Ok(())
         })
     }
 
     /// The control loop's counters and Omni's reachability, for `/metrics`.
     pub(crate) fn stats(&self) -> Arc<dyn crate::boot::metrics::PrometheusSource> {
         Arc::new(OmniModeMetrics {
-            executor: self.control.executor.stats(),
+            executor: self.executor_stats.clone(),
             reach: self.reach.clone(),
         })
     }
@@ -210,18 +285,6 @@ impl OmniMode {
                 reach::healthz_layer,
             ))
     }
-
-    /// Stops the control loop, the watches and the heartbeat, and saves the agents'
-    /// address bindings.
-    pub(crate) fn stop(&self) {
-        self.control.stop();
-        for t in &self.tasks {
-            t.abort();
-        }
-        if let Err(e) = self.tunnels.gate().save() {
-            warn!(error = %e, "saving the agent bindings failed");
-        }
-    }
 }
 
 /// Omni mode's metric sources, rendered one after the other.
@@ -240,7 +303,8 @@ impl crate::boot::metrics::PrometheusSource for OmniModeMetrics {
 /// The agents' TLS certificates from the `--tls-*` flags: your own files, or the CA kept
 /// in Omni (`client`), loaded or created there; retried while Omni is unreachable.
 pub(crate) async fn prepare_tls(
-    config: &Config,
+    server: &ServerConfig,
+    config: &OmniConfig,
     client: Option<&Client>,
 ) -> anyhow::Result<AgentTls> {
     let source = match &config.tls.user_certs {
@@ -256,7 +320,7 @@ pub(crate) async fn prepare_tls(
     };
     let mut wait = std::time::Duration::from_secs(1);
     loop {
-        match AgentTls::prepare(&source, config.advertise_address.into(), client).await {
+        match AgentTls::prepare(&source, server.advertise_address.into(), client).await {
             Err(TlsError::Omni { source }) if source.is_unavailable() => {
                 warn!(error = %source, retry_in = ?wait, "Omni unreachable: waiting for the agents' TLS CA");
                 tokio::time::sleep(wait).await;

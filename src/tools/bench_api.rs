@@ -17,7 +17,7 @@ use crate::boot::http::{ApiState, parse_boot_query, router};
 use crate::boot::inventory::{Format, Inventory};
 use crate::boot::metrics::Registry;
 use crate::boot::store::{Store, StoreHandles, StoreStats};
-use crate::cli::config::AgentBootSource;
+use crate::provider::boot_plan::AgentBootSource;
 use crate::provider::boot_plan::{CacheEvent, OmniBoot};
 use crate::provider::omni::watch::Event;
 

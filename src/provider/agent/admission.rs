@@ -394,13 +394,20 @@ impl AgentGate {
 
     /// Saves the bindings every second while they change, until the gate is dropped
     /// elsewhere (the task then ends at its next round).
-    pub(crate) fn spawn_saver(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_saver(
+        self: &Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         self.file.as_ref()?;
         let gate = Arc::downgrade(self);
         Some(tokio::spawn(async move {
             let mut failing = false;
             loop {
-                tokio::time::sleep(SAVE_INTERVAL).await;
+                // Stops only while waiting: a save in progress finishes.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(SAVE_INTERVAL) => {}
+                }
                 let Some(gate) = gate.upgrade() else { return };
                 let saved = tokio::task::spawn_blocking(move || gate.save()).await;
                 match saved {

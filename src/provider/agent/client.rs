@@ -11,6 +11,15 @@ use prost::Message;
 
 use super::tunnel::{CallError, Tunnels};
 
+/// Metal agent call settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AgentSettings {
+    /// Per-call timeouts.
+    pub(crate) timeouts: AgentTimeouts,
+    /// Wipe with zeroes instead of a fast wipe.
+    pub(crate) wipe_with_zeroes: bool,
+}
+
 const SERVICE: &str = "management.AgentService";
 
 /// How long each kind of agent call may take: `--agent-call-timeout`,

@@ -19,7 +19,15 @@ use tokio_util::io::ReaderStream;
 use tracing::warn;
 
 use crate::boot::http::sendfile::{ImageFile, Resolved};
-use crate::cli::config::boot_asset_names;
+
+/// Names of the boot asset files of `arch`, as the Go provider's.
+pub(crate) fn boot_asset_names(arch: &str) -> [String; 3] {
+    [
+        format!("kernel-{arch}"),
+        format!("initramfs-metal-{arch}.xz"),
+        format!("cmdline-metal-{arch}"),
+    ]
+}
 
 /// The asset directory and the names served from it.
 #[derive(Debug)]

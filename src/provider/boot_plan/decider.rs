@@ -14,12 +14,12 @@ use tracing::{error, warn};
 
 use super::cache::{MachineBootState, MachineStateCache};
 use super::join_config::JoinConfig;
+use super::{AgentBootSource, boot_asset_names};
 use crate::boot::boot_script::{
     Answer, AnswerFuture, BootAnswerer, BootFromDiskMethod, BootTarget, IpxeScript, KernelBoot,
     Rendered, render, retry_script_because,
 };
 use crate::boot::machine::{Arch, MachineQuery};
-use crate::cli::config::{AgentBootSource, boot_asset_names};
 use crate::provider::image_factory::{self, FactoryError, ImageFactory, PxeImage};
 use crate::provider::lifecycle::{BootDecision, Recorded, required_boot};
 

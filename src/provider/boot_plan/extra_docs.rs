@@ -743,8 +743,9 @@ url: tcp://[fd00::1]:8093
     #[test]
     fn tls_inline_configuration_carries_the_extra_documents() {
         use crate::boot::machine::Arch;
-        use crate::cli::config::{AgentBootSource, ImageFactorySettings};
+        use crate::provider::boot_plan::AgentBootSource;
         use crate::provider::boot_plan::{AgentModeOptions, AgentTlsBoot, OmniBoot};
+        use crate::provider::image_factory::ImageFactorySettings;
         use base64::Engine as _;
 
         let omni = OmniBoot::new(

@@ -36,7 +36,7 @@ mod join_config;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use assets::LocalAssets;
+pub(crate) use assets::{LocalAssets, boot_asset_names};
 pub(crate) use cache::{CacheEvent, InfraView, MachineBootState, MachineStateCache};
 pub(crate) use decider::{
     AgentModeOptions, AgentTlsBoot, Decision, OmniBootDecider, OmniBootError, decide,
@@ -48,8 +48,20 @@ pub(crate) use join_config::JoinConfig;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cli::config::AgentBootSource;
 use crate::provider::factory_proxy::FactoryProxy;
+
+/// Where machines in agent mode get the metal agent (Talos in agent mode) from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AgentBootSource {
+    /// The Image Factory (`--image-factory-*`, `--agent-mode-talos-version`,
+    /// `--secure-boot-enabled`).
+    ImageFactory(crate::provider::image_factory::ImageFactorySettings),
+    /// Files in a local directory (`--use-local-boot-assets`, `--boot-assets-path`).
+    LocalAssets {
+        /// The directory, checked at start to hold at least one complete architecture.
+        path: std::path::PathBuf,
+    },
+}
 
 /// Everything Omni-mode boots need, built once at start: the cache and the join
 /// configuration (fed by [`follow`]), the decider (`ApiState::decider`), and the routes

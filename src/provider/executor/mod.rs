@@ -297,6 +297,9 @@ struct Inner<S, P, A> {
     permits: Semaphore,
     machines: Mutex<HashMap<String, Arc<Machine>>>,
     stats: Arc<stats::ExecutorStats>,
+    /// Cancelled by [`Executor::shutdown`]: each machine's loop ends at its next await
+    /// point between lifecycle steps, never within one.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// Runs the control loop of every machine it is told about. Dropping it stops the tasks.
@@ -348,6 +351,7 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
                 permits,
                 machines: Mutex::new(HashMap::new()),
                 stats: Arc::default(),
+                stop: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -379,12 +383,22 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
         Arc::clone(&self.inner.stats)
     }
 
-    /// Stops every machine's task (also done on drop).
+    /// Tells every machine's task to stop (also done on drop): a task between passes
+    /// ends at once, one in a pass finishes the step it is taking and starts no other.
+    /// No task is aborted: a step cut off could leave a machine half-changed.
     pub(crate) fn shutdown(&self) {
-        for m in self.lock_machines().values() {
-            if let Some(task) = m.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                task.abort();
-            }
+        self.inner.stop.cancel();
+    }
+
+    /// Waits for every machine's task to end (after [`Executor::shutdown`]).
+    pub(crate) async fn stopped(&self) {
+        let tasks: Vec<_> = self
+            .lock_machines()
+            .values()
+            .filter_map(|m| m.task.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .collect();
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
@@ -403,6 +417,9 @@ impl<S: Store, P: Power, A: Agent> Executor<S, P, A> {
         self.inner.stats.machine_added();
         let m = Arc::new(Machine::default());
         machines.insert(machine_id.to_owned(), Arc::clone(&m));
+        if self.inner.stop.is_cancelled() {
+            return m;
+        }
         let task = tokio::spawn(run_machine(
             Arc::clone(&self.inner),
             machine_id.to_owned(),
@@ -429,7 +446,11 @@ async fn run_machine<S: Store, P: Power, A: Agent>(
     let mut streak = 0u32;
     let mut failures = 0u32;
     loop {
-        let Ok(permit) = inner.permits.acquire().await else {
+        let permit = tokio::select! {
+            () = inner.stop.cancelled() => return,
+            permit = inner.permits.acquire() => permit,
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let result = pass(&inner, &machine_id, &machine, permit).await;
@@ -466,6 +487,7 @@ async fn run_machine<S: Store, P: Power, A: Agent>(
             }
         };
         tokio::select! {
+            () = inner.stop.cancelled() => return,
             () = machine.wake.notified() => {}
             () = tokio::time::sleep(rest) => {}
         }
@@ -514,6 +536,12 @@ async fn pass<S: Store, P: Power, A: Agent>(
         tracing::debug!(machine_id, actions = ?plan.actions, "lifecycle plan");
     }
     for action in &plan.actions {
+        // Stopping: the step in progress has finished; the rest of the plan is decided
+        // again at the next start, from what the machine then is.
+        if inner.stop.is_cancelled() {
+            tracing::info!(machine_id, "stopping: no further lifecycle step started");
+            break;
+        }
         if matches!(action, Action::WipeDisks { .. }) {
             permit = None;
         } else if permit.is_none() {

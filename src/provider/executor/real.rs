@@ -383,15 +383,26 @@ pub(crate) struct Running {
     /// The executor (also the target of PXE-boot events from the HTTP routes).
     pub(crate) executor: std::sync::Arc<OmniExecutor>,
     feeders: Vec<tokio::task::JoinHandle<()>>,
+    /// Cancelled to stop the feeders (they only read Omni's watches and the tunnels'
+    /// events, so they end at any await point).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Running {
-    /// Stops the feeders and every machine's task.
+    /// Tells the feeders and every machine's task to stop; none is aborted.
     pub(crate) fn stop(&self) {
-        for f in &self.feeders {
-            f.abort();
-        }
+        self.stop.cancel();
         self.executor.shutdown();
+    }
+
+    /// Stops, then waits for the feeders and the machines' tasks to end (a machine in a
+    /// lifecycle step finishes it first).
+    pub(crate) async fn stopped(&mut self) {
+        self.stop();
+        for feeder in self.feeders.drain(..) {
+            let _ = feeder.await;
+        }
+        self.executor.stopped().await;
     }
 }
 
@@ -423,25 +434,37 @@ pub(crate) fn start(
         settings,
     ));
     let labels = feed::provider_machines(client);
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut feeders = Vec::new();
     let waker = Arc::clone(&executor);
     let watch = Watch::<omni::InfraMachineSpec>::new(client.clone(), labels.clone());
+    let token = stop.clone();
     feeders.push(tokio::spawn(async move {
-        if let Err(e) = feed::follow_kind(watch, move |id: &str| waker.wake(id)).await {
+        let followed = feed::follow_kind(watch, move |id: &str| waker.wake(id));
+        if let Some(Err(e)) = token.run_until_cancelled(followed).await {
             tracing::error!(error = %e, "watching InfraMachines stopped");
         }
     }));
     let waker = Arc::clone(&executor);
     let watch = Watch::<omni::BmcConfigSpec>::new(client.clone(), labels);
+    let token = stop.clone();
     feeders.push(tokio::spawn(async move {
-        if let Err(e) = feed::follow_kind(watch, move |id: &str| waker.wake(id)).await {
+        let followed = feed::follow_kind(watch, move |id: &str| waker.wake(id));
+        if let Some(Err(e)) = token.run_until_cancelled(followed).await {
             tracing::error!(error = %e, "watching BMCConfigs stopped");
         }
     }));
     let target = Arc::clone(&executor);
-    feeders.push(tokio::spawn(feed::follow_tunnels(
-        tunnel_events,
-        move |id: &str, event| target.event(id, event),
-    )));
-    Running { executor, feeders }
+    let token = stop.clone();
+    feeders.push(tokio::spawn(async move {
+        let followed = feed::follow_tunnels(tunnel_events, move |id: &str, event| {
+            target.event(id, event)
+        });
+        token.run_until_cancelled(followed).await;
+    }));
+    Running {
+        executor,
+        feeders,
+        stop,
+    }
 }

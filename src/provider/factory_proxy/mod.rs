@@ -52,7 +52,18 @@ use script::Rewriter;
 pub(crate) use stats::FactoryProxyStats;
 use stats::Served;
 
-use crate::cli::config::ImageFactorySettings;
+/// `--image-factory-proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FactoryProxyMode {
+    /// When the iPXE binaries cannot fetch `https://`.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+use crate::provider::image_factory::ImageFactorySettings;
 use crate::provider::image_factory::{KnownSchematics, PxeImage};
 
 /// The cache directory under `--state-dir`.

@@ -24,7 +24,18 @@ pub(crate) use schematic::{ContentKey, Schematic};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::cli::config::ImageFactorySettings;
+/// Image Factory settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageFactorySettings {
+    /// API base URL, without a trailing `/`.
+    pub(crate) base_url: String,
+    /// PXE front end base URL, without a trailing `/`.
+    pub(crate) pxe_base_url: String,
+    /// Talos version booted in agent mode.
+    pub(crate) agent_mode_talos_version: String,
+    /// Serve the secure-boot (UKI) PXE assets.
+    pub(crate) secure_boot: bool,
+}
 
 /// How long one schematic creation may take, as the Go provider's.
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -20,7 +20,7 @@
 //! };
 //! // Before the routes are built: fails at start with a message naming the flag.
 //! let tls = AgentTls::prepare(&source, config.advertise_address.into(), Some(&omni_client)).await?;
-//! let renewal = tls.spawn_renewal(); // Some(JoinHandle) with the generated CA; abort at exit
+//! let renewal = tls.spawn_renewal(stop); // Some(JoinHandle) with the generated CA; ends when `stop` is cancelled
 //! // Boot decisions: `metal.provider.address=https://…`, the CA in `/config`.
 //! let boot = OmniBoot::new(...)?.with_agent_options(AgentModeOptions {
 //!     test_mode: config.agent_test_mode,
@@ -73,6 +73,34 @@ pub(crate) use store::{TLS_CONFIG_ID, load_or_create};
 pub(crate) use user::UserFiles;
 
 use crate::provider::omni::client::{Client, OmniError};
+
+/// The agents' TLS listener (`--tls-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    /// `--tls-enabled`.
+    pub(crate) enabled: bool,
+    /// `--tls-api-port`.
+    pub(crate) port: u16,
+    /// `--tls-agent-skip-verify`.
+    pub(crate) agent_skip_verify: bool,
+    /// `--tls-ca-ttl`.
+    pub(crate) ca_ttl: Duration,
+    /// `--tls-cert-ttl`.
+    pub(crate) cert_ttl: Duration,
+    /// Your own certificates, instead of the CA generated and stored in Omni.
+    pub(crate) user_certs: Option<UserCerts>,
+}
+
+/// `--tls-ca-cert-file`, `--tls-cert-file`, `--tls-key-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserCerts {
+    /// CA certificate (PEM).
+    pub(crate) ca_cert: PathBuf,
+    /// Serving certificate (PEM).
+    pub(crate) cert: PathBuf,
+    /// Its key (PEM).
+    pub(crate) key: PathBuf,
+}
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,15 +431,31 @@ impl AgentTls {
 
     /// With the generated CA, a task renewing the serving certificate in time (abort it
     /// at exit); `None` with your own files, which are never reloaded.
-    pub(crate) fn spawn_renewal(&self) -> Option<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_renewal(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let renewer = self.renewer.clone()?;
         Some(tokio::spawn(async move {
+            // Stops only while waiting: a renewal is synchronous and never cut off.
             loop {
                 let sleep = renewer.sleep_before_next(SystemTime::now());
-                tokio::time::sleep(sleep).await;
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(sleep))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
                 if let Err(e) = renewer.renew_if_due(SystemTime::now()) {
                     error!(error = %e, "agents' TLS serving certificate not renewed; retrying");
-                    tokio::time::sleep(RENEWAL_RETRY).await;
+                    if stop
+                        .run_until_cancelled(tokio::time::sleep(RENEWAL_RETRY))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
                 }
             }
         }))

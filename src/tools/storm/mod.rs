@@ -351,7 +351,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::config::{Cli, Command};
+    use crate::cli::flags::{Cli, Command};
 
     /// `ironboot storm tftp --server 10.97.0.1 --file f` plus `args`.
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

@@ -289,7 +289,7 @@ mod tests {
     use ironboot_net::udp::{self, BindSpec, BoundSockets, DriverKind, Shutdown};
 
     use super::*;
-    use crate::cli::config::{Cli, Command};
+    use crate::cli::flags::{Cli, Command};
     use crate::tools::storm::StormTarget;
 
     /// Deterministic, not periodic in the block size.

@@ -107,7 +107,7 @@ pub(crate) struct PxeArgs {
     pub(crate) verify_image: Vec<PathBuf>,
 
     /// The server's HTTP API port.
-    #[arg(long, default_value_t = crate::cli::config::DEFAULT_API_PORT)]
+    #[arg(long, default_value_t = crate::cli::flags::DEFAULT_API_PORT)]
     pub(crate) api_port: u16,
 
     /// Addresses the machines use once "configured" (4011 REQUEST, TFTP, HTTP), given to
@@ -422,7 +422,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::config::{Cli, Command};
+    use crate::cli::flags::{Cli, Command};
     use crate::tools::storm::{StormArgs, StormTarget};
 
     fn parse(args: &[&str]) -> Result<PxeArgs, clap::Error> {

@@ -7,32 +7,31 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, Subcommand};
 use ironboot_proto::omni::InfraMachineSpec;
 
-use super::auth::ServiceAccountKey;
-use super::client::{Client, LabelQuery, OmniError};
-use super::provider::{self, ProviderInfo};
-use super::resources::LABEL_INFRA_PROVIDER_ID;
-use super::transport::OmniEndpoint;
-use super::watch::{Event, Watch};
+use crate::provider::omni::auth::{KeyError, ServiceAccountKey};
+use crate::provider::omni::client::{Client, LabelQuery, OmniError};
+use crate::provider::omni::provider::{self, ProviderInfo};
+use crate::provider::omni::resources::LABEL_INFRA_PROVIDER_ID;
+use crate::provider::omni::transport::{EndpointError, OmniEndpoint};
+use crate::provider::omni::watch::{Event, Watch};
 
 /// `ironboot omni ...`
-#[derive(Debug, Parser)]
-#[command(name = "ironboot omni", about = "Omni connectivity tools")]
-struct OmniCli {
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct OmniArgs {
     #[command(subcommand)]
     command: OmniCommand,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum OmniCommand {
     /// Check the key (OMNI_SERVICE_ACCOUNT_KEY) and endpoint: register the provider,
     /// send a heartbeat, count its machines.
     Check(CheckArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct CheckArgs {
     /// Provider ID (must match the service account `infra-provider:<id>`).
     #[arg(long, default_value = "bare-metal")]
@@ -54,17 +53,9 @@ struct CheckArgs {
     watch: bool,
 }
 
-/// True if the command line is `ironboot omni ...`.
-pub(crate) fn wants(args: &[std::ffi::OsString]) -> bool {
-    args.get(1).is_some_and(|a| a == "omni")
-}
-
-/// Runs `ironboot omni ...` (`args` without the program name).
-pub(crate) fn main(args: &[std::ffi::OsString]) -> ExitCode {
-    let cli = OmniCli::parse_from(
-        std::iter::once("ironboot omni".into()).chain(args.iter().skip(2).cloned()),
-    );
-    let OmniCommand::Check(check) = cli.command;
+/// Runs `ironboot omni ...`.
+pub(crate) fn main(args: &OmniArgs) -> ExitCode {
+    let OmniCommand::Check(check) = &args.command;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -75,7 +66,7 @@ pub(crate) fn main(args: &[std::ffi::OsString]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_check(&check)) {
+    match runtime.block_on(run_check(check)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ironboot omni: error: {e}");
@@ -88,9 +79,9 @@ pub(crate) fn main(args: &[std::ffi::OsString]) -> ExitCode {
 #[derive(Debug, thiserror::Error)]
 enum CheckError {
     #[error(transparent)]
-    Key(#[from] super::auth::KeyError),
+    Key(#[from] KeyError),
     #[error(transparent)]
-    Endpoint(#[from] super::transport::EndpointError),
+    Endpoint(#[from] EndpointError),
     #[error(transparent)]
     Omni(#[from] OmniError),
 }
