@@ -431,3 +431,90 @@ pub(crate) enum Command {
     /// Omni connectivity tools.
     Omni(crate::tools::omni_check::OmniArgs),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("ironboot").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn clap_refuses_malformed_values_naming_the_flag() {
+        for (args, flag) in [
+            (vec!["--api-port", "70000"], "--api-port"),
+            (vec!["--udp-driver", "fast"], "--udp-driver"),
+            (vec!["--debug=maybe"], "--debug"),
+            (
+                vec!["--boot-from-disk-method", "pxe"],
+                "--boot-from-disk-method",
+            ),
+        ] {
+            let e =
+                Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn flat_flags_run_the_server_and_do_not_mix_with_subcommands() {
+        let c = cli(&["--api-port", "8080", "--debug"]);
+        assert!(c.command.is_none());
+        assert_eq!(c.api_port, 8080);
+        let storm = cli(&["storm", "tftp", "--server", "10.0.0.1", "--file", "f"]);
+        assert!(matches!(storm.command, Some(Command::Storm(_))));
+        let mixed = Cli::try_parse_from([
+            "ironboot",
+            "--api-port",
+            "8080",
+            "storm",
+            "tftp",
+            "--server",
+            "10.0.0.1",
+            "--file",
+            "f",
+        ]);
+        assert!(mixed.is_err());
+    }
+
+    #[test]
+    fn the_bmc_subcommand_parses() {
+        let c = cli(&[
+            "bmc",
+            "status",
+            "--ipmi",
+            "10.0.0.5:6230",
+            "--user",
+            "admin",
+            "--password-env",
+            "BMC_PW",
+        ]);
+        assert!(matches!(
+            c.command,
+            Some(Command::Bmc(crate::tools::bmc::BmcArgs {
+                action: crate::tools::bmc::BmcAction::Status(_)
+            }))
+        ));
+    }
+
+    #[test]
+    fn the_omni_subcommand_parses_and_keeps_its_own_flags() {
+        let c = cli(&[
+            "omni",
+            "check",
+            "--omni-api-endpoint",
+            "https://omni.example",
+            "--id",
+            "rack-1",
+            "--watch",
+        ]);
+        assert!(matches!(c.command, Some(Command::Omni(_))), "{c:?}");
+        // A subcommand is not mixed with the server's flags.
+        let mixed = Cli::try_parse_from(["ironboot", "--api-port", "8080", "omni", "check"]);
+        assert!(mixed.is_err());
+        // Without its subcommand, `omni` is refused (clap's usage error, exit status 2).
+        let e = Cli::try_parse_from(["ironboot", "omni"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

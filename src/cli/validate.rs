@@ -736,7 +736,6 @@ fn dhcp_interface(
 mod tests {
     use super::*;
     use crate::boot::boot_script::BootFromDiskMethod;
-    use crate::cli::flags::Command;
     use clap::Parser;
     use ironboot_net::udp::DriverKind;
 
@@ -1051,44 +1050,6 @@ mod tests {
     }
 
     #[test]
-    fn clap_refuses_malformed_values_naming_the_flag() {
-        for (args, flag) in [
-            (vec!["--api-port", "70000"], "--api-port"),
-            (vec!["--udp-driver", "fast"], "--udp-driver"),
-            (vec!["--debug=maybe"], "--debug"),
-            (
-                vec!["--boot-from-disk-method", "pxe"],
-                "--boot-from-disk-method",
-            ),
-        ] {
-            let e =
-                Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();
-            assert!(e.to_string().contains(flag), "{args:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn flat_flags_run_the_server_and_do_not_mix_with_subcommands() {
-        let c = cli(&["--api-port", "8080", "--debug"]);
-        assert!(c.command.is_none());
-        assert_eq!(c.api_port, 8080);
-        let storm = cli(&["storm", "tftp", "--server", "10.0.0.1", "--file", "f"]);
-        assert!(matches!(storm.command, Some(Command::Storm(_))));
-        let mixed = Cli::try_parse_from([
-            "ironboot",
-            "--api-port",
-            "8080",
-            "storm",
-            "tftp",
-            "--server",
-            "10.0.0.1",
-            "--file",
-            "f",
-        ]);
-        assert!(mixed.is_err());
-    }
-
-    #[test]
     fn bmc_selection_flags_have_upstreams_names_and_defaults() {
         let c = omni(&[]);
         assert_eq!(c.bmc, ironboot_bmc::SelectorOptions::default());
@@ -1136,26 +1097,6 @@ mod tests {
                 Cli::try_parse_from(std::iter::once("ironboot").chain(args.clone())).unwrap_err();
             assert!(e.to_string().contains(flag), "{args:?}: {e}");
         }
-    }
-
-    #[test]
-    fn the_bmc_subcommand_parses() {
-        let c = cli(&[
-            "bmc",
-            "status",
-            "--ipmi",
-            "10.0.0.5:6230",
-            "--user",
-            "admin",
-            "--password-env",
-            "BMC_PW",
-        ]);
-        assert!(matches!(
-            c.command,
-            Some(Command::Bmc(crate::tools::bmc::BmcArgs {
-                action: crate::tools::bmc::BmcAction::Status(_)
-            }))
-        ));
     }
 
     #[test]
