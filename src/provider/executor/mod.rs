@@ -535,10 +535,12 @@ async fn pass<S: Store, P: Power, A: Agent>(
     if !plan.actions.is_empty() {
         tracing::debug!(machine_id, actions = ?plan.actions, "lifecycle plan");
     }
-    for action in &plan.actions {
-        // Stopping: the step in progress has finished; the rest of the plan is decided
-        // again at the next start, from what the machine then is.
-        if inner.stop.is_cancelled() {
+    for (index, action) in plan.actions.iter().enumerate() {
+        // Stopping: a destructive step already under way has finished, and the records
+        // that follow it (a wipe's "done") are still written; no other destructive step
+        // starts, nor the records announcing it. The rest of the plan is decided again at
+        // the next start, from what the machine then is.
+        if inner.stop.is_cancelled() && plan.actions[index..].iter().any(Action::is_destructive) {
             tracing::info!(machine_id, "stopping: no further lifecycle step started");
             break;
         }

@@ -864,3 +864,43 @@ async fn a_wall_clock_jump_forward_does_not_end_a_cooldown() {
 async fn a_wall_clock_jump_back_does_not_stretch_a_cooldown() {
     cooldown_across_a_clock_jump(Duration::from_secs(24 * 3600), true).await;
 }
+
+/// A shutdown during a wipe lets the wipe finish and be recorded, then starts no other
+/// step: the machine is never left half-changed, and no task is aborted.
+#[tokio::test]
+async fn a_shutdown_mid_wipe_finishes_the_step_and_starts_no_other() {
+    let rig = Rig::new();
+    rig.set("m1", with_infra(accepted()));
+    rig.power_on("m1");
+    rig.agent.connect("m1");
+    *rig.agent.wipe_time.lock().unwrap() = Duration::from_millis(300);
+    let exec = rig.executor();
+    exec.event("m1", Event::TunnelConnected);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !rig
+        .log()
+        .iter()
+        .any(|e| e.starts_with("m1 agent WipeDisks"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{:#?}", rig.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    exec.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), exec.stopped())
+        .await
+        .expect("the machine's task ends once its step is done");
+    let log = rig.log();
+    assert!(
+        log.iter().any(|e| e == "m1 store WipeDone \"\""),
+        "the wipe in progress finished and was recorded: {log:#?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|e| e == "m1 bmc Off" || e.contains("PowerOp")),
+        "no step after the stop: {log:#?}"
+    );
+    // Woken after the stop, the machine starts nothing.
+    exec.wake("m1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rig.log(), log);
+}
