@@ -371,12 +371,14 @@ pub(crate) struct Cli {
     pub(crate) http_idle_timeout: String,
 
     /// A connection whose writes make no progress for this long (a client that stopped
-    /// reading) is dropped; also how long an HTTP/2 ping may go unanswered.
+    /// reading) is dropped; also how long an HTTP/2 ping may go unanswered. As nginx's
+    /// `send_timeout`: a live client on a congested link can go tens of seconds without
+    /// taking a byte of a boot image.
     #[arg(
         long,
         value_name = "DURATION",
         allow_hyphen_values = true,
-        default_value = "30s"
+        default_value = "60s"
     )]
     pub(crate) http_write_timeout: String,
 
