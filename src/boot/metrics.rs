@@ -201,6 +201,32 @@ impl PrometheusSource for HttpCounters {
     }
 }
 
+/// Test check: every sample line of the Prometheus `text` belongs to a family whose
+/// `# TYPE` line comes before it (a histogram's `_bucket`, `_sum` and `_count` samples to
+/// their family).
+#[cfg(test)]
+pub(crate) fn assert_families_declared(text: &str) {
+    let mut declared = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            declared.push(rest.split(' ').next().unwrap_or_default().to_owned());
+        } else if !l.starts_with('#') && !l.is_empty() {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|f| declared.iter().any(|d| d == f))
+                })
+                .unwrap_or(name);
+            assert!(
+                declared.iter().any(|d| d == family),
+                "{l}: no # TYPE line for {family} before it"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ironboot_net::proxy::ProxyCounters;
@@ -250,15 +276,6 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert_eq!(http.requests(Route::BootScript, 200), 2);
-        // Every sample line belongs to a family declared before it.
-        let mut declared = Vec::new();
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                declared.push(rest.split(' ').next().unwrap().to_owned());
-            } else if !l.starts_with('#') {
-                let name = l.split(['{', ' ']).next().unwrap();
-                assert!(declared.iter().any(|d| d == name), "{l}");
-            }
-        }
+        crate::boot::metrics::assert_families_declared(&text);
     }
 }

@@ -327,21 +327,6 @@ mod tests {
         let mut out = String::new();
         ProxyCounters::default().render(&mut out);
         TftpCounters::default().render(&mut out);
-        let mut declared = Vec::new();
-        for l in out.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                declared.push(rest.split(' ').next().unwrap().to_owned());
-            } else if !l.starts_with('#') {
-                let name = l.split(['{', ' ']).next().unwrap();
-                let family = name
-                    .trim_end_matches("_bucket")
-                    .trim_end_matches("_sum")
-                    .trim_end_matches("_count");
-                assert!(declared.iter().any(|d| d == family), "{l}");
-                let (_, v) = l.rsplit_once(' ').unwrap();
-                v.parse::<f64>()
-                    .unwrap_or_else(|_| panic!("bad sample line {l:?}"));
-            }
-        }
+        crate::boot::metrics::assert_families_declared(&out);
     }
 }

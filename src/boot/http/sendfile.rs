@@ -964,15 +964,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
-        let mut declared = Vec::new();
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                declared.push(rest.split(' ').next().unwrap().to_owned());
-            } else if !l.starts_with('#') {
-                let name = l.split(['{', ' ']).next().unwrap();
-                assert!(declared.iter().any(|d| d == name), "{l}");
-            }
-        }
+        crate::boot::metrics::assert_families_declared(&text);
     }
 
     #[tokio::test]

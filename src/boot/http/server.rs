@@ -1371,16 +1371,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
-        // Every sample belongs to a family declared before it.
-        let mut declared = Vec::new();
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                declared.push(rest.split(' ').next().unwrap().to_owned());
-            } else if !l.starts_with('#') {
-                let name = l.split(['{', ' ']).next().unwrap();
-                assert!(declared.iter().any(|d| d == name), "{l}");
-            }
-        }
+        crate::boot::metrics::assert_families_declared(&text);
     }
 
     #[test]
