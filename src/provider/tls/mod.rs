@@ -193,7 +193,7 @@ impl ResolvesServerCert for CertSlot {
 }
 
 /// The generated mode's issuer: the CA, the address and the certificate in use.
-pub struct Renewer {
+pub(crate) struct Renewer {
     ca: Ca,
     ip: IpAddr,
     ttl: Duration,
@@ -398,8 +398,8 @@ impl AgentTls {
     }
 
     /// The generated mode's issuer (`None` with your own files).
-    #[cfg(any(test, feature = "test-support"))]
-    pub fn renewer(&self) -> Option<Arc<Renewer>> {
+    #[cfg(test)]
+    pub(crate) fn renewer(&self) -> Option<Arc<Renewer>> {
         self.renewer.clone()
     }
 

@@ -30,12 +30,13 @@ pub fn repo_root() -> &'static Path {
 }
 
 /// Cargo's target directory of the running test binary: the nearest ancestor of the
-/// executable holding `CACHEDIR.TAG`, which cargo writes at the top of every target
-/// directory.
+/// executable holding `CACHEDIR.TAG` (cargo writes it at the top of a target directory
+/// it creates), else the directory above the profile's (`<target>/<profile>/deps/<test>`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.ancestors()
         .find(|d| d.join("CACHEDIR.TAG").is_file())
+        .or_else(|| exe.ancestors().nth(3))
         .unwrap_or_else(|| panic!("no cargo target directory above {}", exe.display()))
         .to_path_buf()
 }
