@@ -1,7 +1,7 @@
 //! The control loop's executor against real peers: Omni's COSI state served by the Go
 //! harness built on the upstream modules (`tests/omni-harness`, see
-//! `tests/omni_conformance.rs`) and a BMC simulated by OpenIPMI's `ipmi_sim`
-//! (`bmc/tests/support/sim.rs`).
+//! `tests/it/omni_conformance.rs`) and a BMC simulated by OpenIPMI's `ipmi_sim`
+//! (the test-support crate's `ipmi_sim` module).
 //!
 //! - Started by Omni's watched changes alone, an accepted, already-wiped machine whose
 //!   operator gave BMC credentials in Omni is powered off exactly once (Omni prefers it

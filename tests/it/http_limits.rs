@@ -11,7 +11,7 @@
 //! - a client that stops reading a big file is dropped after the write deadline;
 //! - standalone mode serves no agent tunnel (404), and an h2c connection with no stream
 //!   is closed after the idle deadline (a tunnel outliving it is proven with a real Go
-//!   agent in `tests/agent_conformance.rs`);
+//!   agent in `tests/it/agent_conformance.rs`);
 //! - `--api-allow-cidr` keeps `/metrics` from other sources (403) and the boot path open;
 //! - an oversized request head gets 431, an oversized declared body 413.
 //!
@@ -589,7 +589,7 @@ async fn write_deadline(write: Duration) {
 }
 
 /// Standalone ironboot serves no agent tunnel (the h2c request gets 404; the tunnel's
-/// long-lived streams and the idle rule are proven in `tests/agent_conformance.rs`); an
+/// long-lived streams and the idle rule are proven in `tests/it/agent_conformance.rs`); an
 /// h2c connection without a stream is closed after the idle deadline.
 async fn h2c_streams(idle: Duration) {
     let tcp = connect_from(client_addr(5), None).await.unwrap();

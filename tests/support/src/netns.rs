@@ -20,7 +20,7 @@ pub struct VethPair {
 impl VethPair {
     /// Namespaces `<tag><pid><label>-srv` / `-cli` with loopback up, joined by a veth pair
     /// whose ends carry `server_cidr` and `client_cidr` and are up. `tag` (2 letters) and
-    /// `label` (a few) keep names unique per test binary and per test; interface names stay
+    /// `label` (a few) keep names unique per suite and per test; interface names stay
     /// within Linux's 15 bytes.
     pub fn new(tag: &str, label: &str, server_cidr: &str, client_cidr: &str) -> VethPair {
         let pid = std::process::id();
