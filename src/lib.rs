@@ -1,8 +1,9 @@
 //! ironboot as a library: every module of the `ironboot` binary, so that benchmarks can
 //! drive the real hot paths (`benches/`). The binary (`src/main.rs`) only calls [`main`].
 //!
-//! Nothing here is a stable interface: [`main`] is the whole command, and the hidden
-//! `bench_api` module exists only for the benchmarks.
+//! Nothing here is a stable interface: [`main`] is the whole command, the hidden
+//! `bench_api` module exists only for the benchmarks, and the hidden `testing` module
+//! (feature `test-support`) only for the integration tests.
 
 mod app;
 mod boot;
@@ -12,6 +13,10 @@ mod tools;
 
 #[doc(hidden)]
 pub use tools::bench_api;
+
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod testing;
 
 use std::process::ExitCode;
 

@@ -14,7 +14,7 @@ command -v cargo >/dev/null ||
   die "cargo not found on PATH. Install Rust first (https://rustup.rs), then run this again; under sudo keep PATH: sudo env PATH=\"\$PATH\" $0"
 
 PACKAGES=(
-  # real-firmware PXE tests (tests/real_firmware.rs: tests/firmware/run.sh, storm.sh)
+  # real-firmware PXE tests (tests/it/real_firmware.rs: tests/firmware/run.sh, storm.sh)
   qemu-system-x86 # QEMU under TCG
   seabios         # BIOS of the BIOS VMs
   ipxe-qemu       # QEMU's NIC option ROMs (the e1000 iPXE ROM)
@@ -26,12 +26,12 @@ PACKAGES=(
   iproute2        # ip netns / ss
   python3         # JSON checks, the TFTP probe (tests/tftp/tftp_probe.py)
   procps          # ps, kill
-  curl            # ironboot's HTTP API; curl tftp:// (tests/tftp_conformance.rs)
+  curl            # ironboot's HTTP API; curl tftp:// (tests/it/tftp_conformance.rs)
   bc
   # real-firmware Omni scenario (tests/firmware/omni.sh): reads the schematic YAML the
   # Image Factory stand-in receives
   python3-yaml
-  # TFTP conformance with real clients (tests/tftp_conformance.rs)
+  # TFTP conformance with real clients (tests/it/tftp_conformance.rs)
   atftp    # TFTP client with windowsize
   tftp-hpa # plain TFTP client (netascii and binary)
   # a Linux boot from ironboot's /assets/ (tests/firmware/assets.sh): the initramfs it builds
@@ -94,7 +94,7 @@ if ! "$REDFISH_VENV/bin/python" -c "import bcrypt, importlib.metadata as m; asse
 fi
 # --- end Redfish emulator ----------------------------------------------------------------
 
-# --- Omni conformance harness (tests/omni_conformance.rs): Go + the upstream modules ---
+# --- Omni conformance harness (tests/it/omni_conformance.rs): Go + the upstream modules ---
 # The harness (tests/omni-harness) imports the real cosi-project/runtime, Omni client and
 # go-api-signature modules; their versions are pinned by its go.mod/go.sum. Go itself is
 # not a Debian package recent enough: it must be on PATH or in /usr/local/go.
@@ -106,7 +106,7 @@ if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
   die "go mod download failed in tests/omni-harness (is the Go module proxy reachable?)"
 # --- end Omni conformance harness --------------------------------------------------------
 
-# --- Metal agent harness (tests/agent_conformance.rs): Go + the grpctunnel module ---------
+# --- Metal agent harness (tests/it/agent_conformance.rs): Go + the grpctunnel module ---------
 # The harness (tests/agent-harness) plays the metal agent on the real jhump/grpctunnel
 # module (and bufbuild/protocompile for the agent's .proto); pinned by its go.mod/go.sum.
 # Uses the Go found for the Omni harness above.
@@ -114,7 +114,7 @@ if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
   die "go mod download failed in tests/agent-harness (is the Go module proxy reachable?)"
 # --- end metal agent harness -------------------------------------------------------------
 
-# --- Go provider's PXE peer (tests/storm_pxe.rs, benches): Go + dhcp/tftp modules ---------
+# --- Go provider's PXE peer (tests/it/storm_pxe.rs, benches): Go + dhcp/tftp modules ---------
 # tests/pxe-peer serves ProxyDHCP and TFTP on the Go provider's own libraries
 # (insomniacslk/dhcp, pin/tftp/v3) at the versions its go.mod pins; pinned by the peer's
 # go.mod/go.sum. Uses the Go found for the Omni harness above.

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-prereqs.sh
 # Every ironboot process the tests start logs at debug level into this directory, and the
-# tests and Go harnesses record there every secret they make up (tests/common/logs.rs);
+# tests and Go harnesses record there every secret they make up (tests/support/src/logs.rs, the ironboot-test-support crate);
 # after the suite, no log line may carry one. A directory of your own must start empty.
 if [ -z "${IRONBOOT_TEST_LOG_DIR:-}" ]; then
   IRONBOOT_TEST_LOG_DIR="$PWD/target/test-logs"

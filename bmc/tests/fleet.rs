@@ -9,23 +9,19 @@
 //!
 //! Needs `ipmi_sim` (Debian package `openipmi`); fails, naming it, when it is missing.
 
-#[path = "support/relay.rs"]
-mod relay;
-#[path = "support/sim.rs"]
-mod sim;
-
+use ironboot_test_support::{ipmi_sim, udp_relay};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipmi_sim::SimBmc;
 use ironboot_bmc::fleet::{Fleet, FleetError, FleetOptions, Operation, Outcome};
 use ironboot_bmc::ipmi::{IpmiClient, IpmiConfig};
 use ironboot_bmc::{BootMode, PowerControl, PowerState};
-use relay::{Dir, Relay, Verdict};
-use sim::SimBmc;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
+use udp_relay::{Dir, Relay, Verdict};
 
 /// Starts `n` simulators and waits until each answers.
 async fn sims(prefix: &str, n: usize) -> Vec<SimBmc> {
@@ -72,7 +68,7 @@ impl Drop for FakePeer {
 }
 
 fn ipmi(port: u16, timeout: Duration) -> IpmiClient {
-    let mut cfg = IpmiConfig::new("127.0.0.1", sim::USER, sim::PASSWORD);
+    let mut cfg = IpmiConfig::new("127.0.0.1", ipmi_sim::USER, ipmi_sim::PASSWORD);
     cfg.port = port;
     cfg.timeout = timeout;
     cfg.attempt_timeout = Duration::from_millis(500);
@@ -95,7 +91,7 @@ async fn a_hung_and_a_lying_bmc_delay_nobody_and_then_back_off() {
     // bound: the fleet cuts them off.
     let patient_bound = Duration::from_secs(20);
     let patient = |port| {
-        let mut cfg = IpmiConfig::new("127.0.0.1", sim::USER, sim::PASSWORD);
+        let mut cfg = IpmiConfig::new("127.0.0.1", ipmi_sim::USER, ipmi_sim::PASSWORD);
         cfg.port = port;
         cfg.timeout = patient_bound;
         cfg.attempt_timeout = Duration::from_millis(500);
@@ -454,7 +450,7 @@ async fn frozen_mid_session(at: FreezeAt, step: &str, cycles: usize) {
         }
         let (now, verdict) = match at {
             FreezeAt::SessionOpen => (
-                dir == Dir::Up && relay::in_session(datagram),
+                dir == Dir::Up && udp_relay::in_session(datagram),
                 Verdict::Forward,
             ),
             FreezeAt::AfterTheCycle => (
@@ -463,7 +459,7 @@ async fn frozen_mid_session(at: FreezeAt, step: &str, cycles: usize) {
             ),
         };
         if now {
-            sim::signal(pid, "-STOP");
+            ipmi_sim::signal(pid, "-STOP");
             flag.store(true, SeqCst);
             return verdict;
         }
@@ -478,7 +474,7 @@ async fn frozen_mid_session(at: FreezeAt, step: &str, cycles: usize) {
     });
     // The client's own bound (3 s) is the per-operation bound here; retries without
     // limit inside it.
-    let mut cfg = IpmiConfig::new("127.0.0.1", sim::USER, sim::PASSWORD);
+    let mut cfg = IpmiConfig::new("127.0.0.1", ipmi_sim::USER, ipmi_sim::PASSWORD);
     cfg.port = relay.port;
     cfg.timeout = bound;
     cfg.attempt_timeout = Duration::from_millis(300);
@@ -539,7 +535,7 @@ async fn frozen_mid_session(at: FreezeAt, step: &str, cycles: usize) {
         "the healthy BMC waited for the frozen one"
     );
 
-    sim::signal(pid, "-CONT");
+    ipmi_sim::signal(pid, "-CONT");
     drop(relay);
     let want: Vec<&str> = ["set power 0", "set power 1"].repeat(cycles);
     // ipmi_sim powers on again by itself after its cycle delay; then nothing more.

@@ -19,20 +19,16 @@
 //! Needs `ipmi_sim` (Debian package `openipmi`); fails, naming it, when it is missing.
 //! Files: `tests/data/ipmi/{lan.conf.in, bmc.emu, chassis.sh}`.
 
-#[path = "support/relay.rs"]
-mod relay;
-#[path = "support/sim.rs"]
-mod sim;
-
+use ironboot_test_support::{ipmi_sim, udp_relay};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ipmi_sim::SimBmc;
 use ironboot_bmc::ipmi::{CipherSuite, IpmiClient, IpmiConfig};
 use ironboot_bmc::{BmcError, BootMode, PowerControl, PowerState};
-use relay::{Dir, Relay, Verdict};
-use sim::SimBmc;
+use udp_relay::{Dir, Relay, Verdict};
 
 /// This file's client settings: suite 3 pinned, 10 s bound, 3 retries, `password`.
 fn config(sim: &SimBmc, password: &str) -> IpmiConfig {
@@ -44,7 +40,7 @@ fn config(sim: &SimBmc, password: &str) -> IpmiConfig {
 }
 
 fn client(sim: &SimBmc) -> IpmiClient {
-    IpmiClient::new(config(sim, sim::PASSWORD)).expect("valid config")
+    IpmiClient::new(config(sim, ipmi_sim::PASSWORD)).expect("valid config")
 }
 
 /// Runs `op` and returns the chassis-log lines it added that are not status reads
@@ -158,7 +154,7 @@ async fn wrong_password_or_user_is_auth_rejected() {
     assert_eq!(err.bmc(), sim.address());
     assert!(err.to_string().contains(&sim.address()), "{err}");
 
-    let mut cfg = config(&sim, sim::PASSWORD);
+    let mut cfg = config(&sim, ipmi_sim::PASSWORD);
     cfg.username = "nobody".to_owned();
     let err = IpmiClient::new(cfg)
         .expect("valid config")
@@ -183,7 +179,7 @@ async fn stopped_simulator_times_out_within_the_bound_naming_the_address() {
     let mut sim = SimBmc::start("bmc-stopped");
     sim.wait_ready().await;
     sim.stop();
-    let mut cfg = config(&sim, sim::PASSWORD);
+    let mut cfg = config(&sim, ipmi_sim::PASSWORD);
     cfg.timeout = Duration::from_millis(1500);
     cfg.attempt_timeout = Duration::from_millis(200);
     cfg.retries = 100;
@@ -207,7 +203,7 @@ async fn cipher_suite_selection_falls_back_to_3() {
     let sim = SimBmc::start("bmc-suites");
     sim.wait_ready().await;
     // Asking: ipmi_sim does not answer Get Channel Cipher Suites; suite 3 it is.
-    let mut cfg = config(&sim, sim::PASSWORD);
+    let mut cfg = config(&sim, ipmi_sim::PASSWORD);
     cfg.cipher_suite = None;
     let asking = IpmiClient::new(cfg).expect("valid config");
     assert_eq!(
@@ -216,7 +212,7 @@ async fn cipher_suite_selection_falls_back_to_3() {
     );
     assert_eq!(asking.negotiated_cipher_suite(), Some(CipherSuite::Suite3));
     // Preferring 17: ipmi_sim refuses its algorithms at Open Session; suite 3 it is.
-    let mut cfg = config(&sim, sim::PASSWORD);
+    let mut cfg = config(&sim, ipmi_sim::PASSWORD);
     cfg.cipher_suite = Some(CipherSuite::Suite17);
     let preferring = IpmiClient::new(cfg).expect("valid config");
     assert_eq!(changes(&sim, preferring.power_on()).await, ["set power 1"]);
@@ -300,7 +296,7 @@ async fn lost_datagrams_are_retransmitted() {
     let sim = SimBmc::start("bmc-lossy");
     sim.wait_ready().await;
     let (port, dropped, relay) = lossy_relay(sim.port, 3).await;
-    let mut cfg = config(&sim, sim::PASSWORD);
+    let mut cfg = config(&sim, ipmi_sim::PASSWORD);
     cfg.port = port;
     cfg.attempt_timeout = Duration::from_millis(200);
     cfg.retries = 5;
@@ -374,7 +370,7 @@ async fn with_lost_reply(
         }
     })
     .await;
-    let mut cfg = config(&sim, sim::PASSWORD);
+    let mut cfg = config(&sim, ipmi_sim::PASSWORD);
     cfg.port = relay.port;
     cfg.attempt_timeout = Duration::from_millis(300);
     let bmc = IpmiClient::new(cfg).expect("valid config");
@@ -431,14 +427,14 @@ async fn an_unanswered_cipher_suite_query_is_asked_once_per_bmc() {
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&asked);
     let relay = Relay::start(sim.port, move |dir, datagram| {
-        if dir == Dir::Up && relay::is_cipher_suites_request(datagram) {
+        if dir == Dir::Up && udp_relay::is_cipher_suites_request(datagram) {
             counter.fetch_add(1, Ordering::SeqCst);
         }
         Verdict::Forward
     })
     .await;
     let client = |ttl| {
-        let mut cfg = config(&sim, sim::PASSWORD);
+        let mut cfg = config(&sim, ipmi_sim::PASSWORD);
         cfg.port = relay.port;
         cfg.cipher_suite = None;
         cfg.suite_cache_ttl = ttl;

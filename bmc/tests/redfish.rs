@@ -2,17 +2,15 @@
 //! fake driver (one emulator per test, on its own port). Power changes land on the
 //! emulator 1-11 s after the request, so every change is polled to completion.
 
-#[path = "support/emulator.rs"]
-mod emulator;
-
+use ironboot_test_support::redfish;
 use std::time::Duration;
 
-use emulator::{Emulator, FakeSystem, Tls, USER};
 use ironboot_bmc::redfish::{ProbeReport, ResetType, probe};
 use ironboot_bmc::{
     BmcError, BootMode, PowerControl, PowerState, RedfishClient, RedfishConfig,
     wait_for_power_state,
 };
+use redfish::{Emulator, FakeSystem, Tls, USER};
 
 /// The emulator user's password.
 const PASSWORD: &str = "redfish-test-password";

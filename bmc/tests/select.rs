@@ -7,17 +7,13 @@
 //! Needs `ipmi_sim` (openipmi) and the sushy-tools venv of tests/install-prereqs.sh;
 //! fails, naming them, when they are missing.
 
-#[path = "support/emulator.rs"]
-mod emulator;
-#[path = "support/sim.rs"]
-mod sim;
-
+use ironboot_test_support::{ipmi_sim, redfish};
 use std::time::Duration;
 
-use emulator::{Emulator, FakeSystem};
+use ipmi_sim::SimBmc;
 use ironboot_bmc::select::{BackendKind, BmcInfo, IpmiInfo, Selector, SelectorOptions};
 use ironboot_bmc::{BootMode, PowerControl, PowerState};
-use sim::SimBmc;
+use redfish::{Emulator, FakeSystem};
 
 const NODE: &str = "5b1f2a7e-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
 
@@ -33,8 +29,8 @@ fn info(sim: &SimBmc) -> BmcInfo {
     BmcInfo::Ipmi(IpmiInfo {
         address: "127.0.0.1".into(),
         port: sim.port,
-        username: sim::USER.into(),
-        password: sim::PASSWORD.into(),
+        username: ipmi_sim::USER.into(),
+        password: ipmi_sim::PASSWORD.into(),
     })
 }
 
@@ -59,7 +55,7 @@ fn options(redfish_port: u16) -> SelectorOptions {
 async fn redfish_when_available_with_an_expiring_probe_cache() {
     let sim = SimBmc::start("select-cache");
     sim.wait_ready().await;
-    let emu = Emulator::start(&node(true), None, sim::PASSWORD);
+    let emu = Emulator::start(&node(true), None, ipmi_sim::PASSWORD);
     let info = info(&sim);
     let refused = with_password(&info, "not-the-password");
 
@@ -139,7 +135,7 @@ fn with_password(info: &BmcInfo, password: &str) -> BmcInfo {
 async fn the_redfish_flags_decide() {
     let sim = SimBmc::start("select-flags");
     sim.wait_ready().await;
-    let emu = Emulator::start(&node(false), None, sim::PASSWORD);
+    let emu = Emulator::start(&node(false), None, ipmi_sim::PASSWORD);
     let info = info(&sim);
 
     // --redfish-use-when-available=false: IPMI although Redfish answers.
@@ -155,7 +151,7 @@ async fn the_redfish_flags_decide() {
     assert_eq!(sel.select(&wrong).await.unwrap().kind(), BackendKind::Ipmi);
 
     // Nothing speaking Redfish on --redfish-port: IPMI.
-    let nobody = Selector::new(options(emulator::free_port()));
+    let nobody = Selector::new(options(redfish::free_port()));
     assert_eq!(
         nobody.select(&info).await.unwrap().kind(),
         BackendKind::Ipmi

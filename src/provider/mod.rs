@@ -3,8 +3,22 @@
 //! metal agents' reverse tunnel (and its TLS), BMC power through the agents' credentials,
 //! and the Image Factory with its caching proxy.
 
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(
+        unreachable_pub,
+        reason = "what `ironboot::testing` re-exports is `pub`"
+    )
+)]
 pub(crate) mod agent;
 pub(crate) mod boot_plan;
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(
+        unreachable_pub,
+        reason = "what `ironboot::testing` re-exports is `pub`"
+    )
+)]
 pub(crate) mod executor;
 pub(crate) mod factory_proxy;
 #[allow(
@@ -12,8 +26,29 @@ pub(crate) mod factory_proxy;
     reason = "the client's URL helpers beyond what the boot decisions use are exercised by its tests only"
 )]
 pub(crate) mod image_factory;
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(
+        unreachable_pub,
+        reason = "what `ironboot::testing` re-exports is `pub`"
+    )
+)]
 pub(crate) mod lifecycle;
 pub(crate) mod mode;
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(
+        unreachable_pub,
+        reason = "what `ironboot::testing` re-exports is `pub`"
+    )
+)]
 pub(crate) mod omni;
 pub(crate) mod power_mgmt_dir;
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(
+        unreachable_pub,
+        reason = "what `ironboot::testing` re-exports is `pub`"
+    )
+)]
 pub(crate) mod tls;

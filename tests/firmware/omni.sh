@@ -43,7 +43,7 @@
 #
 # usage: IRONBOOT_BIN=target/debug/ironboot OMNI_HARNESS_BIN=path/to/omniharness tests/firmware/omni.sh  (root)
 # environment:
-#   IRONBOOT_BIN, OMNI_HARNESS_BIN  the binaries (required; tests/real_firmware.rs builds the
+#   IRONBOOT_BIN, OMNI_HARNESS_BIN  the binaries (required; tests/it/real_firmware.rs builds the
 #                       harness from tests/omni-harness with Go)
 #   IRONBOOT_ARGS       extra ironboot arguments (default "--dhcp-proxy-iface-or-ip eth0 --debug");
 #                       omni.sh adds the Omni, factory and --state-dir flags
@@ -357,7 +357,7 @@ python3 -c 'import yaml' 2>/dev/null ||
   setup_error "missing: Python module yaml (reads the schematic the factory stand-in receives)
   install: sudo tests/install-prereqs.sh
        or: apt-get install -y --no-install-recommends python3-yaml"
-[ -n "${OMNI_HARNESS_BIN:-}" ] || setup_error "OMNI_HARNESS_BIN is not set: build tests/omni-harness (cargo test --test real_firmware does) and pass its binary"
+[ -n "${OMNI_HARNESS_BIN:-}" ] || setup_error "OMNI_HARNESS_BIN is not set: build tests/omni-harness (cargo test --test it real_firmware:: does) and pass its binary"
 [ -x "$OMNI_HARNESS_BIN" ] || setup_error "OMNI_HARNESS_BIN=$OMNI_HARNESS_BIN is not an executable file"
 for fw in "${VMS[@]}"; do
   [ -n "${TAP[$fw]:-}" ] || setup_error "IBFW_VMS: unknown VM '$fw' (known: bios uefi)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small TFTP client for crafting packets and misbehaving on purpose.
 
-Used by tests/tftp_conformance.rs (run inside the test's network namespace) to check what
+Used by tests/it/tftp_conformance.rs (run inside the test's network namespace) to check what
 ironboot answers on the wire. Every subcommand prints one JSON object on stdout; a reply
 packet is decoded as {"op": name, "from": "ip:port", ...}:
   DATA  {"block", "len"}   ACK {"block"}   OACK {"options": {name: value}}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Clients for tests/udp_workers.rs, run inside the test's client network namespace.
+"""Clients for tests/it/udp_workers.rs, run inside the test's client network namespace.
 
 Subcommands (each prints one JSON object on stdout):
   dhcp  broadcast --count PXE DHCPDISCOVERs (distinct MACs and xids) out of --iface from

@@ -23,6 +23,13 @@ mod api;
 mod files;
 mod ipxe;
 pub(crate) mod sendfile;
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(
+        unreachable_pub,
+        reason = "what `ironboot::testing` re-exports is `pub`"
+    )
+)]
 pub(crate) mod server;
 #[cfg(test)]
 mod tests;

@@ -88,21 +88,21 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The bounds every connection is held to (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// `--http-header-timeout`.
-    pub(crate) header_timeout: Duration,
+    pub header_timeout: Duration,
     /// `--http-idle-timeout`.
-    pub(crate) idle_timeout: Duration,
+    pub idle_timeout: Duration,
     /// `--http-write-timeout`.
-    pub(crate) write_timeout: Duration,
+    pub write_timeout: Duration,
     /// `--tls-handshake-timeout` (the TLS port only).
-    pub(crate) handshake_timeout: Duration,
+    pub handshake_timeout: Duration,
     /// `--http-max-connections`: both ports together.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// `--http-max-connections-per-source`: both ports together.
-    pub(crate) max_per_source: usize,
+    pub max_per_source: usize,
     /// `--api-allow-cidr`: who reaches the operator routes; `None` = anyone.
-    pub(crate) allow: Option<Vec<Cidr>>,
+    pub allow: Option<Vec<Cidr>>,
 }
 
 impl Default for Limits {
@@ -136,7 +136,7 @@ pub(crate) fn is_boot_path(path: &str) -> bool {
 
 /// Which port a connection came in on, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Listener {
+pub enum Listener {
     /// `--api-port`.
     Api,
     /// `--tls-api-port`.
@@ -222,7 +222,7 @@ struct ListenerStats {
 
 /// The connection counters of both listeners (`/metrics`).
 #[derive(Debug, Default)]
-pub(crate) struct ConnCounters {
+pub struct ConnCounters {
     listeners: [ListenerStats; 2],
     max_connections: AtomicU64,
 }
@@ -405,7 +405,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The caps shared by both listeners, the limits and the counters.
-pub(crate) struct Gate {
+pub struct Gate {
     limits: Limits,
     counters: Arc<ConnCounters>,
     open: AtomicUsize,
@@ -429,7 +429,7 @@ impl std::fmt::Debug for Gate {
 
 impl Gate {
     /// The gate for `limits`, counting into `counters`.
-    pub(crate) fn new(limits: Limits, counters: Arc<ConnCounters>) -> Arc<Gate> {
+    pub fn new(limits: Limits, counters: Arc<ConnCounters>) -> Arc<Gate> {
         counters
             .max_connections
             .store(limits.max_connections as u64, Relaxed);
@@ -546,7 +546,7 @@ impl Drop for Permit {
 
 /// What a connection does once accepted, before HTTP: nothing on the API port, the TLS
 /// handshake on the TLS port.
-pub(crate) trait Handshake: Clone + Send + Sync + 'static {
+pub trait Handshake: Clone + Send + Sync + 'static {
     /// The stream HTTP is then spoken over.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
@@ -570,7 +570,7 @@ pub(crate) trait Handshake: Clone + Send + Sync + 'static {
 
 /// The API port: plain TCP.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Plain;
+pub struct Plain;
 
 impl Handshake for Plain {
     type Io = Timed<TcpStream>;
@@ -596,7 +596,7 @@ Content-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connec
 /// Serve `router` on `listener` (port `which`) under `gate`'s rules until `shutdown`
 /// resolves; then stop accepting, ask every connection to finish (HTTP/2: GOAWAY) and
 /// wait for them all.
-pub(crate) async fn serve<H: Handshake>(
+pub async fn serve<H: Handshake>(
     listener: TcpListener,
     which: Listener,
     gate: Arc<Gate>,
@@ -974,7 +974,7 @@ impl Activity {
 
 /// A stream that tells [`Activity`] about reads and stalled writes.
 #[derive(Debug)]
-pub(crate) struct Timed<T> {
+pub struct Timed<T> {
     inner: T,
     activity: Arc<Activity>,
 }

@@ -47,7 +47,7 @@ pub(crate) const RECENT_BOOT: Duration = Duration::from_secs(24 * 3600);
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether Omni's state names a machine (its `InfraMachine`).
-pub(crate) trait KnownMachines: Send + Sync {
+pub trait KnownMachines: Send + Sync {
     /// `uuid` (lower case) is a machine ironboot provisions.
     fn is_known(&self, uuid: &str) -> bool;
 }
@@ -90,7 +90,7 @@ pub(crate) enum Refusal {
 
 /// What a `/config` fetch did to the machine's binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bound {
+pub enum Bound {
     /// Bound to the fetching address (the first fetch, or the same address again).
     To(IpAddr),
     /// Bound anew after a new PXE boot: a tunnel from `from` is no longer the machine's.
@@ -169,7 +169,7 @@ impl State {
 }
 
 /// The admission policy of the agents' tunnels. Cheap to share (`Arc`).
-pub(crate) struct AgentGate {
+pub struct AgentGate {
     mode: Mode,
     state: Mutex<State>,
     file: Option<PathBuf>,
@@ -182,7 +182,7 @@ pub(crate) struct AgentGate {
 enum Mode {
     /// Every well-formed machine ID is admitted, from anywhere (tests of the tunnel
     /// protocol itself).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-support"))]
     Open,
     /// The checks described in the module documentation.
     Bound(Arc<dyn KnownMachines>),
@@ -190,8 +190,8 @@ enum Mode {
 
 impl AgentGate {
     /// Admits any agent whose `machine-id` is a UUID: for tests of the tunnel protocol.
-    #[cfg(test)]
-    pub(crate) fn open() -> Arc<Self> {
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn open() -> Arc<Self> {
         Arc::new(Self {
             mode: Mode::Open,
             state: Mutex::default(),
@@ -204,7 +204,7 @@ impl AgentGate {
     /// Admits known machines from their bound address, the bindings kept in
     /// `state_dir` (`None`: in memory only). A missing or unreadable file starts empty
     /// (logged): agents then re-bind on their machine's next boot.
-    pub(crate) fn bound(known: Arc<dyn KnownMachines>, state_dir: Option<&Path>) -> Arc<Self> {
+    pub fn bound(known: Arc<dyn KnownMachines>, state_dir: Option<&Path>) -> Arc<Self> {
         let file = state_dir.map(|d| d.join(BINDINGS_FILE));
         let mut state = State::default();
         if let Some(path) = &file {
@@ -252,7 +252,7 @@ impl AgentGate {
     }
 
     fn is_open(&self) -> bool {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "test-support"))]
         if matches!(self.mode, Mode::Open) {
             return true;
         }
@@ -280,7 +280,7 @@ impl AgentGate {
 
     /// A `/config?u=<uuid>` fetch from `ip`: binds the machine's agent to that address
     /// under the rules of the module documentation.
-    pub(crate) fn config_fetch(&self, uuid: &Uuid, ip: IpAddr) -> Bound {
+    pub fn config_fetch(&self, uuid: &Uuid, ip: IpAddr) -> Bound {
         let ip = canonical(ip);
         if self.is_open() {
             return Bound::To(ip);
@@ -323,7 +323,7 @@ impl AgentGate {
         #[cfg_attr(not(test), allow(clippy::infallible_destructuring_match))]
         let known = match &self.mode {
             Mode::Bound(known) => known,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-support"))]
             Mode::Open => return Ok(()),
         };
         let id = uuid.to_string();

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ironboot_proto::agent::{
-    GetPowerManagementRequest, GetPowerManagementResponse, HelloRequest, HelloResponse,
-    SetPowerManagementRequest, SetPowerManagementResponse, WipeDisksRequest, WipeDisksResponse,
+    GetPowerManagementRequest, GetPowerManagementResponse, SetPowerManagementRequest,
+    SetPowerManagementResponse, WipeDisksRequest, WipeDisksResponse,
 };
 use prost::Message;
 
@@ -26,18 +26,18 @@ const SERVICE: &str = "management.AgentService";
 /// `--agent-fast-wipe-timeout`, `--agent-zeroes-wipe-timeout` (validated in the binary's
 /// `config` module; no defaults here, so they live in one place).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AgentTimeouts {
+pub struct AgentTimeouts {
     /// Hello, GetPowerManagement, SetPowerManagement.
-    pub(crate) call: Duration,
+    pub call: Duration,
     /// A FAST wipe.
-    pub(crate) fast_wipe: Duration,
+    pub fast_wipe: Duration,
     /// A ZEROES wipe.
-    pub(crate) zeroes_wipe: Duration,
+    pub zeroes_wipe: Duration,
 }
 
 /// A failed agent call, naming the machine and the RPC.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AgentError {
+pub enum AgentError {
     /// No tunnel from that machine's agent.
     #[error(
         "metal agent of machine {machine_id}: {method}: not connected (no reverse tunnel open)"
@@ -92,28 +92,26 @@ pub(crate) enum AgentError {
 
 /// Calls metal agents through their tunnels. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct AgentClient {
+pub struct AgentClient {
     tunnels: Tunnels,
     timeouts: AgentTimeouts,
 }
 
 impl AgentClient {
     /// A client over `tunnels` with `timeouts`.
-    pub(crate) fn new(tunnels: Tunnels, timeouts: AgentTimeouts) -> Self {
+    pub fn new(tunnels: Tunnels, timeouts: AgentTimeouts) -> Self {
         Self { tunnels, timeouts }
     }
 
     /// Whether `machine_id`'s agent has a tunnel open.
-    pub(crate) fn is_connected(&self, machine_id: &str) -> bool {
+    pub fn is_connected(&self, machine_id: &str) -> bool {
         self.tunnels.get(machine_id).is_some()
     }
 
     /// Liveness check.
-    #[allow(
-        dead_code,
-        reason = "the control loop trusts the tunnel registry; the conformance tests call it"
-    )]
-    pub(crate) async fn hello(&self, machine_id: &str) -> Result<(), AgentError> {
+    #[cfg(feature = "test-support")]
+    pub async fn hello(&self, machine_id: &str) -> Result<(), AgentError> {
+        use ironboot_proto::agent::{HelloRequest, HelloResponse};
         let _: HelloResponse = self
             .call(machine_id, "Hello", &HelloRequest {}, self.timeouts.call)
             .await?;
@@ -122,7 +120,7 @@ impl AgentClient {
 
     /// The machine's in-band IPMI address and port (as the provider, with an empty
     /// request), or `api` in the agent's test mode.
-    pub(crate) async fn get_power_management(
+    pub async fn get_power_management(
         &self,
         machine_id: &str,
         request: GetPowerManagementRequest,
@@ -137,7 +135,7 @@ impl AgentClient {
     }
 
     /// Sets up the IPMI user (username and password) through the agent.
-    pub(crate) async fn set_power_management(
+    pub async fn set_power_management(
         &self,
         machine_id: &str,
         request: SetPowerManagementRequest,
@@ -154,11 +152,7 @@ impl AgentClient {
     }
 
     /// Wipes the machine's disks: FAST, or ZEROES with `zeroes` (longer timeout).
-    pub(crate) async fn wipe_disks(
-        &self,
-        machine_id: &str,
-        zeroes: bool,
-    ) -> Result<(), AgentError> {
+    pub async fn wipe_disks(&self, machine_id: &str, zeroes: bool) -> Result<(), AgentError> {
         let timeout = if zeroes {
             self.timeouts.zeroes_wipe
         } else {

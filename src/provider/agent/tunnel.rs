@@ -67,7 +67,7 @@ const HELLO_METHOD: &str = "/management.AgentService/Hello";
 
 /// A tunnel opened or closed (for the control loop: a connect wakes it at once).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum TunnelEvent {
+pub enum TunnelEvent {
     /// An agent opened a tunnel (possibly replacing an older one of the same machine).
     Connected {
         /// The agent's `machine-id`.
@@ -104,7 +104,7 @@ pub(crate) enum CallError {
 
 /// The open tunnels, by machine ID. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Tunnels {
+pub struct Tunnels {
     inner: Arc<Registry>,
 }
 
@@ -127,13 +127,13 @@ struct Registry {
 impl Tunnels {
     /// A registry that negotiates revision ONE with agents that know it and admits the
     /// agents `gate` lets in.
-    pub(crate) fn new(gate: Arc<AgentGate>) -> Self {
+    pub fn new(gate: Arc<AgentGate>) -> Self {
         Self::with_negotiation(gate, true)
     }
 
     /// `negotiate = false` never announces revision ONE, so every tunnel runs revision
     /// ZERO (as with an agent built on a grpctunnel older than v0.3).
-    pub(crate) fn with_negotiation(gate: Arc<AgentGate>, negotiate: bool) -> Self {
+    pub fn with_negotiation(gate: Arc<AgentGate>, negotiate: bool) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Registry {
@@ -151,12 +151,12 @@ impl Tunnels {
     }
 
     /// Tunnel open/close events from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<TunnelEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<TunnelEvent> {
         self.inner.events.subscribe()
     }
 
     /// The current tunnel of `machine_id`, if its agent is connected.
-    pub(crate) fn get(&self, machine_id: &str) -> Option<Arc<Tunnel>> {
+    pub fn get(&self, machine_id: &str) -> Option<Arc<Tunnel>> {
         self.inner.lock().get(machine_id).cloned()
     }
 
@@ -166,14 +166,14 @@ impl Tunnels {
     }
 
     /// The counters.
-    #[cfg(test)]
-    pub(crate) fn stats(&self) -> &TunnelStats {
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn stats(&self) -> &TunnelStats {
         &self.inner.stats
     }
 
     /// Closes `machine_id`'s tunnel unless it comes from `keep` (the machine's binding
     /// moved away from its address, or two addresses contest it: `keep = None`).
-    pub(crate) fn close_unless_from(&self, machine_id: &str, keep: Option<IpAddr>) {
+    pub fn close_unless_from(&self, machine_id: &str, keep: Option<IpAddr>) {
         let tunnel = {
             let mut tunnels = self.inner.lock();
             match tunnels.get(machine_id) {
@@ -195,8 +195,8 @@ impl Tunnels {
     }
 
     /// The machine IDs with an open tunnel, sorted.
-    #[allow(dead_code, reason = "read by the conformance tests")]
-    pub(crate) fn connected(&self) -> Vec<String> {
+    #[cfg(feature = "test-support")]
+    pub fn connected(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.inner.lock().keys().cloned().collect();
         ids.sort_unstable();
         ids
@@ -205,7 +205,7 @@ impl Tunnels {
     /// Closes every tunnel and refuses new ones (at shutdown: the agents' `Serve`
     /// returns, so the HTTP server can finish its connections instead of waiting on
     /// tunnels that never end).
-    pub(crate) fn close_all(&self) {
+    pub fn close_all(&self) {
         self.inner.closing.store(true, Ordering::SeqCst);
         let all: Vec<Arc<Tunnel>> = self.inner.lock().drain().map(|(_, t)| t).collect();
         for tunnel in all {
@@ -224,7 +224,7 @@ impl Tunnels {
 
     /// `router` with the tunnel service mounted next to its HTTP routes (gRPC requests
     /// are plain HTTP/2 POSTs to `/grpctunnel.v1.TunnelService/<method>`).
-    pub(crate) fn mount(&self, router: axum::Router) -> axum::Router {
+    pub fn mount(&self, router: axum::Router) -> axum::Router {
         router.route_service(&format!("{SERVICE_PATH}/{{*method}}"), self.service())
     }
 
@@ -353,7 +353,7 @@ impl Drop for OpenSlot<'_> {
 
 /// Tunnel admissions and refusals, for `/metrics`.
 #[derive(Debug, Default)]
-pub(crate) struct TunnelStats {
+pub struct TunnelStats {
     admitted: AtomicU64,
     /// By [`REFUSALS`] index.
     refused: [AtomicU64; REFUSALS.len()],
@@ -381,8 +381,8 @@ impl TunnelStats {
     }
 
     /// Tunnels refused for `reason` (a [`REFUSALS`] label).
-    #[cfg(test)]
-    pub(crate) fn refusals(&self, reason: &str) -> u64 {
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn refusals(&self, reason: &str) -> u64 {
         REFUSALS
             .iter()
             .position(|r| *r == reason)
@@ -588,7 +588,7 @@ fn peer_ip<T>(request: &Request<T>) -> Option<IpAddr> {
 }
 
 /// One agent's tunnel.
-pub(crate) struct Tunnel {
+pub struct Tunnel {
     machine_id: String,
     /// The agent's address.
     peer: Option<IpAddr>,
@@ -653,15 +653,10 @@ impl SendWindow {
     }
 }
 
-#[allow(dead_code, reason = "read by the conformance tests")]
 impl Tunnel {
-    /// The agent's machine ID.
-    pub(crate) fn machine_id(&self) -> &str {
-        &self.machine_id
-    }
-
     /// The negotiated protocol revision.
-    pub(crate) fn revision(&self) -> ProtocolRevision {
+    #[cfg(feature = "test-support")]
+    pub fn revision(&self) -> ProtocolRevision {
         self.revision
     }
 

@@ -16,7 +16,7 @@
 //! wake the machine's task at once.
 //!
 //! Proven with in-process stand-ins for the three seams (`tests`, below) and against real
-//! peers by `tests/executor_omni.rs` (Omni's COSI state from the Go harness, `ipmi_sim`,
+//! peers by `tests/it/executor_omni.rs` (Omni's COSI state from the Go harness, `ipmi_sim`,
 //! the Go metal agent over the real tunnel).
 //!
 //! Started by the Omni mode ([`crate::provider::mode`]) with the API port's tunnels; PXE
@@ -181,7 +181,7 @@ pub(crate) trait Agent: Send + Sync + 'static {
 
 /// How the executor paces itself.
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// The lifecycle policy (`--min-reboot-interval`, `--wipe-with-zeroes`, PXE mode).
     pub(crate) policy: Policy,
     /// `--machine-labels`, set on every `InfraMachineStatus`.
@@ -189,7 +189,7 @@ pub(crate) struct Settings {
     /// Passes running at once across all machines.
     pub(crate) concurrency: usize,
     /// How often each machine's BMC power state is read.
-    pub(crate) power_poll_interval: Duration,
+    pub power_poll_interval: Duration,
     /// First wait after a failed pass (doubling up to `power_poll_interval`).
     pub(crate) retry_base: Duration,
     /// `--api-power-mgmt-state-dir`: launch configurations of emulated machines.
@@ -200,7 +200,7 @@ pub(crate) struct Settings {
 
 impl Settings {
     /// Upstream-like pacing for `policy` and `labels`.
-    pub(crate) fn new(policy: Policy, machine_labels: BTreeMap<String, String>) -> Self {
+    pub fn new(policy: Policy, machine_labels: BTreeMap<String, String>) -> Self {
         Self {
             policy,
             machine_labels,

@@ -234,7 +234,7 @@ impl Store for OmniStore {
 
 /// BMCs as the executor's [`Power`]: a back end chosen by the selector per machine, run
 /// through the fleet (one operation at a time per BMC, bounded, with backoff).
-pub(crate) struct FleetPower {
+pub struct FleetPower {
     selector: Selector,
     fleet: Fleet<Backend>,
     /// Per machine: the credentials its fleet member was built from, and the member key.
@@ -243,7 +243,7 @@ pub(crate) struct FleetPower {
 
 impl FleetPower {
     /// Power control through `fleet`, choosing back ends with `selector`.
-    pub(crate) fn new(selector: Selector, fleet: Fleet<Backend>) -> Self {
+    pub fn new(selector: Selector, fleet: Fleet<Backend>) -> Self {
         Self {
             selector,
             fleet,
@@ -379,7 +379,7 @@ pub(crate) type OmniExecutor = super::Executor<OmniStore, FleetPower, AgentClien
 
 /// A running Omni-mode control loop: the executor and its feeders (Omni watches of this
 /// provider's `InfraMachine`s and `BMCConfig`s, the agents' tunnel events).
-pub(crate) struct Running {
+pub struct Running {
     /// The executor (also the target of PXE-boot events from the HTTP routes).
     pub(crate) executor: std::sync::Arc<OmniExecutor>,
     feeders: Vec<tokio::task::JoinHandle<()>>,
@@ -389,6 +389,12 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// Appends the executor's metric families to `out`, as `/metrics` renders them.
+    #[cfg(feature = "test-support")]
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.executor.stats().render_prometheus(out);
+    }
+
     /// Tells the feeders and every machine's task to stop; none is aborted.
     pub(crate) fn stop(&self) {
         self.stop.cancel();
@@ -416,7 +422,7 @@ impl Drop for Running {
 /// contents start every known machine) and by tunnel opens and closes. Must be called
 /// within a Tokio runtime. A watch that fails for good (its key rejected, say) is logged;
 /// the machines it fed keep running on their power polls.
-pub(crate) fn start(
+pub fn start(
     client: &Client,
     power: FleetPower,
     agents: AgentClient,

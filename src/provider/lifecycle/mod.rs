@@ -30,9 +30,10 @@ mod rules;
 mod tests;
 
 pub(crate) use action::{Action, InfraMachineStatus, PowerOp, Secret};
+pub use model::Policy;
 pub(crate) use model::{
-    Acceptance, BmcRecord, Event, InfraMachine, MachineStatus, Observed, Policy, PowerRecord,
-    RebootRecord, Recorded, SecretSource, WipeRecord, apply_event,
+    Acceptance, BmcRecord, Event, InfraMachine, MachineStatus, Observed, PowerRecord, RebootRecord,
+    Recorded, SecretSource, WipeRecord, apply_event,
 };
 pub(crate) use reconcile::{Plan, reconcile};
 pub(crate) use rules::{BootDecision, installed, required_boot, requires_power_on, requires_wipe};

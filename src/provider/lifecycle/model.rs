@@ -204,7 +204,7 @@ pub(crate) struct Observed {
 
 /// The command-line policy the rules depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Policy {
+pub struct Policy {
     /// `--min-reboot-interval`: no power-off or reboot sooner than this after the last
     /// provider power-on or reboot.
     pub(crate) min_reboot_interval: Duration,

@@ -52,7 +52,7 @@ const SIGNED_HEADERS: [&str; 10] = [
 
 /// Why a service-account key was refused.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum KeyError {
+pub enum KeyError {
     #[error("{KEY_ENV} is not set: Omni mode needs the infra provider's service-account key")]
     Missing,
     #[error("{KEY_ENV} is not valid base64: {0}")]
@@ -88,7 +88,7 @@ pub(crate) enum KeyError {
 
 /// An infra provider's service-account key, validated. Its `Debug` shows the account and
 /// the fingerprint, never key material.
-pub(crate) struct ServiceAccountKey {
+pub struct ServiceAccountKey {
     name: String,
     provider_id: String,
     fingerprint: String,
@@ -123,11 +123,7 @@ impl ServiceAccountKey {
 
     /// Parses and validates the base64 form; refuses a key of another provider, one
     /// without the account's identity, an expired one, and one that cannot sign.
-    pub(crate) fn parse(
-        base64_json: &str,
-        provider_id: &str,
-        now: SystemTime,
-    ) -> Result<Self, KeyError> {
+    pub fn parse(base64_json: &str, provider_id: &str, now: SystemTime) -> Result<Self, KeyError> {
         let json = BASE64
             .decode(base64_json.trim())
             .map_err(KeyError::Base64)?;
@@ -204,22 +200,22 @@ impl ServiceAccountKey {
     }
 
     /// The account name, `infra-provider:<id>`: the identity in signatures.
-    pub(crate) fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The provider ID the account belongs to.
-    pub(crate) fn provider_id(&self) -> &str {
+    pub fn provider_id(&self) -> &str {
         &self.provider_id
     }
 
     /// Primary key fingerprint, lower-case hex (how Omni looks the key up).
-    pub(crate) fn fingerprint(&self) -> &str {
+    pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
     /// When the key expires, if it does.
-    pub(crate) fn expires_at(&self) -> Option<SystemTime> {
+    pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
     }
 

@@ -22,7 +22,7 @@ const MAX_CONFLICT_RETRIES: u32 = 16;
 
 /// COSI phase of a resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) enum Phase {
+pub enum Phase {
     #[default]
     Running,
     TearingDown,
@@ -47,31 +47,31 @@ impl Phase {
 
 /// Resource metadata (COSI `Metadata`).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Metadata {
-    pub(crate) namespace: String,
-    pub(crate) type_name: String,
-    pub(crate) id: String,
+pub struct Metadata {
+    pub namespace: String,
+    pub type_name: String,
+    pub id: String,
     /// `None` before creation ("undefined" on the wire).
-    pub(crate) version: Option<u64>,
-    pub(crate) owner: String,
-    pub(crate) phase: Phase,
+    pub version: Option<u64>,
+    pub owner: String,
+    pub phase: Phase,
     pub(crate) created: Option<prost_types::Timestamp>,
     pub(crate) updated: Option<prost_types::Timestamp>,
-    pub(crate) finalizers: Vec<String>,
-    pub(crate) labels: BTreeMap<String, String>,
+    pub finalizers: Vec<String>,
+    pub labels: BTreeMap<String, String>,
     pub(crate) annotations: BTreeMap<String, String>,
 }
 
 /// A typed resource.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Resource<S> {
-    pub(crate) metadata: Metadata,
-    pub(crate) spec: S,
+pub struct Resource<S> {
+    pub metadata: Metadata,
+    pub spec: S,
 }
 
 /// What failed in a call to Omni. Every variant names the resource or call.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum OmniError {
+pub enum OmniError {
     #[error("{what}: not found")]
     NotFound { what: String },
     #[error("{what}: already exists")]
@@ -161,12 +161,12 @@ fn transport_message(s: &tonic::Status) -> String {
 
 /// Label selectors of List and Watch (terms are ANDed).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct LabelQuery {
+pub struct LabelQuery {
     terms: Vec<cosi::LabelTerm>,
 }
 
 impl LabelQuery {
-    pub(crate) fn equal(mut self, key: &str, value: &str) -> Self {
+    pub fn equal(mut self, key: &str, value: &str) -> Self {
         self.terms.push(cosi::LabelTerm {
             key: key.to_owned(),
             op: cosi::label_term::Operation::Equal as i32,
@@ -257,7 +257,7 @@ pub(crate) fn from_proto<S: Spec>(what: &str, r: cosi::Resource) -> Result<Resou
 
 /// A client of Omni's COSI State API for one provider.
 #[derive(Clone)]
-pub(crate) struct Client {
+pub struct Client {
     grpc: StateClient<SignedChannel>,
     provider_id: String,
     endpoint: String,
@@ -266,10 +266,7 @@ pub(crate) struct Client {
 impl Client {
     /// A client of `endpoint` signing with `key` (connects lazily, on the first call).
     /// Must be called within a Tokio runtime.
-    pub(crate) fn new(
-        endpoint: &OmniEndpoint,
-        key: Arc<ServiceAccountKey>,
-    ) -> Result<Self, OmniError> {
+    pub fn new(endpoint: &OmniEndpoint, key: Arc<ServiceAccountKey>) -> Result<Self, OmniError> {
         let channel = endpoint.channel().map_err(|source| OmniError::Endpoint {
             what: "connecting to Omni".into(),
             source,
@@ -282,11 +279,7 @@ impl Client {
         ))
     }
 
-    pub(crate) fn from_signed(
-        signed: SignedChannel,
-        provider_id: String,
-        endpoint: String,
-    ) -> Self {
+    pub fn from_signed(signed: SignedChannel, provider_id: String, endpoint: String) -> Self {
         let grpc = StateClient::new(signed)
             .send_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Gzip)
@@ -308,11 +301,11 @@ impl Client {
         &self.endpoint
     }
 
-    pub(crate) fn namespace_of<S: Spec>(&self) -> String {
+    pub fn namespace_of<S: Spec>(&self) -> String {
         S::KIND.namespace(&self.provider_id)
     }
 
-    pub(crate) fn type_of<S: Spec>(&self) -> String {
+    pub fn type_of<S: Spec>(&self) -> String {
         S::KIND.type_name(&self.provider_id)
     }
 
@@ -326,7 +319,7 @@ impl Client {
     }
 
     /// A new resource of type `S` (version undefined, phase running).
-    pub(crate) fn new_resource<S: Spec>(&self, id: &str, spec: S) -> Resource<S> {
+    pub fn new_resource<S: Spec>(&self, id: &str, spec: S) -> Resource<S> {
         Resource {
             metadata: Metadata {
                 namespace: self.namespace_of::<S>(),
@@ -338,7 +331,7 @@ impl Client {
         }
     }
 
-    pub(crate) async fn get<S: Spec>(&self, id: &str) -> Result<Resource<S>, OmniError> {
+    pub async fn get<S: Spec>(&self, id: &str) -> Result<Resource<S>, OmniError> {
         let what = self.what::<S>("get", id);
         let resp = self
             .grpc
@@ -356,10 +349,7 @@ impl Client {
     }
 
     /// Like [`Self::get`], `None` if the resource does not exist.
-    pub(crate) async fn get_opt<S: Spec>(
-        &self,
-        id: &str,
-    ) -> Result<Option<Resource<S>>, OmniError> {
+    pub async fn get_opt<S: Spec>(&self, id: &str) -> Result<Option<Resource<S>>, OmniError> {
         match self.get(id).await {
             Ok(r) => Ok(Some(r)),
             Err(OmniError::NotFound { .. }) => Ok(None),
@@ -367,10 +357,7 @@ impl Client {
         }
     }
 
-    pub(crate) async fn list<S: Spec>(
-        &self,
-        labels: &LabelQuery,
-    ) -> Result<Vec<Resource<S>>, OmniError> {
+    pub async fn list<S: Spec>(&self, labels: &LabelQuery) -> Result<Vec<Resource<S>>, OmniError> {
         let what = self.what::<S>("list", "*");
         let mut stream = self
             .grpc
@@ -400,7 +387,7 @@ impl Client {
     }
 
     /// Creates `r`; returns Omni's copy (version 1, labels stamped by Omni).
-    pub(crate) async fn create<S: Spec>(
+    pub async fn create<S: Spec>(
         &self,
         r: &Resource<S>,
         owner: &str,
@@ -423,7 +410,7 @@ impl Client {
 
     /// Updates `r`, which must carry the current version (else [`OmniError::Conflict`]).
     /// `expected_phase` `None` accepts any phase (to release finalizers during teardown).
-    pub(crate) async fn update<S: Spec>(
+    pub async fn update<S: Spec>(
         &self,
         r: &Resource<S>,
         owner: &str,
@@ -449,7 +436,7 @@ impl Client {
     /// Read-modify-write of resource `id`: `f` changes it (returning false = nothing to
     /// do); on a version conflict it is read again and `f` runs again. With `create`, a
     /// missing resource is created from `S::default()` passed through `f`.
-    pub(crate) async fn modify<S: Spec>(
+    pub async fn modify<S: Spec>(
         &self,
         id: &str,
         owner: &str,
@@ -493,16 +480,12 @@ impl Client {
     }
 }
 
-// Finalizers and teardown: the control loop holds a finalizer on each
-// InfraMachine it manages and tears down private resources; teardown is exercised by
-// tests/omni_conformance.rs against the real COSI runtime.
-#[allow(
-    dead_code,
-    reason = "teardown calls are used only by tests/omni_conformance.rs, which includes this file"
-)]
+// Finalizers and destruction: the control loop holds a finalizer on each InfraMachine
+// it manages and destroys private resources. Teardown is only exercised by the Omni
+// conformance tests (`tests/it/omni_conformance.rs`) against the real COSI runtime.
 impl Client {
     /// Adds `finalizer` to resource `id` (any phase; idempotent).
-    pub(crate) async fn add_finalizer<S: Spec>(
+    pub async fn add_finalizer<S: Spec>(
         &self,
         id: &str,
         finalizer: &str,
@@ -519,7 +502,7 @@ impl Client {
     }
 
     /// Removes `finalizer` from resource `id` (any phase; idempotent).
-    pub(crate) async fn remove_finalizer<S: Spec>(
+    pub async fn remove_finalizer<S: Spec>(
         &self,
         id: &str,
         finalizer: &str,
@@ -554,7 +537,7 @@ impl Client {
     }
 
     /// Destroys resource `id` (fails with [`OmniError::Conflict`] while finalizers remain).
-    pub(crate) async fn destroy<S: Spec>(&self, id: &str, owner: &str) -> Result<(), OmniError> {
+    pub async fn destroy<S: Spec>(&self, id: &str, owner: &str) -> Result<(), OmniError> {
         let what = self.what::<S>("destroy", id);
         self.grpc
             .clone()
@@ -572,7 +555,8 @@ impl Client {
     }
 
     /// Marks resource `id` as tearing down; true if it has no finalizers left.
-    pub(crate) async fn teardown<S: Spec>(&self, id: &str, owner: &str) -> Result<bool, OmniError> {
+    #[cfg(feature = "test-support")]
+    pub async fn teardown<S: Spec>(&self, id: &str, owner: &str) -> Result<bool, OmniError> {
         let what = self.what::<S>("teardown", id);
         let resp = self
             .grpc
@@ -591,7 +575,8 @@ impl Client {
     }
 
     /// Tears resource `id` down and destroys it once its finalizers are gone (blocks).
-    pub(crate) async fn teardown_and_destroy<S: Spec>(
+    #[cfg(feature = "test-support")]
+    pub async fn teardown_and_destroy<S: Spec>(
         &self,
         id: &str,
         owner: &str,

@@ -5,7 +5,7 @@
 //! them against a live
 //! Omni; the control loop builds on them.
 //!
-//! Proven against the real upstream Go modules by `tests/omni_conformance.rs` and its
+//! Proven against the real upstream Go modules by `tests/it/omni_conformance.rs` and its
 //! harness in `tests/omni-harness`.
 
 pub(crate) mod auth;

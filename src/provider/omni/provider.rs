@@ -24,10 +24,10 @@ const ICON_SVG: &[u8] = include_bytes!("icon.svg");
 
 /// What Omni shows about the provider.
 #[derive(Clone, Debug)]
-pub(crate) struct ProviderInfo {
-    pub(crate) name: String,
-    pub(crate) description: String,
-    pub(crate) version: String,
+pub struct ProviderInfo {
+    pub name: String,
+    pub description: String,
+    pub version: String,
 }
 
 impl ProviderInfo {
@@ -48,7 +48,7 @@ pub(crate) fn health_owner(provider_id: &str) -> String {
 
 /// Creates or updates the provider's `InfraProviderStatus` (ID = provider ID, static
 /// label set).
-pub(crate) async fn register(
+pub async fn register(
     client: &Client,
     info: &ProviderInfo,
 ) -> Result<Resource<InfraProviderStatusSpec>, OmniError> {
@@ -65,7 +65,7 @@ pub(crate) async fn register(
 }
 
 /// Writes one heartbeat at `now` with `error` ("" = healthy).
-pub(crate) async fn heartbeat(
+pub async fn heartbeat(
     client: &Client,
     now: SystemTime,
     error: &str,
@@ -87,7 +87,7 @@ pub(crate) async fn heartbeat(
 
 /// Registers the provider, retrying with back-off (and a status line each time) while
 /// Omni is unreachable; any other error (e.g. a rejected signature) is returned at once.
-pub(crate) async fn register_with_retry(
+pub async fn register_with_retry(
     client: &Client,
     info: &ProviderInfo,
     mut on_retry: impl FnMut(&OmniError, Duration),
@@ -114,7 +114,7 @@ pub(crate) async fn register_with_retry(
 /// Sends a heartbeat every `interval` with the latest reported error (from `errors`)
 /// until `errors`' sender is dropped. A failed heartbeat is logged and retried at the
 /// next tick.
-pub(crate) async fn run_heartbeat(
+pub async fn run_heartbeat(
     client: Client,
     interval: Duration,
     mut errors: watch::Receiver<String>,

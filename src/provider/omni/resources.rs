@@ -10,9 +10,9 @@ pub(crate) const INFRA_PROVIDER_NS: &str = "infra-provider";
 /// Ephemeral namespace (health status).
 pub(crate) const INFRA_PROVIDER_EPHEMERAL_NS: &str = "infra-provider-ephemeral";
 /// Label Omni stamps on provider-created resources in the shared namespaces.
-pub(crate) const LABEL_INFRA_PROVIDER_ID: &str = "omni.sidero.dev/infra-provider-id";
+pub const LABEL_INFRA_PROVIDER_ID: &str = "omni.sidero.dev/infra-provider-id";
 /// Label on InfraProviderStatus marking a static provider (like the bare-metal one).
-pub(crate) const LABEL_IS_STATIC_PROVIDER: &str = "omni.sidero.dev/is-static-infra-provider";
+pub const LABEL_IS_STATIC_PROVIDER: &str = "omni.sidero.dev/is-static-infra-provider";
 
 /// The provider-private namespace `infra-provider:<id>`.
 pub(crate) fn private_namespace(provider_id: &str) -> String {
@@ -26,7 +26,7 @@ pub(crate) fn private_type(name: &str, provider_id: &str) -> String {
 
 /// Where a resource kind lives, given the provider ID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// A type of Omni's with a fixed namespace.
     Omni {
         namespace: &'static str,
@@ -53,9 +53,7 @@ impl Kind {
 }
 
 /// A resource spec: its protobuf message, where it lives and its YAML form.
-pub(crate) trait Spec:
-    prost::Message + Default + Clone + PartialEq + Send + 'static
-{
+pub trait Spec: prost::Message + Default + Clone + PartialEq + Send + 'static {
     /// Namespace and type.
     const KIND: Kind;
     /// The YAML document cosi-runtime would send with it.

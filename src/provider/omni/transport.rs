@@ -28,7 +28,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the endpoint or its TLS set-up was refused.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum EndpointError {
+pub enum EndpointError {
     #[error("--omni-api-endpoint {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
     #[error("--omni-api-endpoint {url:?}: TLS set-up: {source}")]
@@ -41,7 +41,7 @@ pub(crate) enum EndpointError {
 
 /// A validated Omni endpoint.
 #[derive(Clone, Debug)]
-pub(crate) struct OmniEndpoint {
+pub struct OmniEndpoint {
     url: String,
     uri: Uri,
     host: String,
@@ -53,7 +53,7 @@ pub(crate) struct OmniEndpoint {
 impl OmniEndpoint {
     /// Parses `http://host[:port]` or `https://host[:port]` (a path is ignored, as gRPC
     /// uses its own).
-    pub(crate) fn parse(url: &str, insecure_skip_verify: bool) -> Result<Self, EndpointError> {
+    pub fn parse(url: &str, insecure_skip_verify: bool) -> Result<Self, EndpointError> {
         let bad = |why| EndpointError::BadUrl {
             url: url.to_owned(),
             why,
@@ -101,7 +101,7 @@ impl OmniEndpoint {
 
     /// A lazily connecting channel: the first call (and every call after a broken
     /// connection) connects; errors surface as `Unavailable` on calls.
-    pub(crate) fn channel(&self) -> Result<Channel, EndpointError> {
+    pub fn channel(&self) -> Result<Channel, EndpointError> {
         let tls = if self.tls {
             Some(
                 tls_config(self.insecure_skip_verify).map_err(|source| EndpointError::Tls {
@@ -239,7 +239,7 @@ impl tower::Service<Uri> for Connector {
 
 /// The channel with every request signed.
 #[derive(Clone)]
-pub(crate) struct SignedChannel {
+pub struct SignedChannel {
     inner: Channel,
     key: Arc<ServiceAccountKey>,
     /// Seconds added to the clock when signing (tests prove old timestamps are refused).
@@ -249,7 +249,7 @@ pub(crate) struct SignedChannel {
 }
 
 impl SignedChannel {
-    pub(crate) fn new(inner: Channel, key: Arc<ServiceAccountKey>) -> Self {
+    pub fn new(inner: Channel, key: Arc<ServiceAccountKey>) -> Self {
         Self {
             inner,
             key,
@@ -259,17 +259,15 @@ impl SignedChannel {
     }
 
     /// Signs with a clock shifted by `secs` (a skewed clock, for tests).
-    #[cfg(test)]
-    #[allow(dead_code, reason = "used by tests/omni_conformance.rs")]
-    pub(crate) fn with_clock_offset(mut self, secs: i64) -> Self {
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn with_clock_offset(mut self, secs: i64) -> Self {
         self.clock_offset_secs = secs;
         self
     }
 
     /// Sends a payload that differs from the signed one by a space (for tests).
-    #[cfg(test)]
-    #[allow(dead_code, reason = "used by tests/omni_conformance.rs")]
-    pub(crate) fn with_tampered_payload(mut self) -> Self {
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn with_tampered_payload(mut self) -> Self {
         self.tamper = true;
         self
     }

@@ -21,7 +21,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// One change.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Event<S> {
+pub enum Event<S> {
     Created(Resource<S>),
     Updated {
         /// The previous version, when Omni sends it.
@@ -37,7 +37,7 @@ pub(crate) enum Event<S> {
 }
 
 /// A kind watch that survives broken streams.
-pub(crate) struct Watch<S> {
+pub struct Watch<S> {
     client: Client,
     labels: LabelQuery,
     bookmark: Option<Vec<u8>>,
@@ -51,7 +51,7 @@ pub(crate) struct Watch<S> {
 impl<S: Spec> Watch<S> {
     /// Watches every resource of type `S` matching `labels`, bootstrapping with the
     /// current contents.
-    pub(crate) fn new(client: Client, labels: LabelQuery) -> Self {
+    pub fn new(client: Client, labels: LabelQuery) -> Self {
         Self {
             client,
             labels,
@@ -64,7 +64,7 @@ impl<S: Spec> Watch<S> {
     }
 
     /// How many times the stream was re-opened after a break.
-    pub(crate) fn resumes(&self) -> u64 {
+    pub fn resumes(&self) -> u64 {
         self.resumes
     }
 
@@ -109,7 +109,7 @@ impl<S: Spec> Watch<S> {
 
     /// The next event. Reconnects by itself while Omni is unreachable; returns an error
     /// only for what retrying cannot fix (a rejected signature, permission denied, ...).
-    pub(crate) async fn next(&mut self) -> Result<Event<S>, OmniError> {
+    pub async fn next(&mut self) -> Result<Event<S>, OmniError> {
         let mut backoff = BACKOFF_MIN;
         loop {
             if let Some(ev) = self.pending.pop_front() {

@@ -27,7 +27,7 @@ const SERVING_COMMON_NAME: &str = "omni-infra-provider-bare-metal";
 const RENEW_DIVISOR: u32 = 10;
 
 /// The CA: its certificate (PEM, as stored and as trusted by Talos) and its signing key.
-pub(crate) struct Ca {
+pub struct Ca {
     cert_pem: String,
     key_pem: String,
     not_after: SystemTime,
@@ -120,7 +120,7 @@ pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), String> {
 
 impl Ca {
     /// A new CA valid from `now` for `ttl`.
-    pub(crate) fn generate(now: SystemTime, ttl: Duration) -> Result<Self, TlsError> {
+    pub fn generate(now: SystemTime, ttl: Duration) -> Result<Self, TlsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err("the CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = organization();
@@ -170,7 +170,7 @@ impl Ca {
     }
 
     /// The certificate, PEM.
-    pub(crate) fn cert_pem(&self) -> &str {
+    pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 

@@ -68,9 +68,11 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ServerConfig, version};
 use tracing::{error, info};
 
-pub(crate) use ca::{Ca, Issued};
-pub(crate) use store::{TLS_CONFIG_ID, load_or_create};
-pub(crate) use user::UserFiles;
+pub use ca::Ca;
+pub(crate) use ca::Issued;
+pub use store::TLS_CONFIG_ID;
+pub(crate) use store::load_or_create;
+pub use user::UserFiles;
 
 use crate::provider::omni::client::{Client, OmniError};
 
@@ -104,7 +106,7 @@ pub(crate) struct UserCerts {
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CertSource {
+pub enum CertSource {
     /// The CA stored in Omni (created on first start), issuing short-lived certificates.
     Generated {
         /// `--tls-ca-ttl`: life of a newly created CA.
@@ -118,7 +120,7 @@ pub(crate) enum CertSource {
 
 /// Why the TLS listener cannot be set up. Each names the flag, file or resource.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum TlsError {
+pub enum TlsError {
     /// A file of your own certificates is missing or unreadable.
     #[error("--{flag} {path:?}: {why}")]
     UserFile {
@@ -182,7 +184,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 }
 
 /// The crypto provider of the project's rustls (aws-lc-rs, as reqwest's).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -323,7 +325,7 @@ impl Renewer {
 }
 
 /// The agents' TLS listener, ready to serve.
-pub(crate) struct AgentTls {
+pub struct AgentTls {
     ca_pem: String,
     /// The certificate rustls serves (read by the tests; the resolver holds it too).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -357,7 +359,7 @@ fn server_config(
 impl AgentTls {
     /// Set up the certificates for agents dialing `advertise` (see the module docs).
     /// `client` is needed by the generated mode only.
-    pub(crate) async fn prepare(
+    pub async fn prepare(
         source: &CertSource,
         advertise: IpAddr,
         client: Option<&Client>,
@@ -384,7 +386,7 @@ impl AgentTls {
     }
 
     /// The generated mode with `ca` (already loaded), at `now`.
-    pub(crate) fn from_ca(
+    pub fn from_ca(
         ca: Ca,
         advertise: IpAddr,
         cert_ttl: Duration,
@@ -413,13 +415,13 @@ impl AgentTls {
     }
 
     /// The CA the agents must trust, PEM.
-    pub(crate) fn ca_pem(&self) -> &str {
+    pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
 
     /// The certificate served now.
-    #[cfg(test)]
-    pub(crate) fn current_cert(&self) -> Arc<CertifiedKey> {
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn current_cert(&self) -> Arc<CertifiedKey> {
         self.slot.current()
     }
 
@@ -429,9 +431,9 @@ impl AgentTls {
         self.renewer.clone()
     }
 
-    /// With the generated CA, a task renewing the serving certificate in time (abort it
-    /// at exit); `None` with your own files, which are never reloaded.
-    pub(crate) fn spawn_renewal(
+    /// With the generated CA, a task renewing the serving certificate in time until `stop`
+    /// is cancelled; `None` with your own files, which are never reloaded.
+    pub fn spawn_renewal(
         &self,
         stop: tokio_util::sync::CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
@@ -464,7 +466,7 @@ impl AgentTls {
     /// Serve `router` (the agent tunnel's: `Tunnels::mount(axum::Router::new())`) over
     /// TLS on `listener`, every connection held to `gate`'s caps and deadlines (shared
     /// with the API port), until `shutdown` resolves, then finish what is in flight.
-    pub(crate) fn serve(
+    pub fn serve(
         &self,
         listener: TcpListener,
         router: axum::Router,

@@ -12,7 +12,7 @@ use super::ca::{Ca, StoredCa, examine};
 use crate::provider::omni::client::{Client, OmniError};
 
 /// ID of the `TLSConfig` resource (the Go provider's `resources.TLSConfigID`).
-pub(crate) const TLS_CONFIG_ID: &str = "tls-config";
+pub const TLS_CONFIG_ID: &str = "tls-config";
 
 /// Owner of the `TLSConfig` resource: none. The Go provider creates and updates it with
 /// plain state calls (no controller, so no owner); COSI refuses an update whose owner

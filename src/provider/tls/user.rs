@@ -19,13 +19,13 @@ use super::TlsError;
 
 /// The three files of your own certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct UserFiles {
+pub struct UserFiles {
     /// `--tls-ca-cert-file`: the CA the agents are told to trust (PEM, one or more).
-    pub(crate) ca_cert: PathBuf,
+    pub ca_cert: PathBuf,
     /// `--tls-cert-file`: the serving certificate, then any intermediates (PEM).
-    pub(crate) cert: PathBuf,
+    pub cert: PathBuf,
     /// `--tls-key-file`: its key (PEM).
-    pub(crate) key: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Your certificates, checked.

@@ -607,7 +607,7 @@ fn regression_no_power_off_before_omni_collected_info() {
     assert_eq!(steps(&plan.actions), power_off_at(at(100 * MIN)));
 }
 
-/// Found by the chaos scenario (`tests/lifecycle_scenario.rs`): a provider restart closes
+/// Found by the chaos scenario (`tests/it/lifecycle_scenario.rs`): a provider restart closes
 /// every tunnel, and a machine that runs the agent for a pending wipe, with no recent
 /// power action of ours to cool down from, was rebooted before its agent redialled. An
 /// absent agent counts only after the reconnect grace; a user's reboot request does not

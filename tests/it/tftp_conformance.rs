@@ -21,6 +21,8 @@
 //! Needs root (network namespaces) and the packages of `tests/install-prereqs.sh`; without
 //! them every test FAILS (never skips) and says what is missing.
 
+use ironboot_test_support::{launch, logs, metrics, prereqs, process};
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -31,15 +33,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-#[path = "common/logs.rs"]
-mod logs;
-#[path = "common/process.rs"]
-mod process;
-
 use process::{run_ok, stop};
 
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tftp/tftp_probe.py");
 /// Where ironboot listens, inside each test's namespace.
 const HOST: &str = "127.0.0.1";
@@ -77,7 +72,7 @@ const FILES: [(&str, &str); 2] = [(SNPONLY, "ipxe"), (UNDIONLY, "ipxe")];
 fn check_prerequisites() {
     static MISSING: OnceLock<Option<String>> = OnceLock::new();
     if let Some(why) = MISSING.get_or_init(|| {
-        common::missing_prerequisites(
+        prereqs::missing_prerequisites(
             "the TFTP/HTTP conformance tests",
             "tftp_conformance",
             &COMMANDS,
@@ -237,10 +232,6 @@ impl Server {
         let ipxe_dirs = format!("{},/usr/lib/ipxe,/boot", ipxe.display());
         let state = state.display().to_string();
         let mut args: Vec<String> = [
-            "netns",
-            "exec",
-            &server.ns,
-            IRONBOOT,
             "--disable-dhcp-proxy",
             "--api-listen-address",
             HOST,
@@ -264,9 +255,8 @@ impl Server {
         let (log, log_path) = logs::ironboot_log(&server.label);
         server.log = log_path;
         // `ip netns exec` execs ironboot: the child's PID is ironboot's own.
-        let child = logs::ironboot_command("ip")
+        let child = launch::command_in(&server.ns)
             .args(&args)
-            .env("PATH", common::path_env())
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup the log file"))
@@ -330,7 +320,7 @@ impl Server {
                 "netns", "exec", &self.ns, "timeout", "-k", "5", &limit, program,
             ])
             .args(args)
-            .env("PATH", common::path_env())
+            .env("PATH", prereqs::path_env())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.ns))
@@ -344,7 +334,7 @@ impl Server {
                 "netns", "exec", &self.ns, "timeout", "-k", "5", &limit, program,
             ])
             .args(args)
-            .env("PATH", common::path_env())
+            .env("PATH", prereqs::path_env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -376,7 +366,7 @@ impl Server {
 
     /// The value of one sample (`name` with its labels exactly as rendered).
     fn metric(&self, sample: &str) -> u64 {
-        metric_value(&self.metrics(), sample)
+        metrics::count(&self.metrics(), sample)
             .unwrap_or_else(|| panic!("[{}] /metrics has no sample {sample}", self.label))
     }
 
@@ -448,12 +438,6 @@ fn parse_probe(out: &Output, args: &[&str]) -> Value {
         out.status
     );
     value
-}
-
-fn metric_value(text: &str, sample: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Fail with every collected finding at once.
@@ -956,7 +940,7 @@ fn tftp_errors_have_the_right_codes() {
         ("ironboot_tftp_requests_total{outcome=\"malformed\"}", 1),
         ("ironboot_tftp_errors_sent_total{code=\"5\"}", 2),
     ] {
-        match metric_value(&m, sample) {
+        match metrics::count(&m, sample) {
             Some(v) if v >= at_least => {}
             other => failures.push(format!("/metrics {sample} = {other:?}, want >= {at_least}")),
         }
@@ -1028,7 +1012,7 @@ fn tftp_silent_client_is_dropped_and_its_slot_freed() {
         "the silent client's slot must be freed after the retry limit"
     );
     let m = s.metrics();
-    let timeouts = metric_value(
+    let timeouts = metrics::count(
         &m,
         "ironboot_tftp_transfers_failed_total{reason=\"timeout\"}",
     );
@@ -1038,15 +1022,15 @@ fn tftp_silent_client_is_dropped_and_its_slot_freed() {
         "ironboot_tftp_transfers_failed_total{{reason=\"timeout\"}} must count the dropped transfer"
     );
     // The window (one block) is resent once, then probed (the same block) until the end.
-    let window = metric_value(&m, "ironboot_tftp_retransmissions_total{cause=\"timeout\"}");
-    let probes = metric_value(&m, "ironboot_tftp_retransmissions_total{cause=\"probe\"}");
+    let window = metrics::count(&m, "ironboot_tftp_retransmissions_total{cause=\"timeout\"}");
+    let probes = metrics::count(&m, "ironboot_tftp_retransmissions_total{cause=\"probe\"}");
     assert_eq!(
         (window, probes),
         (Some(1), Some(RETRIES as u64 - 1)),
         "retransmissions on timeout: the window once, then probes"
     );
     assert_eq!(
-        metric_value(&m, "ironboot_tftp_requests_total{outcome=\"client_busy\"}"),
+        metrics::count(&m, "ironboot_tftp_requests_total{outcome=\"client_busy\"}"),
         Some(1)
     );
     // The slot is free again: a new transfer from the same address starts.
@@ -1068,7 +1052,7 @@ fn tftp_silent_client_is_dropped_and_its_slot_freed() {
     let pending = s.wait_metric("ironboot_tftp_pending_requests", 0, Duration::from_secs(10));
     assert_eq!(pending, 0, "the unproven request must be forgotten");
     assert_eq!(
-        metric_value(
+        metrics::count(
             &s.metrics(),
             "ironboot_tftp_transfers_failed_total{reason=\"unproven\"}"
         ),
@@ -1140,7 +1124,7 @@ fn tftp_limits_answer_busy() {
         ("ironboot_tftp_errors_sent_total{code=\"0\"}", 2),
         ("ironboot_tftp_transfers_started_total", 5),
     ] {
-        let got = metric_value(&m, sample);
+        let got = metrics::count(&m, sample);
         if got != Some(want) {
             failures.push(format!("/metrics {sample} = {got:?}, want {want}"));
         }
@@ -1477,14 +1461,14 @@ fn http_boot_path() {
         ),
         ("ironboot_boot_decisions_total{kind=\"script\"}", 2),
     ] {
-        let got = metric_value(&m, sample);
+        let got = metrics::count(&m, sample);
         check(
             got == Some(want),
             format!("/metrics {sample} = {got:?}, want {want}"),
         );
     }
     // At least the one above; the readiness poll asked too.
-    let healthz = metric_value(
+    let healthz = metrics::count(
         &m,
         "ironboot_http_requests_total{route=\"healthz\",status=\"200\"}",
     );

@@ -6,19 +6,14 @@
 //! Needs `ipmi_sim` (openipmi) and the sushy-tools venv of tests/install-prereqs.sh;
 //! fails, naming them, when they are missing.
 
-#[path = "../bmc/tests/support/emulator.rs"]
-mod emulator;
-#[path = "common/logs.rs"]
-mod logs;
-#[path = "../bmc/tests/support/sim.rs"]
-mod sim;
+use ironboot_test_support::{ipmi_sim, launch, logs, redfish};
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use emulator::{Emulator, FakeSystem, Tls};
+use ipmi_sim::SimBmc;
+use redfish::{Emulator, FakeSystem, Tls};
 use serde_json::Value;
-use sim::SimBmc;
 
 const PW_VAR: &str = "IRONBOOT_TEST_BMC_PASSWORD";
 const NODE: &str = "9d3c1e2f-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
@@ -29,11 +24,11 @@ const NODE: &str = "9d3c1e2f-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
 /// common to be looked for without matching by chance (`ipmi_sim`'s fixture password, the
 /// word "password", names the flag in legitimate messages; "wrong", the empty one).
 fn bmc(args: &[&str], password: Option<&str>) -> Output {
-    let mut cmd = logs::ironboot_command(env!("CARGO_BIN_EXE_ironboot"));
+    let mut cmd = launch::command();
     cmd.arg("bmc").args(args);
     match password {
         Some(p) => {
-            if p != sim::PASSWORD && p.len() >= 8 {
+            if p != ipmi_sim::PASSWORD && p.len() >= 8 {
                 logs::record_secret("BMC password", p);
             }
             cmd.env(PW_VAR, p)
@@ -79,7 +74,7 @@ fn ipmi_args<'a>(target: &'a str, op: &'a str) -> Vec<&'a str> {
         "--ipmi",
         target,
         "--user",
-        sim::USER,
+        ipmi_sim::USER,
         "--password-env",
         PW_VAR,
     ]
@@ -98,7 +93,7 @@ fn ipmi_every_operation_lands_on_the_simulator() {
 
     let mut args = ipmi_args(&target, "status");
     args.push("--json");
-    let out = bmc(&args, Some(sim::PASSWORD));
+    let out = bmc(&args, Some(ipmi_sim::PASSWORD));
     let v = json_of(ok(&out));
     assert_eq!(v["bmc"], target.as_str());
     assert_eq!(v["backend"], "ipmi");
@@ -111,10 +106,10 @@ fn ipmi_every_operation_lands_on_the_simulator() {
     let mut args = ipmi_args(&target, "on");
     // ipmi_sim does not answer Get Channel Cipher Suites: naming the suite skips the ask.
     args.extend(["--cipher-suite", "3"]);
-    let out = bmc(&args, Some(sim::PASSWORD));
+    let out = bmc(&args, Some(ipmi_sim::PASSWORD));
     assert!(text(&ok(&out).stdout).contains(&target));
     assert_eq!(new_changes(&sim, before), ["set power 1"]);
-    let out = bmc(&ipmi_args(&target, "status"), Some(sim::PASSWORD));
+    let out = bmc(&ipmi_args(&target, "status"), Some(ipmi_sim::PASSWORD));
     assert_eq!(
         text(&ok(&out).stdout).trim(),
         format!("{target} (ipmi): power on")
@@ -123,7 +118,7 @@ fn ipmi_every_operation_lands_on_the_simulator() {
     let before = sim.changes().len();
     let mut args = ipmi_args(&target, "off");
     args.extend(["--wait", "--json"]);
-    let v = json_of(ok(&bmc(&args, Some(sim::PASSWORD))));
+    let v = json_of(ok(&bmc(&args, Some(ipmi_sim::PASSWORD))));
     assert_eq!(
         (v["operation"].as_str(), v["power"].as_str()),
         (Some("off"), Some("off"))
@@ -133,13 +128,13 @@ fn ipmi_every_operation_lands_on_the_simulator() {
     let before = sim.changes().len();
     let mut args = ipmi_args(&target, "pxe-once");
     args.extend(["--mode", "bios", "--json"]);
-    let v = json_of(ok(&bmc(&args, Some(sim::PASSWORD))));
+    let v = json_of(ok(&bmc(&args, Some(ipmi_sim::PASSWORD))));
     assert_eq!(v["mode"], "bios");
     assert_eq!(new_changes(&sim, before), ["set boot pxe"]);
 
-    ok(&bmc(&ipmi_args(&target, "on"), Some(sim::PASSWORD)));
+    ok(&bmc(&ipmi_args(&target, "on"), Some(ipmi_sim::PASSWORD)));
     let before = sim.changes().len();
-    ok(&bmc(&ipmi_args(&target, "cycle"), Some(sim::PASSWORD)));
+    ok(&bmc(&ipmi_args(&target, "cycle"), Some(ipmi_sim::PASSWORD)));
     let changes = new_changes(&sim, before);
     assert_eq!(
         changes.first().map(String::as_str),
@@ -188,7 +183,7 @@ fn ipmi_failures_name_the_bmc_and_fail() {
     assert!(text(&out.stderr).contains(&format!("{PW_VAR} is empty")));
     let out = bmc(
         &["status", "--ipmi", &target, "--user", "admin"],
-        Some(sim::PASSWORD),
+        Some(ipmi_sim::PASSWORD),
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--password-env"));
@@ -201,7 +196,7 @@ fn ipmi_failures_name_the_bmc_and_fail() {
     let mut args = ipmi_args(&target, "status");
     args.extend(["--timeout", "2s", "--json"]);
     let started = Instant::now();
-    let out = bmc(&args, Some(sim::PASSWORD));
+    let out = bmc(&args, Some(ipmi_sim::PASSWORD));
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(1));
     let v = json_of(&out);
@@ -252,7 +247,7 @@ fn redfish_operations_land_on_the_emulator() {
             "--redfish",
             &url,
             "--user",
-            emulator::USER,
+            redfish::USER,
             "--password-env",
             PW_VAR,
             "--timeout",
@@ -327,7 +322,7 @@ fn redfish_tls_is_verified_unless_insecure() {
         "--redfish",
         url.as_str(),
         "--user",
-        emulator::USER,
+        redfish::USER,
         "--password-env",
         PW_VAR,
         "--json",
@@ -349,7 +344,7 @@ fn redfish_tls_is_verified_unless_insecure() {
 #[test]
 fn the_http_power_api_needs_no_password_and_refusals_name_it() {
     // Nothing listens on this port: unreachable, named, exit 1.
-    let port = emulator::free_port();
+    let port = redfish::free_port();
     let target = format!("127.0.0.1:{port}");
     let out = bmc(
         &[

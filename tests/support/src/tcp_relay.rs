@@ -29,7 +29,7 @@ struct Shared {
 }
 
 /// A relay listening on its own port; stopped (every connection closed) on drop.
-pub(crate) struct Relay {
+pub struct Relay {
     addr: SocketAddr,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -37,7 +37,7 @@ pub(crate) struct Relay {
 
 impl Relay {
     /// Relays connections to `listen_ip:<any port>` to `target`.
-    pub(crate) fn start(listen_ip: &str, target: SocketAddr) -> Self {
+    pub fn start(listen_ip: &str, target: SocketAddr) -> Self {
         let listener = TcpListener::bind((listen_ip, 0)).expect("binding the relay");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -93,13 +93,13 @@ impl Relay {
     }
 
     /// Where clients connect.
-    pub(crate) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Closes every relayed connection; new ones are closed at once until
     /// [`Relay::restore`].
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         let mut conns = self.shared.conns.lock().unwrap();
         conns.0 = true;
         for c in conns.1.drain(..) {
@@ -108,13 +108,13 @@ impl Relay {
     }
 
     /// Stops moving bytes and answering new connections.
-    pub(crate) fn pause(&self) {
+    pub fn pause(&self) {
         self.shared.paused.store(true, Ordering::SeqCst);
     }
 
     /// Ends a cut or a pause: relays new connections again, relayed ones carry on, and
     /// those held unanswered during a pause are closed.
-    pub(crate) fn restore(&self) {
+    pub fn restore(&self) {
         self.shared.conns.lock().unwrap().0 = false;
         self.shared.paused.store(false, Ordering::SeqCst);
         for c in self.shared.held.lock().unwrap().drain(..) {
@@ -123,12 +123,12 @@ impl Relay {
     }
 
     /// Connections closed on arrival (cut) or held unanswered (pause) so far.
-    pub(crate) fn refused(&self) -> u64 {
+    pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
     }
 
     /// Connections relayed so far.
-    pub(crate) fn relayed(&self) -> u64 {
+    pub fn relayed(&self) -> u64 {
         self.shared.relayed.load(Ordering::Relaxed)
     }
 }

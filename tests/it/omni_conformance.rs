@@ -9,20 +9,8 @@
 //! (`tests/install-prereqs.sh` runs `go mod download`); the harness is built once into
 //! `target/tmp/omni-harness/`. No root needed; everything listens on 127.0.0.1.
 
-// The client module is compiled into this test as it is in the binary.
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[path = "common/logs.rs"]
-mod logs;
-#[path = "../src/provider"]
-mod provider {
-    #[allow(dead_code, unreachable_pub)]
-    #[path = "omni/mod.rs"]
-    pub(crate) mod omni;
-}
-use provider::omni;
-#[path = "common/omni_harness.rs"]
-mod omni_harness;
+use ironboot::testing::omni;
+use ironboot_test_support::{go_harness, launch, logs, omni_harness};
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -921,11 +909,10 @@ fn https_endpoints_with_and_without_verification() {
 #[test]
 fn omni_check_command_registers_and_reports_bad_keys() {
     let mut h = Harness::start(&[]);
-    let exe = env!("CARGO_BIN_EXE_ironboot");
     // Debug logging, its output kept in the suite's log directory for the secret check.
     let url = h.url("http");
     let run = |key: &str| {
-        let out = logs::ironboot_command(exe)
+        let out = launch::command()
             .args(["omni", "check", "--omni-api-endpoint", &url])
             .env("OMNI_SERVICE_ACCOUNT_KEY", key)
             .env_remove("SIDERO_SERVICE_ACCOUNT_KEY")

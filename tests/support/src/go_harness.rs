@@ -42,11 +42,9 @@ fn newest_source(dir: &Path) -> SystemTime {
 /// Build the Go module `tests/<module_dir>` into `<target tmp>/<module_dir>/<bin_name>`
 /// unless that binary is newer than every source; returns its path. `what` names the
 /// test in error messages. Call it once per test binary (e.g. behind a `OnceLock`).
-pub(crate) fn build(what: &str, module_dir: &str, bin_name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(module_dir);
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(module_dir);
+pub fn build(what: &str, module_dir: &str, bin_name: &str) -> PathBuf {
+    let src = crate::repo_root().join("tests").join(module_dir);
+    let out_dir = crate::target_tmpdir().join(module_dir);
     std::fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| panic!("creating {}: {e}", out_dir.display()));
     let bin = out_dir.join(bin_name);
@@ -76,8 +74,7 @@ pub(crate) fn build(what: &str, module_dir: &str, bin_name: &str) -> PathBuf {
 
 /// The JSON lines a Go harness prints on `stdout`, read on a thread into a channel (closed
 /// when the harness exits); a line that is not JSON fails the test.
-#[allow(dead_code, reason = "not every test binary reads a harness's events")]
-pub(crate) fn json_lines(
+pub fn json_lines(
     stdout: std::process::ChildStdout,
 ) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
     use std::io::BufRead;

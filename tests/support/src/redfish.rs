@@ -1,19 +1,18 @@
 //! One sushy-tools Redfish emulator (fake driver) per test: own port, config, users and
 //! state in a temp dir, killed by PID on drop. The one harness of the Redfish, selection
-//! and CLI tests (`bmc/tests/` and the root `tests/bmc_cli.rs`, through `#[path]`): the
+//! and CLI tests (the bmc crate's and the root package's `bmc_cli` suite): the
 //! port and password are the test's choice (the selector probes Redfish with the IPMI
 //! credentials), and the system is read back over plain HTTP with the standard library
 //! (the root crate has no HTTP client). The venv comes from `tests/install-prereqs.sh`
 //! (`.venv-tests/redfish`) or `IRONBOOT_SUSHY_EMULATOR`.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) const USER: &str = "admin";
+pub const USER: &str = "admin";
 
 /// The venv's emulator, or a panic saying how to install it (never a skip).
 fn emulator_binary() -> PathBuf {
@@ -26,12 +25,7 @@ fn emulator_binary() -> PathBuf {
         );
         return path;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = [root.join(".."), root.to_path_buf()]
-        .into_iter()
-        .map(|r| r.join(".venv-tests/redfish/bin/sushy-emulator"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| root.join(".venv-tests/redfish/bin/sushy-emulator"));
+    let path = crate::repo_root().join(".venv-tests/redfish/bin/sushy-emulator");
     assert!(
         path.is_file(),
         "this test needs sushy-tools' emulator at .venv-tests/redfish/bin/sushy-emulator (a venv \
@@ -43,27 +37,27 @@ fn emulator_binary() -> PathBuf {
 }
 
 /// A fake system of the emulator.
-pub(crate) struct FakeSystem {
-    pub(crate) uuid: &'static str,
-    pub(crate) name: &'static str,
-    pub(crate) power_on: bool,
+pub struct FakeSystem {
+    pub uuid: &'static str,
+    pub name: &'static str,
+    pub power_on: bool,
 }
 
-pub(crate) struct Tls {
-    pub(crate) cert_pem: String,
-    pub(crate) key_pem: String,
+pub struct Tls {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
-pub(crate) struct Emulator {
+pub struct Emulator {
     child: Child,
-    pub(crate) port: u16,
-    pub(crate) https: bool,
+    pub port: u16,
+    pub https: bool,
     password: String,
     dir: tempfile::TempDir,
 }
 
 /// A free loopback TCP port.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -72,12 +66,12 @@ pub(crate) fn free_port() -> u16 {
 
 impl Emulator {
     /// An emulator on a free port.
-    pub(crate) fn start(systems: &[FakeSystem], tls: Option<Tls>, password: &str) -> Emulator {
+    pub fn start(systems: &[FakeSystem], tls: Option<Tls>, password: &str) -> Emulator {
         Self::start_on(free_port(), systems, tls, password)
     }
 
     /// An emulator on `port`, user [`USER`] with `password`.
-    pub(crate) fn start_on(
+    pub fn start_on(
         port: u16,
         systems: &[FakeSystem],
         tls: Option<Tls>,
@@ -190,19 +184,19 @@ impl Emulator {
         }
     }
 
-    pub(crate) fn endpoint(&self) -> String {
+    pub fn endpoint(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The emulator's own log (requests and INFO lines such as
     /// `System "<uuid>" power state set to "ForceRestart"`).
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default()
     }
 
     /// The reset types the emulator was asked for, in order (from its own log).
-    pub(crate) fn resets_logged(&self) -> Vec<String> {
+    pub fn resets_logged(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter_map(|l| l.split_once("power state set to \""))
@@ -212,7 +206,7 @@ impl Emulator {
 
     /// The system resource as the emulator serves it, read with a plain HTTP/1.0 GET
     /// (not our client). Plain-HTTP emulators only.
-    pub(crate) fn raw_system(&self, uuid: &str) -> serde_json::Value {
+    pub fn raw_system(&self, uuid: &str) -> serde_json::Value {
         assert!(!self.https, "raw_system reads plain-HTTP emulators only");
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         stream

@@ -1,9 +1,7 @@
 //! Simulated BMCs for the IPMI, fleet, selection and CLI tests: OpenIPMI's `ipmi_sim`,
 //! one process per BMC on its own loopback port with its own state directory and
 //! chassis-control log (data files: `bmc/tests/data/ipmi/*`), killed by PID on drop.
-//! The one harness, shared by `bmc/tests/` and the root `tests/bmc_cli.rs` through
-//! `#[path]`.
-#![allow(dead_code)]
+//! The one harness of the bmc crate's tests and the root package's.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -14,27 +12,25 @@ use ironboot_bmc::PowerControl;
 use ironboot_bmc::ipmi::{IpmiClient, IpmiConfig};
 
 /// The simulator's administrator.
-pub(crate) const USER: &str = "admin";
+pub const USER: &str = "admin";
 /// Its password.
-pub(crate) const PASSWORD: &str = "password";
+pub const PASSWORD: &str = "password";
 
 const INSTALL_HINT: &str =
     "sudo tests/install-prereqs.sh (or: apt-get install -y --no-install-recommends openipmi)";
 
-/// `bmc/tests/data/ipmi`, from the bmc crate's tests or the root crate's.
-pub(crate) fn data_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        root.join("tests/data/ipmi"),
-        root.join("bmc/tests/data/ipmi"),
-    ]
-    .into_iter()
-    .find(|p| p.join("lan.conf.in").is_file())
-    .expect("bmc/tests/data/ipmi/lan.conf.in")
+/// `bmc/tests/data/ipmi`, the simulator's configuration templates.
+pub fn data_dir() -> PathBuf {
+    let dir = crate::repo_root().join("bmc/tests/data/ipmi");
+    assert!(
+        dir.join("lan.conf.in").is_file(),
+        "bmc/tests/data/ipmi/lan.conf.in is missing"
+    );
+    dir
 }
 
 /// `ipmi_sim`'s path, or a failure saying how to install it (never a skip).
-pub(crate) fn ipmi_sim_binary() -> PathBuf {
+pub fn ipmi_sim_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
@@ -47,22 +43,22 @@ pub(crate) fn ipmi_sim_binary() -> PathBuf {
 }
 
 /// A free UDP port on loopback (bound once and released; the simulator takes it next).
-pub(crate) fn free_udp_port() -> u16 {
+pub fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("binding a probe socket");
     socket.local_addr().expect("probe address").port()
 }
 
 /// One running simulator.
-pub(crate) struct SimBmc {
-    pub(crate) name: String,
-    pub(crate) port: u16,
+pub struct SimBmc {
+    pub name: String,
+    pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl SimBmc {
     /// Starts one simulator (not yet answering: see [`SimBmc::wait_ready`]).
-    pub(crate) fn start(name: &str) -> Self {
+    pub fn start(name: &str) -> Self {
         let binary = ipmi_sim_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let chassis_script = data_dir().join("chassis.sh");
@@ -100,12 +96,12 @@ impl SimBmc {
     }
 
     /// `127.0.0.1:PORT`, as the IPMI client names this BMC.
-    pub(crate) fn address(&self) -> String {
+    pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// A client configuration for this simulator.
-    pub(crate) fn config(&self, timeout: Duration) -> IpmiConfig {
+    pub fn config(&self, timeout: Duration) -> IpmiConfig {
         let mut cfg = IpmiConfig::new("127.0.0.1", USER, PASSWORD);
         cfg.port = self.port;
         cfg.timeout = timeout;
@@ -114,19 +110,18 @@ impl SimBmc {
     }
 
     /// Every command the chassis script got, without its time stamp.
-    pub(crate) fn chassis_log(&self) -> Vec<String> {
+    pub fn chassis_log(&self) -> Vec<String> {
         read_chassis_log(&self.dir.path().join("chassis/log"))
     }
 
     /// [`SimBmc::chassis_log`] for another thread (a simulated host following its BMC).
-    #[allow(dead_code, reason = "not every test binary simulates hosts")]
-    pub(crate) fn log_reader(&self) -> impl Fn() -> Vec<String> + Send + 'static {
+    pub fn log_reader(&self) -> impl Fn() -> Vec<String> + Send + 'static {
         let path = self.dir.path().join("chassis/log");
         move || read_chassis_log(&path)
     }
 
     /// The chassis log without status reads (`get ...`).
-    pub(crate) fn changes(&self) -> Vec<String> {
+    pub fn changes(&self) -> Vec<String> {
         self.chassis_log()
             .into_iter()
             .filter(|l| !l.starts_with("get "))
@@ -134,14 +129,14 @@ impl SimBmc {
     }
 
     /// Writes the simulated chassis' power state directly (as chassis.sh stores it).
-    pub(crate) fn set_power(&self, on: bool) {
+    pub fn set_power(&self, on: bool) {
         let dir = self.dir.path().join("chassis");
         std::fs::create_dir_all(&dir).expect("chassis dir");
         std::fs::write(dir.join("power"), if on { "1\n" } else { "0\n" }).expect("power file");
     }
 
     /// Waits until the simulator answers (it takes a moment to bind its port).
-    pub(crate) async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         let mut cfg = self.config(Duration::from_millis(400));
         cfg.attempt_timeout = Duration::from_millis(100);
         let client = IpmiClient::new(cfg).expect("valid config");
@@ -158,7 +153,7 @@ impl SimBmc {
     }
 
     /// Blocking variant of [`SimBmc::wait_ready`] for tests without a runtime.
-    pub(crate) fn wait_ready_blocking(&self) {
+    pub fn wait_ready_blocking(&self) {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -167,23 +162,23 @@ impl SimBmc {
     }
 
     /// The simulator's process id.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("simulator running").id()
     }
 
     /// Freezes the simulator (SIGSTOP to its PID): it keeps its socket, so datagrams
     /// queue up unanswered, like a BMC whose firmware hangs.
-    pub(crate) fn freeze(&self) {
+    pub fn freeze(&self) {
         signal(self.pid(), "-STOP");
     }
 
     /// Lets a frozen simulator run again (SIGCONT to its PID).
-    pub(crate) fn thaw(&self) {
+    pub fn thaw(&self) {
         signal(self.pid(), "-CONT");
     }
 
     /// Kills the simulator (by its PID, through our handle).
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -198,7 +193,7 @@ impl Drop for SimBmc {
 }
 
 /// Sends a signal (`-STOP`, `-CONT`) to one process by PID with kill(1).
-pub(crate) fn signal(pid: u32, sig: &str) {
+pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(sig)
         .arg(pid.to_string())

@@ -20,7 +20,7 @@
 //! published status after every phase. The chaos variant kills ironboot (SIGKILL) at random
 //! moments throughout and restarts it: the sequences must be the same, nothing repeated
 //! nor lost. The seed is printed; `IRONBOOT_SCENARIO_SEED` replays one. The outage variants
-//! reach Omni through a relay ([`relay::Relay`]) that cuts it off (connections reset) or
+//! reach Omni through a relay ([`tcp_relay::Relay`]) that cuts it off (connections reset) or
 //! pauses it (a black hole) for [`OUTAGE`] right after the reboot request: every machine's boot is still answered from ironboot's cached
 //! state, `/healthz` and `ironboot_omni_reachable` report the outage, the provider's
 //! heartbeat reaches Omni again after it, and the sequences are the same.
@@ -29,16 +29,7 @@
 //! (`tests/install-prereqs.sh`); a missing one fails the test naming it. Everything
 //! listens on loopback addresses of its own.
 
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[path = "common/logs.rs"]
-mod logs;
-#[path = "common/omni_harness.rs"]
-mod omni_harness;
-#[path = "common/relay.rs"]
-mod relay;
-#[path = "../bmc/tests/support/sim.rs"]
-mod sim;
+use ironboot_test_support::{go_harness, ipmi_sim, launch, logs, metrics, omni_harness, tcp_relay};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -395,7 +386,7 @@ impl Ironboot {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = logs::ironboot_command(env!("CARGO_BIN_EXE_ironboot"));
+        let mut cmd = launch::command();
         if let Some(port) = self.tls_port {
             cmd.args(["--tls-enabled", "--tls-api-port", &port.to_string()]);
         }
@@ -495,7 +486,10 @@ impl Agent {
                 "--ipmi-port",
                 &bmc_port.to_string(),
             ])
-            .args(["--ipmi-admin", &format!("{}:{}", sim::USER, sim::PASSWORD)])
+            .args([
+                "--ipmi-admin",
+                &format!("{}:{}", ipmi_sim::USER, ipmi_sim::PASSWORD),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -542,7 +536,7 @@ struct History {
 /// One simulated host behind its BMC, driven by a thread until `stop`.
 struct Machine {
     id: String,
-    bmc: sim::SimBmc,
+    bmc: ipmi_sim::SimBmc,
     bmc_port: u16,
     history: Arc<Mutex<History>>,
 }
@@ -550,7 +544,7 @@ struct Machine {
 impl Machine {
     fn new(index: usize) -> Self {
         let id = format!("5c0e1b7a-0000-4000-8000-{index:012x}");
-        let bmc = sim::SimBmc::start(&format!("scenario-{index}"));
+        let bmc = ipmi_sim::SimBmc::start(&format!("scenario-{index}"));
         bmc.set_power(true);
         bmc.wait_ready_blocking();
         let bmc_port = bmc.address().rsplit_once(':').unwrap().1.parse().unwrap();
@@ -810,7 +804,7 @@ fn factory_version(script: &str) -> Option<String> {
 struct World {
     omni: Arc<Omni>,
     /// Between ironboot and Omni, in the outage variant.
-    relay: Option<relay::Relay>,
+    relay: Option<tcp_relay::Relay>,
     factory: Factory,
     ironboot: Arc<Mutex<Ironboot>>,
     machines: Vec<Machine>,
@@ -842,7 +836,7 @@ impl World {
         let factory = Factory::start(ip);
         let relay = outage.then(|| {
             let target = omni.addr.parse().expect("the harness's address");
-            relay::Relay::start(ip, target)
+            tcp_relay::Relay::start(ip, target)
         });
         let omni_addr = relay
             .as_ref()
@@ -1381,8 +1375,7 @@ fn ten_machines_through_their_lifecycle_over_tls() {
 fn metric(api: SocketAddr, name: &str) -> Option<f64> {
     let (status, text) = http_get(api, "/metrics").ok()?;
     assert_eq!(status, 200, "GET /metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    metrics::value(&text, name)
 }
 
 /// The provider's last heartbeat in Omni (its health status), in seconds since the epoch.
@@ -1422,7 +1415,7 @@ fn rfc3339_secs(t: &str) -> Option<f64> {
 /// the cached state, as Omni left it); `/healthz` must say Omni is unreachable and the
 /// gauge must be 0. Then Omni is back: both must say so, and a heartbeat must reach Omni.
 /// The rest of the scenario checks that nothing was repeated nor lost.
-fn omni_outage(world: &World, relay: &relay::Relay, kind: Outage) {
+fn omni_outage(world: &World, relay: &tcp_relay::Relay, kind: Outage) {
     assert_eq!(
         rfc3339_secs("2027-01-15T08:00:00.5Z"),
         Some(1_800_000_000.5),

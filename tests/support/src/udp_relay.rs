@@ -2,7 +2,6 @@
 //! datagram, what goes through: drop a reply, count requests of one kind, or stop the
 //! simulator at a chosen moment. One client socket at a time (one IPMI operation
 //! after another); each new client address takes over the replies.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +10,7 @@ use tokio::net::UdpSocket;
 
 /// Which way a datagram travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
+pub enum Dir {
     /// Client to BMC.
     Up,
     /// BMC to client.
@@ -20,7 +19,7 @@ pub(crate) enum Dir {
 
 /// What the relay does with one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Pass it on.
     Forward,
     /// Lose it.
@@ -28,15 +27,15 @@ pub(crate) enum Verdict {
 }
 
 /// A running relay; stopped on drop.
-pub(crate) struct Relay {
+pub struct Relay {
     /// The port clients talk to.
-    pub(crate) port: u16,
+    pub port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
     /// A relay to `127.0.0.1:target` that asks `policy` about every datagram.
-    pub(crate) async fn start(
+    pub async fn start(
         target: u16,
         policy: impl FnMut(Dir, &[u8]) -> Verdict + Send + 'static,
     ) -> Self {
@@ -83,7 +82,7 @@ impl Drop for Relay {
 /// (network function, command): the pre-session requests a client sends in the clear.
 /// RMCP header (4), auth type 0x06, payload type, session id (4), sequence (4),
 /// length (2), then the IPMI message: rsAddr, netFn/LUN, checksum, rqAddr, rqSeq, cmd.
-pub(crate) fn presession_command(datagram: &[u8]) -> Option<(u8, u8)> {
+pub fn presession_command(datagram: &[u8]) -> Option<(u8, u8)> {
     if datagram.len() < 22 || datagram[4] != 0x06 || datagram[5] != 0x00 {
         return None;
     }
@@ -91,12 +90,12 @@ pub(crate) fn presession_command(datagram: &[u8]) -> Option<(u8, u8)> {
 }
 
 /// True for a Get Channel Cipher Suites request (App 0x54).
-pub(crate) fn is_cipher_suites_request(datagram: &[u8]) -> bool {
+pub fn is_cipher_suites_request(datagram: &[u8]) -> bool {
     presession_command(datagram) == Some((0x06, 0x54))
 }
 
 /// The RMCP+ payload type (low 6 bits) and session id of a v2.0 datagram.
-pub(crate) fn rmcp_plus_header(datagram: &[u8]) -> Option<(u8, u32)> {
+pub fn rmcp_plus_header(datagram: &[u8]) -> Option<(u8, u32)> {
     if datagram.len() < 16 || datagram[4] != 0x06 {
         return None;
     }
@@ -106,7 +105,7 @@ pub(crate) fn rmcp_plus_header(datagram: &[u8]) -> Option<(u8, u32)> {
 
 /// True for a datagram inside an established session (IPMI payload, encrypted and
 /// authenticated, non-zero session id).
-pub(crate) fn in_session(datagram: &[u8]) -> bool {
+pub fn in_session(datagram: &[u8]) -> bool {
     datagram.len() >= 16 && datagram[4] == 0x06 && datagram[5] == 0xc0 && {
         matches!(rmcp_plus_header(datagram), Some((0, sid)) if sid != 0)
     }

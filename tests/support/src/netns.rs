@@ -1,29 +1,28 @@
 //! Two network namespaces joined by a veth pair, for tests that run a server in one and its
-//! clients in the other. Included with `#[path = "common/netns.rs"] mod netns;` by the
-//! tests that need it, beside `mod common;` and `#[path = "common/process.rs"] mod process;`.
+//! clients in the other.
 //!
 //! Dropping a [`VethPair`] deletes both namespaces, and with them the pair; stop the
 //! processes started in them first (`process::stop`).
 
 use std::process::{Command, Output, Stdio};
 
-use crate::common;
+use crate::prereqs;
 use crate::process::run_ok;
 
 /// The server's and the clients' namespaces and their ends of the veth pair.
-pub(crate) struct VethPair {
-    pub(crate) server_ns: String,
-    pub(crate) client_ns: String,
-    pub(crate) server_if: String,
-    pub(crate) client_if: String,
+pub struct VethPair {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub server_if: String,
+    pub client_if: String,
 }
 
 impl VethPair {
     /// Namespaces `<tag><pid><label>-srv` / `-cli` with loopback up, joined by a veth pair
     /// whose ends carry `server_cidr` and `client_cidr` and are up. `tag` (2 letters) and
-    /// `label` (a few) keep names unique per test binary and per test; interface names stay
+    /// `label` (a few) keep names unique per suite and per test; interface names stay
     /// within Linux's 15 bytes.
-    pub(crate) fn new(tag: &str, label: &str, server_cidr: &str, client_cidr: &str) -> VethPair {
+    pub fn new(tag: &str, label: &str, server_cidr: &str, client_cidr: &str) -> VethPair {
         let pid = std::process::id();
         let pair = VethPair {
             server_ns: format!("ib{tag}{pid}{label}-srv"),
@@ -35,7 +34,7 @@ impl VethPair {
             // Left over only by a crashed run of this very PID.
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
-                .env("PATH", common::path_env())
+                .env("PATH", prereqs::path_env())
                 .stderr(Stdio::null())
                 .status();
             run_ok("ip", &["netns", "add", ns]);
@@ -72,7 +71,7 @@ impl VethPair {
     }
 
     /// Run `program args` in namespace `ns`, killed after `limit_s` seconds.
-    pub(crate) fn exec(&self, ns: &str, program: &str, args: &[&str], limit_s: u32) -> Output {
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str], limit_s: u32) -> Output {
         Command::new("ip")
             .args([
                 "netns",
@@ -85,7 +84,7 @@ impl VethPair {
             ])
             .arg(program)
             .args(args)
-            .env("PATH", common::path_env())
+            .env("PATH", prereqs::path_env())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running {program} {args:?} in {ns}: {e}"))
@@ -97,7 +96,7 @@ impl Drop for VethPair {
         for ns in [&self.server_ns, &self.client_ns] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
-                .env("PATH", common::path_env())
+                .env("PATH", prereqs::path_env())
                 .status();
         }
     }

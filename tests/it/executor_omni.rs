@@ -1,7 +1,7 @@
 //! The control loop's executor against real peers: Omni's COSI state served by the Go
 //! harness built on the upstream modules (`tests/omni-harness`, see
-//! `tests/omni_conformance.rs`) and a BMC simulated by OpenIPMI's `ipmi_sim`
-//! (`bmc/tests/support/sim.rs`).
+//! `tests/it/omni_conformance.rs`) and a BMC simulated by OpenIPMI's `ipmi_sim`
+//! (the test-support crate's `ipmi_sim` module).
 //!
 //! - Started by Omni's watched changes alone, an accepted, already-wiped machine whose
 //!   operator gave BMC credentials in Omni is powered off exactly once (Omni prefers it
@@ -20,33 +20,8 @@
 //! Needs Go and the harnesses' modules and `ipmi_sim` (`tests/install-prereqs.sh`); a
 //! missing one fails the test naming it. Everything listens on 127.0.0.1.
 
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[path = "common/omni_harness.rs"]
-mod omni_harness;
-#[path = "../bmc/tests/support/sim.rs"]
-mod sim;
-
-// The modules are compiled into this test as they are in the binary.
-#[path = "../src/provider"]
-mod provider {
-    #[allow(dead_code, unreachable_pub, unused_imports)]
-    #[path = "agent/mod.rs"]
-    pub(crate) mod agent;
-    #[allow(dead_code, unreachable_pub, unused_imports)]
-    #[path = "executor/mod.rs"]
-    pub(crate) mod executor;
-    #[allow(unreachable_pub)]
-    #[path = "lifecycle/mod.rs"]
-    pub(crate) mod lifecycle;
-    #[allow(dead_code, unreachable_pub, unused_imports)]
-    #[path = "omni/mod.rs"]
-    pub(crate) mod omni;
-    #[allow(unreachable_pub)]
-    #[path = "power_mgmt_dir.rs"]
-    pub(crate) mod power_mgmt_dir;
-}
-use provider::{agent, executor, lifecycle, omni};
+use ironboot::testing::{agent, executor, lifecycle, omni};
+use ironboot_test_support::{go_harness, ipmi_sim, omni_harness};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -74,7 +49,7 @@ const ID: &str = "bare-metal";
 
 /// The chassis changes, a request the IPMI client retransmitted (its reply was late, so
 /// `ipmi_sim` ran it twice) counted once: what is asserted is the executor's actions.
-fn power_changes(bmc: &sim::SimBmc) -> Vec<String> {
+fn power_changes(bmc: &ipmi_sim::SimBmc) -> Vec<String> {
     let mut changes = bmc.changes();
     changes.dedup();
     changes
@@ -143,7 +118,7 @@ impl Harness {
         self.ok(json!({
             "cmd": "put", "kind": "BMCConfig", "id": id,
             "spec": {"config": {"ipmi": {"address": "127.0.0.1", "port": port,
-                "username": sim::USER, "password": sim::PASSWORD}}},
+                "username": ipmi_sim::USER, "password": ipmi_sim::PASSWORD}}},
             "labels": {"omni.sidero.dev/infra-provider-id": ID},
         }));
     }
@@ -179,8 +154,8 @@ impl Drop for Harness {
 }
 
 /// A simulated BMC named `name`, powered on and answering; with its port.
-fn powered_on_bmc(name: &str) -> (sim::SimBmc, u16) {
-    let bmc = sim::SimBmc::start(name);
+fn powered_on_bmc(name: &str) -> (ipmi_sim::SimBmc, u16) {
+    let bmc = ipmi_sim::SimBmc::start(name);
     bmc.set_power(true);
     bmc.wait_ready_blocking();
     let port = bmc
@@ -532,7 +507,7 @@ fn wait_tunnel(
 /// `ironboot_lifecycle_failed_passes_total` of `running`.
 fn failed_passes(running: &Running) -> u64 {
     let mut out = String::new();
-    running.executor.stats().render_prometheus(&mut out);
+    running.render_prometheus(&mut out);
     out.lines()
         .find_map(|l| l.strip_prefix("ironboot_lifecycle_failed_passes_total "))
         .and_then(|n| n.parse().ok())
@@ -712,7 +687,7 @@ fn an_impostor_agent_gets_neither_the_credentials_nor_a_recorded_wipe() {
 
     // The real agent, from the bound address: credentials, wipe, power-off.
     let mut real_flags = agent_flags("127.0.0.1").to_vec();
-    let admin = format!("{}:{}", sim::USER, sim::PASSWORD);
+    let admin = format!("{}:{}", ipmi_sim::USER, ipmi_sim::PASSWORD);
     real_flags.extend(["--ipmi-admin", admin.as_str()]);
     let agent = GoAgent::start_with(tunnel_addr, MACHINE, &real_flags);
     wait_ready_and_off(
@@ -775,7 +750,7 @@ fn wait_ready_and_off(
     rt: &tokio::runtime::Runtime,
     client: &Client,
     id: &str,
-    bmc: &sim::SimBmc,
+    bmc: &ipmi_sim::SimBmc,
     limit: Duration,
     what: &str,
 ) {

@@ -8,25 +8,9 @@
 //! (`tests/install-prereqs.sh` runs `go mod download`); the harness is built once into
 //! `target/tmp/agent-harness/`. No root needed; everything listens on 127.0.0.1.
 
-// The agent module is compiled into this test as it is in the binary.
-#[path = "../src/provider"]
-mod provider {
-    #[allow(dead_code, unreachable_pub)]
-    #[path = "agent/mod.rs"]
-    pub(crate) mod agent;
-}
-use provider::agent;
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[path = "../src/boot"]
-mod boot {
-    pub(crate) mod http {
-        #[allow(dead_code, unreachable_pub)]
-        #[path = "server.rs"]
-        pub(crate) mod server;
-    }
-}
-use boot::http::server;
+use ironboot::testing::agent;
+use ironboot::testing::http::server;
+use ironboot_test_support::go_harness;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -15,36 +15,8 @@
 //! Needs Go and the harnesses' modules (`tests/install-prereqs.sh`); a missing one fails
 //! the test naming it. Everything listens on 127.0.0.1.
 
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[allow(dead_code)]
-#[path = "common/omni_harness.rs"]
-mod omni_harness;
-
-// The modules are compiled into this test as they are in the binary.
-#[path = "../src/provider"]
-mod provider {
-    #[allow(dead_code, unreachable_pub, unused_imports)]
-    #[path = "agent/mod.rs"]
-    pub(crate) mod agent;
-    #[allow(dead_code, unreachable_pub, unused_imports)]
-    #[path = "omni/mod.rs"]
-    pub(crate) mod omni;
-    #[allow(dead_code, unreachable_pub, unused_imports)]
-    #[path = "tls/mod.rs"]
-    pub(crate) mod tls;
-}
-/// The accept loop the TLS listener runs on, where the binary has it.
-#[path = "../src/boot"]
-mod boot {
-    pub(crate) mod http {
-        #[allow(dead_code, unreachable_pub, unused_imports)]
-        #[path = "server.rs"]
-        pub(crate) mod server;
-    }
-}
-use boot::http;
-use provider::{agent, omni, tls};
+use ironboot::testing::{agent, http, omni, tls};
+use ironboot_test_support::{go_harness, omni_harness};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

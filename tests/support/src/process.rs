@@ -1,17 +1,16 @@
-//! Running commands and stopping the processes a test started. Included with
-//! `#[path = "common/process.rs"] mod process;` beside `mod common;`.
+//! Running commands and stopping the processes a test started, by PID.
 
 use std::process::{Child, Command};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::common;
+use crate::prereqs;
 
 /// Run `program args` on the host; panic with its stderr if it fails.
-pub(crate) fn run_ok(program: &str, args: &[&str]) {
+pub fn run_ok(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
-        .env("PATH", common::path_env())
+        .env("PATH", prereqs::path_env())
         .output()
         .unwrap_or_else(|e| panic!("running {program} {args:?}: {e}"));
     assert!(
@@ -22,10 +21,10 @@ pub(crate) fn run_ok(program: &str, args: &[&str]) {
 }
 
 /// Stop a process this test started, by its PID: SIGTERM, up to 10 s to exit, then SIGKILL.
-pub(crate) fn stop(child: &mut Child) {
+pub fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
-        .env("PATH", common::path_env())
+        .env("PATH", prereqs::path_env())
         .status();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {

@@ -17,6 +17,8 @@
 //! Needs root (namespaces, port 68) and the packages of `tests/install-prereqs.sh`; without
 //! them each test FAILS (never skips) and says what is missing.
 
+use ironboot_test_support::{launch, logs, metrics, netns, prereqs, process};
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::process::{Child, Output, Stdio};
@@ -25,18 +27,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-#[path = "common/logs.rs"]
-mod logs;
-#[path = "common/netns.rs"]
-mod netns;
-#[path = "common/process.rs"]
-mod process;
-
 use netns::VethPair;
 use process::{run_ok, stop};
 
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const CLIENTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/udp-workers/pxe_clients.py"
@@ -66,9 +59,12 @@ struct Lab {
 
 impl Lab {
     fn new(label: &str) -> Lab {
-        if let Some(why) =
-            common::missing_prerequisites("the UDP workers tests", "udp_workers", &COMMANDS, &FILES)
-        {
+        if let Some(why) = prereqs::missing_prerequisites(
+            "the UDP workers tests",
+            "udp_workers",
+            &COMMANDS,
+            &FILES,
+        ) {
             panic!("{why}");
         }
         let dir = tempfile::Builder::new()
@@ -130,8 +126,7 @@ impl Lab {
         let link = self.path("ironboot.err");
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(&log_path, &link).expect("link the ironboot log");
-        let child = logs::ironboot_command("ip")
-            .args(["netns", "exec", &self.net.server_ns, IRONBOOT])
+        let child = launch::command_in(&self.net.server_ns)
             .args([
                 "--dhcp-proxy-iface-or-ip",
                 &self.net.server_if,
@@ -151,7 +146,6 @@ impl Lab {
                 "--tftp-max-per-client",
                 "1000",
             ])
-            .env("PATH", common::path_env())
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
@@ -233,12 +227,6 @@ impl Drop for Lab {
     }
 }
 
-fn metric(text: &str, sample: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
 /// `received` of every `<service> stopped` line of the log, by worker index.
 fn received_per_worker(log: &str, service: &str) -> Vec<(u64, u64)> {
     let marker = format!("{service} stopped");
@@ -290,7 +278,7 @@ fn serve_with_workers(label: &str, driver: &str, workers: u64) {
         lab.log_tail()
     );
     assert_eq!(dhcp["other"], 0, "{dhcp}");
-    let offers = metric(
+    let offers = metrics::count(
         &lab.metrics(),
         "ironboot_dhcp_replies_total{type=\"offer\"}",
     );
@@ -321,7 +309,7 @@ fn serve_with_workers(label: &str, driver: &str, workers: u64) {
         .iter()
         .filter_map(Value::as_u64)
         .collect();
-    let completed = metric(&lab.metrics(), "ironboot_tftp_transfers_completed_total");
+    let completed = metrics::count(&lab.metrics(), "ironboot_tftp_transfers_completed_total");
     assert_eq!(
         completed,
         Some(TFTP_CLIENTS),

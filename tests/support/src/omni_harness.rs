@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use serde_json::Value;
 
 /// Runs `bin keygen` with `args`; the service-account key it printed.
-pub(crate) fn keygen(bin: &Path, args: &[&str]) -> String {
+pub fn keygen(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin)
         .arg("keygen")
         .args(args)
@@ -24,17 +24,17 @@ pub(crate) fn keygen(bin: &Path, args: &[&str]) -> String {
 
 /// A started harness: its process, control pipes, listening address, and the directory
 /// holding its key file (removed when dropped).
-pub(crate) struct Serve {
-    pub(crate) child: Child,
-    pub(crate) stdin: ChildStdin,
-    pub(crate) stdout: BufReader<ChildStdout>,
-    pub(crate) addr: String,
-    pub(crate) dir: tempfile::TempDir,
+pub struct Serve {
+    pub child: Child,
+    pub stdin: ChildStdin,
+    pub stdout: BufReader<ChildStdout>,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
 }
 
 /// Runs `bin serve` trusting the service-account `key`, with `extra` arguments, and waits
 /// for its first line (the address it listens on).
-pub(crate) fn serve(bin: &Path, key: &str, extra: &[&str]) -> Serve {
+pub fn serve(bin: &Path, key: &str, extra: &[&str]) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("sa.key");
     std::fs::write(&key_file, key).unwrap();
@@ -70,11 +70,7 @@ pub(crate) fn serve(bin: &Path, key: &str, extra: &[&str]) -> Serve {
 }
 
 /// Sends one control command; returns the answer (which has `ok`).
-pub(crate) fn send(
-    stdin: &mut ChildStdin,
-    stdout: &mut BufReader<ChildStdout>,
-    cmd: &Value,
-) -> Value {
+pub fn send(stdin: &mut ChildStdin, stdout: &mut BufReader<ChildStdout>, cmd: &Value) -> Value {
     writeln!(stdin, "{cmd}").unwrap();
     stdin.flush().unwrap();
     let mut line = String::new();

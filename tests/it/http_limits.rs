@@ -11,7 +11,7 @@
 //! - a client that stops reading a big file is dropped after the write deadline;
 //! - standalone mode serves no agent tunnel (404), and an h2c connection with no stream
 //!   is closed after the idle deadline (a tunnel outliving it is proven with a real Go
-//!   agent in `tests/agent_conformance.rs`);
+//!   agent in `tests/it/agent_conformance.rs`);
 //! - `--api-allow-cidr` keeps `/metrics` from other sources (403) and the boot path open;
 //! - an oversized request head gets 431, an oversized declared body 413.
 //!
@@ -22,9 +22,7 @@
 //! flood held for 55 s against the binary named by `IRONBOOT_FLOOD_BIN` (default: this
 //! build) with its default limits, printing what stayed open and the latencies seen.
 
-mod common;
-#[path = "common/process.rs"]
-mod process;
+use ironboot_test_support::{launch, metrics, prereqs, process};
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,7 +33,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const SERVER: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const PORT: u16 = 50042;
 /// Where the test reads `/metrics` from (inside `--api-allow-cidr` when that is set).
@@ -56,7 +53,7 @@ impl Namespace {
         let name = format!("ibhl{}{label}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
-            .env("PATH", common::path_env())
+            .env("PATH", prereqs::path_env())
             .stderr(Stdio::null())
             .status();
         process::run_ok("ip", &["netns", "add", &name]);
@@ -77,14 +74,14 @@ impl Drop for Namespace {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
-            .env("PATH", common::path_env())
+            .env("PATH", prereqs::path_env())
             .status();
     }
 }
 
 /// Fails the test naming what is missing, if anything.
 fn check_prerequisites() {
-    if let Some(why) = common::missing_prerequisites(
+    if let Some(why) = prereqs::missing_prerequisites(
         "the HTTP limits test",
         "http_limits",
         &[("ip", "iproute2"), ("kill", "procps")],
@@ -122,25 +119,23 @@ impl Ironboot {
         let log = fs::File::create(dir.path().join("ironboot.log")).unwrap();
         let server = SERVER.to_string();
         let nofile = nofile.map(|n| format!("--nofile={n}:{n}"));
-        let mut args = vec!["netns", "exec", &ns.name];
-        if let Some(limit) = &nofile {
-            args.extend(["prlimit", limit.as_str()]);
-        }
-        args.extend([
-            binary,
+        let wrapper: Vec<&str> = match &nofile {
+            Some(limit) => vec!["prlimit", limit.as_str()],
+            None => Vec::new(),
+        };
+        let mut args = vec![
             "--disable-dhcp-proxy",
             "--api-listen-address",
             &server,
             "--api-advertise-address",
             &server,
-        ]);
+        ];
         let (state, ipxe) = (state.display().to_string(), ipxe.display().to_string());
         args.extend(["--state-dir", &state, "--ipxe-dir", &ipxe]);
         args.extend(extra);
         // `ip netns exec` (and `prlimit`) exec the binary: the child's PID is ironboot's.
-        let child = Command::new("ip")
+        let child = launch::command_in_via(&ns.name, &wrapper, binary)
             .args(&args)
-            .env("PATH", common::path_env())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -248,12 +243,8 @@ fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
 async fn metric(line_start: &str) -> u64 {
     let (status, text) = get(OPERATOR, "/metrics").await.expect("reading /metrics");
     assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
+    metrics::count(&text, line_start)
         .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Wait until `cond` holds, polling; panics with `what` after `limit`.
@@ -405,7 +396,7 @@ fn a_slow_header_flood_is_dropped_while_ipxe_is_served() {
     raise_nofile();
     let ns = Namespace::new("f");
     let mut server = Ironboot::start(
-        IRONBOOT,
+        launch::binary(),
         &ns,
         &[
             "--http-header-timeout",
@@ -507,7 +498,7 @@ fn caps_write_deadline_h2c_streams_and_operator_routes() {
     let write = Duration::from_secs(3);
     let operator_cidr = format!("{OPERATOR}/32");
     let mut server = Ironboot::start(
-        IRONBOOT,
+        launch::binary(),
         &ns,
         &[
             // Long enough for 64 idle connections to be held while the 65th is tried.
@@ -598,7 +589,7 @@ async fn write_deadline(write: Duration) {
 }
 
 /// Standalone ironboot serves no agent tunnel (the h2c request gets 404; the tunnel's
-/// long-lived streams and the idle rule are proven in `tests/agent_conformance.rs`); an
+/// long-lived streams and the idle rule are proven in `tests/it/agent_conformance.rs`); an
 /// h2c connection without a stream is closed after the idle deadline.
 async fn h2c_streams(idle: Duration) {
     let tcp = connect_from(client_addr(5), None).await.unwrap();
@@ -707,7 +698,8 @@ async fn operator_routes() {
 fn flood_figures() {
     check_prerequisites();
     raise_nofile();
-    let binary = std::env::var("IRONBOOT_FLOOD_BIN").unwrap_or_else(|_| IRONBOOT.to_owned());
+    let binary =
+        std::env::var("IRONBOOT_FLOOD_BIN").unwrap_or_else(|_| launch::binary().to_owned());
     assert!(Path::new(&binary).exists(), "{binary} does not exist");
     let count: usize = std::env::var("FLOOD_CONNECTIONS")
         .ok()

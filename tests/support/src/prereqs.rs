@@ -1,4 +1,4 @@
-//! Helpers shared by the real-peer test binaries: prerequisite checks that fail (never
+//! Helpers shared by the real-peer test suites: prerequisite checks that fail (never
 //! skip) naming what is missing and how to install it, and the `PATH` they run with.
 
 use std::ffi::OsString;
@@ -6,10 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where Debian keeps dnsmasq, tcpdump and friends; plain user `PATH`s lack them.
-pub(crate) const EXTRA_PATH: [&str; 2] = ["/usr/sbin", "/sbin"];
+pub const EXTRA_PATH: [&str; 2] = ["/usr/sbin", "/sbin"];
 
 /// How to install everything the suite needs.
-pub(crate) const INSTALL_HINT: &str = "sudo tests/install-prereqs.sh";
+pub const INSTALL_HINT: &str = "sudo tests/install-prereqs.sh";
 
 fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -23,7 +23,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// `PATH` with [`EXTRA_PATH`] appended, for the commands the tests start.
-pub(crate) fn path_env() -> OsString {
+pub fn path_env() -> OsString {
     let mut path = std::env::var_os("PATH").unwrap_or_default();
     for extra in EXTRA_PATH {
         path.push(":");
@@ -34,7 +34,7 @@ pub(crate) fn path_env() -> OsString {
 
 /// Why `what` (a test binary, e.g. "the real-firmware test") cannot run: not root, or
 /// missing `commands` / `files`, each given with its Debian package. `None` if it can.
-pub(crate) fn missing_prerequisites(
+pub fn missing_prerequisites(
     what: &str,
     test_name: &str,
     commands: &[(&str, &'static str)],
@@ -43,7 +43,7 @@ pub(crate) fn missing_prerequisites(
     if let Some(uid) = effective_uid().filter(|&uid| uid != 0) {
         return Some(format!(
             "{what} must run as root (network namespaces), not as uid {uid}: run e.g. \
-             `sudo -E env PATH=\"$PATH\" cargo test --test {test_name}`"
+             `sudo -E env PATH=\"$PATH\" cargo test --test it {test_name}::`"
         ));
     }
     let dirs: Vec<PathBuf> = std::env::split_paths(&path_env()).collect();

@@ -9,11 +9,9 @@
 //!   boots are never lost, and no machine's boot count ever exceeds the requests sent
 //!   for it (nothing is recorded twice).
 //!
-//! As root (the TFTP port, the tmpfs mount): `sudo -E cargo test --test store_faults`.
+//! As root (the TFTP port, the tmpfs mount): `sudo -E cargo test --test it store_faults::`.
 
-mod common;
-#[path = "common/process.rs"]
-mod process;
+use ironboot_test_support::{launch, metrics, prereqs, process};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -28,13 +26,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use process::{run_ok, stop};
 use redb::{ReadableTable, TableDefinition};
 
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const HOST: &str = "127.0.0.1";
 /// The store's table, as `src/boot/store.rs` defines it.
 const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
 
 fn check_prerequisites(test: &str) {
-    if let Some(why) = common::missing_prerequisites(
+    if let Some(why) = prereqs::missing_prerequisites(
         "the machine store fault test",
         "store_faults",
         &[("mount", "mount"), ("umount", "mount")],
@@ -69,7 +66,7 @@ impl Server {
         std::fs::write(ipxe.join("undionly.kpxe"), vec![0x90u8; 4096]).expect("boot file");
         let port = free_port();
         let log = work.join(format!("{label}.log"));
-        let child = Command::new(IRONBOOT)
+        let child = launch::command()
             .args([
                 "--disable-dhcp-proxy",
                 "--api-listen-address",
@@ -141,13 +138,7 @@ impl Server {
     /// The value of an unlabelled sample (or one with its labels written out).
     fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = get(self.addr, "/metrics").ok()?;
-        String::from_utf8_lossy(&body).lines().find_map(|l| {
-            l.strip_prefix(sample)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        metrics::value(&String::from_utf8_lossy(&body), sample)
     }
 
     /// Every machine ID the API lists, following the pages.
@@ -276,7 +267,7 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount")
             .arg(&self.0)
-            .env("PATH", common::path_env())
+            .env("PATH", prereqs::path_env())
             .status();
     }
 }

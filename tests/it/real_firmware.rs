@@ -35,18 +35,14 @@
 //! (never skip) and say what is missing and how to install it. They share one test LAN, so
 //! they run one at a time (a lock), whatever the test harness's thread count.
 
+use ironboot_test_support::{go_harness, launch, logs, prereqs};
+
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-mod common;
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[path = "common/logs.rs"]
-mod logs;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/run.sh");
 const STORM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/storm.sh");
@@ -55,7 +51,6 @@ const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firmware/assets
 /// Where `tests/install-prereqs.sh` puts the Linux kernel and static busybox of the
 /// `/assets/` boot.
 const LINUX_BOOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.cache-tests/linux-boot");
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 /// The scripts bound each VM (60 s BIOS, 120 s UEFI, in parallel; 180 s for the storm);
 /// this only guards a hang.
 const GUARD: Duration = Duration::from_secs(420);
@@ -85,7 +80,7 @@ const FILES: [(&str, &str); 5] = [
 
 fn check_prerequisites() {
     if let Some(why) =
-        common::missing_prerequisites("the real-firmware test", "real_firmware", &COMMANDS, &FILES)
+        prereqs::missing_prerequisites("the real-firmware test", "real_firmware", &COMMANDS, &FILES)
     {
         panic!("{why}");
     }
@@ -97,13 +92,13 @@ fn run_script(script: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let log_path = tmp.join(format!("real_firmware-{}.log", std::process::id()));
     let log = File::create(&log_path).expect("create the script's log file");
-    let path = common::path_env();
+    let path = prereqs::path_env();
     // Debug logging for every ironboot the scripts start; they copy its log into the
     // suite's log directory (IRONBOOT_TEST_LOG_DIR, inherited) for the secret check.
     let mut child = logs::debug_env(&mut Command::new("bash"))
         .arg(script)
         .env("PATH", path)
-        .env("IRONBOOT_BIN", IRONBOOT)
+        .env("IRONBOOT_BIN", launch::binary())
         .env("IBFW_OUT_BASE", tmp.join("firmware-test"))
         .env("PROXY_UNDER_TEST", "ironboot")
         // The scripts' knobs come from the test alone, not from the caller's environment.
@@ -260,7 +255,7 @@ fn real_firmware_boots_linux_from_standalone_assets() {
     check_prerequisites();
     let mut missing = Vec::new();
     for (cmd, pkg) in [("cpio", "cpio"), ("gzip", "gzip")] {
-        if common::missing_prerequisites("", "real_firmware", &[(cmd, pkg)], &[]).is_some() {
+        if prereqs::missing_prerequisites("", "real_firmware", &[(cmd, pkg)], &[]).is_some() {
             missing.push(format!("command `{cmd}` (package {pkg})"));
         }
     }
@@ -270,7 +265,7 @@ fn real_firmware_boots_linux_from_standalone_assets() {
             missing.push(format!(
                 "{} (Debian's kernel and busybox-static, downloaded there by {})",
                 path.display(),
-                common::INSTALL_HINT
+                prereqs::INSTALL_HINT
             ));
         }
     }
@@ -278,7 +273,7 @@ fn real_firmware_boots_linux_from_standalone_assets() {
         missing.is_empty(),
         "the /assets/ Linux boot test cannot run; missing: {}.\n  install: {}",
         missing.join(", "),
-        common::INSTALL_HINT
+        prereqs::INSTALL_HINT
     );
     scenario(
         "Linux from standalone /assets/",

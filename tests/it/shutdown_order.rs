@@ -9,7 +9,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
+use ironboot_test_support::launch;
 
 /// Polls `log` until it holds `needle`, or panics after `within`.
 fn wait_for_log(log: &std::path::Path, needle: &str, within: Duration) -> String {
@@ -40,7 +40,7 @@ fn sigterm_stops_every_service_in_order_and_exits_zero() {
     // ironboot's.
     let mut child = Command::new("unshare")
         .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(IRONBOOT)
+        .arg(launch::binary())
         .args([
             "--api-listen-address",
             "127.0.0.1",

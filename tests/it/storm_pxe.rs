@@ -30,6 +30,8 @@
 //! `tests/install-prereqs.sh`; without them each test FAILS (never skips) and says what is
 //! missing.
 
+use ironboot_test_support::{go_harness, launch, logs, metrics, netns, prereqs, process};
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
@@ -39,20 +41,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod common;
-#[path = "common/go_harness.rs"]
-mod go_harness;
-#[path = "common/logs.rs"]
-mod logs;
-#[path = "common/netns.rs"]
-mod netns;
-#[path = "common/process.rs"]
-mod process;
-
 use netns::VethPair;
 use process::{run_ok, stop};
 
-const IRONBOOT: &str = env!("CARGO_BIN_EXE_ironboot");
 const SNPONLY: &str = "/usr/lib/ipxe/snponly.efi";
 const UNDIONLY: &str = "/usr/lib/ipxe/undionly.kpxe";
 /// The "kernel" of the image storm (any file ironboot serves under `/tftp/` will do).
@@ -86,7 +77,7 @@ const GO_PEER_MACHINES: u64 = 50;
 
 fn check_prerequisites() {
     if let Some(why) =
-        common::missing_prerequisites("the PXE storm tests", "storm_pxe", &COMMANDS, &FILES)
+        prereqs::missing_prerequisites("the PXE storm tests", "storm_pxe", &COMMANDS, &FILES)
     {
         panic!("{why}");
     }
@@ -146,22 +137,24 @@ impl Lab {
         let log = |ext: &str| {
             fs::File::create(self.path(&format!("{name}.{ext}"))).expect("create log file")
         };
-        let mut cmd = Command::new("ip");
-        let stderr = if args.first() == Some(&IRONBOOT) {
+        let ns = &self.net.server_ns;
+        let (mut cmd, stderr) = if args.first() == Some(&launch::binary()) {
             let (file, path) = logs::ironboot_log(name);
             let link = self.path(&format!("{name}.err"));
             let _ = fs::remove_file(&link);
             std::os::unix::fs::symlink(&path, &link).expect("link the ironboot log");
-            logs::debug_env(&mut cmd);
-            file
+            let mut cmd = launch::command_in(ns);
+            cmd.args(&args[1..]);
+            (cmd, file)
         } else {
-            log("err")
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns])
+                .args(args)
+                .env("PATH", prereqs::path_env());
+            (cmd, log("err"))
         };
         // `ip netns exec` execs the program: the child's PID is the server's own.
         let child = cmd
-            .args(["netns", "exec", &self.net.server_ns])
-            .args(args)
-            .env("PATH", common::path_env())
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -228,7 +221,7 @@ impl Lab {
             "--quiet",
         ];
         args.extend_from_slice(extra);
-        let out = self.exec(&self.net.client_ns, IRONBOOT, &args, 50);
+        let out = self.exec(&self.net.client_ns, launch::binary(), &args, 50);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -279,7 +272,7 @@ impl Lab {
         let start = Instant::now();
         loop {
             let m = self.http_get(&format!("{API}/metrics"));
-            if want.iter().all(|(s, n)| metric(&m, s) == Some(*n))
+            if want.iter().all(|(s, n)| metrics::count(&m, s) == Some(*n))
                 || start.elapsed() > Duration::from_secs(5)
             {
                 return m;
@@ -317,17 +310,6 @@ fn sources() -> Vec<String> {
     (0..SOURCES)
         .map(|i| format!("10.77.1.{}", 10 + i))
         .collect()
-}
-
-/// The value of one sample (name and labels exactly as rendered).
-fn metric(text: &str, sample: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 fn num(v: &Value, path: &[&str]) -> u64 {
@@ -400,7 +382,7 @@ fn storm_against_ironboot(label: &str, driver: &str) {
     lab.start_server(
         "ironboot",
         &[
-            IRONBOOT,
+            launch::binary(),
             "--dhcp-proxy-iface-or-ip",
             &srv_if,
             "--api-advertise-address",
@@ -477,7 +459,7 @@ fn storm_against_ironboot(label: &str, driver: &str) {
     let metrics = lab.metrics_when(&want);
     for (sample, n) in want {
         assert_eq!(
-            metric(&metrics, sample),
+            metrics::count(&metrics, sample),
             Some(n),
             "[{driver}] /metrics {sample}, want {n} as the storm's report says; report: \
              {report:#}\n/metrics (DHCP, UDP):\n{}",
@@ -574,7 +556,7 @@ fn storm_against_ironboot(label: &str, driver: &str) {
     let metrics = lab.metrics_when(&want);
     for (sample, n) in want {
         assert_eq!(
-            metric(&metrics, sample),
+            metrics::count(&metrics, sample),
             Some(n),
             "[{driver}] after the DHCP-only storm, /metrics {sample}; report: {dhcp_only:#}"
         );
@@ -863,7 +845,7 @@ fn storm_of_50_boots_to_the_image_from_ironboot() {
     lab.start_server(
         "ironboot",
         &[
-            IRONBOOT,
+            launch::binary(),
             "--dhcp-proxy-iface-or-ip",
             &srv_if,
             "--api-advertise-address",
@@ -950,7 +932,7 @@ fn storm_of_50_boots_to_the_image_from_ironboot() {
     // ironboot's own account: one file request per image fetched.
     let files_ok = "ironboot_http_requests_total{route=\"files\",status=\"200\"}";
     let metrics = lab.metrics_when(&[(files_ok, 2 * IMAGE_MACHINES)]);
-    assert_eq!(metric(&metrics, files_ok), Some(2 * IMAGE_MACHINES));
+    assert_eq!(metrics::count(&metrics, files_ok), Some(2 * IMAGE_MACHINES));
 
     // The initrd URL 404s: every machine fails in the image stage, with that reason,
     // after fetching its kernel.
@@ -994,7 +976,10 @@ fn storm_of_50_boots_to_the_image_from_ironboot() {
     let files_404 = "ironboot_http_requests_total{route=\"files\",status=\"404\"}";
     let metrics = lab.metrics_when(&[(files_ok, 3 * IMAGE_MACHINES), (files_404, IMAGE_MACHINES)]);
     assert_eq!(
-        (metric(&metrics, files_ok), metric(&metrics, files_404)),
+        (
+            metrics::count(&metrics, files_ok),
+            metrics::count(&metrics, files_404)
+        ),
         (Some(3 * IMAGE_MACHINES), Some(IMAGE_MACHINES))
     );
 
@@ -1024,7 +1009,7 @@ fn storm_of_50_boots_to_the_image_from_ironboot() {
     let want = 2 * IMAGE_MACHINES + 2 * CHAIN_MACHINES;
     let metrics = lab.metrics_when(&[(script_ok, want)]);
     assert_eq!(
-        metric(&metrics, script_ok),
+        metrics::count(&metrics, script_ok),
         Some(want),
         "every machine's boot.ipxe, and the chained one"
     );
