@@ -21,10 +21,6 @@ pub(crate) mod boot_plan;
 )]
 pub(crate) mod executor;
 pub(crate) mod factory_proxy;
-#[allow(
-    dead_code,
-    reason = "the client's URL helpers beyond what the boot decisions use are exercised by its tests only"
-)]
 pub(crate) mod image_factory;
 #[cfg_attr(
     not(feature = "test-support"),

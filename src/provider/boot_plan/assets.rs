@@ -10,12 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio_util::io::ReaderStream;
 use tracing::warn;
 
 use crate::boot::http::sendfile::{ImageFile, Resolved};

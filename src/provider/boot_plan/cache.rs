@@ -131,6 +131,7 @@ impl MachineStateCache {
     }
 
     /// Machines known.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         inner.machines.len()

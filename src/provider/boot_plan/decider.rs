@@ -293,6 +293,7 @@ impl OmniBootDecider {
     }
 
     /// The agent-mode options in force.
+    #[cfg(test)]
     pub(crate) fn agent_options(&self) -> AgentModeOptions {
         self.mode
             .read()

@@ -222,6 +222,7 @@ impl ExtraDocuments {
     }
 
     /// Number of documents.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.docs.len()
     }

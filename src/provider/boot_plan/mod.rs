@@ -21,11 +21,6 @@
 //! - [`OmniBoot::with_agent_options`]: `--agent-test-mode` and the TLS listener
 //!   (`metal.provider.address=https://…`, `talos.config.inline=`, the CA as a
 //!   `TrustedRootsConfig` in `/config`), see [`crate::provider::tls`].
-#![allow(
-    dead_code,
-    unused_imports,
-    reason = "re-exports and helpers read only by this module's tests and the benches"
-)]
 
 mod assets;
 mod cache;
@@ -37,11 +32,13 @@ mod join_config;
 mod tests;
 
 pub(crate) use assets::{LocalAssets, boot_asset_names};
-pub(crate) use cache::{CacheEvent, InfraView, MachineBootState, MachineStateCache};
-pub(crate) use decider::{
-    AgentModeOptions, AgentTlsBoot, Decision, OmniBootDecider, OmniBootError, decide,
-};
-pub(crate) use extra_docs::{DocumentProblem, ExtraDocuments, ExtraDocumentsError};
+pub(crate) use cache::{CacheEvent, MachineStateCache};
+#[cfg(test)]
+pub(crate) use cache::{InfraView, MachineBootState};
+pub(crate) use decider::{AgentModeOptions, AgentTlsBoot, OmniBootDecider, OmniBootError};
+#[cfg(test)]
+pub(crate) use decider::{Decision, decide};
+pub(crate) use extra_docs::ExtraDocuments;
 pub(crate) use feed::follow;
 pub(crate) use join_config::JoinConfig;
 

@@ -55,6 +55,7 @@ pub(crate) enum Arch {
 impl Arch {
     /// As the Go provider reads `boot.ipxe?arch=` (iPXE's `${buildarch}`): `arm64` is
     /// arm64, anything else amd64.
+    #[cfg(test)]
     pub(crate) fn from_query(arch: &str) -> Self {
         if arch == "arm64" {
             Arch::Arm64
@@ -271,6 +272,7 @@ impl ImageFactory {
     }
 
     /// Schematic creations sent so far (for metrics and tests).
+    #[cfg(test)]
     pub(crate) fn posts(&self) -> u64 {
         self.inner.posts.load(Ordering::Relaxed)
     }
@@ -332,18 +334,6 @@ impl ImageFactory {
         }
     }
 
-    /// The factory's iPXE URL for `id` at `talos_version` on `arch`, as the Go provider
-    /// builds it: `<pxe base>/pxe/<id>/<version>/metal-<arch>`, with `-secureboot` when
-    /// secure boot is on.
-    pub(crate) fn pxe_url(
-        &self,
-        id: &SchematicId,
-        talos_version: &str,
-        arch: Arch,
-    ) -> Result<String, FactoryError> {
-        pxe_url(&self.inner.settings, id, talos_version, arch)
-    }
-
     /// The factory's iPXE URL of `image`: `<pxe base>/pxe/<image path>`.
     pub(crate) fn url_of(&self, image: &PxeImage) -> String {
         image.url(&self.inner.settings.pxe_base_url)
@@ -368,6 +358,7 @@ impl ImageFactory {
     }
 
     /// The agent-mode iPXE URL ([`ImageFactory::agent_mode_image`] on the factory).
+    #[cfg(test)]
     pub(crate) async fn agent_mode_url(
         &self,
         arch: Arch,
@@ -397,6 +388,7 @@ impl ImageFactory {
 
     /// The iPXE URL of Talos `talos_version` ([`ImageFactory::talos_image`] on the
     /// factory).
+    #[cfg(test)]
     pub(crate) async fn talos_url(
         &self,
         talos_version: &str,
@@ -535,6 +527,7 @@ impl Inner {
 }
 
 /// See [`ImageFactory::pxe_url`].
+#[cfg(test)]
 fn pxe_url(
     settings: &ImageFactorySettings,
     id: &SchematicId,

@@ -95,6 +95,7 @@ fn yaml_scalar(s: &str) -> Cow<'_, str> {
 }
 
 /// Lowercase hex of a digest.
+#[cfg(test)]
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()

@@ -16,11 +16,6 @@
 //! reach a cluster), power actions are at-most-once per cooldown window (a reboot loop is
 //! the worse failure, and a power decision that was lost is taken again from the observed
 //! power state).
-#![allow(
-    dead_code,
-    unused_imports,
-    reason = "predicates and re-exports read only by the rule tables in tests"
-)]
 
 mod action;
 mod model;
@@ -35,5 +30,7 @@ pub(crate) use model::{
     Acceptance, BmcRecord, Event, InfraMachine, MachineStatus, Observed, PowerRecord, RebootRecord,
     Recorded, SecretSource, WipeRecord, apply_event,
 };
-pub(crate) use reconcile::{Plan, reconcile};
-pub(crate) use rules::{BootDecision, installed, required_boot, requires_power_on, requires_wipe};
+#[cfg(test)]
+pub(crate) use reconcile::Plan;
+pub(crate) use reconcile::reconcile;
+pub(crate) use rules::{BootDecision, required_boot};
