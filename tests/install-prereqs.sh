@@ -44,6 +44,9 @@ PACKAGES=(
   python3-venv
   # script lint
   shellcheck
+  # systemd-analyze verify / security on deploy/systemd/ironboot.service
+  # (tests/it/systemd_unit.rs)
+  systemd
 )
 
 export DEBIAN_FRONTEND=noninteractive
