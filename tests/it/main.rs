@@ -19,5 +19,6 @@ mod real_firmware;
 mod shutdown_order;
 mod store_faults;
 mod storm_pxe;
+mod systemd_unit;
 mod tftp_conformance;
 mod udp_workers;
