@@ -217,6 +217,7 @@ fn the_inventory_reloads_on_sighup_and_on_change_and_refuses_a_broken_file() {
         (server.script(U1_QUERY) == "#!ipxe\necho u1 v2\n").then_some(())
     });
     assert_eq!(server.script(MAC_QUERY), "#!ipxe\necho mac v2\n");
+    // ironboot logs and counts a reload before putting it in force.
     let log = server.log();
     assert!(
         log.lines()

@@ -169,13 +169,11 @@ impl LiveInventory {
         match result {
             Ok(inventory) => {
                 let counts = inventory.counts();
-                let new = Arc::new(inventory);
-                let old = std::mem::replace(
-                    &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
-                    new.clone(),
-                );
-                self.reloads_ok.fetch_add(1, Relaxed);
-                let changed = *old != *new;
+                // Only this task replaces the inventory: what it compares with stays in
+                // force until the swap below.
+                let changed = *self.current() != inventory;
+                // Logged and counted first: once a request sees the new inventory, so do
+                // the log and /metrics.
                 info!(
                     path = %path.display(),
                     trigger,
@@ -186,10 +184,16 @@ impl LiveInventory {
                     default = counts.default,
                     "inventory reloaded"
                 );
+                self.reloads_ok.fetch_add(1, Relaxed);
+                // The old inventory is dropped after the lock is released.
+                let old = std::mem::replace(
+                    &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+                    Arc::new(inventory),
+                );
+                drop(old);
                 true
             }
             Err(e) => {
-                self.reloads_refused.fetch_add(1, Relaxed);
                 // Quoted: a parser's message spans lines (TOML shows the line and a caret).
                 warn!(
                     path = %path.display(),
@@ -197,6 +201,7 @@ impl LiveInventory {
                     error = ?e.to_string(),
                     "inventory file refused; the inventory in force is kept"
                 );
+                self.reloads_refused.fetch_add(1, Relaxed);
                 false
             }
         }
