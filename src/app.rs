@@ -15,6 +15,7 @@ use ironboot_net::wire::MessageType;
 use tracing::info;
 
 use crate::boot::config::ServerConfig;
+use crate::boot::inventory::reload::{LiveInventory, Reloader, Source};
 use crate::boot::service::ServiceHandle;
 use crate::boot::{
     assets, boot_files, boot_script, http, inventory, metrics, proxy_dhcp, store, tftp_service,
@@ -36,7 +37,9 @@ struct ModeParts {
     image_routes: Option<Arc<dyn http::sendfile::ImageRoutes>>,
     metrics: Vec<Arc<dyn metrics::PrometheusSource>>,
     /// Standalone's inventory, pinned in the machine store.
-    pinned: Option<Arc<inventory::Inventory>>,
+    pinned: Option<Arc<LiveInventory>>,
+    /// Standalone with `--inventory`: what reloads the file (a service of the edges).
+    reloader: Option<Reloader>,
 }
 
 /// Run ironboot until SIGINT/SIGTERM, or until an essential service fails.
@@ -87,12 +90,23 @@ fn standalone_parts(server: &ServerConfig, standalone: &Standalone) -> anyhow::R
     let assets_url = assets
         .as_ref()
         .map(|_| boot_script::assets_url(server.advertise_address.into(), server.api_port));
-    let inventory = Arc::new(match &standalone.inventory {
-        Some(path) => inventory::Inventory::load(path, assets_url.as_deref())?,
-        None => inventory::Inventory::default(),
-    });
-    info!(inventory = %inventory.summary(), "boot policy");
     let mut metrics: Vec<Arc<dyn metrics::PrometheusSource>> = Vec::new();
+    let (inventory, reloader) = match &standalone.inventory {
+        Some(path) => {
+            let reloader = Reloader::load(Source {
+                path: path.clone(),
+                assets: assets_url,
+            })?;
+            let live = reloader.live();
+            metrics.push(live.clone());
+            (live, Some(reloader))
+        }
+        None => (
+            Arc::new(LiveInventory::new(inventory::Inventory::default())),
+            None,
+        ),
+    };
+    info!(inventory = %inventory.current().summary(), "boot policy");
     if let Some(assets) = &assets {
         metrics.push(assets.counters());
     }
@@ -108,6 +122,7 @@ fn standalone_parts(server: &ServerConfig, standalone: &Standalone) -> anyhow::R
         image_routes,
         metrics,
         pinned: Some(inventory),
+        reloader,
     })
 }
 
@@ -125,6 +140,7 @@ fn omni_parts(omni: &OmniMode, factory_proxy: Option<Arc<FactoryProxy>>) -> Mode
         image_routes: omni.image_routes(),
         metrics,
         pinned: None,
+        reloader: None,
     }
 }
 
@@ -150,6 +166,12 @@ async fn serve(
     }
     let store = store.start_with(options)?;
     let store_stats = store.stats.clone();
+    if let Some(reloader) = parts.reloader {
+        supervisor.add(
+            Stage::Edges,
+            reloader.start(supervisor.token(Stage::Edges))?,
+        );
+    }
     if let Some(omni) = &mut omni {
         for service in omni.take_services() {
             supervisor.add(Stage::Provider, service);

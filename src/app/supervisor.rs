@@ -4,8 +4,9 @@
 //!
 //! The order, and why:
 //! 1. [`Stage::Edges`]: the ProxyDHCP and TFTP drivers and the HTTP/TLS listeners stop
-//!    taking new work (no new boot starts while ironboot winds down). The UDP services are
-//!    joined here; the HTTP servers only stop accepting, and drain in [`Stage::Drain`].
+//!    taking new work (no new boot starts while ironboot winds down), and the inventory is
+//!    no longer reloaded. The UDP services are joined here; the HTTP servers only stop
+//!    accepting, and drain in [`Stage::Drain`].
 //! 2. [`Stage::Provider`]: Omni mode's loops. The control loop finishes the lifecycle step
 //!    in progress (a power change, a wipe through an agent's tunnel, a write to Omni) and
 //!    starts no other; the watches and the heartbeat end at their next await point.
@@ -31,7 +32,7 @@ use crate::boot::service::ServiceHandle;
 /// The stages of a shutdown, in the order they stop (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Stage {
-    /// ProxyDHCP, TFTP, and the HTTP listeners' accept loops.
+    /// ProxyDHCP, TFTP, the HTTP listeners' accept loops, and the inventory's reloads.
     Edges,
     /// Omni mode's control loop, watches, heartbeat and probes.
     Provider,

@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 
+use crate::boot::inventory::EntryKey;
 use crate::boot::machine::MachineQuery;
 
 /// How many NICs (`net0`..) the init script tries per round: more than any server has,
@@ -394,6 +395,12 @@ impl BootTarget {
 pub(crate) trait BootDecider: Send + Sync {
     /// The target for this machine. Must not block: it runs on the HTTP path.
     fn decide(&self, who: &MachineQuery) -> BootTarget;
+
+    /// [`BootDecider::decide`], with the inventory entry that chose the target (recorded
+    /// with the machine); both from one inventory, even while it is being reloaded.
+    fn decide_with_entry(&self, who: &MachineQuery) -> (BootTarget, Option<EntryKey>) {
+        (self.decide(who), None)
+    }
 }
 
 /// The answer to one `boot.ipxe` request.
@@ -404,6 +411,9 @@ pub(crate) struct Answer {
     pub(crate) kind: &'static str,
     /// The response.
     pub(crate) rendered: Rendered,
+    /// The inventory entry that chose it (standalone mode), recorded with the machine;
+    /// `None` when no entry did, and in Omni mode.
+    pub(crate) entry: Option<EntryKey>,
 }
 
 /// A boxed answer, so deciders that wait (on the Image Factory) fit behind one `dyn`.
@@ -423,10 +433,11 @@ pub(crate) trait BootAnswerer: Send + Sync {
 
 impl<T: BootDecider> BootAnswerer for T {
     fn answer<'a>(&'a self, who: &'a MachineQuery, disk: BootFromDiskMethod) -> AnswerFuture<'a> {
-        let target = self.decide(who);
+        let (target, entry) = self.decide_with_entry(who);
         Box::pin(std::future::ready(Answer {
             kind: target.kind(),
             rendered: render(&target, disk),
+            entry,
         }))
     }
 }

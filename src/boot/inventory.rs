@@ -20,7 +20,9 @@
 //! The file is read in two steps: a strict schema (unknown keys are errors, so a typo
 //! never silently changes what machines boot), then [`TryFrom`] into the runtime form,
 //! which refuses duplicates, ambiguous or empty entries and malformed values, naming the
-//! file, the entry and the field. See `docs/inventory.md`.
+//! file, the entry and the field. The running server reloads the file on SIGHUP and when
+//! it changes, keeping the inventory in force when the new file is refused ([`reload`]).
+//! See `docs/inventory.md`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +34,8 @@ use tracing::debug;
 
 use crate::boot::boot_script::{BootDecider, BootTarget, IpxeScript, KernelBoot};
 use crate::boot::machine::{MacAddr, MachineQuery, Uuid};
+
+pub(crate) mod reload;
 
 /// One string or a list of strings, as a list.
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -203,6 +207,42 @@ pub(crate) enum Matched<'a> {
     Mac(Option<&'a str>),
     /// No entry: the default.
     Default,
+}
+
+/// Which entry chose a machine's boot target, as the machine list shows it
+/// (`inventory_entry` of `/api/v1/machines`): the UUID or MAC the entry matched, or its
+/// `[default]`. Plain values, so naming the entry costs the boot path no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryKey {
+    /// A `[[machine]]` entry listing this UUID.
+    Uuid(Uuid),
+    /// A `[[machine]]` entry listing this MAC.
+    Mac(MacAddr),
+    /// The `[default]` entry.
+    Default,
+}
+
+impl fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntryKey::Uuid(u) => fmt::Display::fmt(u, f),
+            EntryKey::Mac(m) => fmt::Display::fmt(m, f),
+            EntryKey::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// How many entries an inventory has, for the logs and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryCounts {
+    /// `[[machine]]` entries.
+    pub(crate) machines: usize,
+    /// UUIDs they list.
+    pub(crate) uuids: usize,
+    /// MACs they list.
+    pub(crate) macs: usize,
+    /// Whether there is a `[default]`.
+    pub(crate) default: bool,
 }
 
 impl fmt::Display for Matched<'_> {
@@ -447,18 +487,18 @@ impl TryFrom<RawInventory> for Inventory {
 }
 
 impl Inventory {
-    /// Read and validate `path` (format by extension); `assets` is the URL of ironboot's
-    /// own `/assets/` (e.g. `http://10.0.0.1:50042/assets/`) when it serves them, which
+    /// Read and validate `path` (format by extension) as ironboot does at start and on
+    /// each reload ([`reload::Source::load`]); `assets` is the URL of ironboot's own
+    /// `/assets/` (e.g. `http://10.0.0.1:50042/assets/`) when it serves them, which
     /// `kernel` and `initrd` values of the form `/assets/...` are turned into.
+    #[cfg(test)]
     pub(crate) fn load(path: &Path, assets: Option<&str>) -> Result<Inventory, InventoryError> {
-        let format = Format::of(path).ok_or_else(|| InventoryError::Format {
+        reload::Source {
             path: path.to_owned(),
-        })?;
-        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Inventory::parse_with_assets(&text, format, path, assets)
+            assets: assets.map(str::to_owned),
+        }
+        .load()
+        .result
     }
 
     /// Validate inventory text; `path` only names the source in errors.
@@ -505,6 +545,29 @@ impl Inventory {
         (&self.default, Matched::Default)
     }
 
+    /// The target for `who` and the entry that chose it: `None` when no entry did (no
+    /// `[default]`, or no inventory at all), and the machine boots from its disk.
+    pub(crate) fn decide_entry(&self, who: &MachineQuery) -> (&BootTarget, Option<EntryKey>) {
+        let (target, matched) = self.lookup(who);
+        let key = match matched {
+            Matched::Uuid(_) => who.uuid.map(EntryKey::Uuid),
+            Matched::Mac(_) => who.mac.map(EntryKey::Mac),
+            Matched::Default => self.has_default.then_some(EntryKey::Default),
+        };
+        debug!(machine = %who.machine_id(), %matched, decision = target.kind(), "inventory");
+        (target, key)
+    }
+
+    /// How many entries it has.
+    pub(crate) fn counts(&self) -> EntryCounts {
+        EntryCounts {
+            machines: self.entries.len(),
+            uuids: self.by_uuid.len(),
+            macs: self.by_mac.len(),
+            default: self.has_default,
+        }
+    }
+
     /// For the start-up log line.
     pub(crate) fn summary(&self) -> String {
         if self.entries.is_empty() && !self.has_default {
@@ -543,9 +606,12 @@ impl crate::boot::store::Pinned for Inventory {
 
 impl BootDecider for Inventory {
     fn decide(&self, who: &MachineQuery) -> BootTarget {
-        let (target, matched) = self.lookup(who);
-        debug!(machine = %who.machine_id(), %matched, decision = target.kind(), "inventory");
-        target.clone()
+        self.decide_entry(who).0.clone()
+    }
+
+    fn decide_with_entry(&self, who: &MachineQuery) -> (BootTarget, Option<EntryKey>) {
+        let (target, key) = self.decide_entry(who);
+        (target.clone(), key)
     }
 }
 
@@ -708,6 +774,75 @@ cmdline = "console=ttyS0"
         );
         let (t, m) = inv.lookup(&who(None, Some("52:54:00:aa:00:03")));
         assert_eq!((t, m), (&BootTarget::Disk, Matched::Default));
+    }
+
+    /// The entry a machine is recorded with: the UUID or MAC matched, or the default;
+    /// none without a `[default]` or an inventory.
+    #[test]
+    fn decisions_name_the_entry_by_the_key_that_matched() {
+        let inv = toml(
+            r##"
+[default]
+boot = "disk"
+[[machine]]
+uuid = ["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"]
+mac = "52:54:00:aa:00:01"
+script = "#!ipxe\necho one\n"
+[[machine]]
+mac = ["52:54:00:aa:00:02", "52-54-00-AA-00-03"]
+boot = "disk"
+"##,
+        )
+        .unwrap();
+        let key = |inv: &Inventory, uuid, mac| {
+            inv.decide_with_entry(&who(uuid, mac))
+                .1
+                .map(|k| k.to_string())
+        };
+        for (uuid, mac, expected) in [
+            (
+                Some("00000000-0000-4000-8000-000000000002"),
+                Some("52:54:00:aa:00:03"),
+                Some("00000000-0000-4000-8000-000000000002"),
+            ),
+            (None, Some("52:54:00:AA:00:01"), Some("52:54:00:aa:00:01")),
+            (
+                Some("00000000-0000-4000-8000-000000000009"),
+                Some("52-54-00-aa-00-03"),
+                Some("52:54:00:aa:00:03"),
+            ),
+            (None, Some("52:54:00:aa:00:09"), Some("default")),
+        ] {
+            assert_eq!(
+                key(&inv, uuid, mac).as_deref(),
+                expected,
+                "{uuid:?} {mac:?}"
+            );
+        }
+        assert_eq!(
+            inv.decide_with_entry(&who(None, Some("52:54:00:aa:00:09"))),
+            (BootTarget::Disk, Some(EntryKey::Default))
+        );
+        let no_default =
+            toml("[[machine]]\nmac = \"52:54:00:aa:00:01\"\nboot = \"disk\"\n").unwrap();
+        assert_eq!(key(&no_default, None, Some("52:54:00:aa:00:09")), None);
+        assert_eq!(
+            key(&no_default, None, Some("52:54:00:aa:00:01")).as_deref(),
+            Some("52:54:00:aa:00:01")
+        );
+        assert_eq!(
+            key(&Inventory::default(), None, Some("52:54:00:aa:00:01")),
+            None
+        );
+        assert_eq!(
+            inv.counts(),
+            EntryCounts {
+                machines: 2,
+                uuids: 2,
+                macs: 3,
+                default: true
+            }
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::boot::inventory::EntryKey;
 use crate::boot::machine::{MacAddr, MachineQuery, Uuid};
 use crate::boot::metrics::PrometheusSource;
 
@@ -165,6 +166,11 @@ pub(crate) struct MachineRecord {
     pub(crate) last_boot: String,
     /// Boot scripts served to it.
     pub(crate) boots: u64,
+    /// The inventory entry its last boot script came from (standalone mode): the UUID or
+    /// MAC the entry matched, or `default`; `None` when no entry matched (no inventory, no
+    /// `[default]`, Omni mode) and in records written before ironboot kept it.
+    #[serde(default)]
+    pub(crate) inventory_entry: Option<String>,
 }
 
 impl MachineRecord {
@@ -244,6 +250,8 @@ pub(crate) struct Sighting {
     pub(crate) ip: Option<IpAddr>,
     /// What it was told to boot ([`crate::boot::boot_script::BootTarget::kind`]).
     pub(crate) decision: &'static str,
+    /// The inventory entry that chose the boot target, if one did.
+    pub(crate) entry: Option<EntryKey>,
     /// When, Unix milliseconds.
     pub(crate) at_ms: u64,
 }
@@ -321,6 +329,7 @@ fn apply(existing: Option<&MachineRecord>, s: &Sighting) -> (MachineRecord, bool
         last_seen_ms: s.at_ms,
         last_boot: String::new(),
         boots: 0,
+        inventory_entry: None,
     });
     if let Some(u) = q.uuid {
         r.uuid = Some(u.to_string());
@@ -348,6 +357,7 @@ fn apply(existing: Option<&MachineRecord>, s: &Sighting) -> (MachineRecord, bool
     r.first_seen_ms = r.first_seen_ms.min(s.at_ms);
     r.last_seen_ms = r.last_seen_ms.max(s.at_ms);
     s.decision.clone_into(&mut r.last_boot);
+    r.inventory_entry = s.entry.map(|e| e.to_string());
     r.boots += 1;
     (r, mac_refused)
 }
@@ -654,6 +664,33 @@ impl Evictable {
     }
 }
 
+impl Evictable {
+    /// Takes the oldest machine that may make room, `known` as committed and `updated` and
+    /// `removed` by the batch so far. The inventory may have been reloaded since a record
+    /// was indexed, so each one is checked again: one the inventory lists now is passed
+    /// over (and leaves the index until its next sighting), and so is a key left behind
+    /// for a record already gone.
+    fn pop_victim(
+        &mut self,
+        pinned: &dyn Pinned,
+        known: &BTreeMap<String, MachineRecord>,
+        updated: &BTreeMap<String, MachineRecord>,
+        removed: &BTreeSet<String>,
+    ) -> Option<String> {
+        while let Some((_, id)) = self.0.pop_first() {
+            let record = match updated.get(&id) {
+                Some(r) => Some(r),
+                None if removed.contains(&id) => None,
+                None => known.get(&id),
+            };
+            if record.is_some_and(|r| evictable(pinned, r)) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     path: PathBuf,
@@ -711,7 +748,10 @@ impl Writer {
                     .map(|r| (r.last_seen_ms, id.clone()));
                 if current.is_none() {
                     if count >= self.max_machines {
-                        let Some((_, victim)) = self.index.0.pop_first() else {
+                        let victim =
+                            self.index
+                                .pop_victim(self.pinned.as_ref(), &known, &updated, &removed);
+                        let Some(victim) = victim else {
                             self.stats.dropped_store_full.fetch_add(1, Relaxed);
                             continue;
                         };
@@ -1094,6 +1134,7 @@ mod tests {
             },
             ip: Some("10.0.0.9".parse().unwrap()),
             decision,
+            entry: None,
             at_ms,
         }
     }
@@ -1382,6 +1423,65 @@ mod tests {
         let on_disk = Store::open(dir.path()).unwrap().read_all().unwrap();
         assert_eq!(on_disk.len(), 10);
         assert!(on_disk.contains_key(&uuid(0xff)) && !on_disk.contains_key(&uuid(4)));
+    }
+
+    /// Pins machine 1 once switched on: an inventory reloaded to list it.
+    struct PinLater(std::sync::atomic::AtomicBool);
+
+    impl Pinned for PinLater {
+        fn pinned(&self, id: Option<Uuid>, _: &mut dyn Iterator<Item = MacAddr>) -> bool {
+            self.0.load(Relaxed) && id.is_some_and(|u| u.to_string() == uuid(1))
+        }
+    }
+
+    /// A machine the inventory lists only since a reload is not evicted, though it was
+    /// indexed as evictable before; the sighting is recorded with its entry.
+    #[tokio::test]
+    async fn a_machine_pinned_by_a_reload_is_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = Arc::new(PinLater(std::sync::atomic::AtomicBool::new(false)));
+        let h = Store::open(dir.path())
+            .unwrap()
+            .start_with(StoreOptions {
+                queue: 4096,
+                max_machines: 3,
+                new_per_source: u32::MAX,
+                pinned: pin.clone(),
+            })
+            .unwrap();
+        let t0 = 1_000_000u64;
+        for i in 1..=3u32 {
+            let mut s = sighting(Some(&uuid(i)), None, t0 + u64::from(i), "disk");
+            s.entry = Some(EntryKey::Default);
+            assert!(h.recorder.record(s));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.machines.len() < 3 {
+            assert!(Instant::now() < deadline, "not recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pin.0.store(true, Relaxed);
+        let mut s = sighting(Some(&uuid(4)), None, t0 + 10, "script");
+        s.entry = Some(EntryKey::Uuid(uuid(4).parse().unwrap()));
+        assert!(h.recorder.record(s));
+        drop(h.recorder);
+        h.writer.await.unwrap();
+        let m = h.machines;
+        assert!(m.get(&uuid(1)).is_some(), "the newly listed machine stays");
+        assert!(
+            m.get(&uuid(2)).is_none(),
+            "the oldest unlisted one made room"
+        );
+        assert_eq!(
+            m.get(&uuid(1)).unwrap().inventory_entry.as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            m.get(&uuid(4)).unwrap().inventory_entry,
+            Some(uuid(4)),
+            "recorded with the entry that chose its boot"
+        );
+        assert_eq!(h.stats.evicted.load(Relaxed), 1);
     }
 
     #[tokio::test]

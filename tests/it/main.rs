@@ -12,6 +12,7 @@ mod agent_tls;
 mod bmc_cli;
 mod executor_omni;
 mod http_limits;
+mod inventory_reload;
 mod lifecycle_scenario;
 mod log_secrets_check;
 mod omni_conformance;

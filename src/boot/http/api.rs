@@ -48,6 +48,9 @@ struct MachineJson<'a> {
     last_seen: String,
     last_boot: &'a str,
     boots: u64,
+    /// The inventory entry its last boot script came from: the UUID or MAC it matched,
+    /// `default`, or `null` (no entry matched, or Omni mode).
+    inventory_entry: Option<&'a str>,
 }
 
 impl<'a> From<&'a MachineRecord> for MachineJson<'a> {
@@ -65,6 +68,7 @@ impl<'a> From<&'a MachineRecord> for MachineJson<'a> {
             last_seen: format_time(r.last_seen_ms),
             last_boot: &r.last_boot,
             boots: r.boots,
+            inventory_entry: r.inventory_entry.as_deref(),
         }
     }
 }

@@ -110,7 +110,11 @@ pub(super) async fn boot(
             return text(StatusCode::BAD_REQUEST, msg + "\n");
         }
     };
-    let Answer { kind, rendered } = s.api.decider.answer(&who, s.api.disk_method).await;
+    let Answer {
+        kind,
+        rendered,
+        entry,
+    } = s.api.decider.answer(&who, s.api.disk_method).await;
     s.api.decider.booted(&who, ip);
     s.http.decision(kind);
     // One line per machine boot: useful to operators, and bounded by the machines' boots.
@@ -120,6 +124,7 @@ pub(super) async fn boot(
         arch = %who.arch,
         ip = ip.map(tracing::field::display),
         decision = kind,
+        inventory_entry = entry.map(tracing::field::display),
         "boot script"
     );
     let response = match rendered {
@@ -130,6 +135,7 @@ pub(super) async fn boot(
         query: who,
         ip,
         decision: kind,
+        entry,
         at_ms: now_ms(),
     });
     response

@@ -500,6 +500,7 @@ async fn health_metrics_and_machines() {
     assert_eq!(m["domain"], "lab");
     assert_eq!(m["last_boot"], "disk");
     assert_eq!(m["boots"], 1);
+    assert_eq!(m["inventory_entry"], U1, "matched by its UUID");
     assert_eq!(
         m["last_ip"],
         serde_json::Value::Null,
@@ -514,6 +515,7 @@ async fn health_metrics_and_machines() {
     assert_eq!(list[1]["uuid"], serde_json::Value::Null);
     assert_eq!(list[1]["arch"], "arm64");
     assert_eq!(list[1]["last_boot"], "kernel");
+    assert_eq!(list[1]["inventory_entry"], "52:54:00:aa:00:02");
 }
 
 #[tokio::test]

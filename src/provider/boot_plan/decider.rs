@@ -409,6 +409,7 @@ impl OmniBootDecider {
         Answer {
             kind: "retry",
             rendered: Rendered::Script(retry_script_because(self.advertise, self.port, reason)),
+            entry: None,
         }
     }
 
@@ -426,6 +427,7 @@ impl OmniBootDecider {
         Answer {
             kind: "retry",
             rendered: Rendered::Script(e.retry_script(self.advertise, self.port)),
+            entry: None,
         }
     }
 
@@ -446,6 +448,7 @@ impl OmniBootDecider {
         Answer {
             kind: "script",
             rendered: Rendered::Script(Bytes::from(text)),
+            entry: None,
         }
     }
 
@@ -455,11 +458,13 @@ impl OmniBootDecider {
             Ok(s) => Answer {
                 kind: "script",
                 rendered: Rendered::Script(s.bytes().clone()),
+                entry: None,
             },
             // Unreachable: the text starts with the signature.
             Err(_) => Answer {
                 kind: "script",
                 rendered: Rendered::Script(Bytes::from(text)),
+                entry: None,
             },
         }
     }
@@ -504,6 +509,7 @@ impl OmniBootDecider {
                     Ok(k) => Answer {
                         kind: "kernel",
                         rendered: Rendered::Script(k.bytes().clone()),
+                        entry: None,
                     },
                     Err((field, e)) => {
                         error!(machine = %who.machine_id(), %field, error = %e, "agent kernel command line refused (local boot assets or the machine's extra kernel arguments in Omni)");
@@ -544,6 +550,7 @@ impl OmniBootDecider {
             return Answer {
                 kind: "refused",
                 rendered: Rendered::NotFound(NO_UUID),
+                entry: None,
             };
         };
         let state = self.cache.get(&uuid.to_string());
@@ -551,6 +558,7 @@ impl OmniBootDecider {
             Decision::Refuse(msg) => Answer {
                 kind: "refused",
                 rendered: Rendered::NotFound(msg),
+                entry: None,
             },
             Decision::NotReady => self.retry("waiting for the machine's state from Omni"),
             Decision::Agent { extra_args } => self.agent(who, &extra_args).await,
@@ -565,6 +573,7 @@ impl OmniBootDecider {
             Decision::Disk => Answer {
                 kind: "disk",
                 rendered: render(&BootTarget::Disk, disk),
+                entry: None,
             },
         }
     }
