@@ -44,7 +44,7 @@ PACKAGES=(
   python3-venv
   # script lint
   shellcheck
-  # systemd-analyze verify / security on deploy/systemd/ironboot.service, and ironboot
+  # systemd-analyze verify / security on docs/systemd/ironboot.service, and ironboot
   # run as the unit runs it, traced (tests/it/systemd_unit.rs; setpriv is util-linux's)
   systemd
   strace

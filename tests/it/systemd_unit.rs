@@ -1,4 +1,4 @@
-//! `deploy/systemd/ironboot.service`, the unit operators install: `systemd-analyze verify`
+//! `docs/systemd/ironboot.service`, the unit operators install: `systemd-analyze verify`
 //! must accept it without a word, and `systemd-analyze security --offline` must find it
 //! no more exposed than it was made. `verify` checks that `ExecStart=`'s command exists,
 //! so the unit is checked with this build's binary in place of the installed path.
@@ -17,7 +17,7 @@ use ironboot_test_support::launch;
 
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/deploy/systemd/ironboot.service"
+    "/docs/systemd/ironboot.service"
 );
 
 /// Where the unit expects the binary (`install -m 755 ... /usr/local/bin/ironboot`).
