@@ -51,6 +51,8 @@ pub(crate) struct Records {
     pub(crate) reboot: Option<baremetal::RebootStatusSpec>,
     /// The `InfraMachineStatus` written last.
     pub(crate) status: Option<omni::InfraMachineStatusSpec>,
+    /// The provider's private `MachineStatus` (the Go provider's).
+    pub(crate) machine_status: Option<baremetal::MachineStatusSpec>,
     /// The `InfraMachine` is tearing down (Omni removes the machine).
     pub(crate) infra_tearing_down: bool,
     /// This provider's finalizer is on the `InfraMachine`.
@@ -107,8 +109,9 @@ pub(crate) enum Write {
     /// Put the provider's finalizer on the `InfraMachine`.
     Hold,
     /// Delete the provider's records of the machine (its `BMCConfiguration`,
-    /// `WipeStatus`, `PowerOperation`, `RebootStatus` and `InfraMachineStatus`), then lift
-    /// the provider's finalizers from the `InfraMachine`. Idempotent.
+    /// `WipeStatus`, `PowerOperation`, `RebootStatus`, `MachineStatus` and
+    /// `InfraMachineStatus`, each freed of the provider's finalizers first), then lift the
+    /// provider's finalizers from the `InfraMachine`. Idempotent.
     Release,
 }
 
@@ -144,6 +147,7 @@ impl fmt::Debug for Records {
             .field("power", &self.power)
             .field("reboot", &self.reboot)
             .field("status", &self.status)
+            .field("machine_status", &self.machine_status)
             .finish()
     }
 }
@@ -372,8 +376,19 @@ pub(crate) fn observed(records: &Records, status: MachineStatus) -> lifecycle::O
         written_status: records.status.as_ref().map(written_status),
         held: records.held,
         tearing_down: records.infra.is_some() && records.infra_tearing_down,
+        records_left: records.infra.is_none() && has_records(records),
         agent_grace_until: None,
     }
+}
+
+/// Any record of the provider's about the machine is stored.
+fn has_records(records: &Records) -> bool {
+    records.bmc_configuration.is_some()
+        || records.wipe.is_some()
+        || records.power.is_some()
+        || records.reboot.is_some()
+        || records.status.is_some()
+        || records.machine_status.is_some()
 }
 
 /// The record an action writes, or `None` for side effects (BMC, agent).

@@ -99,6 +99,18 @@ pub(crate) enum ExecError {
         /// The machine.
         machine_id: String,
     },
+    /// Omni let the machine go, but records of it are still held by finalizers of
+    /// another party than this provider: they are destroyed at a later pass.
+    #[error(
+        "machine {machine_id}: released, but finalizers of another party still hold \
+         {records:?}; retrying"
+    )]
+    ReleasePending {
+        /// The machine.
+        machine_id: String,
+        /// The types of the records left.
+        records: Vec<String>,
+    },
     /// The agent reports a BMC address outside `--bmc-allow-cidr` (or no IP address while
     /// the list is set): no credentials are set up.
     #[error(
@@ -477,7 +489,13 @@ async fn run_machine<S: Store, P: Power, A: Agent>(
                 streak = 0;
                 failures = failures.saturating_add(1);
                 inner.stats.failed_pass();
-                tracing::warn!(machine_id, error = %e, failures, "lifecycle step failed");
+                // Records held by another party are retried quietly after the first
+                // report: their holder may take long to let go.
+                if failures > 1 && matches!(e, ExecError::ReleasePending { .. }) {
+                    tracing::debug!(machine_id, error = %e, failures, "lifecycle step failed");
+                } else {
+                    tracing::warn!(machine_id, error = %e, failures, "lifecycle step failed");
+                }
                 let shift = failures.saturating_sub(1).min(16);
                 inner
                     .settings

@@ -515,6 +515,21 @@ impl Client {
         .await
     }
 
+    /// Removes every finalizer starting with `prefix` from resource `id` in one update (any
+    /// phase; idempotent).
+    pub async fn remove_finalizers_with_prefix<S: Spec>(
+        &self,
+        id: &str,
+        prefix: &str,
+    ) -> Result<Resource<S>, OmniError> {
+        self.modify_finalizers::<S>(id, |f| {
+            let before = f.len();
+            f.retain(|x| !x.starts_with(prefix));
+            f.len() != before
+        })
+        .await
+    }
+
     async fn modify_finalizers<S: Spec>(
         &self,
         id: &str,
