@@ -429,10 +429,23 @@ fn a_machine_the_go_provider_managed_is_released_by_ironboot() {
 
     let running = start(&client);
 
-    // ironboot manages the machine: it reads the BMC with the Go provider's credentials.
+    // ironboot manages the machine: it reads the BMC with the Go provider's credentials
+    // and publishes the status with the labels upstream's transform gives: the old
+    // `--machine-labels` gone, the new ones set, the cluster and role copied.
     wait_for("the BMC read with the Go provider's credentials", || {
         bmc.chassis_log().iter().any(|l| l.starts_with("get power"))
     });
+    let want_labels = json!({
+        PROVIDER_LABEL: ID, "rack": "a1",
+        "omni.sidero.dev/cluster": "c1", "omni.sidero.dev/role-worker": "",
+    });
+    wait_for("the status's labels set as upstream sets them", || {
+        omni.get(status)["labels"] == want_labels
+    });
+    assert_eq!(
+        omni.get(status)["owner"],
+        go("InfraMachineStatusController")
+    );
 
     // Omni removes the machine.
     let destroys_before = omni.calls("Destroy");

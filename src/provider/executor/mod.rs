@@ -533,6 +533,9 @@ async fn pass<S: Store, P: Power, A: Agent>(
     let mut status = machine.status();
     status.agent_connected = inner.agent.is_connected(machine_id);
     let mut observed = mapping::observed(&records, status);
+    if mapping::status_labels_stale(&records, &inner.settings.machine_labels) {
+        observed.written_status = None;
+    }
     // The rules compare wall-clock times (records in Omni carry them); the grace and the
     // cooldown are handed over as times before or after `now` measured on the monotonic
     // clock, so a wall clock that jumps moves neither.
@@ -567,7 +570,15 @@ async fn pass<S: Store, P: Power, A: Agent>(
         } else if permit.is_none() {
             permit = inner.permits.acquire().await.ok();
         }
-        execute(inner, machine_id, machine, bmc.as_ref(), action).await?;
+        execute(
+            inner,
+            machine_id,
+            machine,
+            bmc.as_ref(),
+            &records.infra_labels,
+            action,
+        )
+        .await?;
         if let Action::RecordPowerOp { op, at } = action {
             machine.recorded_power_op(*op, *at);
         }
@@ -645,9 +656,10 @@ async fn execute<S: Store, P: Power, A: Agent>(
     machine_id: &str,
     machine: &Machine,
     bmc: Option<&BmcInfo>,
+    infra_labels: &BTreeMap<String, String>,
     action: &Action,
 ) -> Result<(), ExecError> {
-    if let Some(write) = mapping::write_for(action, &inner.settings.machine_labels) {
+    if let Some(write) = mapping::write_for(action, &inner.settings.machine_labels, infra_labels) {
         return inner.store.write(machine_id, &write).await;
     }
     let (power_action, after, operation) = match action {

@@ -191,6 +191,14 @@ impl Store for OmniStore {
         Ok(Records {
             infra_tearing_down,
             held,
+            infra_labels: infra
+                .as_ref()
+                .map(|r| r.metadata.labels.clone())
+                .unwrap_or_default(),
+            status_labels: status
+                .as_ref()
+                .map(|r| r.metadata.labels.clone())
+                .unwrap_or_default(),
             infra: infra.map(|r| r.spec),
             bmc_config: bmc_config.map(|r| r.spec),
             bmc_configuration: bmc_configuration.map(|r| r.spec),
@@ -250,15 +258,18 @@ impl Store for OmniStore {
                 .map(drop)
                 .map_err(Self::omni_error(machine_id)),
             Write::Release => self.release(machine_id).await,
-            Write::Status { spec, labels } => {
+            Write::Status {
+                spec,
+                labels,
+                infra_labels,
+            } => {
                 self.modify::<omni::InfraMachineStatusSpec>(
                     machine_id,
                     "InfraMachineStatusController",
                     |r| {
                         r.spec = spec.clone();
-                        r.metadata
-                            .labels
-                            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        r.metadata.labels =
+                            mapping::status_labels(&r.metadata.labels, labels, infra_labels);
                     },
                 )
                 .await
