@@ -14,6 +14,9 @@
 //!   stays.
 //! - A record another party still holds does not keep the machine in Omni: the
 //!   InfraMachine is let go, and the record is destroyed once its holder let go too.
+//! - An InfraMachine whose spec carries a field ironboot does not know (Omni's schema
+//!   grows): holding and releasing it send the spec back byte for byte, which Omni
+//!   requires of a provider.
 //!
 //! Needs Go, the harness's modules and `ipmi_sim` (`tests/install-prereqs.sh`); a missing
 //! one fails the test naming it. Everything listens on 127.0.0.1.
@@ -135,6 +138,15 @@ impl Omni {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The stored spec's protobuf bytes.
+    fn raw_spec(&mut self, at: (&str, &str, &str)) -> Vec<u8> {
+        let v = self.get(at);
+        let b64 = v["raw_spec"].as_str().unwrap_or_default();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| panic!("raw_spec of {at:?}: {e}: {v}"))
     }
 
     /// Authenticated calls of the COSI method whose name ends in `method`.
@@ -526,5 +538,46 @@ fn a_record_held_by_another_party_does_not_keep_the_machine_in_omni() {
     wait_for("the record destroyed once its holder let go", || {
         omni.get(reboot)["found"] == false
     });
+    drop(running);
+}
+
+#[test]
+fn an_infra_machine_with_a_field_ironboot_does_not_know_is_held_and_released_unchanged() {
+    let mut omni = Omni::start();
+    // A spec from a newer Omni: the known fields, then field 1000 (a string) that this
+    // build's InfraMachineSpec does not have.
+    let mut spec = accepted("tok-3", true).encode_to_vec();
+    let unknown = {
+        let mut b = Vec::new();
+        prost::encoding::string::encode(1000, &"from a newer Omni".to_owned(), &mut b);
+        b
+    };
+    spec.extend_from_slice(&unknown);
+    let machine = (SHARED_NS, INFRA_MACHINE, "m3");
+    omni.put_raw(machine, &spec, "", &[], &[(PROVIDER_LABEL, ID)]);
+    let stored = omni.raw_spec(machine);
+    assert!(
+        stored.ends_with(&unknown),
+        "the harness keeps the unknown field: {stored:?}"
+    );
+
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = omni.client();
+    let running = start(&client);
+
+    // Held: Omni accepts the finalizer only with the spec unchanged.
+    wait_for("ironboot's finalizer on the InfraMachine", || {
+        omni.finalizers(machine) == [go("MachineStatusController")]
+    });
+    assert_eq!(omni.raw_spec(machine), stored, "the spec after the hold");
+
+    // Released.
+    omni.teardown("m3");
+    wait_for("the InfraMachine let go", || {
+        omni.finalizers(machine).is_empty()
+    });
+    assert_eq!(omni.raw_spec(machine), stored, "the spec after the release");
+    omni.destroy("m3");
     drop(running);
 }
