@@ -70,6 +70,8 @@ type command struct {
 	Labels     map[string]string `json:"labels"`
 	Finalizers []string          `json:"finalizers"`
 	Owner      *string           `json:"owner"`
+	RawSpec    []byte            `json:"raw_spec"` // protobuf spec bytes (base64 in JSON)
+	YAMLSpec   string            `json:"yaml_spec"`
 }
 
 // newResource makes an Omni resource of a kind by the name of its Go type.
@@ -137,6 +139,8 @@ func (h *harness) run(ctx context.Context, c *command) (map[string]any, error) {
 	switch c.Cmd {
 	case "put": // Omni writes a resource (create or update), as its controllers do
 		return h.put(ctx, c)
+	case "put_raw": // a resource from its raw spec bytes, as another writer left it
+		return h.putRaw(ctx, c)
 	case "destroy":
 		return map[string]any{}, h.inner.Destroy(ctx, resource.NewMetadata(c.Namespace, c.Type, c.ID, resource.VersionUndefined))
 	case "check":
@@ -151,6 +155,11 @@ func (h *harness) run(ctx context.Context, c *command) (map[string]any, error) {
 		}
 		out := metaOf(r)
 		out["found"] = true
+		raw, err := rawSpec(r)
+		if err != nil {
+			return nil, err
+		}
+		out["raw_spec"] = raw
 		// Types without a registered Go spec (the provider's private ones) give metadata only.
 		if spec, specErr := specOf(r); specErr == nil {
 			js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(spec)
@@ -316,4 +325,79 @@ func (h *harness) check(ctx context.Context, c *command) (map[string]any, error)
 	out["spec"] = json.RawMessage(gotJSON)
 
 	return out, nil
+}
+
+// rawSpec is the protobuf encoding of a resource's spec as stored (unknown fields kept).
+func rawSpec(r resource.Resource) ([]byte, error) {
+	pr, err := protobuf.FromResource(r, protobuf.WithoutYAML())
+	if err != nil {
+		return nil, err
+	}
+
+	m, err := pr.Marshal()
+	if err != nil {
+		return nil, err
+	}
+
+	return m.GetSpec().GetProtoSpec(), nil
+}
+
+// putRaw stores a resource given by its raw spec bytes (decoded with the Go type when one
+// is registered, keeping fields the type does not know, as the COSI server does), its
+// owner, finalizers and labels: the state another writer (the Go provider, or a newer
+// Omni) leaves behind. An existing resource is replaced.
+func (h *harness) putRaw(ctx context.Context, c *command) (map[string]any, error) {
+	md := &v1alpha1.Metadata{
+		Namespace:  c.Namespace,
+		Type:       c.Type,
+		Id:         c.ID,
+		Version:    "undefined",
+		Phase:      "running",
+		Finalizers: c.Finalizers,
+		Labels:     c.Labels,
+	}
+
+	pr, err := protobuf.Unmarshal(&v1alpha1.Resource{
+		Metadata: md,
+		Spec:     &v1alpha1.Spec{ProtoSpec: c.RawSpec, YamlSpec: c.YAMLSpec},
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	r, err := protobuf.UnmarshalResource(pr)
+	if err != nil {
+		return nil, err
+	}
+
+	owner := ""
+	if c.Owner != nil {
+		owner = *c.Owner
+	}
+
+	cur, err := h.inner.Get(ctx, r.Metadata())
+
+	switch {
+	case state.IsNotFoundError(err):
+		err = h.inner.Create(ctx, r, state.WithCreateOwner(owner))
+	case err != nil:
+		return nil, err
+	default:
+		r.Metadata().SetVersion(cur.Metadata().Version())
+		if err = r.Metadata().SetOwner(cur.Metadata().Owner()); err != nil {
+			return nil, err
+		}
+		err = h.inner.Update(ctx, r, state.WithUpdateOwner(cur.Metadata().Owner()), state.WithExpectedPhaseAny())
+	}
+
+	if err != nil {
+		return nil, err
+	}
+
+	stored, err := h.inner.Get(ctx, r.Metadata())
+	if err != nil {
+		return nil, err
+	}
+
+	return metaOf(stored), nil
 }

@@ -51,6 +51,12 @@ pub(crate) struct Records {
     pub(crate) reboot: Option<baremetal::RebootStatusSpec>,
     /// The `InfraMachineStatus` written last.
     pub(crate) status: Option<omni::InfraMachineStatusSpec>,
+    /// The provider's private `MachineStatus` (the Go provider's).
+    pub(crate) machine_status: Option<baremetal::MachineStatusSpec>,
+    /// The `InfraMachine`'s labels (Omni's: its cluster, machine set and role).
+    pub(crate) infra_labels: BTreeMap<String, String>,
+    /// The `InfraMachineStatus`'s labels.
+    pub(crate) status_labels: BTreeMap<String, String>,
     /// The `InfraMachine` is tearing down (Omni removes the machine).
     pub(crate) infra_tearing_down: bool,
     /// This provider's finalizer is on the `InfraMachine`.
@@ -97,18 +103,21 @@ pub(crate) enum Write {
         /// When.
         at: SystemTime,
     },
-    /// Replace `InfraMachineStatus` (spec and the `--machine-labels`).
+    /// Replace `InfraMachineStatus`: its spec, and its labels through [`status_labels`].
     Status {
         /// The spec.
         spec: omni::InfraMachineStatusSpec,
-        /// Labels to set on it.
+        /// The `--machine-labels`.
         labels: BTreeMap<String, String>,
+        /// The `InfraMachine`'s labels.
+        infra_labels: BTreeMap<String, String>,
     },
     /// Put the provider's finalizer on the `InfraMachine`.
     Hold,
     /// Delete the provider's records of the machine (its `BMCConfiguration`,
-    /// `WipeStatus`, `PowerOperation`, `RebootStatus` and `InfraMachineStatus`), then lift
-    /// the provider's finalizers from the `InfraMachine`. Idempotent.
+    /// `WipeStatus`, `PowerOperation`, `RebootStatus`, `MachineStatus` and
+    /// `InfraMachineStatus`, each freed of the provider's finalizers first), then lift the
+    /// provider's finalizers from the `InfraMachine`. Idempotent.
     Release,
 }
 
@@ -144,6 +153,9 @@ impl fmt::Debug for Records {
             .field("power", &self.power)
             .field("reboot", &self.reboot)
             .field("status", &self.status)
+            .field("machine_status", &self.machine_status)
+            .field("infra_labels", &self.infra_labels)
+            .field("status_labels", &self.status_labels)
             .finish()
     }
 }
@@ -187,10 +199,15 @@ impl fmt::Debug for Write {
                 .field("reboot_id", reboot_id)
                 .field("at", at)
                 .finish(),
-            Write::Status { spec, labels } => f
+            Write::Status {
+                spec,
+                labels,
+                infra_labels,
+            } => f
                 .debug_struct("Status")
                 .field("spec", spec)
                 .field("labels", labels)
+                .field("infra_labels", infra_labels)
                 .finish(),
             Write::Hold => f.write_str("Hold"),
             Write::Release => f.write_str("Release"),
@@ -372,14 +389,81 @@ pub(crate) fn observed(records: &Records, status: MachineStatus) -> lifecycle::O
         written_status: records.status.as_ref().map(written_status),
         held: records.held,
         tearing_down: records.infra.is_some() && records.infra_tearing_down,
+        records_left: records.infra.is_none() && has_records(records),
         agent_grace_until: None,
     }
+}
+
+/// Omni's own labels: the only ones [`status_labels`] keeps of what it finds.
+const OMNI_LABEL_PREFIX: &str = "omni.sidero.dev/";
+
+/// The labels `InfraMachineStatus` takes from its `InfraMachine`: the cluster and machine
+/// set the machine is allocated to, and its role.
+pub(crate) const COPIED_LABELS: [&str; 4] = [
+    "omni.sidero.dev/cluster",
+    "omni.sidero.dev/machine-set",
+    "omni.sidero.dev/role-controlplane",
+    "omni.sidero.dev/role-worker",
+];
+
+/// The labels of an `InfraMachineStatus` now labelled `current`, as the Go provider's
+/// transform sets them, in order: every label not under `omni.sidero.dev/` is deleted (so
+/// a `--machine-labels` entry dropped since goes), the `--machine-labels` are set, and
+/// each of [`COPIED_LABELS`] is copied from the `InfraMachine`, or deleted when it has
+/// none (a machine back from a cluster loses them).
+pub(crate) fn status_labels(
+    current: &BTreeMap<String, String>,
+    machine_labels: &BTreeMap<String, String>,
+    infra_labels: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = current
+        .iter()
+        .filter(|(k, _)| k.starts_with(OMNI_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.extend(machine_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for key in COPIED_LABELS {
+        match infra_labels.get(key) {
+            Some(v) => labels.insert(key.to_owned(), v.clone()),
+            None => labels.remove(key),
+        };
+    }
+    labels
+}
+
+/// The stored `InfraMachineStatus` carries other labels than [`status_labels`] gives
+/// (the machine joined or left a cluster, or `--machine-labels` changed): it is to be
+/// written again even if its spec is current.
+pub(crate) fn status_labels_stale(
+    records: &Records,
+    machine_labels: &BTreeMap<String, String>,
+) -> bool {
+    records.status.is_some()
+        && status_labels(
+            &records.status_labels,
+            machine_labels,
+            &records.infra_labels,
+        ) != records.status_labels
+}
+
+/// Any record of the provider's about the machine is stored.
+fn has_records(records: &Records) -> bool {
+    records.bmc_configuration.is_some()
+        || records.wipe.is_some()
+        || records.power.is_some()
+        || records.reboot.is_some()
+        || records.status.is_some()
+        || records.machine_status.is_some()
 }
 
 /// The record an action writes, or `None` for side effects (BMC, agent).
 /// `ConfigureBmcViaAgent` writes through [`bmc_configuration_from_agent`] once the agent
 /// answered, so it is `None` here too.
-pub(crate) fn write_for(action: &Action, labels: &BTreeMap<String, String>) -> Option<Write> {
+pub(crate) fn write_for(
+    action: &Action,
+    labels: &BTreeMap<String, String>,
+    infra_labels: &BTreeMap<String, String>,
+) -> Option<Write> {
     Some(match action {
         Action::RecordWipeStarted { wipe_id } => Write::WipeStarted {
             wipe_id: wipe_id.clone(),
@@ -408,6 +492,7 @@ pub(crate) fn write_for(action: &Action, labels: &BTreeMap<String, String>) -> O
         Action::WriteInfraMachineStatus(s) => Write::Status {
             spec: status_spec(s),
             labels: labels.clone(),
+            infra_labels: infra_labels.clone(),
         },
         Action::HoldMachine => Write::Hold,
         Action::ConfigureBmcViaAgent { .. }
@@ -463,12 +548,20 @@ pub(crate) fn apply(records: &mut Records, write: &Write) {
         Write::RebootHandled { .. } => {
             apply_reboot(records.reboot.get_or_insert_with(Default::default), write);
         }
-        Write::Status { spec, .. } => records.status = Some(spec.clone()),
+        Write::Status {
+            spec,
+            labels,
+            infra_labels,
+        } => {
+            records.status = Some(spec.clone());
+            records.status_labels = status_labels(&records.status_labels, labels, infra_labels);
+        }
         Write::Hold => records.held = true,
         Write::Release => {
             *records = Records {
                 infra: records.infra.take(),
                 bmc_config: records.bmc_config.take(),
+                infra_labels: std::mem::take(&mut records.infra_labels),
                 infra_tearing_down: records.infra_tearing_down,
                 ..Records::default()
             };
@@ -529,6 +622,134 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The Go provider's label transform, row by row: (what, labels on the status now,
+    /// `--machine-labels`, the InfraMachine's labels, the labels written).
+    #[test]
+    fn status_labels_table() {
+        type Row = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static [(&'static str, &'static str)],
+            &'static [(&'static str, &'static str)],
+            &'static [(&'static str, &'static str)],
+        );
+        const PROVIDER: (&str, &str) = ("omni.sidero.dev/infra-provider-id", "bare-metal");
+        const CLUSTER: (&str, &str) = ("omni.sidero.dev/cluster", "c1");
+        const SET: (&str, &str) = ("omni.sidero.dev/machine-set", "c1-workers");
+        const WORKER: (&str, &str) = ("omni.sidero.dev/role-worker", "");
+        const CONTROL: (&str, &str) = ("omni.sidero.dev/role-controlplane", "");
+        let rows: &[Row] = &[
+            (
+                "a new status: the machine labels",
+                &[],
+                &[("rack", "a1")],
+                &[],
+                &[("rack", "a1")],
+            ),
+            (
+                "Omni's stamp stays",
+                &[PROVIDER],
+                &[("rack", "a1")],
+                &[],
+                &[PROVIDER, ("rack", "a1")],
+            ),
+            (
+                "a machine label dropped since goes, a changed one is replaced",
+                &[PROVIDER, ("old", "x"), ("rack", "a0")],
+                &[("rack", "a1")],
+                &[],
+                &[PROVIDER, ("rack", "a1")],
+            ),
+            (
+                "no machine labels: only Omni's labels stay",
+                &[PROVIDER, ("rack", "a1")],
+                &[],
+                &[],
+                &[PROVIDER],
+            ),
+            (
+                "allocated: cluster, machine set and role are copied",
+                &[PROVIDER],
+                &[("rack", "a1")],
+                &[
+                    PROVIDER,
+                    CLUSTER,
+                    SET,
+                    WORKER,
+                    ("omni.sidero.dev/other", "y"),
+                    ("user", "z"),
+                ],
+                &[PROVIDER, CLUSTER, SET, WORKER, ("rack", "a1")],
+            ),
+            (
+                "a new role replaces the old one",
+                &[PROVIDER, CLUSTER, SET, WORKER],
+                &[],
+                &[CLUSTER, SET, CONTROL],
+                &[PROVIDER, CLUSTER, SET, CONTROL],
+            ),
+            (
+                "deallocated: the copied labels are deleted",
+                &[PROVIDER, CLUSTER, SET, WORKER, ("rack", "a1")],
+                &[("rack", "a1")],
+                &[PROVIDER],
+                &[PROVIDER, ("rack", "a1")],
+            ),
+            (
+                "other labels under omni.sidero.dev/ stay",
+                &[PROVIDER, ("omni.sidero.dev/other", "y"), ("user", "z")],
+                &[],
+                &[],
+                &[PROVIDER, ("omni.sidero.dev/other", "y")],
+            ),
+            (
+                "a machine label may set a copied key; the InfraMachine's value wins",
+                &[],
+                &[("omni.sidero.dev/cluster", "mine")],
+                &[CLUSTER],
+                &[CLUSTER],
+            ),
+            (
+                "a machine label on a copied key the InfraMachine lacks is deleted",
+                &[],
+                &[("omni.sidero.dev/cluster", "mine")],
+                &[],
+                &[],
+            ),
+        ];
+        for (what, current, machine, infra, want) in rows {
+            let got = status_labels(&labels(current), &labels(machine), &labels(infra));
+            assert_eq!(got, labels(want), "{what}");
+            // Applied again to its own result, the transform changes nothing: a written
+            // status is not written again for its labels.
+            let records = Records {
+                status: Some(Default::default()),
+                status_labels: got.clone(),
+                infra_labels: labels(infra),
+                ..Records::default()
+            };
+            assert!(!status_labels_stale(&records, &labels(machine)), "{what}");
+        }
+        let stale = Records {
+            status: Some(Default::default()),
+            status_labels: labels(&[PROVIDER, CLUSTER]),
+            ..Records::default()
+        };
+        assert!(status_labels_stale(&stale, &BTreeMap::new()));
+        let no_status = Records {
+            status_labels: labels(&[("user", "z")]),
+            ..Records::default()
+        };
+        assert!(!status_labels_stale(&no_status, &BTreeMap::new()));
     }
 
     #[test]
@@ -784,7 +1005,7 @@ mod tests {
             }),
         ];
         for a in &actions {
-            let w = write_for(a, &labels).expect("a record action writes");
+            let w = write_for(a, &labels, &BTreeMap::new()).expect("a record action writes");
             apply(&mut records, &w);
         }
         let r = recorded(&records);
@@ -813,7 +1034,7 @@ mod tests {
         assert_eq!(p.last_power_operation, baremetal::PowerState::Off as i32);
         assert_eq!(p.last_power_on_timestamp.map(|t| t.seconds), Some(300));
 
-        match write_for(&actions[5], &labels) {
+        match write_for(&actions[5], &labels, &BTreeMap::new()) {
             Some(Write::Status { labels: l, .. }) => assert_eq!(l, labels),
             other => panic!("unexpected {other:?}"),
         }
@@ -827,7 +1048,11 @@ mod tests {
                 password: Secret::new("x"),
             },
         ] {
-            assert_eq!(write_for(&side_effect, &labels), None, "{side_effect:?}");
+            assert_eq!(
+                write_for(&side_effect, &labels, &BTreeMap::new()),
+                None,
+                "{side_effect:?}"
+            );
         }
     }
 

@@ -99,6 +99,18 @@ pub(crate) enum ExecError {
         /// The machine.
         machine_id: String,
     },
+    /// Omni let the machine go, but records of it are still held by finalizers of
+    /// another party than this provider: they are destroyed at a later pass.
+    #[error(
+        "machine {machine_id}: released, but finalizers of another party still hold \
+         {records:?}; retrying"
+    )]
+    ReleasePending {
+        /// The machine.
+        machine_id: String,
+        /// The types of the records left.
+        records: Vec<String>,
+    },
     /// The agent reports a BMC address outside `--bmc-allow-cidr` (or no IP address while
     /// the list is set): no credentials are set up.
     #[error(
@@ -477,7 +489,13 @@ async fn run_machine<S: Store, P: Power, A: Agent>(
                 streak = 0;
                 failures = failures.saturating_add(1);
                 inner.stats.failed_pass();
-                tracing::warn!(machine_id, error = %e, failures, "lifecycle step failed");
+                // Records held by another party are retried quietly after the first
+                // report: their holder may take long to let go.
+                if failures > 1 && matches!(e, ExecError::ReleasePending { .. }) {
+                    tracing::debug!(machine_id, error = %e, failures, "lifecycle step failed");
+                } else {
+                    tracing::warn!(machine_id, error = %e, failures, "lifecycle step failed");
+                }
                 let shift = failures.saturating_sub(1).min(16);
                 inner
                     .settings
@@ -515,6 +533,9 @@ async fn pass<S: Store, P: Power, A: Agent>(
     let mut status = machine.status();
     status.agent_connected = inner.agent.is_connected(machine_id);
     let mut observed = mapping::observed(&records, status);
+    if mapping::status_labels_stale(&records, &inner.settings.machine_labels) {
+        observed.written_status = None;
+    }
     // The rules compare wall-clock times (records in Omni carry them); the grace and the
     // cooldown are handed over as times before or after `now` measured on the monotonic
     // clock, so a wall clock that jumps moves neither.
@@ -549,7 +570,15 @@ async fn pass<S: Store, P: Power, A: Agent>(
         } else if permit.is_none() {
             permit = inner.permits.acquire().await.ok();
         }
-        execute(inner, machine_id, machine, bmc.as_ref(), action).await?;
+        execute(
+            inner,
+            machine_id,
+            machine,
+            bmc.as_ref(),
+            &records.infra_labels,
+            action,
+        )
+        .await?;
         if let Action::RecordPowerOp { op, at } = action {
             machine.recorded_power_op(*op, *at);
         }
@@ -627,9 +656,10 @@ async fn execute<S: Store, P: Power, A: Agent>(
     machine_id: &str,
     machine: &Machine,
     bmc: Option<&BmcInfo>,
+    infra_labels: &BTreeMap<String, String>,
     action: &Action,
 ) -> Result<(), ExecError> {
-    if let Some(write) = mapping::write_for(action, &inner.settings.machine_labels) {
+    if let Some(write) = mapping::write_for(action, &inner.settings.machine_labels, infra_labels) {
         return inner.store.write(machine_id, &write).await;
     }
     let (power_action, after, operation) = match action {

@@ -51,65 +51,97 @@ impl OmniStore {
         owner(self.client.provider_id(), "MachineStatusController")
     }
 
-    /// Destroys `machine_id`'s private records (absent ones are fine: a release
-    /// interrupted by a restart is run again), then lifts every finalizer of this provider
-    /// (ours, and the Go provider's controllers' after a takeover) from the InfraMachine.
+    /// This provider's prefix of finalizers and owners: `<provider-id>.`.
+    fn prefix(&self) -> String {
+        format!("{}.", self.client.provider_id())
+    }
+
+    /// Destroys `machine_id`'s records (absent ones are fine: a release interrupted by a
+    /// restart is run again), then lifts every finalizer of this provider (ours, and the
+    /// Go provider's controllers' after a takeover) from the InfraMachine.
+    ///
+    /// A record another party still holds by its finalizer does not keep the machine in
+    /// Omni: the InfraMachine's finalizers are lifted all the same, and the release ends
+    /// with [`ExecError::ReleasePending`], so that the executor runs it again later (the
+    /// lifecycle plans a release for records left of a machine Omni no longer knows).
     async fn release(&self, machine_id: &str) -> Result<(), ExecError> {
-        self.destroy_record::<baremetal::BmcConfigurationSpec>(
-            machine_id,
-            "BMCConfigurationController",
-        )
-        .await?;
-        self.destroy_record::<baremetal::WipeStatusSpec>(machine_id, "WipeStatusController")
-            .await?;
-        self.destroy_record::<baremetal::PowerOperationSpec>(
-            machine_id,
-            "PowerOperationController",
-        )
-        .await?;
-        self.destroy_record::<baremetal::RebootStatusSpec>(machine_id, "RebootStatusController")
-            .await?;
-        self.destroy_record::<omni::InfraMachineStatusSpec>(
-            machine_id,
-            "InfraMachineStatusController",
-        )
-        .await?;
-        let (c, id) = (&self.client, self.client.provider_id());
+        let mut pending = Vec::new();
+        pending.extend(
+            self.destroy_record::<baremetal::BmcConfigurationSpec>(machine_id)
+                .await?,
+        );
+        pending.extend(
+            self.destroy_record::<baremetal::WipeStatusSpec>(machine_id)
+                .await?,
+        );
+        pending.extend(
+            self.destroy_record::<baremetal::PowerOperationSpec>(machine_id)
+                .await?,
+        );
+        pending.extend(
+            self.destroy_record::<baremetal::RebootStatusSpec>(machine_id)
+                .await?,
+        );
+        pending.extend(
+            self.destroy_record::<baremetal::MachineStatusSpec>(machine_id)
+                .await?,
+        );
+        pending.extend(
+            self.destroy_record::<omni::InfraMachineStatusSpec>(machine_id)
+                .await?,
+        );
+        match self
+            .client
+            .remove_finalizers_with_prefix::<omni::InfraMachineSpec>(machine_id, &self.prefix())
+            .await
+        {
+            Ok(_) | Err(OmniError::NotFound { .. }) => {}
+            Err(e) => return Err(Self::omni_error(machine_id)(e)),
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(ExecError::ReleasePending {
+                machine_id: machine_id.to_owned(),
+                records: pending,
+            })
+        }
+    }
+
+    /// Destroys `machine_id`'s record of type `S`, first lifting the finalizers this
+    /// provider's controllers put on it (the Go provider's controllers hold each other's
+    /// inputs that way, e.g. `<id>.RebootStatusController` on `BMCConfiguration`). One
+    /// already gone is fine. `Some(type)` when finalizers of another party still hold it.
+    async fn destroy_record<S: Spec>(&self, machine_id: &str) -> Result<Option<String>, ExecError> {
+        let c = &self.client;
         let err = Self::omni_error(machine_id);
-        let prefix = format!("{id}.");
-        let infra = match c.get_opt::<omni::InfraMachineSpec>(machine_id).await {
+        let record = match c.get_opt::<S>(machine_id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(err(e)),
         };
-        for f in infra
+        let prefix = self.prefix();
+        if record
             .metadata
             .finalizers
             .iter()
-            .filter(|f| f.starts_with(&prefix))
+            .any(|f| f.starts_with(&prefix))
         {
             match c
-                .remove_finalizer::<omni::InfraMachineSpec>(machine_id, f)
+                .remove_finalizers_with_prefix::<S>(machine_id, &prefix)
                 .await
             {
-                Ok(_) | Err(OmniError::NotFound { .. }) => {}
+                Ok(_) => {}
+                Err(OmniError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(err(e)),
             }
         }
-        Ok(())
-    }
-
-    /// Destroys `machine_id`'s record of type `S` written by `controller`; one already gone
-    /// is fine (a release interrupted by a restart runs again).
-    async fn destroy_record<S: Spec>(
-        &self,
-        machine_id: &str,
-        controller: &str,
-    ) -> Result<(), ExecError> {
-        let owner = owner(self.client.provider_id(), controller);
-        match self.client.destroy::<S>(machine_id, &owner).await {
-            Ok(()) | Err(OmniError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Self::omni_error(machine_id)(e)),
+        // Destroyed as the owner that wrote it: one of the Go provider's controller names,
+        // which this provider writes with too.
+        match c.destroy::<S>(machine_id, &record.metadata.owner).await {
+            Ok(()) | Err(OmniError::NotFound { .. }) => Ok(None),
+            Err(OmniError::Conflict { .. }) => Ok(Some(c.type_of::<S>())),
+            Err(e) => Err(err(e)),
         }
     }
 
@@ -134,16 +166,18 @@ impl OmniStore {
 impl Store for OmniStore {
     async fn load(&self, machine_id: &str) -> Result<Records, ExecError> {
         let c = &self.client;
-        let (infra, bmc_config, bmc_configuration, wipe, power, reboot, status) = tokio::try_join!(
-            c.get_opt::<omni::InfraMachineSpec>(machine_id),
-            c.get_opt::<omni::BmcConfigSpec>(machine_id),
-            c.get_opt::<baremetal::BmcConfigurationSpec>(machine_id),
-            c.get_opt::<baremetal::WipeStatusSpec>(machine_id),
-            c.get_opt::<baremetal::PowerOperationSpec>(machine_id),
-            c.get_opt::<baremetal::RebootStatusSpec>(machine_id),
-            c.get_opt::<omni::InfraMachineStatusSpec>(machine_id),
-        )
-        .map_err(Self::omni_error(machine_id))?;
+        let (infra, bmc_config, bmc_configuration, wipe, power, reboot, status, machine_status) =
+            tokio::try_join!(
+                c.get_opt::<omni::InfraMachineSpec>(machine_id),
+                c.get_opt::<omni::BmcConfigSpec>(machine_id),
+                c.get_opt::<baremetal::BmcConfigurationSpec>(machine_id),
+                c.get_opt::<baremetal::WipeStatusSpec>(machine_id),
+                c.get_opt::<baremetal::PowerOperationSpec>(machine_id),
+                c.get_opt::<baremetal::RebootStatusSpec>(machine_id),
+                c.get_opt::<omni::InfraMachineStatusSpec>(machine_id),
+                c.get_opt::<baremetal::MachineStatusSpec>(machine_id),
+            )
+            .map_err(Self::omni_error(machine_id))?;
         let wipe_started = wipe
             .as_ref()
             .and_then(|w| w.metadata.annotations.get(WIPE_STARTED_ANNOTATION).cloned());
@@ -157,6 +191,14 @@ impl Store for OmniStore {
         Ok(Records {
             infra_tearing_down,
             held,
+            infra_labels: infra
+                .as_ref()
+                .map(|r| r.metadata.labels.clone())
+                .unwrap_or_default(),
+            status_labels: status
+                .as_ref()
+                .map(|r| r.metadata.labels.clone())
+                .unwrap_or_default(),
             infra: infra.map(|r| r.spec),
             bmc_config: bmc_config.map(|r| r.spec),
             bmc_configuration: bmc_configuration.map(|r| r.spec),
@@ -165,6 +207,7 @@ impl Store for OmniStore {
             power: power.map(|r| r.spec),
             reboot: reboot.map(|r| r.spec),
             status: status.map(|r| r.spec),
+            machine_status: machine_status.map(|r| r.spec),
         })
     }
 
@@ -215,15 +258,18 @@ impl Store for OmniStore {
                 .map(drop)
                 .map_err(Self::omni_error(machine_id)),
             Write::Release => self.release(machine_id).await,
-            Write::Status { spec, labels } => {
+            Write::Status {
+                spec,
+                labels,
+                infra_labels,
+            } => {
                 self.modify::<omni::InfraMachineStatusSpec>(
                     machine_id,
                     "InfraMachineStatusController",
                     |r| {
                         r.spec = spec.clone();
-                        r.metadata
-                            .labels
-                            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        r.metadata.labels =
+                            mapping::status_labels(&r.metadata.labels, labels, infra_labels);
                     },
                 )
                 .await

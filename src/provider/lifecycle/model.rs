@@ -197,6 +197,9 @@ pub(crate) struct Observed {
     pub(crate) held: bool,
     /// Omni is removing the machine (the `InfraMachine` is tearing down).
     pub(crate) tearing_down: bool,
+    /// Omni no longer knows the machine, yet records of the provider's about it remain (a
+    /// release found one held by another party's finalizer).
+    pub(crate) records_left: bool,
     /// Until then an absent agent tunnel proves nothing: this provider started recently
     /// and the agent may not have reconnected yet (its gRPC backoff). `None`: no grace.
     pub(crate) agent_grace_until: Option<SystemTime>,

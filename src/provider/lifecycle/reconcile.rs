@@ -41,6 +41,13 @@ pub(crate) fn reconcile(
 ) -> Plan {
     let mut plan = Plan::default();
     let Some(infra) = &observed.infra else {
+        if observed.records_left {
+            // A release left records another party held: Omni has let the machine go
+            // since, and what is left is deleted now.
+            plan.actions.push(Action::ReleaseMachine {
+                reboot_into_agent: None,
+            });
+        }
         return plan;
     };
     if observed.tearing_down {

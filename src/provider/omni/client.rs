@@ -212,7 +212,6 @@ pub(crate) fn to_proto<S: Spec>(r: &Resource<S>) -> cosi::Resource {
     }
 }
 
-/// Decodes a resource; `what` names it in errors.
 /// The resource a Get, Create or Update answered with (`what` names the call).
 fn answered<S: Spec>(what: &str, r: Option<cosi::Resource>) -> Result<Resource<S>, OmniError> {
     let r = r.ok_or_else(|| OmniError::Decode {
@@ -222,6 +221,7 @@ fn answered<S: Spec>(what: &str, r: Option<cosi::Resource>) -> Result<Resource<S
     from_proto(what, r)
 }
 
+/// Decodes a resource; `what` names it in errors.
 pub(crate) fn from_proto<S: Spec>(what: &str, r: cosi::Resource) -> Result<Resource<S>, OmniError> {
     let decode = |why: String| OmniError::Decode {
         what: what.to_owned(),
@@ -333,6 +333,13 @@ impl Client {
 
     pub async fn get<S: Spec>(&self, id: &str) -> Result<Resource<S>, OmniError> {
         let what = self.what::<S>("get", id);
+        let raw = self.get_raw::<S>(id).await?;
+        from_proto(&what, raw)
+    }
+
+    /// Resource `id` as Omni sent it (its spec as the bytes read).
+    async fn get_raw<S: Spec>(&self, id: &str) -> Result<cosi::Resource, OmniError> {
+        let what = self.what::<S>("get", id);
         let resp = self
             .grpc
             .clone()
@@ -345,7 +352,10 @@ impl Client {
             .await
             .map_err(|s| OmniError::from_status(what.clone(), &s))?
             .into_inner();
-        answered(&what, resp.resource)
+        resp.resource.ok_or_else(|| OmniError::Decode {
+            what,
+            why: "empty answer".into(),
+        })
     }
 
     /// Like [`Self::get`], `None` if the resource does not exist.
@@ -416,12 +426,23 @@ impl Client {
         owner: &str,
         expected_phase: Option<Phase>,
     ) -> Result<Resource<S>, OmniError> {
-        let what = self.what::<S>("update", &r.metadata.id);
+        self.update_raw(to_proto(r), owner, expected_phase).await
+    }
+
+    /// Like [`Self::update`], with the resource as sent on the wire.
+    async fn update_raw<S: Spec>(
+        &self,
+        r: cosi::Resource,
+        owner: &str,
+        expected_phase: Option<Phase>,
+    ) -> Result<Resource<S>, OmniError> {
+        let id = r.metadata.as_ref().map_or("", |m| m.id.as_str());
+        let what = self.what::<S>("update", id);
         let resp = self
             .grpc
             .clone()
             .update(cosi::UpdateRequest {
-                new_resource: Some(to_proto(r)),
+                new_resource: Some(r),
                 options: Some(cosi::UpdateOptions {
                     owner: owner.to_owned(),
                     expected_phase: expected_phase.map(|p| p.as_str().to_owned()),
@@ -515,6 +536,21 @@ impl Client {
         .await
     }
 
+    /// Removes every finalizer starting with `prefix` from resource `id` in one update (any
+    /// phase; idempotent).
+    pub async fn remove_finalizers_with_prefix<S: Spec>(
+        &self,
+        id: &str,
+        prefix: &str,
+    ) -> Result<Resource<S>, OmniError> {
+        self.modify_finalizers::<S>(id, |f| {
+            let before = f.len();
+            f.retain(|x| !x.starts_with(prefix));
+            f.len() != before
+        })
+        .await
+    }
+
     async fn modify_finalizers<S: Spec>(
         &self,
         id: &str,
@@ -523,13 +559,23 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut r = self.get::<S>(id).await?;
-            if !change(&mut r.metadata.finalizers) {
-                return Ok(r);
+            // Only the finalizers change: the rest goes back as read, the spec as its
+            // bytes. Re-encoding would drop the spec fields this build does not know
+            // (prost keeps none), and Omni refuses any change but to the finalizers of
+            // its resources that providers only read (InfraMachines).
+            let mut raw = self.get_raw::<S>(id).await?;
+            let Some(metadata) = raw.metadata.as_mut() else {
+                return Err(OmniError::Decode {
+                    what: self.what::<S>("get", id),
+                    why: "no metadata".into(),
+                });
+            };
+            if !change(&mut metadata.finalizers) {
+                return from_proto(&self.what::<S>("get", id), raw);
             }
             // Finalizers are set through Update with the resource's own owner.
-            let owner = r.metadata.owner.clone();
-            match self.update(&r, &owner, None).await {
+            let owner = metadata.owner.clone();
+            match self.update_raw(raw, &owner, None).await {
                 Err(OmniError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => continue,
                 other => return other,
             }

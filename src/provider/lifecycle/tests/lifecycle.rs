@@ -84,6 +84,7 @@ impl Sim {
             written_status: self.written.clone(),
             held: true,
             tearing_down: false,
+            records_left: false,
             agent_grace_until: None,
         }
     }

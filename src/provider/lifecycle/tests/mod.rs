@@ -65,6 +65,7 @@ fn ready() -> Observed {
         written_status: None,
         held: true,
         tearing_down: false,
+        records_left: false,
         agent_grace_until: None,
     }
 }

@@ -114,6 +114,18 @@ fn rows() -> Vec<Row> {
             None,
         ),
         row(
+            "gone from Omni with records left by a blocked release: release again",
+            now,
+            |o| {
+                o.infra = None;
+                o.records_left = true;
+            },
+            vec![Action::ReleaseMachine {
+                reboot_into_agent: None,
+            }],
+            None,
+        ),
+        row(
             "pending: nothing, not even BMC setup",
             now,
             |o| {

@@ -1,0 +1,583 @@
+//! Taking over from the Go provider (Sidero Labs' omni-infra-provider-bare-metal): the
+//! operator stops it and starts ironboot with the same provider ID and key, over the state
+//! the Go provider left in Omni. Omni is the Go harness built on the upstream modules
+//! (`tests/omni-harness`), which seeds that state resource by resource (`put_raw`: raw
+//! spec bytes, owner, finalizers); BMCs are OpenIPMI's `ipmi_sim`.
+//!
+//! - State exactly as the Go provider leaves it (the InfraMachine held by its six
+//!   controllers, each private record held by the controllers that read it, the
+//!   InfraMachineStatus with labels of an older `--machine-labels`, the agents' CA in
+//!   TLSConfig): ironboot reuses the CA, manages the machine with the Go provider's BMC
+//!   credentials, and sets the status's labels as upstream does; when Omni removes the
+//!   machine, ironboot lifts its provider's finalizers from every record, destroys them
+//!   all once, and lifts every finalizer of its provider from the InfraMachine. The CA
+//!   stays.
+//! - A record another party still holds does not keep the machine in Omni: the
+//!   InfraMachine is let go, and the record is destroyed once its holder let go too.
+//! - An InfraMachine whose spec carries a field ironboot does not know (Omni's schema
+//!   grows): holding and releasing it send the spec back byte for byte, which Omni
+//!   requires of a provider.
+//!
+//! Needs Go, the harness's modules and `ipmi_sim` (`tests/install-prereqs.sh`); a missing
+//! one fails the test naming it. Everything listens on 127.0.0.1.
+
+use ironboot::testing::{agent, executor, lifecycle, omni, tls};
+use ironboot_test_support::{go_harness, ipmi_sim, omni_harness};
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use ironboot_bmc::fleet::{Fleet, FleetOptions};
+use ironboot_bmc::{Selector, SelectorOptions};
+use ironboot_proto::{baremetal, omni as specs};
+use prost::Message as _;
+use serde_json::{Value, json};
+
+use agent::admission::AgentGate;
+use agent::client::{AgentClient, AgentTimeouts};
+use agent::tunnel::Tunnels;
+use executor::Settings;
+use executor::real::{FleetPower, Running};
+use lifecycle::Policy;
+use omni::auth::ServiceAccountKey;
+use omni::client::Client;
+use omni::transport::{OmniEndpoint, SignedChannel};
+use tls::{AgentTls, CertSource};
+
+const ID: &str = "bare-metal";
+const SHARED_NS: &str = "infra-provider";
+const PRIVATE_NS: &str = "infra-provider:bare-metal";
+const INFRA_MACHINE: &str = "InfraMachines.omni.sidero.dev";
+const INFRA_MACHINE_STATUS: &str = "InfraMachineStatuses.omni.sidero.dev";
+const PROVIDER_LABEL: &str = "omni.sidero.dev/infra-provider-id";
+/// The Go provider's controllers, each of which puts its finalizer on the InfraMachine.
+const CONTROLLERS: [&str; 6] = [
+    "MachineStatusController",
+    "BMCConfigurationController",
+    "WipeStatusController",
+    "PowerOperationController",
+    "RebootStatusController",
+    "InfraMachineStatusController",
+];
+/// How long a release or a retry may take.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Omni harness, built once per test run.
+fn omni_harness_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| go_harness::build("the takeover test", "omni-harness", "omniharness"))
+}
+
+/// `<provider-id>.<controller>`: the Go provider's finalizer and owner names.
+fn go(controller: &str) -> String {
+    format!("{ID}.{controller}")
+}
+
+/// The provider-private type `<name>.<id>.infraprovider.sidero.dev`.
+fn private_type(name: &str) -> String {
+    format!("{name}.{ID}.infraprovider.sidero.dev")
+}
+
+/// A running harness; killed (by its PID, through our handle) on drop.
+struct Omni {
+    serve: omni_harness::Serve,
+    key: String,
+}
+
+impl Omni {
+    fn start() -> Self {
+        let bin = omni_harness_bin();
+        let key = omni_harness::keygen(bin, &["--id", ID]);
+        let serve = omni_harness::serve(bin, &key, &[]);
+        Self { serve, key }
+    }
+
+    fn ok(&mut self, cmd: Value) -> Value {
+        let v = omni_harness::send(&mut self.serve.stdin, &mut self.serve.stdout, &cmd);
+        assert_eq!(
+            v["ok"], true,
+            "harness command {cmd} failed: {}",
+            v["error"]
+        );
+        v
+    }
+
+    /// Stores a resource as another writer left it: `spec` as raw protobuf bytes.
+    fn put_raw(
+        &mut self,
+        (ns, typ, id): (&str, &str, &str),
+        spec: &[u8],
+        owner: &str,
+        finalizers: &[String],
+        labels: &[(&str, &str)],
+    ) {
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        self.ok(json!({
+            "cmd": "put_raw", "ns": ns, "type": typ, "id": id,
+            "raw_spec": base64::engine::general_purpose::STANDARD.encode(spec),
+            "owner": owner, "finalizers": finalizers, "labels": labels,
+        }));
+    }
+
+    /// The resource's metadata and `raw_spec`, `found: false` if it does not exist.
+    fn get(&mut self, (ns, typ, id): (&str, &str, &str)) -> Value {
+        self.ok(json!({"cmd": "get", "ns": ns, "type": typ, "id": id}))
+    }
+
+    fn finalizers(&mut self, at: (&str, &str, &str)) -> Vec<String> {
+        let v = self.get(at);
+        v["finalizers"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The stored spec's protobuf bytes.
+    fn raw_spec(&mut self, at: (&str, &str, &str)) -> Vec<u8> {
+        let v = self.get(at);
+        let b64 = v["raw_spec"].as_str().unwrap_or_default();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| panic!("raw_spec of {at:?}: {e}: {v}"))
+    }
+
+    /// Authenticated calls of the COSI method whose name ends in `method`.
+    fn calls(&mut self, method: &str) -> u64 {
+        let v = self.ok(json!({"cmd": "calls"}));
+        v["calls"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.ends_with(method))
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Omni starts removing the machine: phase tearingDown, its finalizers pending.
+    fn teardown(&mut self, id: &str) {
+        self.ok(json!({"cmd": "teardown", "ns": SHARED_NS, "type": INFRA_MACHINE, "id": id}));
+    }
+
+    /// Omni destroys the machine once its finalizers are gone.
+    fn destroy(&mut self, id: &str) {
+        self.ok(json!({"cmd": "destroy", "ns": SHARED_NS, "type": INFRA_MACHINE, "id": id}));
+    }
+
+    fn client(&self) -> Client {
+        let url = format!("http://{}", self.serve.addr);
+        let key =
+            Arc::new(ServiceAccountKey::parse(&self.key, ID, SystemTime::now()).expect("key"));
+        let endpoint = OmniEndpoint::parse(&url, true).expect("endpoint");
+        let channel = endpoint.channel().expect("channel");
+        Client::from_signed(SignedChannel::new(channel, key), ID.to_owned(), url)
+    }
+}
+
+impl Drop for Omni {
+    fn drop(&mut self) {
+        let _ = self.serve.child.kill();
+        let _ = self.serve.child.wait();
+    }
+}
+
+/// Polls `probe` every 50 ms until it holds; fails naming `what` after [`TIMEOUT`].
+fn wait_for(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !probe() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `probe` until its value has stayed the same for 3 s (at most [`TIMEOUT`]) and
+/// returns it: what a late, wrongful action would change shows before this returns.
+fn quiet<T: PartialEq + std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = probe();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = probe();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_secs(3) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never settled: last {last:?}"
+        );
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The control loop over `client` as the binary starts it (with `--machine-labels
+/// rack=a1`), a fresh BMC fleet and no agent. A failed pass is retried within 2 s.
+fn start(client: &Client) -> Running {
+    let tunnels = Tunnels::new(AgentGate::open());
+    let power = FleetPower::new(
+        Selector::new(SelectorOptions {
+            redfish_use_when_available: false,
+            ..SelectorOptions::default()
+        }),
+        Fleet::new(FleetOptions::default()),
+    );
+    let agents = AgentClient::new(
+        tunnels.clone(),
+        AgentTimeouts {
+            call: Duration::from_secs(5),
+            fast_wipe: Duration::from_secs(5),
+            zeroes_wipe: Duration::from_secs(5),
+        },
+    );
+    let mut settings = Settings::new(
+        Policy::default(),
+        BTreeMap::from([("rack".to_owned(), "a1".to_owned())]),
+    );
+    settings.power_poll_interval = Duration::from_secs(2);
+    executor::real::start(client, power, agents, tunnels.subscribe(), settings)
+}
+
+/// An InfraMachine spec as Omni writes it: accepted, preferred off, with its node token.
+fn accepted(token: &str, cordoned: bool) -> specs::InfraMachineSpec {
+    specs::InfraMachineSpec {
+        acceptance_status: specs::infra_machine_config_spec::AcceptanceStatus::Accepted as i32,
+        preferred_power_state: specs::infra_machine_spec::MachinePowerState::PowerStateOff as i32,
+        node_unique_token: token.to_owned(),
+        cordoned,
+        ..Default::default()
+    }
+}
+
+/// A self-signed CA as PEM certificate and key.
+fn ca_pem() -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn a_machine_the_go_provider_managed_is_released_by_ironboot() {
+    let mut omni = Omni::start();
+    let mut bmc = ipmi_sim::SimBmc::start("takeover");
+    bmc.set_power(false);
+    bmc.wait_ready_blocking();
+    let port: u32 = bmc.address().rsplit_once(':').unwrap().1.parse().unwrap();
+
+    // The Go provider's state of machine m1, accepted, wiped and powered off.
+    let machine = (SHARED_NS, INFRA_MACHINE, "m1");
+    let all_controllers: Vec<String> = CONTROLLERS.iter().map(|c| go(c)).collect();
+    omni.put_raw(
+        machine,
+        &accepted("tok-1", false).encode_to_vec(),
+        "",
+        &all_controllers,
+        &[
+            (PROVIDER_LABEL, ID),
+            ("omni.sidero.dev/cluster", "c1"),
+            ("omni.sidero.dev/role-worker", ""),
+        ],
+    );
+    let off = baremetal::PowerState::Off as i32;
+    let an_hour_ago = prost_types::Timestamp {
+        seconds: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 3600,
+        nanos: 0,
+    };
+    // Each record: its type, its owner, its spec, and the controllers that read it (each
+    // holds it with its finalizer, as upstream's controllers do with their inputs).
+    let records: [(&str, &str, Vec<u8>, &[&str]); 5] = [
+        (
+            "BMCConfiguration",
+            "BMCConfigurationController",
+            baremetal::BmcConfigurationSpec {
+                ipmi: Some(baremetal::bmc_configuration_spec::Ipmi {
+                    address: "127.0.0.1".into(),
+                    port,
+                    username: ipmi_sim::USER.into(),
+                    password: ipmi_sim::PASSWORD.into(),
+                }),
+                api: None,
+                manually_configured: false,
+            }
+            .encode_to_vec(),
+            &[
+                "MachineStatusController",
+                "PowerOperationController",
+                "RebootStatusController",
+                "InfraMachineStatusController",
+            ],
+        ),
+        (
+            "MachineStatus",
+            "MachineStatusController",
+            baremetal::MachineStatusSpec {
+                agent_accessible: false,
+                power_state: off,
+                initialized: true,
+            }
+            .encode_to_vec(),
+            &[
+                "BMCConfigurationController",
+                "WipeStatusController",
+                "PowerOperationController",
+                "RebootStatusController",
+                "InfraMachineStatusController",
+            ],
+        ),
+        (
+            "WipeStatus",
+            "WipeStatusController",
+            baremetal::WipeStatusSpec {
+                initial_wipe_done: true,
+                wiped_node_unique_token: "tok-1".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            &[
+                "PowerOperationController",
+                "RebootStatusController",
+                "InfraMachineStatusController",
+            ],
+        ),
+        (
+            "PowerOperation",
+            "PowerOperationController",
+            baremetal::PowerOperationSpec {
+                last_power_operation: off,
+                last_power_on_timestamp: Some(an_hour_ago),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            &["RebootStatusController", "InfraMachineStatusController"],
+        ),
+        (
+            "RebootStatus",
+            "RebootStatusController",
+            baremetal::RebootStatusSpec::default().encode_to_vec(),
+            &["PowerOperationController", "InfraMachineStatusController"],
+        ),
+    ];
+    for (name, owner, spec, readers) in &records {
+        let finalizers: Vec<String> = readers.iter().map(|c| go(c)).collect();
+        omni.put_raw(
+            (PRIVATE_NS, &private_type(name), "m1"),
+            spec,
+            &go(owner),
+            &finalizers,
+            &[],
+        );
+    }
+    let status = (SHARED_NS, INFRA_MACHINE_STATUS, "m1");
+    omni.put_raw(
+        status,
+        &specs::InfraMachineStatusSpec {
+            power_state: specs::infra_machine_status_spec::MachinePowerState::PowerStateOff as i32,
+            ready_to_use: true,
+            wiped_node_unique_token: "tok-1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        &go("InfraMachineStatusController"),
+        &[],
+        &[(PROVIDER_LABEL, ID), ("rack", "a0"), ("dropped", "x")],
+    );
+    let (ca_cert, ca_key) = ca_pem();
+    let tls_config_type = private_type("TLSConfig");
+    let tls_config = (PRIVATE_NS, tls_config_type.as_str(), tls::TLS_CONFIG_ID);
+    omni.put_raw(
+        tls_config,
+        &baremetal::TlsConfigSpec {
+            ca_cert: ca_cert.clone(),
+            ca_key,
+        }
+        .encode_to_vec(),
+        "",
+        &[],
+        &[],
+    );
+    let tls_version = omni.get(tls_config)["version"].clone();
+
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = omni.client();
+
+    // ironboot starts with the same ID: agents that trust the Go provider's CA trust it.
+    let agent_tls = rt
+        .block_on(AgentTls::prepare(
+            &CertSource::Generated {
+                ca_ttl: Duration::from_secs(365 * 24 * 3600),
+                cert_ttl: Duration::from_secs(3600),
+            },
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(&client),
+        ))
+        .expect("the Go provider's CA is loaded");
+    assert_eq!(agent_tls.ca_pem(), ca_cert);
+
+    let running = start(&client);
+
+    // ironboot manages the machine: it reads the BMC with the Go provider's credentials
+    // and publishes the status with the labels upstream's transform gives: the old
+    // `--machine-labels` gone, the new ones set, the cluster and role copied.
+    wait_for("the BMC read with the Go provider's credentials", || {
+        bmc.chassis_log().iter().any(|l| l.starts_with("get power"))
+    });
+    let want_labels = json!({
+        PROVIDER_LABEL: ID, "rack": "a1",
+        "omni.sidero.dev/cluster": "c1", "omni.sidero.dev/role-worker": "",
+    });
+    wait_for("the status's labels set as upstream sets them", || {
+        omni.get(status)["labels"] == want_labels
+    });
+    assert_eq!(
+        omni.get(status)["owner"],
+        go("InfraMachineStatusController")
+    );
+
+    // Omni removes the machine.
+    let destroys_before = omni.calls("Destroy");
+    omni.teardown("m1");
+    wait_for("the InfraMachine let go", || {
+        omni.finalizers(machine).is_empty()
+    });
+    for (name, ..) in &records {
+        let v = omni.get((PRIVATE_NS, &private_type(name), "m1"));
+        assert_eq!(v["found"], false, "{name} left after the release: {v}");
+    }
+    assert_eq!(omni.get(status)["found"], false, "InfraMachineStatus left");
+    omni.destroy("m1");
+
+    // Each record was destroyed once: no destroy refused for pending finalizers, and
+    // none repeated.
+    let destroys = quiet("the destroy calls", || omni.calls("Destroy"));
+    assert_eq!(
+        destroys - destroys_before,
+        records.len() as u64 + 1,
+        "one destroy per record and one for the status"
+    );
+    // The CA is the provider's, not the machine's: it stays, untouched.
+    let v = omni.get(tls_config);
+    assert_eq!((&v["found"], &v["version"]), (&json!(true), &tls_version));
+    // The machine was off: no reboot into the agent, no power action at all.
+    let mut changes = bmc.changes();
+    changes.dedup();
+    assert!(changes.is_empty(), "power actions: {changes:?}");
+    drop(running);
+    bmc.stop();
+}
+
+#[test]
+fn a_record_held_by_another_party_does_not_keep_the_machine_in_omni() {
+    let mut omni = Omni::start();
+    // A cordoned machine (left alone: no BMC needed) held by ironboot, whose RebootStatus
+    // another party holds too.
+    let machine = (SHARED_NS, INFRA_MACHINE, "m2");
+    omni.put_raw(
+        machine,
+        &accepted("tok-2", true).encode_to_vec(),
+        "",
+        &[go("MachineStatusController")],
+        &[(PROVIDER_LABEL, ID)],
+    );
+    let reboot_type = private_type("RebootStatus");
+    let reboot = (PRIVATE_NS, reboot_type.as_str(), "m2");
+    let spec = baremetal::RebootStatusSpec {
+        last_reboot_id: "r1".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let owner = go("RebootStatusController");
+    omni.put_raw(
+        reboot,
+        &spec,
+        &owner,
+        &[go("PowerOperationController"), "someone-else".to_owned()],
+        &[],
+    );
+
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = omni.client();
+    let running = start(&client);
+
+    omni.teardown("m2");
+    wait_for("the InfraMachine let go", || {
+        omni.finalizers(machine).is_empty()
+    });
+    // The record stays while its holder holds it, without the provider's finalizer.
+    assert_eq!(omni.finalizers(reboot), ["someone-else"]);
+    omni.destroy("m2");
+
+    // The holder lets go: ironboot's retry destroys the record.
+    omni.put_raw(reboot, &spec, &owner, &[], &[]);
+    wait_for("the record destroyed once its holder let go", || {
+        omni.get(reboot)["found"] == false
+    });
+    drop(running);
+}
+
+#[test]
+fn an_infra_machine_with_a_field_ironboot_does_not_know_is_held_and_released_unchanged() {
+    let mut omni = Omni::start();
+    // A spec from a newer Omni: the known fields, then field 1000 (a string) that this
+    // build's InfraMachineSpec does not have.
+    let mut spec = accepted("tok-3", true).encode_to_vec();
+    let unknown = {
+        let mut b = Vec::new();
+        prost::encoding::string::encode(1000, &"from a newer Omni".to_owned(), &mut b);
+        b
+    };
+    spec.extend_from_slice(&unknown);
+    let machine = (SHARED_NS, INFRA_MACHINE, "m3");
+    omni.put_raw(machine, &spec, "", &[], &[(PROVIDER_LABEL, ID)]);
+    let stored = omni.raw_spec(machine);
+    assert!(
+        stored.ends_with(&unknown),
+        "the harness keeps the unknown field: {stored:?}"
+    );
+
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = omni.client();
+    let running = start(&client);
+
+    // Held: Omni accepts the finalizer only with the spec unchanged.
+    wait_for("ironboot's finalizer on the InfraMachine", || {
+        omni.finalizers(machine) == [go("MachineStatusController")]
+    });
+    assert_eq!(omni.raw_spec(machine), stored, "the spec after the hold");
+
+    // Released.
+    omni.teardown("m3");
+    wait_for("the InfraMachine let go", || {
+        omni.finalizers(machine).is_empty()
+    });
+    assert_eq!(omni.raw_spec(machine), stored, "the spec after the release");
+    omni.destroy("m3");
+    drop(running);
+}
