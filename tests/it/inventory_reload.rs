@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ironboot_test_support::{launch, logs, metrics, prereqs, process};
@@ -169,22 +169,8 @@ fn the_inventory_reloads_on_sighup_and_on_change_and_refuses_a_broken_file() {
     let inv = dir.path().join("machines.toml");
     fs::write(&inv, first_inventory()).unwrap();
     let (log_file, log) = logs::ironboot_log("standalone");
-    // `sh` brings the namespace's loopback up, then execs ironboot: the child's PID is
-    // ironboot's.
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(launch::binary())
-        .args([
-            "--api-listen-address",
-            "127.0.0.1",
-            "--api-advertise-address",
-            "127.0.0.1",
-            "--dhcp-proxy-iface-or-ip",
-            "lo",
-            "--api-port",
-            &PORT.to_string(),
-        ])
-        .arg("--state-dir")
+    let mut cmd = launch::standalone_on_loopback(PORT);
+    cmd.arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--ipxe-dir")
         .arg(&ipxe)

@@ -36,21 +36,7 @@ fn sigterm_stops_every_service_in_order_and_exits_zero() {
     let state = dir.path().join("state");
     let log_path = dir.path().join("ironboot.log");
     let log = fs::File::create(&log_path).unwrap();
-    // `sh` brings the namespace's loopback up, then execs ironboot: the child's PID is
-    // ironboot's.
-    let mut child = Command::new("unshare")
-        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(launch::binary())
-        .args([
-            "--api-listen-address",
-            "127.0.0.1",
-            "--api-advertise-address",
-            "127.0.0.1",
-            "--dhcp-proxy-iface-or-ip",
-            "lo",
-            "--api-port",
-            "8080",
-        ])
+    let mut child = launch::standalone_on_loopback(8080)
         .arg("--state-dir")
         .arg(&state)
         .arg("--ipxe-dir")

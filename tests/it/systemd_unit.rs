@@ -15,10 +15,7 @@ use std::process::{Command, Output};
 
 use ironboot_test_support::launch;
 
-const UNIT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/docs/systemd/ironboot.service"
-);
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/systemd/ironboot.service");
 
 /// Where the unit expects the binary (`install -m 755 ... /usr/local/bin/ironboot`).
 const INSTALLED_BINARY: &str = "/usr/local/bin/ironboot";

@@ -57,3 +57,25 @@ pub fn command_in_via(ns: &str, wrapper: &[&str], program: &str) -> Command {
     logs::debug_env(&mut cmd);
     cmd
 }
+
+/// ironboot in standalone mode, alone in a network namespace of its own (`unshare -n`,
+/// no root needed beyond what `unshare` asks): `sh` brings that namespace's loopback up
+/// and execs ironboot, so the child's PID is ironboot's. It serves the HTTP API on
+/// `127.0.0.1:api_port` and ProxyDHCP on `lo`; its ports never meet another test's. The
+/// caller adds `--state-dir`, `--ipxe-dir` and the rest, and where the output goes.
+pub fn standalone_on_loopback(api_port: u16) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(binary())
+        .args([
+            "--api-listen-address",
+            "127.0.0.1",
+            "--api-advertise-address",
+            "127.0.0.1",
+            "--dhcp-proxy-iface-or-ip",
+            "lo",
+            "--api-port",
+            &api_port.to_string(),
+        ]);
+    cmd
+}
