@@ -8,10 +8,13 @@
 //!   controllers, each private record held by the controllers that read it, the
 //!   InfraMachineStatus with labels of an older `--machine-labels`, the agents' CA in
 //!   TLSConfig): ironboot reuses the CA, manages the machine with the Go provider's BMC
-//!   credentials, and sets the status's labels as upstream does; when Omni removes the
-//!   machine, ironboot lifts its provider's finalizers from every record, destroys them
-//!   all once, and lifts every finalizer of its provider from the InfraMachine. The CA
-//!   stays.
+//!   credentials, and sets the status's labels as upstream does. Allocated, the machine
+//!   is powered on over PXE (PowerOperation); installed, left alone; deallocated, rebooted
+//!   into the agent (RebootStatus, PowerOperation untouched); every record is written
+//!   under the Go provider's controller names with its finalizers kept, and the private
+//!   MachineStatus follows the machine. When Omni removes the machine, ironboot lifts its
+//!   provider's finalizers from every record, destroys them all once, and lifts every
+//!   finalizer of its provider from the InfraMachine. The CA stays.
 //! - A record another party still holds does not keep the machine in Omni: the
 //!   InfraMachine is let go, and the record is destroyed once its holder let go too.
 //! - An InfraMachine whose spec carries a field ironboot does not know (Omni's schema
@@ -163,6 +166,28 @@ impl Omni {
             .unwrap_or(0)
     }
 
+    /// Omni changes the InfraMachine's spec (the finalizers on it stay).
+    fn update_machine(
+        &mut self,
+        id: &str,
+        spec: &specs::InfraMachineSpec,
+        labels: &[(&str, &str)],
+    ) {
+        let at = (SHARED_NS, INFRA_MACHINE, id);
+        let finalizers = self.finalizers(at);
+        self.put_raw(at, &spec.encode_to_vec(), "", &finalizers, labels);
+    }
+
+    /// The private record `name` of machine `id`, decoded, with its metadata.
+    fn record<M: prost::Message + Default>(&mut self, name: &str, id: &str) -> (M, Value) {
+        let typ = private_type(name);
+        let meta = self.get((PRIVATE_NS, &typ, id));
+        assert_eq!(meta["found"], true, "{name} of {id} missing");
+        let spec = M::decode(&self.raw_spec((PRIVATE_NS, &typ, id))[..])
+            .unwrap_or_else(|e| panic!("{name} of {id}: {e}"));
+        (spec, meta)
+    }
+
     /// Omni starts removing the machine: phase tearingDown, its finalizers pending.
     fn teardown(&mut self, id: &str) {
         self.ok(json!({"cmd": "teardown", "ns": SHARED_NS, "type": INFRA_MACHINE, "id": id}));
@@ -229,8 +254,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// `--min-reboot-interval` of the tests: short, so that a reboot into the agent comes
+/// within seconds of a power-on, yet long enough to observe one reboot before the next.
+const MIN_REBOOT_INTERVAL: Duration = Duration::from_secs(4);
+
 /// The control loop over `client` as the binary starts it (with `--machine-labels
-/// rack=a1`), a fresh BMC fleet and no agent. A failed pass is retried within 2 s.
+/// rack=a1`, `--min-reboot-interval 4s`, `--ipmi-pxe-boot-mode bios`), a fresh BMC fleet
+/// and no agent. A failed pass is retried within 2 s.
 fn start(client: &Client) -> Running {
     let tunnels = Tunnels::new(AgentGate::open());
     let power = FleetPower::new(
@@ -249,7 +279,7 @@ fn start(client: &Client) -> Running {
         },
     );
     let mut settings = Settings::new(
-        Policy::default(),
+        Policy::new(MIN_REBOOT_INTERVAL, false, ironboot_bmc::BootMode::Bios),
         BTreeMap::from([("rack".to_owned(), "a1".to_owned())]),
     );
     settings.power_poll_interval = Duration::from_secs(2);
@@ -277,8 +307,17 @@ fn ca_pem() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// `t` is within the last minute.
+fn recent(t: Option<&prost_types::Timestamp>) -> bool {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    t.is_some_and(|t| (now - 60..=now + 1).contains(&t.seconds))
+}
+
 #[test]
-fn a_machine_the_go_provider_managed_is_released_by_ironboot() {
+fn a_machine_the_go_provider_managed_is_allocated_deallocated_and_released_by_ironboot() {
     let mut omni = Omni::start();
     let mut bmc = ipmi_sim::SimBmc::start("takeover");
     bmc.set_power(false);
@@ -458,6 +497,89 @@ fn a_machine_the_go_provider_managed_is_released_by_ironboot() {
         omni.get(status)["owner"],
         go("InfraMachineStatusController")
     );
+    let machine_labels = [
+        (PROVIDER_LABEL, ID),
+        ("omni.sidero.dev/cluster", "c1"),
+        ("omni.sidero.dev/role-worker", ""),
+    ];
+
+    // Omni allocates the machine: ironboot sets PXE-once and powers it on to install, and
+    // records the power-on in PowerOperation under the Go provider's controller name,
+    // keeping the finalizers the Go provider's controllers put there.
+    let mut spec = accepted("tok-1", false);
+    spec.cluster_talos_version = "v1.11.0".into();
+    omni.update_machine("m1", &spec, &machine_labels);
+    wait_for("the allocated machine powered on", || {
+        bmc.changes().iter().any(|c| c == "set power 1")
+    });
+    assert_eq!(bmc.changes(), ["set boot pxe", "set power 1"]);
+    let (power_op, power_meta) =
+        omni.record::<baremetal::PowerOperationSpec>("PowerOperation", "m1");
+    assert_eq!(
+        power_op.last_power_operation,
+        baremetal::PowerState::On as i32
+    );
+    assert!(
+        recent(power_op.last_power_on_timestamp.as_ref()),
+        "{power_op:?}"
+    );
+    assert_eq!(power_meta["owner"], go("PowerOperationController"));
+    assert_eq!(
+        power_meta["finalizers"],
+        json!([
+            go("RebootStatusController"),
+            go("InfraMachineStatusController")
+        ])
+    );
+    // The private MachineStatus follows, as the Go provider keeps it: on, no agent, and
+    // still initialized (the Go provider saw the machine's first PXE boot).
+    wait_for("MachineStatus shows the machine on", || {
+        let (ms, _) = omni.record::<baremetal::MachineStatusSpec>("MachineStatus", "m1");
+        ms.power_state == baremetal::PowerState::On as i32
+    });
+    let (ms, ms_meta) = omni.record::<baremetal::MachineStatusSpec>("MachineStatus", "m1");
+    assert!(ms.initialized && !ms.agent_accessible, "{ms:?}");
+    assert_eq!(ms_meta["owner"], go("MachineStatusController"));
+
+    // Talos installed: the machine boots from its disk; nothing to do.
+    spec.install_event_id = 1;
+    omni.update_machine("m1", &spec, &machine_labels);
+    wait_for("the status shows the machine installed", || {
+        specs::InfraMachineStatusSpec::decode(&omni.raw_spec(status)[..]).is_ok_and(|s| s.installed)
+    });
+
+    // Omni deallocates it (a new wipe ID): the disks must be wiped by the agent, which
+    // does not run, so once the cooldown from the power-on is over ironboot reboots the
+    // machine into it over PXE. The reboot is recorded in RebootStatus (with the request
+    // ID Omni has, as upstream records a mode switch), PowerOperation is left alone, and
+    // the status publishes the reboot's time.
+    spec.cluster_talos_version.clear();
+    spec.wipe_id = "w2".into();
+    omni.update_machine("m1", &spec, &machine_labels);
+    wait_for("the reboot into the agent recorded", || {
+        let (r, _) = omni.record::<baremetal::RebootStatusSpec>("RebootStatus", "m1");
+        r.last_reboot_timestamp.is_some()
+    });
+    let (reboot, reboot_meta) = omni.record::<baremetal::RebootStatusSpec>("RebootStatus", "m1");
+    assert!(recent(reboot.last_reboot_timestamp.as_ref()), "{reboot:?}");
+    assert_eq!(reboot.last_reboot_id, "");
+    assert_eq!(reboot_meta["owner"], go("RebootStatusController"));
+    wait_for("the power cycle", || bmc.changes().len() >= 4);
+    let changes = bmc.changes();
+    assert_eq!(
+        changes[2..4],
+        ["set boot pxe", "set power 0"],
+        "{changes:?}"
+    );
+    assert_eq!(
+        omni.get((PRIVATE_NS, &private_type("PowerOperation"), "m1"))["version"],
+        power_meta["version"],
+        "PowerOperation is not written on a reboot"
+    );
+    wait_for("the status shows the reboot", || {
+        specs::InfraMachineStatusSpec::decode(&omni.raw_spec(status)[..])
+            .is_ok_and(|s| s.last_reboot_timestamp == reboot.last_reboot_timestamp)
+    });
 
     // Omni removes the machine.
     let destroys_before = omni.calls("Destroy");
@@ -483,10 +605,10 @@ fn a_machine_the_go_provider_managed_is_released_by_ironboot() {
     // The CA is the provider's, not the machine's: it stays, untouched.
     let v = omni.get(tls_config);
     assert_eq!((&v["found"], &v["version"]), (&json!(true), &tls_version));
-    // The machine was off: no reboot into the agent, no power action at all.
-    let mut changes = bmc.changes();
-    changes.dedup();
-    assert!(changes.is_empty(), "power actions: {changes:?}");
+    // Once released, the machine is not touched again.
+    let after = bmc.changes().len();
+    std::thread::sleep(MIN_REBOOT_INTERVAL + Duration::from_secs(2));
+    assert_eq!(bmc.changes().len(), after, "{:?}", bmc.changes());
     drop(running);
     bmc.stop();
 }

@@ -626,6 +626,16 @@ fn teardown_waits_for_finalizers_then_destroy_succeeds() {
         );
         let torn = c.get::<baremetal::RebootStatusSpec>("m1").await.unwrap();
         assert_eq!(torn.metadata.phase, Phase::TearingDown);
+        // Record updates expect the resource running, as the Go SDK's do: one being torn
+        // down is not written again.
+        let err = c
+            .modify::<baremetal::RebootStatusSpec>("m1", "", false, |r| {
+                r.spec.last_reboot_id = "r1".into();
+                true
+            })
+            .await
+            .expect_err("the record is tearing down");
+        assert!(matches!(err, OmniError::PhaseConflict { .. }), "{err}");
         let err = c
             .destroy::<baremetal::RebootStatusSpec>("m1", "")
             .await

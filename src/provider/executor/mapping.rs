@@ -5,9 +5,9 @@
 //!
 //! Where the Go provider's records hold less than the core's model, the mapping keeps the
 //! behaviour the rules depend on:
-//! - `PowerOperation` stores only ON/OFF and the time of the last power-on: a reboot is
-//!   stored as ON with its time (the cooldown treats both alike), a power-off keeps the
-//!   last power-on time.
+//! - `PowerOperation` stores only ON/OFF and the time of the last power-on: a power-off
+//!   keeps the last power-on time. A reboot is stored in `RebootStatus` alone, as upstream
+//!   does, and the cooldown runs from the later of the two times.
 //! - the "wipe started" intent has no field upstream: it is an annotation on `WipeStatus`
 //!   ([`WIPE_STARTED_ANNOTATION`]), which the Go provider ignores.
 
@@ -96,13 +96,16 @@ pub(crate) enum Write {
         /// Omni's wipe ID then.
         wipe_id: String,
     },
-    /// Record a handled reboot request in `RebootStatus`.
+    /// Record a reboot, and the reboot request it handled, in `RebootStatus`.
     RebootHandled {
         /// Omni's requested reboot ID.
         reboot_id: String,
-        /// When.
-        at: SystemTime,
+        /// When the machine was rebooted; `None` keeps the stored time (a request
+        /// acknowledged without a reboot).
+        at: Option<SystemTime>,
     },
+    /// Replace the private `MachineStatus`.
+    MachineStatus(baremetal::MachineStatusSpec),
     /// Replace `InfraMachineStatus`: its spec, and its labels through [`status_labels`].
     Status {
         /// The spec.
@@ -199,6 +202,7 @@ impl fmt::Debug for Write {
                 .field("reboot_id", reboot_id)
                 .field("at", at)
                 .finish(),
+            Write::MachineStatus(spec) => f.debug_tuple("MachineStatus").field(spec).finish(),
             Write::Status {
                 spec,
                 labels,
@@ -379,13 +383,46 @@ pub(crate) fn written_status(spec: &omni::InfraMachineStatusSpec) -> InfraMachin
     }
 }
 
-/// One reconcile input from the records and the live status.
-pub(crate) fn observed(records: &Records, status: MachineStatus) -> lifecycle::Observed {
+/// The private `MachineStatus` as the core writes it.
+pub(crate) fn machine_status_spec(status: &MachineStatus) -> baremetal::MachineStatusSpec {
+    baremetal::MachineStatusSpec {
+        agent_accessible: status.agent_connected,
+        power_state: match status.power {
+            None => baremetal::PowerState::Unknown,
+            Some(PowerState::Off) => baremetal::PowerState::Off,
+            Some(PowerState::On) => baremetal::PowerState::On,
+        } as i32,
+        initialized: status.initialized,
+    }
+}
+
+/// The private `MachineStatus` as read back (the inverse of [`machine_status_spec`]).
+pub(crate) fn stored_status(spec: &baremetal::MachineStatusSpec) -> MachineStatus {
+    MachineStatus {
+        power: match baremetal::PowerState::try_from(spec.power_state) {
+            Ok(baremetal::PowerState::On) => Some(PowerState::On),
+            Ok(baremetal::PowerState::Off) => Some(PowerState::Off),
+            Ok(baremetal::PowerState::Unknown) | Err(_) => None,
+        },
+        agent_connected: spec.agent_accessible,
+        initialized: spec.initialized,
+    }
+}
+
+/// One reconcile input from the records and the live status. A machine stays initialized
+/// once its stored status says so (its first PXE boot may have been seen before a restart,
+/// or by the Go provider).
+pub(crate) fn observed(records: &Records, mut status: MachineStatus) -> lifecycle::Observed {
+    let stored = records.machine_status.as_ref().map(stored_status);
+    status.initialized |= stored.is_some_and(|s| s.initialized);
+    let recorded = recorded(records);
     lifecycle::Observed {
         infra: records.infra.as_ref().map(infra_machine),
         manual_bmc: manual_bmc(records.bmc_config.as_ref()),
-        recorded: recorded(records),
+        cooldown_from: recorded.last_boot(),
+        recorded,
         status,
+        stored_status: stored,
         written_status: records.status.as_ref().map(written_status),
         held: records.held,
         tearing_down: records.infra.is_some() && records.infra_tearing_down,
@@ -489,6 +526,7 @@ pub(crate) fn write_for(
             request_id: request_id.clone(),
             wipe_id: wipe_id.clone(),
         },
+        Action::WriteMachineStatus(s) => Write::MachineStatus(machine_status_spec(s)),
         Action::WriteInfraMachineStatus(s) => Write::Status {
             spec: status_spec(s),
             labels: labels.clone(),
@@ -548,6 +586,7 @@ pub(crate) fn apply(records: &mut Records, write: &Write) {
         Write::RebootHandled { .. } => {
             apply_reboot(records.reboot.get_or_insert_with(Default::default), write);
         }
+        Write::MachineStatus(spec) => records.machine_status = Some(spec.clone()),
         Write::Status {
             spec,
             labels,
@@ -588,7 +627,7 @@ pub(crate) fn apply_wipe(spec: &mut baremetal::WipeStatusSpec, write: &Write) {
 pub(crate) fn apply_power(spec: &mut baremetal::PowerOperationSpec, write: &Write) {
     match write {
         Write::PowerOp { op, at } => match op {
-            PowerOp::On | PowerOp::Reboot => {
+            PowerOp::On => {
                 spec.last_power_operation = baremetal::PowerState::On as i32;
                 spec.last_power_on_timestamp = Some(timestamp(*at));
             }
@@ -609,7 +648,9 @@ pub(crate) fn apply_power(spec: &mut baremetal::PowerOperationSpec, write: &Writ
 pub(crate) fn apply_reboot(spec: &mut baremetal::RebootStatusSpec, write: &Write) {
     if let Write::RebootHandled { reboot_id, at } = write {
         spec.last_reboot_id = reboot_id.clone();
-        spec.last_reboot_timestamp = Some(timestamp(*at));
+        if let Some(at) = at {
+            spec.last_reboot_timestamp = Some(timestamp(*at));
+        }
     }
 }
 
@@ -992,17 +1033,27 @@ mod tests {
                 wipe_id: "w1".into(),
             },
             Action::RecordPowerOp {
-                op: PowerOp::Reboot,
+                op: PowerOp::On,
                 at: at(300),
             },
             Action::RecordRebootHandled {
                 reboot_id: "r9".into(),
-                at: at(301),
+                at: Some(at(301)),
             },
             Action::WriteInfraMachineStatus(InfraMachineStatus {
                 ready_to_use: true,
                 ..Default::default()
             }),
+            Action::WriteMachineStatus(MachineStatus {
+                power: Some(PowerState::Off),
+                agent_connected: true,
+                initialized: true,
+            }),
+            // A request acknowledged without a reboot keeps the time of the last one.
+            Action::RecordRebootHandled {
+                reboot_id: "r10".into(),
+                at: None,
+            },
         ];
         for a in &actions {
             let w = write_for(a, &labels, &BTreeMap::new()).expect("a record action writes");
@@ -1016,11 +1067,21 @@ mod tests {
         assert_eq!(r.wipe.wiped_node_unique_token, "tok");
         assert_eq!(r.power.last_power_off_id, "p1");
         assert_eq!(r.power.wipe_id_at_power_off, "w1");
-        // A reboot is stored as ON with its time: the cooldown treats both alike.
+        // A reboot is stored in RebootStatus alone; the cooldown runs from the later of
+        // the power-on and the reboot.
         assert_eq!(r.power.last, Some((PowerOp::On, at(300))));
-        assert_eq!(r.reboot.last_reboot_id, "r9");
+        assert_eq!(r.reboot.last_reboot_id, "r10");
         assert_eq!(r.reboot.last_reboot_at, Some(at(301)));
+        assert_eq!(r.last_boot(), Some(at(301)));
         assert!(records.status.as_ref().is_some_and(|s| s.ready_to_use));
+        assert_eq!(
+            records.machine_status,
+            Some(baremetal::MachineStatusSpec {
+                agent_accessible: true,
+                power_state: baremetal::PowerState::Off as i32,
+                initialized: true,
+            })
+        );
 
         // A power-off keeps the last power-on time.
         let mut p = records.power.clone().unwrap_or_default();

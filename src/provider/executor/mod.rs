@@ -21,8 +21,8 @@
 //!
 //! Started by the Omni mode ([`crate::provider::mode`]) with the API port's tunnels; PXE
 //! boots reach a machine's task as [`Event::PxeBoot`]. The live status is kept in
-//! memory (no rule needs it across a restart), and the private `MachineStatus` record is
-//! not written.
+//! memory and written to the private `MachineStatus` record whenever it changes, as the
+//! Go provider keeps it (its `initialized` flag is read back, so it survives a restart).
 
 pub(crate) mod feed;
 pub(crate) mod mapping;
@@ -234,17 +234,17 @@ const MAX_IMMEDIATE_PASSES: u32 = 32;
 struct Machine {
     status: Mutex<MachineStatus>,
     last_poll: Mutex<Option<Instant>>,
-    /// The last recorded power action, tied to monotonic time ([`Machine::power_op_at`]).
-    power_anchor: Mutex<Option<PowerAnchor>>,
+    /// The provider's last recorded start of the machine, tied to monotonic time
+    /// ([`Machine::boot_at`]).
+    boot_anchor: Mutex<Option<BootAnchor>>,
     wake: Notify,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A recorded power action (`op` at wall-clock `at`, as in Omni) and its age on the
+/// A recorded power-on or reboot (at wall-clock `at`, as in Omni) and its age on the
 /// monotonic clock: `age` when first seen at `seen`.
 #[derive(Debug, Clone, Copy)]
-struct PowerAnchor {
-    op: PowerOp,
+struct BootAnchor {
     at: SystemTime,
     age: Duration,
     seen: Instant,
@@ -260,28 +260,27 @@ impl Machine {
         *s = lifecycle::apply_event(*s, event);
     }
 
-    /// This executor recorded `op` at wall-clock `at` just now: its age is zero.
-    fn recorded_power_op(&self, op: PowerOp, at: SystemTime) {
-        *self.power_anchor.lock().unwrap_or_else(|e| e.into_inner()) = Some(PowerAnchor {
-            op,
+    /// This executor recorded a start of the machine (power-on or reboot) at wall-clock
+    /// `at` just now: its age is zero.
+    fn recorded_boot(&self, at: SystemTime) {
+        *self.boot_anchor.lock().unwrap_or_else(|e| e.into_inner()) = Some(BootAnchor {
             at,
             age: Duration::ZERO,
             seen: Instant::now(),
         });
     }
 
-    /// The recorded power action `op` at `at`, moved to where it lies before `now` on the
-    /// monotonic clock: the cooldown it starts then runs on elapsed time, and a wall
-    /// clock set forward or back neither ends it early nor stretches it. A record this
-    /// executor did not take is aged by the wall clock once, when first seen (a record
-    /// from the future counts as new).
-    fn power_op_at(&self, op: PowerOp, at: SystemTime, now: SystemTime) -> SystemTime {
-        let mut anchor = self.power_anchor.lock().unwrap_or_else(|e| e.into_inner());
+    /// The recorded start at `at`, moved to where it lies before `now` on the monotonic
+    /// clock: the cooldown it starts then runs on elapsed time, and a wall clock set
+    /// forward or back neither ends it early nor stretches it. A record this executor did
+    /// not take is aged by the wall clock once, when first seen (a record from the future
+    /// counts as new).
+    fn boot_at(&self, at: SystemTime, now: SystemTime) -> SystemTime {
+        let mut anchor = self.boot_anchor.lock().unwrap_or_else(|e| e.into_inner());
         let a = match *anchor {
-            Some(a) if a.op == op && a.at == at => a,
+            Some(a) if a.at == at => a,
             _ => {
-                let a = PowerAnchor {
-                    op,
+                let a = BootAnchor {
                     at,
                     age: now.duration_since(at).unwrap_or_default(),
                     seen: Instant::now(),
@@ -546,9 +545,7 @@ async fn pass<S: Store, P: Power, A: Agent>(
         .agent_reconnect_grace
         .checked_sub(inner.started_at.elapsed())
         .map(|left| now + left);
-    if let Some((op, at)) = observed.recorded.power.last {
-        observed.recorded.power.last = Some((op, machine.power_op_at(op, at, now)));
-    }
+    observed.cooldown_from = observed.cooldown_from.map(|at| machine.boot_at(at, now));
     let plan = {
         let mut secrets = inner.secrets.lock().unwrap_or_else(|e| e.into_inner());
         lifecycle::reconcile(&observed, &inner.settings.policy, now, secrets.as_mut())
@@ -579,8 +576,13 @@ async fn pass<S: Store, P: Power, A: Agent>(
             action,
         )
         .await?;
-        if let Action::RecordPowerOp { op, at } = action {
-            machine.recorded_power_op(*op, *at);
+        match action {
+            Action::RecordPowerOp {
+                op: PowerOp::On,
+                at,
+            }
+            | Action::RecordRebootHandled { at: Some(at), .. } => machine.recorded_boot(*at),
+            _ => {}
         }
         inner.stats.step(action);
     }

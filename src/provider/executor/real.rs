@@ -251,6 +251,14 @@ impl Store for OmniStore {
                 )
                 .await
             }
+            Write::MachineStatus(spec) => {
+                self.modify::<baremetal::MachineStatusSpec>(
+                    machine_id,
+                    "MachineStatusController",
+                    |r| r.spec = spec.clone(),
+                )
+                .await
+            }
             Write::Hold => self
                 .client
                 .add_finalizer::<omni::InfraMachineSpec>(machine_id, &self.finalizer())

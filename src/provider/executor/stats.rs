@@ -43,6 +43,7 @@ impl ExecutorStats {
             | Action::RecordWipeDone { .. }
             | Action::RecordPowerOp { .. }
             | Action::RecordRebootHandled { .. }
+            | Action::WriteMachineStatus(_)
             | Action::AcknowledgePowerOffRequest { .. } => "record",
         };
         if let Some(i) = STEPS.iter().position(|s| *s == kind) {

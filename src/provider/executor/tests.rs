@@ -49,6 +49,7 @@ impl Store for FakeStore {
             Write::PowerOffAcknowledged { request_id, .. } => format!("PowerOffAck {request_id}"),
             Write::RebootHandled { reboot_id, .. } => format!("RebootHandled {reboot_id}"),
             Write::Status { .. } => "Status".to_owned(),
+            Write::MachineStatus(_) => "MachineStatus".to_owned(),
             Write::Hold => "Hold".to_owned(),
             Write::Release => "Release".to_owned(),
         };
@@ -388,6 +389,7 @@ async fn accept_configures_bmc_wipes_and_powers_off_once() {
     assert_eq!(
         rig.log(),
         [
+            "m1 store MachineStatus",
             "m1 store Status",
             "m1 agent GetPowerManagement",
             "m1 agent SetPowerManagement talos-agent",
@@ -399,8 +401,18 @@ async fn accept_configures_bmc_wipes_and_powers_off_once() {
             "m1 store Status",
             "m1 store PowerOp Off",
             "m1 bmc Off",
+            "m1 store MachineStatus",
             "m1 store Status",
         ]
+    );
+    // The private MachineStatus follows the live status, as the Go provider keeps it.
+    assert_eq!(
+        rig.records("m1").machine_status,
+        Some(baremetal::MachineStatusSpec {
+            agent_accessible: true,
+            power_state: baremetal::PowerState::Off as i32,
+            initialized: false,
+        })
     );
     // The stored credentials are the ones the agent set, from the OS random source.
     let records = rig.records("m1");
@@ -449,7 +461,27 @@ async fn pending_cordoned_and_unknown_machines_are_left_alone() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(exec.machines(), ["cordoned", "pending", "unknown"]);
-    assert!(rig.log().is_empty(), "{:#?}", rig.log());
+    // Only the private status of the machines Omni knows is kept (as upstream keeps it
+    // whatever the acceptance): no BMC, agent or Omni-visible write.
+    let mut log = rig.log();
+    log.sort();
+    assert_eq!(
+        log,
+        [
+            "cordoned store MachineStatus",
+            "pending store MachineStatus"
+        ]
+    );
+    for id in ["pending", "cordoned"] {
+        let stored = rig
+            .records(id)
+            .machine_status
+            .expect("private status stored");
+        assert!(
+            stored.initialized && stored.power_state == baremetal::PowerState::On as i32,
+            "{id}: {stored:?}"
+        );
+    }
 }
 
 #[tokio::test]

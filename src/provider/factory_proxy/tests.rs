@@ -868,6 +868,13 @@ async fn sendfile_readers_follow_a_slow_download_then_the_cache() {
     }
     assert_eq!(standin.image_gets("v1.13.7", "kernel-amd64"), 1);
     assert_eq!(stats.served_bytes_total(), 3 * IMAGE_LEN as u64);
+    // The readers may finish before the download is committed to the cache (renamed
+    // from its temporary name); a request before that would share the download.
+    until("the download is committed to the cache", || {
+        let (files, _) = cache_files(dir.path());
+        files.len() == 1 && !files[0].starts_with(".tmp-")
+    })
+    .await;
     // Then from the cache: validators and ranges.
     let hit = curl(&["-r", "100-199", &url]).await;
     assert_eq!(hit.statuses(), [206]);

@@ -29,15 +29,14 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A provider power action, as recorded for the cooldown.
+/// A provider power action, as recorded in `PowerOperation` (a reboot is recorded in
+/// `RebootStatus` instead, as upstream does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PowerOp {
     /// Powered on.
     On,
     /// Powered off.
     Off,
-    /// Power-cycled.
-    Reboot,
 }
 
 /// The Omni-visible status of a machine (`InfraMachineStatusSpec`). Labels from
@@ -101,12 +100,15 @@ pub(crate) enum Action {
         /// Now.
         at: SystemTime,
     },
-    /// Record a requested reboot as handled (before doing it).
+    /// Record a reboot in `RebootStatus` (before doing it): Omni's requested reboot ID is
+    /// handled by it, whether the user asked for it or the boot mode must switch, as
+    /// upstream records both.
     RecordRebootHandled {
         /// Omni's requested reboot ID.
         reboot_id: String,
-        /// Now.
-        at: SystemTime,
+        /// When the machine is rebooted; `None` when a request is acknowledged without a
+        /// reboot (the machine is off), keeping the time of the last reboot.
+        at: Option<SystemTime>,
     },
     /// Record a power-off request as seen; from now on it holds the machine off.
     AcknowledgePowerOffRequest {
@@ -129,6 +131,9 @@ pub(crate) enum Action {
     },
     /// Write Omni's `InfraMachineStatus`.
     WriteInfraMachineStatus(InfraMachineStatus),
+    /// Write the provider's private `MachineStatus` (the live status, which the Go provider
+    /// reads when it takes the machine back).
+    WriteMachineStatus(super::model::MachineStatus),
     /// Put this provider's finalizer on the `InfraMachine`, so its removal waits for
     /// [`Action::ReleaseMachine`].
     HoldMachine,

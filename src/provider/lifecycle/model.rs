@@ -148,7 +148,7 @@ pub(crate) struct WipeRecord {
 /// The last provider power action (upstream's private `PowerOperation`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct PowerRecord {
-    /// What was done last, and when: the cooldown of `--min-reboot-interval` starts here.
+    /// What was done last, and when (a power-off keeps the time of the last power-on).
     pub(crate) last: Option<(super::action::PowerOp, SystemTime)>,
     /// The power-off request acknowledged last.
     pub(crate) last_power_off_id: String,
@@ -157,12 +157,13 @@ pub(crate) struct PowerRecord {
     pub(crate) wipe_id_at_power_off: String,
 }
 
-/// The last handled reboot request (upstream's private `RebootStatus`).
+/// The last reboot and the last handled reboot request (upstream's private
+/// `RebootStatus`, written on every reboot the provider makes, mode switches included).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct RebootRecord {
     /// The requested reboot ID handled last.
     pub(crate) last_reboot_id: String,
-    /// When it was handled.
+    /// When the provider last rebooted the machine.
     pub(crate) last_reboot_at: Option<SystemTime>,
 }
 
@@ -176,8 +177,21 @@ pub(crate) struct Recorded {
     pub(crate) wipe: WipeRecord,
     /// Power actions.
     pub(crate) power: PowerRecord,
-    /// Reboot requests.
+    /// Reboots and reboot requests.
     pub(crate) reboot: RebootRecord,
+}
+
+impl Recorded {
+    /// When the provider last started the machine: the later of its last power-on (while
+    /// "on" is the last power action) and its last reboot. The cooldown of
+    /// `--min-reboot-interval` runs from here, as upstream's does.
+    pub(crate) fn last_boot(&self) -> Option<SystemTime> {
+        let powered_on = match self.power.last {
+            Some((super::action::PowerOp::On, at)) => Some(at),
+            _ => None,
+        };
+        powered_on.max(self.reboot.last_reboot_at)
+    }
 }
 
 /// One machine as seen by one reconcile pass.
@@ -191,6 +205,12 @@ pub(crate) struct Observed {
     pub(crate) recorded: Recorded,
     /// Live status.
     pub(crate) status: MachineStatus,
+    /// The private `MachineStatus` record as stored (`None`: none yet), written again
+    /// whenever the live status differs, so that the Go provider can take the machine back.
+    pub(crate) stored_status: Option<MachineStatus>,
+    /// [`Recorded::last_boot`] as the cooldown measures it: the executor moves it onto its
+    /// monotonic clock, so a wall clock that jumps neither ends nor stretches the cooldown.
+    pub(crate) cooldown_from: Option<SystemTime>,
     /// The `InfraMachineStatus` currently in Omni, to write only on change.
     pub(crate) written_status: Option<super::action::InfraMachineStatus>,
     /// This provider's finalizer is on the `InfraMachine` (its records are not released).
@@ -228,7 +248,7 @@ impl Policy {
     /// The policy of the command line: the agents get `--min-reboot-interval` to
     /// reconnect after a start (the time a machine gets to boot), at most
     /// [`MAX_AGENT_RECONNECT_GRACE`].
-    pub(crate) fn new(
+    pub fn new(
         min_reboot_interval: Duration,
         wipe_with_zeroes: bool,
         pxe_boot_mode: BootMode,

@@ -67,6 +67,12 @@ pub(crate) fn reconcile(
     if !observed.held {
         plan.actions.push(Action::HoldMachine);
     }
+    // Every machine Omni knows has its private status record, as upstream keeps one
+    // (whatever the acceptance): the Go provider needs it to take the machine back.
+    if observed.stored_status != Some(observed.status) {
+        plan.actions
+            .push(Action::WriteMachineStatus(observed.status));
+    }
     if infra.acceptance != Acceptance::Accepted || infra.cordoned {
         return plan;
     }
@@ -142,10 +148,9 @@ pub(crate) fn reconcile(
     // that long to boot and show up (agent tunnel, Talos events) before its state means
     // anything. Without it, "agent expected but absent" right after a power-on reboots
     // the machine again and again.
-    let cooldown_until = match rec.power.last {
-        Some((PowerOp::On | PowerOp::Reboot, at)) => Some(at + policy.min_reboot_interval),
-        _ => None,
-    };
+    let cooldown_until = observed
+        .cooldown_from
+        .map(|at| at + policy.min_reboot_interval);
     let cooling = cooldown_until.filter(|until| now < *until);
 
     match power {
@@ -155,7 +160,7 @@ pub(crate) fn reconcile(
                 // the machine is powered on later (inferred; upstream power-cycles).
                 plan.actions.push(Action::RecordRebootHandled {
                     reboot_id: infra.requested_reboot_id.clone(),
-                    at: now,
+                    at: None,
                 });
                 return plan;
             }
@@ -193,18 +198,13 @@ pub(crate) fn reconcile(
                 plan.wake_at = Some(until);
                 return plan;
             }
-            if requested {
-                // Recorded before: a user's reboot is done at most once, however often
-                // the pass is repeated.
+            if requested || mismatch {
+                // Recorded before: a reboot is done at most once per cooldown, however
+                // often the pass is repeated. A mode switch records Omni's requested ID
+                // too (upstream's behaviour): that request is served by this reboot.
                 plan.actions.push(Action::RecordRebootHandled {
                     reboot_id: infra.requested_reboot_id.clone(),
-                    at: now,
-                });
-            }
-            if requested || mismatch {
-                plan.actions.push(Action::RecordPowerOp {
-                    op: PowerOp::Reboot,
-                    at: now,
+                    at: Some(now),
                 });
                 plan.actions.push(Action::Reboot { pxe_once });
             } else {

@@ -456,7 +456,9 @@ impl Client {
 
     /// Read-modify-write of resource `id`: `f` changes it (returning false = nothing to
     /// do); on a version conflict it is read again and `f` runs again. With `create`, a
-    /// missing resource is created from `S::default()` passed through `f`.
+    /// missing resource is created from `S::default()` passed through `f`. The update
+    /// expects the resource running, as the Go SDK's updates do: one being torn down is
+    /// refused ([`OmniError::PhaseConflict`]) rather than written again.
     pub async fn modify<S: Spec>(
         &self,
         id: &str,
@@ -485,7 +487,7 @@ impl Client {
                     }
                     // The version read is the one the update must match.
                     r.metadata.version = before.metadata.version;
-                    self.update(&r, owner, None).await
+                    self.update(&r, owner, Some(Phase::Running)).await
                 }
             };
             match result {

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::TlsError;
 use super::ca::{Ca, StoredCa, examine};
-use crate::provider::omni::client::{Client, OmniError};
+use crate::provider::omni::client::{Client, OmniError, Phase};
 
 /// ID of the `TLSConfig` resource (the Go provider's `resources.TLSConfigID`).
 pub const TLS_CONFIG_ID: &str = "tls-config";
@@ -56,7 +56,10 @@ pub(crate) async fn load_or_create(client: &Client, ttl: Duration) -> Result<Ca,
                     continue;
                 };
                 r.spec = ca.to_spec();
-                client.update(&r, TLS_CONFIG_OWNER, None).await.map(|_| ca)
+                client
+                    .update(&r, TLS_CONFIG_OWNER, Some(Phase::Running))
+                    .await
+                    .map(|_| ca)
             }
         };
         match result {

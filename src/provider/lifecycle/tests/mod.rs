@@ -62,6 +62,12 @@ fn ready() -> Observed {
             agent_connected: true,
             initialized: true,
         },
+        stored_status: Some(MachineStatus {
+            power: Some(PowerState::On),
+            agent_connected: true,
+            initialized: true,
+        }),
+        cooldown_from: None,
         written_status: None,
         held: true,
         tearing_down: false,
@@ -70,18 +76,26 @@ fn ready() -> Observed {
     }
 }
 
-/// The actions of a plan other than the status write.
+/// The actions of a plan other than the status writes.
 fn steps(actions: &[Action]) -> Vec<Action> {
     actions
         .iter()
-        .filter(|a| !matches!(a, Action::WriteInfraMachineStatus(_)))
+        .filter(|a| {
+            !matches!(
+                a,
+                Action::WriteInfraMachineStatus(_) | Action::WriteMachineStatus(_)
+            )
+        })
         .cloned()
         .collect()
 }
 
-/// One reconcile pass with the default policy and fresh secrets.
+/// One reconcile pass with the default policy and fresh secrets; the cooldown runs from
+/// the records' last start, as the executor's mapping gives it.
 fn plan_at(observed: &Observed, now: SystemTime) -> Plan {
-    reconcile(observed, &policy(), now, &mut CountingSecrets::default())
+    let mut observed = observed.clone();
+    observed.cooldown_from = observed.recorded.last_boot();
+    reconcile(&observed, &policy(), now, &mut CountingSecrets::default())
 }
 
 fn policy() -> Policy {

@@ -59,11 +59,21 @@ fn power_on_at(now: SystemTime, pxe_once: Option<BootMode>) -> Vec<Action> {
     ]
 }
 
+/// A reboot to switch the boot mode (no reboot request pending).
 fn reboot_at(now: SystemTime, pxe_once: Option<BootMode>) -> Vec<Action> {
+    requested_reboot_at("", now, pxe_once)
+}
+
+/// A reboot recorded in `RebootStatus` with the request it serves, then done.
+fn requested_reboot_at(
+    reboot_id: &str,
+    now: SystemTime,
+    pxe_once: Option<BootMode>,
+) -> Vec<Action> {
     vec![
-        Action::RecordPowerOp {
-            op: PowerOp::Reboot,
-            at: now,
+        Action::RecordRebootHandled {
+            reboot_id: reboot_id.into(),
+            at: Some(now),
         },
         Action::Reboot { pxe_once },
     ]
@@ -287,7 +297,7 @@ fn rows() -> Vec<Row> {
         row(
             "power-off interval runs from a reboot too",
             at(5 * MIN),
-            |o| o.recorded.power.last = Some((PowerOp::Reboot, at(0))),
+            |o| o.recorded.reboot.last_reboot_at = Some(at(0)),
             vec![],
             Some(at(15 * MIN)),
         ),
@@ -374,14 +384,7 @@ fn rows() -> Vec<Row> {
                 allocated_installed(o);
                 infra(o).requested_reboot_id = "r1".into();
             },
-            [
-                vec![Action::RecordRebootHandled {
-                    reboot_id: "r1".into(),
-                    at: now,
-                }],
-                reboot_at(now, None),
-            ]
-            .concat(),
+            requested_reboot_at("r1", now, None),
             None,
         ),
         row(
@@ -416,7 +419,7 @@ fn rows() -> Vec<Row> {
             },
             vec![Action::RecordRebootHandled {
                 reboot_id: "r1".into(),
-                at: now,
+                at: None,
             }],
             None,
         ),
