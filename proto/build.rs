@@ -6,11 +6,12 @@ use std::io;
 
 /// Messages that carry secrets (BMC passwords, the CA key, the join token): their
 /// `Debug` is written by hand in lib.rs so the secrets never reach a log line.
-const SECRET_MESSAGES: [&str; 4] = [
+const SECRET_MESSAGES: [&str; 5] = [
     ".baremetalproviderspecs.BMCConfigurationSpec.IPMI",
     ".baremetalproviderspecs.TLSConfigSpec",
     ".specs.InfraMachineBMCConfigSpec.IPMI",
     ".specs.ProviderJoinConfigSpec",
+    ".specs.ConnectionParamsSpec",
 ];
 
 fn main() -> io::Result<()> {

@@ -21,11 +21,15 @@
 //!   grows): holding and releasing it send the spec back byte for byte, which Omni
 //!   requires of a provider.
 //!
+//! - An older Omni (no `ProviderJoinConfig` resource definition in `meta`): ironboot
+//!   serves, at `/config`, the join configuration Omni's own Go module renders from the
+//!   `ConnectionParams` for the Go provider, and follows their changes.
+//!
 //! Needs Go, the harness's modules and `ipmi_sim` (`tests/install-prereqs.sh`); a missing
-//! one fails the test naming it. Everything listens on 127.0.0.1.
+//! one fails the test naming it. Everything listens on the loopback (127.0.0.0/8).
 
 use ironboot::testing::{agent, executor, lifecycle, omni, tls};
-use ironboot_test_support::{go_harness, ipmi_sim, omni_harness};
+use ironboot_test_support::{go_harness, ipmi_sim, launch, logs, omni_harness};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -93,9 +97,14 @@ struct Omni {
 
 impl Omni {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// The harness with extra `serve` flags (`--legacy-omni`: an older Omni).
+    fn start_with(flags: &[&str]) -> Self {
         let bin = omni_harness_bin();
         let key = omni_harness::keygen(bin, &["--id", ID]);
-        let serve = omni_harness::serve(bin, &key, &[]);
+        let serve = omni_harness::serve(bin, &key, flags);
         Self { serve, key }
     }
 
@@ -702,4 +711,136 @@ fn an_infra_machine_with_a_field_ironboot_does_not_know_is_held_and_released_unc
     assert_eq!(omni.raw_spec(machine), stored, "the spec after the release");
     omni.destroy("m3");
     drop(running);
+}
+
+/// ironboot in Omni mode on `ip` (its HTTP API on a free port, TFTP on `ip`:69, no
+/// ProxyDHCP), against `omni`; killed on drop. Its log is in the suite's log directory.
+struct Provider {
+    child: std::process::Child,
+    api: std::net::SocketAddr,
+    log: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+impl Provider {
+    fn start(omni: &Omni, ip: &str) -> Self {
+        let api = std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let state = tempfile::tempdir().unwrap();
+        let (log_file, log) = logs::ironboot_log("legacy-join");
+        let child = launch::command()
+            .args(["--id", ID])
+            .args([
+                "--omni-api-endpoint",
+                &format!("http://{}", omni.serve.addr),
+            ])
+            .args(["--api-listen-address", ip, "--api-advertise-address", ip])
+            .args(["--api-port", &api.port().to_string()])
+            .args(["--disable-dhcp-proxy", "--udp-driver", "portable"])
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("OMNI_SERVICE_ACCOUNT_KEY", &omni.key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting ironboot");
+        Self {
+            child,
+            api,
+            log,
+            _state: state,
+        }
+    }
+
+    /// `GET path` on the API port: the status and the body.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(self.api).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.api
+        )
+        .ok()?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).ok()?;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_older_omni_gets_the_join_configuration_rendered_from_its_connection_params() {
+    let mut omni = Omni::start_with(&["--legacy-omni"]);
+    let put_params = |omni: &mut Omni, token: &str| {
+        logs::record_secret("legacy join token", token);
+        omni.ok(json!({
+            "cmd": "put", "kind": "ConnectionParams", "id": "siderolink-config",
+            "spec": {
+                "apiEndpoint": "https://omni.example.org:8090",
+                "joinToken": token,
+                "eventsPort": 8091,
+                "logsPort": 8092,
+                "wireguardEndpoint": "10.9.8.7:50180",
+                "args": format!("siderolink.api=https://omni.example.org:8090?jointoken={token}"),
+            },
+        }));
+        // What the Go provider serves for these parameters, rendered by Omni's module.
+        let v = omni.ok(json!({"cmd": "legacy_join_config", "id": ID}));
+        v["config"]
+            .as_str()
+            .expect("a rendered configuration")
+            .to_owned()
+    };
+    let first = put_params(&mut omni, "w7bZ1uVq9mXk3tYp0aRs5dEf8gHj2kLn4oPi6uQ");
+    assert!(
+        first.contains("kind: SideroLinkConfig") && first.contains("jointoken=v1%3A"),
+        "{first}"
+    );
+
+    let ironboot = Provider::start(&omni, "127.0.0.57");
+    let config = "/config?u=11111111-2222-3333-4444-555555555555";
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match ironboot.get(config) {
+            Some((200, body)) => {
+                assert_eq!(body, first, "the served join configuration");
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "no join configuration served (last answer {other:?})\n{}",
+                ironboot.log_tail()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Omni's join token changes: ironboot follows without a restart (the Go provider
+    // reads it once at start).
+    let second = put_params(&mut omni, "Qn5tR8yU1iO4pA7sD0fG3hJ6kL9zX2cV5bN8mW1e");
+    assert_ne!(first, second);
+    wait_for("the new join token served", || {
+        ironboot
+            .get(config)
+            .is_some_and(|(s, b)| s == 200 && b == second)
+    });
 }

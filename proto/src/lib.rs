@@ -106,6 +106,21 @@ debug_redacting!(
     join_token
 );
 
+// Both the join token and the kernel arguments (which carry it) are secret.
+impl fmt::Debug for omni::ConnectionParamsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionParamsSpec")
+            .field("args", &redacted(&self.args))
+            .field("api_endpoint", &self.api_endpoint)
+            .field("wireguard_endpoint", &self.wireguard_endpoint)
+            .field("join_token", &redacted(&self.join_token))
+            .field("use_grpc_tunnel", &self.use_grpc_tunnel)
+            .field("events_port", &self.events_port)
+            .field("logs_port", &self.logs_port)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -148,18 +163,28 @@ mod tests {
             }),
             api: None,
         };
-        let all = format!("{bmc:?} {tls:?} {join:?} {cfg:?} {agent_ipmi:?}");
+        let legacy = omni::ConnectionParamsSpec {
+            args: "siderolink.api=https://omni?jointoken=legacy-token-secret".into(),
+            api_endpoint: "https://omni.example.org".into(),
+            join_token: "legacy-token-secret".into(),
+            ..Default::default()
+        };
+        let all = format!("{bmc:?} {tls:?} {join:?} {cfg:?} {agent_ipmi:?} {legacy:?}");
         for secret in [
             "hunter2-secret",
             "PRIVATE-KEY-BYTES",
             "join-token-secret",
             "admin-secret",
             "agent-ipmi-secret",
+            "legacy-token-secret",
         ] {
             assert!(!all.contains(secret), "{secret} leaked: {all}");
         }
-        assert!(all.contains("10.0.0.5") && all.contains("CERT"), "{all}");
-        assert_eq!(all.matches(REDACTED).count(), 5, "{all}");
+        assert!(
+            all.contains("10.0.0.5") && all.contains("CERT") && all.contains("omni.example.org"),
+            "{all}"
+        );
+        assert_eq!(all.matches(REDACTED).count(), 7, "{all}");
     }
 
     /// Field numbers checked byte by byte against hand-encoded protobuf (tag = number << 3
@@ -186,6 +211,13 @@ mod tests {
             options: None,
         };
         assert_eq!(upd.encode_to_vec(), [2 << 3 | 2, 0]);
+        // Omni's ConnectionParamsSpec skips numbers 6 to 8.
+        let params = omni::ConnectionParamsSpec {
+            events_port: 1,
+            logs_port: 2,
+            ..Default::default()
+        };
+        assert_eq!(params.encode_to_vec(), [9 << 3, 1, 10 << 3, 2]);
         // Every field of the private specs (no Go module of the provider is served to
         // the harness, so these numbers are checked here, from its specs.proto).
         fn tag(n: u8, wire: u8) -> u8 {

@@ -83,6 +83,8 @@ func newResource(kind, id string) (resource.Resource, error) {
 		return infra.NewBMCConfig(id), nil
 	case "ProviderJoinConfig":
 		return siderolink.NewProviderJoinConfig(id), nil
+	case "ConnectionParams": // an older Omni's, read by the legacy join flow
+		return siderolink.NewConnectionParams(id), nil //nolint:staticcheck
 	case "InfraMachineStatus":
 		return infra.NewMachineStatus(id), nil
 	case "InfraProviderStatus":
@@ -182,6 +184,8 @@ func (h *harness) run(ctx context.Context, c *command) (map[string]any, error) {
 		}
 
 		return metaOf(r), nil
+	case "legacy_join_config": // what the Go provider serves from ConnectionParams
+		return h.legacyJoinConfig(ctx, c)
 	case "break_streams":
 		return map[string]any{"broken": h.breakStreams()}, nil
 	case "auth_failures":

@@ -98,6 +98,7 @@ func serve(args []string) {
 	keyFile := fs.String("key-file", "", "service-account key (base64) whose public key is trusted")
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	useTLS := fs.Bool("tls", false, "serve TLS with a self-signed certificate")
+	legacy := fs.Bool("legacy-omni", false, "an older Omni: no ProviderJoinConfig resource definition")
 	_ = fs.Parse(args)
 
 	raw, err := os.ReadFile(*keyFile)
@@ -111,6 +112,12 @@ func serve(args []string) {
 	}
 
 	h := newHarness(sa)
+
+	if !*legacy {
+		if err = h.defineProviderJoinConfig(context.Background()); err != nil {
+			fatalf("resource definitions: %v", err)
+		}
+	}
 
 	var opts []grpc.ServerOption
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/siderolabs/omni/client/pkg/omni/resources"
 	"github.com/siderolabs/omni/client/pkg/omni/resources/infra"
@@ -21,7 +22,10 @@ import (
 //     infra-provider:<id> (private; types must end in .<id>.infraprovider.sidero.dev);
 //   - InfraMachines, ProviderJoinConfigs, BMCConfigs, MachineRequests and
 //     InfraMachineRegistrations are read-only for providers except for finalizers;
-//   - InfraProviderStatuses and InfraProviderHealthStatuses must have the provider's ID.
+//   - InfraProviderStatuses and InfraProviderHealthStatuses must have the provider's ID;
+//   - outside those namespaces, Omni's resource definitions (namespace meta) and the
+//     legacy ConnectionParams (namespace default) can be read, not written: the Go
+//     provider reads both at start to pick its join flow.
 type rulesState struct {
 	inner state.CoreState
 }
@@ -39,6 +43,12 @@ func (st *rulesState) check(ctx context.Context, ns resource.Namespace, typ reso
 	}
 
 	var a grant
+
+	switch {
+	case ns == meta.NamespaceName && typ == meta.ResourceDefinitionType,
+		ns == resources.DefaultNamespace && typ == siderolink.ConnectionParamsType:
+		return grant{readOnly: true}, id, nil
+	}
 
 	switch typ {
 	case infra.InfraMachineType, siderolink.ProviderJoinConfigType, infra.BMCConfigType,
@@ -260,9 +270,48 @@ func (st *rulesState) WatchKind(ctx context.Context, kind resource.Kind, ch chan
 }
 
 func (st *rulesState) WatchKindAggregated(ctx context.Context, kind resource.Kind, ch chan<- []state.Event, opts ...state.WatchKindOption) error {
-	if _, _, err := st.check(ctx, kind.Namespace(), kind.Type()); err != nil {
+	a, _, err := st.check(ctx, kind.Namespace(), kind.Type())
+	if err != nil {
 		return err
 	}
 
-	return status.Error(codes.Unimplemented, "aggregated watches are not emulated by the harness")
+	if a.providerID != "" {
+		return st.inner.WatchKindAggregated(ctx, kind, st.filterAggregated(ctx, a.providerID, ch), opts...)
+	}
+
+	return st.inner.WatchKindAggregated(ctx, kind, ch, opts...)
+}
+
+// filterAggregated drops, from each batch, the events of resources of other providers
+// (bootstrapped and error events have no resource and pass), as Omni does.
+func (st *rulesState) filterAggregated(ctx context.Context, providerID string, out chan<- []state.Event) chan []state.Event {
+	in := make(chan []state.Event)
+
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case batch := <-in:
+				kept := make([]state.Event, 0, len(batch))
+
+				for _, ev := range batch {
+					if ev.Resource != nil && (ev.Type == state.Created || ev.Type == state.Updated || ev.Type == state.Destroyed) &&
+						!visible(ev.Resource, providerID) {
+						continue
+					}
+
+					kept = append(kept, ev)
+				}
+
+				select {
+				case out <- kept:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+
+	return in
 }

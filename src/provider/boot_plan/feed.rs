@@ -2,11 +2,13 @@
 //! each resumed by [`Watch`] itself after a broken stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ironboot_proto::{baremetal, omni};
 
 use super::cache::{CacheEvent, MachineStateCache};
 use super::join_config::JoinConfig;
+use super::legacy_join::PROVIDER_JOIN_CONFIG_DEFINITION;
 use crate::provider::omni::client::{Client, LabelQuery, OmniError};
 use crate::provider::omni::resources::{LABEL_INFRA_PROVIDER_ID, Spec};
 use crate::provider::omni::watch::{Event, Watch};
@@ -42,7 +44,42 @@ pub(crate) async fn follow(
         }),
         pump::<baremetal::BmcConfigurationSpec>(client.clone(), LabelQuery::default(), move |e| c3
             .apply(CacheEvent::BmcConfiguration(e)),),
-        pump::<omni::ProviderJoinConfigSpec>(client, mine, move |e| join.apply(e)),
+        follow_join(client, mine, join),
     )?;
     Ok(())
+}
+
+/// Follow the join configuration: Omni's `ProviderJoinConfig` where Omni defines it,
+/// else (an older Omni) its `ConnectionParams`, as upstream decides at start.
+async fn follow_join(
+    client: Client,
+    mine: LabelQuery,
+    join: Arc<JoinConfig>,
+) -> Result<(), OmniError> {
+    let (namespace, type_name, id) = PROVIDER_JOIN_CONFIG_DEFINITION;
+    let mut attempt = 0u32;
+    let v2 = loop {
+        match client.exists(namespace, type_name, id).await {
+            Ok(found) => break found,
+            // Omni not reachable yet: the watches would wait for it too.
+            Err(e) if e.is_unavailable() => {
+                attempt = attempt.saturating_add(1);
+                tracing::debug!(error = %e, attempt, "checking Omni's join flow; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt.min(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if v2 {
+        pump::<omni::ProviderJoinConfigSpec>(client, mine, move |e| join.apply(e)).await
+    } else {
+        tracing::info!(
+            "Omni defines no ProviderJoinConfig (an older Omni): the join configuration is \
+             rendered from its ConnectionParams"
+        );
+        pump::<omni::ConnectionParamsSpec>(client, LabelQuery::default(), move |e| {
+            join.apply_legacy(e)
+        })
+        .await
+    }
 }

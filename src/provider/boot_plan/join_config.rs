@@ -1,5 +1,6 @@
 //! `GET /config?u=<uuid>`: the machine configuration every Talos booted by ironboot loads
-//! (`talos.config=` in its kernel arguments), built from Omni's `ProviderJoinConfig`.
+//! (`talos.config=` in its kernel arguments), built from Omni's `ProviderJoinConfig` (or,
+//! on an older Omni without it, from its `ConnectionParams`: [`super::legacy_join`]).
 //!
 //! Omni renders the join documents (`SideroLinkConfig` with the join token,
 //! `EventSinkConfig`, `KmsgLogConfig`) into `ProviderJoinConfig.config.config`; ironboot
@@ -30,10 +31,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use ironboot_net::machine::Uuid;
-use ironboot_proto::omni::ProviderJoinConfigSpec;
+use ironboot_proto::omni::{ConnectionParamsSpec, ProviderJoinConfigSpec};
 use tracing::{debug, info, warn};
 
 use super::ExtraDocuments;
+use super::legacy_join::{self, CONNECTION_PARAMS_ID};
 use crate::provider::agent::admission::Bound;
 use crate::provider::agent::tunnel::Tunnels;
 use crate::provider::omni::watch::Event;
@@ -178,6 +180,41 @@ impl JoinConfig {
             known = value.is_some(),
             "machine join configuration updated from Omni"
         );
+        self.set_omni(value);
+    }
+
+    /// An older Omni's `ConnectionParams` changed (the legacy join flow, see
+    /// [`super::legacy_join`]): the documents rendered from them are served in place of
+    /// Omni's own. Parameters that give none are logged, and the last good documents stay.
+    pub(crate) fn apply_legacy(&self, event: Event<ConnectionParamsSpec>) {
+        let value = match event {
+            Event::Created(r) | Event::Updated { new: r, .. } => {
+                if r.metadata.id != CONNECTION_PARAMS_ID {
+                    return;
+                }
+                match legacy_join::render(&r.spec, &self.provider_id) {
+                    Ok(text) => Some(Bytes::from(text)),
+                    Err(e) => {
+                        warn!(
+                            error = %e,
+                            "Omni's ConnectionParams give no join configuration; the last one stays"
+                        );
+                        return;
+                    }
+                }
+            }
+            Event::Destroyed(r) if r.metadata.id == CONNECTION_PARAMS_ID => None,
+            Event::Destroyed(_) | Event::Bootstrapped | Event::Reset => return,
+        };
+        info!(
+            provider = %self.provider_id,
+            known = value.is_some(),
+            "machine join configuration updated from Omni's ConnectionParams (legacy join flow)"
+        );
+        self.set_omni(value);
+    }
+
+    fn set_omni(&self, value: Option<Bytes>) {
         let mut docs = self.docs.write().unwrap_or_else(|p| p.into_inner());
         docs.omni = value;
         docs.recompute();

@@ -12,7 +12,8 @@
 //!   rejected machines, and the retrying script during a factory outage or before Omni's
 //!   state is loaded.
 //! - [`JoinConfig`]: `GET /config`, the join configuration from Omni's
-//!   `ProviderJoinConfig`, following its changes, plus the operator's documents from
+//!   `ProviderJoinConfig` (on an older Omni, rendered from its `ConnectionParams`:
+//!   `legacy_join`), following its changes, plus the operator's documents from
 //!   `--extra-machine-config-path` ([`ExtraDocuments`], [`OmniBoot::with_extra_documents`]).
 //! - [`LocalAssets`]: `GET /assets/<name>`, the local boot assets.
 //! - [`follow`]: the Omni watches feeding the cache and the join configuration.
@@ -28,6 +29,7 @@ mod decider;
 mod extra_docs;
 mod feed;
 mod join_config;
+mod legacy_join;
 #[cfg(test)]
 mod tests;
 

@@ -358,6 +358,34 @@ impl Client {
         })
     }
 
+    /// Whether resource `namespace`/`type_name`/`id` exists (its spec is not decoded: any
+    /// type can be probed, e.g. a resource definition in `meta`).
+    pub async fn exists(
+        &self,
+        namespace: &str,
+        type_name: &str,
+        id: &str,
+    ) -> Result<bool, OmniError> {
+        let what = format!("get {namespace}/{type_name}/{id} at {}", self.endpoint);
+        let answer = self
+            .grpc
+            .clone()
+            .get(cosi::GetRequest {
+                namespace: namespace.to_owned(),
+                r#type: type_name.to_owned(),
+                id: id.to_owned(),
+                options: Some(cosi::GetOptions {}),
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(true),
+            Err(s) => match OmniError::from_status(what, &s) {
+                OmniError::NotFound { .. } => Ok(false),
+                e => Err(e),
+            },
+        }
+    }
+
     /// Like [`Self::get`], `None` if the resource does not exist.
     pub async fn get_opt<S: Spec>(&self, id: &str) -> Result<Option<Resource<S>>, OmniError> {
         match self.get(id).await {
@@ -524,7 +552,9 @@ impl Client {
         .await
     }
 
-    /// Removes `finalizer` from resource `id` (any phase; idempotent).
+    /// Removes `finalizer` from resource `id` (any phase; idempotent). The provider
+    /// removes finalizers by prefix; this one is for the conformance tests.
+    #[cfg(feature = "test-support")]
     pub async fn remove_finalizer<S: Spec>(
         &self,
         id: &str,

@@ -281,6 +281,27 @@ impl Spec for omni::ProviderJoinConfigSpec {
     }
 }
 
+/// Omni's default namespace (an older Omni keeps `ConnectionParams` there).
+pub(crate) const DEFAULT_NS: &str = "default";
+
+impl Spec for omni::ConnectionParamsSpec {
+    const KIND: Kind = Kind::Omni {
+        namespace: DEFAULT_NS,
+        type_name: "ConnectionParams.omni.sidero.dev",
+    };
+    fn to_yaml(&self) -> String {
+        Yaml::default()
+            .str("args", &self.args)
+            .str("apiendpoint", &self.api_endpoint)
+            .str("wireguardendpoint", &self.wireguard_endpoint)
+            .str("jointoken", &self.join_token)
+            .raw("usegrpctunnel", self.use_grpc_tunnel)
+            .raw("eventsport", self.events_port)
+            .raw("logsport", self.logs_port)
+            .finish()
+    }
+}
+
 impl Spec for baremetal::BmcConfigurationSpec {
     const KIND: Kind = Kind::Private {
         name: "BMCConfiguration",
