@@ -15,6 +15,9 @@
 //!   MachineStatus follows the machine. When Omni removes the machine, ironboot lifts its
 //!   provider's finalizers from every record, destroys them all once, and lifts every
 //!   finalizer of its provider from the InfraMachine. The CA stays.
+//! - A pending machine the Go provider saw (its MachineStatus, its finalizers), with the
+//!   operator's BMC credentials: accepted after the takeover, it is rebooted into the
+//!   agent for its wipe (RebootStatus, no PowerOperation), and released when removed.
 //! - A record another party still holds does not keep the machine in Omni: the
 //!   InfraMachine is let go, and the record is destroyed once its holder let go too.
 //! - An InfraMachine whose spec carries a field ironboot does not know (Omni's schema
@@ -618,6 +621,109 @@ fn a_machine_the_go_provider_managed_is_allocated_deallocated_and_released_by_ir
     let after = bmc.changes().len();
     std::thread::sleep(MIN_REBOOT_INTERVAL + Duration::from_secs(2));
     assert_eq!(bmc.changes().len(), after, "{:?}", bmc.changes());
+    drop(running);
+    bmc.stop();
+}
+
+#[test]
+fn a_pending_machine_the_go_provider_saw_is_accepted_by_ironboot() {
+    let mut omni = Omni::start();
+    let mut bmc = ipmi_sim::SimBmc::start("takeover-accept");
+    bmc.set_power(true);
+    bmc.wait_ready_blocking();
+    let port: u32 = bmc.address().rsplit_once(':').unwrap().1.parse().unwrap();
+
+    // The Go provider saw m4 boot its agent (MachineStatus) and holds it, pending; the
+    // operator gave its BMC's credentials in Omni.
+    let machine = (SHARED_NS, INFRA_MACHINE, "m4");
+    let all_controllers: Vec<String> = CONTROLLERS.iter().map(|c| go(c)).collect();
+    let mut spec = accepted("tok-4", false);
+    spec.acceptance_status = specs::infra_machine_config_spec::AcceptanceStatus::Pending as i32;
+    spec.preferred_power_state = specs::infra_machine_spec::MachinePowerState::PowerStateOn as i32;
+    let labels = [(PROVIDER_LABEL, ID)];
+    omni.put_raw(
+        machine,
+        &spec.encode_to_vec(),
+        "",
+        &all_controllers,
+        &labels,
+    );
+    omni.put_raw(
+        (PRIVATE_NS, &private_type("MachineStatus"), "m4"),
+        &baremetal::MachineStatusSpec {
+            agent_accessible: true,
+            power_state: baremetal::PowerState::On as i32,
+            initialized: true,
+        }
+        .encode_to_vec(),
+        &go("MachineStatusController"),
+        &[
+            go("RebootStatusController"),
+            go("InfraMachineStatusController"),
+        ],
+        &[],
+    );
+    omni.ok(json!({
+        "cmd": "put", "kind": "BMCConfig", "id": "m4",
+        "spec": {"config": {"ipmi": {
+            "address": "127.0.0.1", "port": port,
+            "username": ipmi_sim::USER, "password": ipmi_sim::PASSWORD,
+        }}},
+        "labels": {PROVIDER_LABEL: ID},
+    }));
+
+    let rt = runtime();
+    let _guard = rt.enter();
+    let client = omni.client();
+    let running = start(&client);
+
+    // Pending: ironboot only keeps the private status (the Go provider's agent is gone:
+    // its tunnel was to the Go provider), and touches nothing.
+    wait_for("MachineStatus shows the agent gone", || {
+        let (ms, _) = omni.record::<baremetal::MachineStatusSpec>("MachineStatus", "m4");
+        !ms.agent_accessible && ms.power_state == baremetal::PowerState::On as i32
+    });
+    let (ms, ms_meta) = omni.record::<baremetal::MachineStatusSpec>("MachineStatus", "m4");
+    assert!(ms.initialized, "{ms:?}");
+    assert_eq!(
+        ms_meta["finalizers"],
+        json!([
+            go("RebootStatusController"),
+            go("InfraMachineStatusController")
+        ])
+    );
+    std::thread::sleep(MIN_REBOOT_INTERVAL + Duration::from_secs(1));
+    assert!(bmc.changes().is_empty(), "{:?}", bmc.changes());
+
+    // Omni accepts it: its disks must be wiped by the agent, which does not run, so
+    // ironboot reboots it into the agent over PXE, recorded in RebootStatus only.
+    spec.acceptance_status = specs::infra_machine_config_spec::AcceptanceStatus::Accepted as i32;
+    omni.update_machine("m4", &spec, &labels);
+    wait_for("the reboot into the agent", || bmc.changes().len() >= 2);
+    assert_eq!(bmc.changes()[..2], ["set boot pxe", "set power 0"]);
+    let (reboot, reboot_meta) = omni.record::<baremetal::RebootStatusSpec>("RebootStatus", "m4");
+    assert!(recent(reboot.last_reboot_timestamp.as_ref()), "{reboot:?}");
+    assert_eq!(reboot_meta["owner"], go("RebootStatusController"));
+    assert_eq!(
+        omni.get((PRIVATE_NS, &private_type("PowerOperation"), "m4"))["found"],
+        false,
+        "no PowerOperation for a reboot"
+    );
+    let status = (SHARED_NS, INFRA_MACHINE_STATUS, "m4");
+    let published = specs::InfraMachineStatusSpec::decode(&omni.raw_spec(status)[..]).unwrap();
+    assert!(!published.ready_to_use, "not wiped yet: {published:?}");
+
+    // Removed before its agent came: every record goes, the InfraMachine is let go.
+    omni.teardown("m4");
+    wait_for("the InfraMachine let go", || {
+        omni.finalizers(machine).is_empty()
+    });
+    for name in ["MachineStatus", "RebootStatus"] {
+        let v = omni.get((PRIVATE_NS, &private_type(name), "m4"));
+        assert_eq!(v["found"], false, "{name} left after the release: {v}");
+    }
+    assert_eq!(omni.get(status)["found"], false, "InfraMachineStatus left");
+    omni.destroy("m4");
     drop(running);
     bmc.stop();
 }
