@@ -166,12 +166,21 @@ async fn serve(
     }
     let store = store.start_with(options)?;
     let store_stats = store.stats.clone();
-    if let Some(reloader) = parts.reloader {
-        supervisor.add(
-            Stage::Edges,
-            reloader.start(supervisor.token(Stage::Edges))?,
-        );
-    }
+    // SIGHUP reloads the inventory; without one it is ignored (its default action would
+    // end the process: `systemctl reload` and a closed terminal send it).
+    let ignored_hangups = match parts.reloader {
+        Some(reloader) => {
+            supervisor.add(
+                Stage::Edges,
+                reloader.start(supervisor.token(Stage::Edges))?,
+            );
+            None
+        }
+        None => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?,
+        ),
+    };
     if let Some(omni) = &mut omni {
         for service in omni.take_services() {
             supervisor.add(Stage::Provider, service);
@@ -278,7 +287,7 @@ async fn serve(
         }),
     );
 
-    let outcome = match supervisor.wait(shutdown_signal()).await {
+    let outcome = match supervisor.wait(shutdown_signal(ignored_hangups)).await {
         Wake::Signal(signal) => {
             info!(%signal, "shutting down");
             Ok(())
@@ -401,12 +410,24 @@ fn warn_if_ipxe_cannot_reach_the_factory(
     }
 }
 
-/// Resolves with the name of the first of SIGINT / SIGTERM.
-async fn shutdown_signal() -> &'static str {
+/// Resolves with the name of the first of SIGINT / SIGTERM. Each SIGHUP of `hangups`
+/// (when nothing reloads on it) is logged and ignored.
+async fn shutdown_signal(mut hangups: Option<tokio::signal::unix::Signal>) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return "SIGINT",
+            _ = term.recv() => return "SIGTERM",
+            Some(()) = hangup => {
+                info!("SIGHUP: nothing to reload (no --inventory); ignored");
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! in force after SIGHUP, and by itself after the file watch sees it; a broken file is
 //! refused (logged, counted on `/metrics`) while the inventory in force keeps answering;
 //! `/api/v1/machines` names the entry each machine's boot script came from; and the
-//! reload service stops with the others on SIGTERM.
+//! reload service stops with the others on SIGTERM. Without `--inventory`, a SIGHUP is
+//! logged and ignored (its default action would end the server).
 //!
 //! The server runs in a network namespace of its own (`unshare -n`, loopback only), so
 //! its ports (TFTP 69, ProxyDHCP 67/4011) never meet another test's; the test's HTTP
@@ -148,8 +149,8 @@ const U1_QUERY: &str = "uuid=00000000-0000-4000-8000-000000000001&mac=52-54-00-a
 const MAC_QUERY: &str = "mac=52-54-00-aa-00-09";
 const OTHER_QUERY: &str = "uuid=00000000-0000-4000-8000-000000000002&mac=52-54-00-aa-00-0a";
 
-#[test]
-fn the_inventory_reloads_on_sighup_and_on_change_and_refuses_a_broken_file() {
+/// Standalone ironboot alone on its loopback, serving `dir`'s iPXE stand-in, with `args`.
+fn start_server(dir: &Path, args: &[&std::ffi::OsStr]) -> Server {
     if let Some(why) = prereqs::missing_prerequisites(
         "the inventory reload test",
         "inventory_reload",
@@ -162,20 +163,16 @@ fn the_inventory_reloads_on_sighup_and_on_change_and_refuses_a_broken_file() {
     ) {
         panic!("{why}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let ipxe = dir.path().join("ipxe");
+    let ipxe = dir.join("ipxe");
     fs::create_dir(&ipxe).unwrap();
     fs::write(ipxe.join("snponly.efi"), vec![0x5a; 64 * 1024]).unwrap();
-    let inv = dir.path().join("machines.toml");
-    fs::write(&inv, first_inventory()).unwrap();
     let (log_file, log) = logs::ironboot_log("standalone");
     let mut cmd = launch::standalone_on_loopback(PORT);
     cmd.arg("--state-dir")
-        .arg(dir.path().join("state"))
+        .arg(dir.join("state"))
         .arg("--ipxe-dir")
         .arg(&ipxe)
-        .arg("--inventory")
-        .arg(&inv)
+        .args(args)
         .env("PATH", prereqs::path_env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -184,13 +181,42 @@ fn the_inventory_reloads_on_sighup_and_on_change_and_refuses_a_broken_file() {
     let child = cmd
         .spawn()
         .expect("unshare (util-linux) runs ironboot in a network namespace");
-    let mut server = Server {
+    let server = Server {
         child: Some(child),
         log,
     };
     server.wait("ironboot listening", || {
         server.log().contains("HTTP API listening").then_some(())
     });
+    server
+}
+
+#[test]
+fn a_sighup_without_an_inventory_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(dir.path(), &[]);
+    server.sighup();
+    server.wait("the SIGHUP logged", || {
+        server
+            .log()
+            .contains("SIGHUP: nothing to reload")
+            .then_some(())
+    });
+    // Still serving, and still running.
+    assert_eq!(server.get("/healthz").0, 200);
+    let child = server.child.as_mut().expect("ironboot running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ironboot ended on SIGHUP"
+    );
+}
+
+#[test]
+fn the_inventory_reloads_on_sighup_and_on_change_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("machines.toml");
+    fs::write(&inv, first_inventory()).unwrap();
+    let mut server = start_server(dir.path(), &["--inventory".as_ref(), inv.as_os_str()]);
 
     // The first inventory.
     assert_eq!(server.script(U1_QUERY), "#!ipxe\necho u1 v1\n");
