@@ -19,7 +19,8 @@
 //!   operator's BMC credentials: accepted after the takeover, it is rebooted into the
 //!   agent for its wipe (RebootStatus, no PowerOperation), and released when removed.
 //! - A record another party still holds does not keep the machine in Omni: the
-//!   InfraMachine is let go, and the record is destroyed once its holder let go too.
+//!   InfraMachine is let go, and the record is destroyed once its holder let go too, by
+//!   ironboot restarted meanwhile.
 //! - An InfraMachine whose spec carries a field ironboot does not know (Omni's schema
 //!   grows): holding and releasing it send the spec back byte for byte, which Omni
 //!   requires of a provider.
@@ -770,7 +771,10 @@ fn a_record_held_by_another_party_does_not_keep_the_machine_in_omni() {
     assert_eq!(omni.finalizers(reboot), ["someone-else"]);
     omni.destroy("m2");
 
-    // The holder lets go: ironboot's retry destroys the record.
+    // ironboot restarts meanwhile: the machine is in no watch any more, but its record
+    // is, and the holder lets go: the restarted ironboot destroys the record.
+    drop(running);
+    let running = start(&client);
     omni.put_raw(reboot, &spec, &owner, &[], &[]);
     wait_for("the record destroyed once its holder let go", || {
         omni.get(reboot)["found"] == false

@@ -1,6 +1,10 @@
 //! What wakes the executor: changes watched in Omni and the agents' tunnels opening and
 //! closing. Each feeder runs until its source ends.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ironboot_proto::{baremetal, omni};
 use tokio::sync::broadcast;
 
 use crate::provider::agent::tunnel::TunnelEvent;
@@ -32,6 +36,57 @@ pub(crate) async fn follow_kind<S: Spec>(
             WatchEvent::Bootstrapped | WatchEvent::Reset => {}
         }
     }
+}
+
+/// Calls `wake` once with the ID of every machine the provider holds a record of, read at
+/// start. A machine Omni no longer knows, whose release was held up by another party's
+/// finalizer on one of its records, is in no watch of InfraMachines: this is how a
+/// restarted provider takes up its release again. Omni unreachable is waited for; any
+/// other error is returned.
+pub(crate) async fn wake_recorded(client: &Client, wake: impl Fn(&str)) -> Result<(), OmniError> {
+    let mut attempt = 0u32;
+    let ids = loop {
+        match recorded_ids(client).await {
+            Ok(ids) => break ids,
+            Err(e) if e.is_unavailable() => {
+                attempt = attempt.saturating_add(1);
+                tracing::debug!(error = %e, attempt, "listing the provider's records; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt.min(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    for id in &ids {
+        wake(id);
+    }
+    Ok(())
+}
+
+/// The IDs of the machines with a record of the provider's, of any kind.
+async fn recorded_ids(client: &Client) -> Result<BTreeSet<String>, OmniError> {
+    async fn ids<S: Spec>(
+        client: &Client,
+        labels: &LabelQuery,
+        into: &mut BTreeSet<String>,
+    ) -> Result<(), OmniError> {
+        into.extend(
+            client
+                .list::<S>(labels)
+                .await?
+                .into_iter()
+                .map(|r| r.metadata.id),
+        );
+        Ok(())
+    }
+    let private = LabelQuery::default();
+    let mut found = BTreeSet::new();
+    ids::<baremetal::BmcConfigurationSpec>(client, &private, &mut found).await?;
+    ids::<baremetal::WipeStatusSpec>(client, &private, &mut found).await?;
+    ids::<baremetal::PowerOperationSpec>(client, &private, &mut found).await?;
+    ids::<baremetal::RebootStatusSpec>(client, &private, &mut found).await?;
+    ids::<baremetal::MachineStatusSpec>(client, &private, &mut found).await?;
+    ids::<omni::InfraMachineStatusSpec>(client, &provider_machines(client), &mut found).await?;
+    Ok(found)
 }
 
 /// Turns tunnel opens and closes into lifecycle events. Returns when the tunnel registry

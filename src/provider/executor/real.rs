@@ -432,7 +432,8 @@ impl Agent for AgentClient {
 pub(crate) type OmniExecutor = super::Executor<OmniStore, FleetPower, AgentClient>;
 
 /// A running Omni-mode control loop: the executor and its feeders (Omni watches of this
-/// provider's `InfraMachine`s and `BMCConfig`s, the agents' tunnel events).
+/// provider's `InfraMachine`s and `BMCConfig`s, the machines with records at start, the
+/// agents' tunnel events).
 pub struct Running {
     /// The executor (also the target of PXE-boot events from the HTTP routes).
     pub(crate) executor: std::sync::Arc<OmniExecutor>,
@@ -512,6 +513,15 @@ pub fn start(
         let followed = feed::follow_kind(watch, move |id: &str| waker.wake(id));
         if let Some(Err(e)) = token.run_until_cancelled(followed).await {
             tracing::error!(error = %e, "watching BMCConfigs stopped");
+        }
+    }));
+    let waker = Arc::clone(&executor);
+    let token = stop.clone();
+    let reader = client.clone();
+    feeders.push(tokio::spawn(async move {
+        let woken = feed::wake_recorded(&reader, |id: &str| waker.wake(id));
+        if let Some(Err(e)) = token.run_until_cancelled(woken).await {
+            tracing::error!(error = %e, "listing the provider's records at start failed");
         }
     }));
     let target = Arc::clone(&executor);
