@@ -586,7 +586,7 @@ pub(crate) fn apply(records: &mut Records, write: &Write) {
         Write::RebootHandled { .. } => {
             apply_reboot(records.reboot.get_or_insert_with(Default::default), write);
         }
-        Write::MachineStatus(spec) => records.machine_status = Some(spec.clone()),
+        Write::MachineStatus(spec) => records.machine_status = Some(*spec),
         Write::Status {
             spec,
             labels,

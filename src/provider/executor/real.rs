@@ -255,7 +255,7 @@ impl Store for OmniStore {
                 self.modify::<baremetal::MachineStatusSpec>(
                     machine_id,
                     "MachineStatusController",
-                    |r| r.spec = spec.clone(),
+                    |r| r.spec = *spec,
                 )
                 .await
             }
