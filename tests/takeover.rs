@@ -33,7 +33,7 @@
 //! one fails the test naming it. Everything listens on the loopback (127.0.0.0/8).
 
 use ironboot::testing::{agent, executor, lifecycle, omni, tls};
-use ironboot_test_support::{go_harness, ipmi_sim, launch, logs, omni_harness};
+use ironboot_test_support::{go_harness, http, ipmi_sim, launch, logs, omni_harness, process};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -320,6 +320,15 @@ fn ca_pem() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// A simulated BMC answering, its chassis on or off, and its UDP port.
+fn started_bmc(name: &str, on: bool) -> (ipmi_sim::SimBmc, u32) {
+    let bmc = ipmi_sim::SimBmc::start(name);
+    bmc.set_power(on);
+    bmc.wait_ready_blocking();
+    let port = bmc.address().rsplit_once(':').unwrap().1.parse().unwrap();
+    (bmc, port)
+}
+
 /// `t` is within the last minute.
 fn recent(t: Option<&prost_types::Timestamp>) -> bool {
     let now = SystemTime::now()
@@ -332,10 +341,7 @@ fn recent(t: Option<&prost_types::Timestamp>) -> bool {
 #[test]
 fn a_machine_the_go_provider_managed_is_allocated_deallocated_and_released_by_ironboot() {
     let mut omni = Omni::start();
-    let mut bmc = ipmi_sim::SimBmc::start("takeover");
-    bmc.set_power(false);
-    bmc.wait_ready_blocking();
-    let port: u32 = bmc.address().rsplit_once(':').unwrap().1.parse().unwrap();
+    let (mut bmc, port) = started_bmc("takeover", false);
 
     // The Go provider's state of machine m1, accepted, wiped and powered off.
     let machine = (SHARED_NS, INFRA_MACHINE, "m1");
@@ -629,10 +635,7 @@ fn a_machine_the_go_provider_managed_is_allocated_deallocated_and_released_by_ir
 #[test]
 fn a_pending_machine_the_go_provider_saw_is_accepted_by_ironboot() {
     let mut omni = Omni::start();
-    let mut bmc = ipmi_sim::SimBmc::start("takeover-accept");
-    bmc.set_power(true);
-    bmc.wait_ready_blocking();
-    let port: u32 = bmc.address().rsplit_once(':').unwrap().1.parse().unwrap();
+    let (mut bmc, port) = started_bmc("takeover-accept", true);
 
     // The Go provider saw m4 boot its agent (MachineStatus) and holds it, pending; the
     // operator gave its BMC's credentials in Omni.
@@ -864,23 +867,9 @@ impl Provider {
         }
     }
 
-    /// `GET path` on the API port: the status and the body.
+    /// `GET path` on the API port: the status and the body (`None` before it listens).
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read as _, Write as _};
-        let mut conn = std::net::TcpStream::connect(self.api).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.api
-        )
-        .ok()?;
-        let mut answer = Vec::new();
-        conn.read_to_end(&mut answer).ok()?;
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
+        http::get(self.api, path).ok()
     }
 
     fn log_tail(&self) -> String {
@@ -892,8 +881,7 @@ impl Provider {
 
 impl Drop for Provider {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::stop(&mut self.child);
     }
 }
 

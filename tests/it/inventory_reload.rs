@@ -11,13 +11,12 @@
 //! `sudo -E cargo test --test it inventory_reload::`.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use ironboot_test_support::{launch, logs, metrics, prereqs, process};
+use ironboot_test_support::{http, launch, logs, metrics, prereqs, process};
 
 const PORT: u16 = 8080;
 const U1: &str = "00000000-0000-4000-8000-000000000001";
@@ -76,7 +75,7 @@ impl Server {
     }
 
     /// `GET path` on the server's API port, from inside its namespace: the status and
-    /// the body (HTTP/1.0, so the body ends with the connection).
+    /// the body.
     fn get(&self, path: &str) -> (u16, String) {
         let pid = self.pid();
         let path = path.to_owned();
@@ -85,19 +84,8 @@ impl Server {
                 .unwrap_or_else(|e| panic!("ironboot's namespace: {e}"));
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .unwrap_or_else(|e| panic!("entering ironboot's namespace: {e}"));
-            let mut s = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
-            s.set_read_timeout(Some(SLACK)).unwrap();
-            write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-            let mut raw = Vec::new();
-            s.read_to_end(&mut raw).unwrap();
-            let raw = String::from_utf8(raw).unwrap();
-            let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-            let status = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("no status in {head:?}"));
-            (status, body.to_owned())
+            http::get(SocketAddr::from(([127, 0, 0, 1], PORT)), &path)
+                .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         })
         .join()
         .unwrap()

@@ -319,22 +319,7 @@ fn read_http(conn: &mut impl Read) -> Option<(String, Vec<u8>)> {
 
 /// `GET path` on `addr`: status code and body.
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {head:?}")))?;
-    Ok((status, body.to_owned()))
+    ironboot_test_support::http::get(addr, path)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,14 +2,13 @@
 //! each resumed by [`Watch`] itself after a broken stream.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ironboot_proto::{baremetal, omni};
 
 use super::cache::{CacheEvent, MachineStateCache};
 use super::join_config::JoinConfig;
 use super::legacy_join::PROVIDER_JOIN_CONFIG_DEFINITION;
-use crate::provider::omni::client::{Client, LabelQuery, OmniError};
+use crate::provider::omni::client::{Client, LabelQuery, OmniError, retry_while_unavailable};
 use crate::provider::omni::resources::{LABEL_INFRA_PROVIDER_ID, Spec};
 use crate::provider::omni::watch::{Event, Watch};
 
@@ -57,19 +56,11 @@ async fn follow_join(
     join: Arc<JoinConfig>,
 ) -> Result<(), OmniError> {
     let (namespace, type_name, id) = PROVIDER_JOIN_CONFIG_DEFINITION;
-    let mut attempt = 0u32;
-    let v2 = loop {
-        match client.exists(namespace, type_name, id).await {
-            Ok(found) => break found,
-            // Omni not reachable yet: the watches would wait for it too.
-            Err(e) if e.is_unavailable() => {
-                attempt = attempt.saturating_add(1);
-                tracing::debug!(error = %e, attempt, "checking Omni's join flow; retrying");
-                tokio::time::sleep(Duration::from_millis(500) * attempt.min(20)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    // Omni not reachable yet is waited for, as the watches wait for it.
+    let v2 = retry_while_unavailable("checking Omni's join flow", || {
+        client.exists(namespace, type_name, id)
+    })
+    .await?;
     if v2 {
         pump::<omni::ProviderJoinConfigSpec>(client, mine, move |e| join.apply(e)).await
     } else {

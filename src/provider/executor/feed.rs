@@ -2,14 +2,13 @@
 //! closing. Each feeder runs until its source ends.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use ironboot_proto::{baremetal, omni};
 use tokio::sync::broadcast;
 
 use crate::provider::agent::tunnel::TunnelEvent;
 use crate::provider::lifecycle::Event;
-use crate::provider::omni::client::{Client, LabelQuery, OmniError};
+use crate::provider::omni::client::{Client, LabelQuery, OmniError, retry_while_unavailable};
 use crate::provider::omni::resources::{LABEL_INFRA_PROVIDER_ID, Spec};
 use crate::provider::omni::watch::{Event as WatchEvent, Watch};
 
@@ -44,18 +43,8 @@ pub(crate) async fn follow_kind<S: Spec>(
 /// restarted provider takes up its release again. Omni unreachable is waited for; any
 /// other error is returned.
 pub(crate) async fn wake_recorded(client: &Client, wake: impl Fn(&str)) -> Result<(), OmniError> {
-    let mut attempt = 0u32;
-    let ids = loop {
-        match recorded_ids(client).await {
-            Ok(ids) => break ids,
-            Err(e) if e.is_unavailable() => {
-                attempt = attempt.saturating_add(1);
-                tracing::debug!(error = %e, attempt, "listing the provider's records; retrying");
-                tokio::time::sleep(Duration::from_millis(500) * attempt.min(20)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let ids =
+        retry_while_unavailable("listing the provider's records", || recorded_ids(client)).await?;
     for id in &ids {
         wake(id);
     }

@@ -142,6 +142,29 @@ impl OmniError {
     }
 }
 
+/// Runs `attempt` until it answers, waiting while Omni is unreachable (half a second
+/// longer after each unreachable try, at most 10 s); any other error is returned. `what`
+/// names the call in the debug log.
+pub(crate) async fn retry_while_unavailable<T, Fut>(
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, OmniError>
+where
+    Fut: std::future::Future<Output = Result<T, OmniError>>,
+{
+    let mut tries = 0u32;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_unavailable() => {
+                tries = tries.saturating_add(1);
+                tracing::debug!(error = %e, tries, "{what}: Omni unreachable; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * tries.min(20)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 fn is_transport(s: &tonic::Status) -> bool {
     use std::error::Error as _;
     s.source().is_some() || s.code() == Code::Unavailable

@@ -1,13 +1,14 @@
 //! What ironboot's test suites share: prerequisite checks ([`prereqs`]), starting and
 //! stopping processes by PID ([`process`]), the one way to launch ironboot
 //! ([`launch`]), network namespaces ([`netns`]), the log directory ([`logs`]), the
-//! `/metrics` parser ([`metrics`]), the Go harnesses ([`go_harness`], [`omni_harness`]),
+//! `/metrics` parser ([`metrics`]), a plain HTTP GET ([`http`]), the Go harnesses ([`go_harness`], [`omni_harness`]),
 //! the simulated BMCs ([`ipmi_sim`], [`redfish`]) and the relays a test puts in front of
 //! a peer ([`tcp_relay`], [`udp_relay`]).
 //!
 //! Used by the root package's integration tests and the bmc crate's; never published.
 
 pub mod go_harness;
+pub mod http;
 pub mod ipmi_sim;
 pub mod launch;
 pub mod logs;
