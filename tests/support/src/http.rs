@@ -9,10 +9,7 @@ use std::time::Duration;
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n"
-    )?;
+    write!(conn, "GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n")?;
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
