@@ -2,6 +2,7 @@
 //! adds the mode's part (the inventory, or Omni's provider), runs every service under one
 //! [`Supervisor`] until a signal or the first failure, then stops them in order.
 
+pub(crate) mod capabilities;
 mod supervisor;
 
 use std::net::{Ipv4Addr, SocketAddrV4};

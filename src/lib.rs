@@ -67,6 +67,8 @@ pub fn main() -> ExitCode {
 }
 
 fn start(cli: &Cli) -> anyhow::Result<()> {
+    // Before any thread starts: threads inherit the capabilities of the one that made them.
+    app::capabilities::raise_permitted();
     let interfaces = boot::netif::host_interfaces().context("listing network interfaces")?;
     let config = Config::from_cli(cli, &interfaces)?;
     info!(

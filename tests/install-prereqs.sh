@@ -48,6 +48,11 @@ PACKAGES=(
   # run as the unit runs it, traced (tests/it/systemd_unit.rs; setpriv is util-linux's)
   systemd
   strace
+  # the container image (tests/container/build.sh, tests/it/container.rs): podman with
+  # runc (tests/container/containers.conf), the base image made with mmdebstrap
+  podman
+  runc
+  mmdebstrap
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -127,6 +127,7 @@ pub(crate) fn start(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    crate::boot::service::warn_if_buffers_capped("ProxyDHCP", workers.iter().map(|w| &w.sockets));
     info!(
         interface = %dhcp.interface.name,
         ports = ?listen,

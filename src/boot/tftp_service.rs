@@ -97,6 +97,7 @@ pub(crate) fn start(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    crate::boot::service::warn_if_buffers_capped("TFTP", workers.iter().map(|w| &w.sockets));
     info!(
         addr = %SocketAddrV4::new(listen, 69),
         single_port = tftp.single_port,

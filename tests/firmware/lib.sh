@@ -7,7 +7,8 @@
 # The sourcing script sets, before calling anything here:
 #   P     namespace prefix (topology.sh)      TAG   log prefix, e.g. "firmware"
 #   out   per-run artefact dir                state per-run scratch dir (served files, disks)
-# and may define report_details (called by cleanup on failure, after the processes stopped).
+# and may define report_details (called by cleanup on failure, after the processes stopped)
+# and before_cleanup (called by cleanup once the processes stopped, before the report).
 
 PROV_IP=10.98.0.3
 API_PORT=50042
@@ -138,6 +139,8 @@ cleanup() {
   trap - EXIT INT TERM
   set +e # best effort from here on: always tear everything down
   stop_all
+  # What the sourcing script started other than as a process of its own (a container).
+  if declare -F before_cleanup >/dev/null; then before_cleanup; fi
   # The suite's secret check (tests/run-all.sh) scans every ironboot log it is given.
   if [ -n "${IRONBOOT_TEST_LOG_DIR:-}" ] && [ -n "$out" ] && [ -f "$out/ironboot.err" ]; then
     mkdir -p "$IRONBOOT_TEST_LOG_DIR" &&

@@ -10,6 +10,7 @@
 mod agent_conformance;
 mod agent_tls;
 mod bmc_cli;
+mod container;
 mod executor_omni;
 mod http_limits;
 mod inventory_reload;

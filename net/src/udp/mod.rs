@@ -31,7 +31,7 @@ mod uring;
 
 pub use report::{ActiveDriver, DriverReport, DriverStats, UdpError};
 pub use shutdown::Shutdown;
-pub use socket::{BindSpec, BoundSockets, SocketError};
+pub use socket::{BindSpec, BoundSockets, CappedBuffer, SocketError, capped_buffers};
 
 /// Datagrams the drivers let a service queue before flushing, at least (more if the service
 /// asks for more per event): enough to batch a round of replies into one submission, and a

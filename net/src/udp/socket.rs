@@ -150,6 +150,20 @@ pub enum SocketError {
     },
 }
 
+/// A buffer size the kernel cut short: `SO_RCVBUFFORCE` / `SO_SNDBUFFORCE` was refused
+/// (the process lacks `CAP_NET_ADMIN`), and the plain option is capped at
+/// `net.core.rmem_max` / `wmem_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CappedBuffer {
+    /// `SO_RCVBUF` or `SO_SNDBUF`.
+    pub option: &'static str,
+    /// Bytes asked for.
+    pub requested: usize,
+    /// Bytes granted: what the kernel reports, halved (it doubles the value it is given
+    /// for its own bookkeeping), so comparable with `requested`.
+    pub granted: usize,
+}
+
 /// One open socket, with what the drivers need to know about it.
 pub(crate) struct BoundSocket {
     pub(crate) socket: Socket,
@@ -157,6 +171,8 @@ pub(crate) struct BoundSocket {
     pub(crate) local: SocketAddrV4,
     /// Index of the device the socket is bound to, if any.
     pub(crate) ifindex: Option<u32>,
+    /// Buffer sizes the kernel capped when the socket was opened.
+    pub(crate) capped: Vec<CappedBuffer>,
 }
 
 /// Sockets opened from [`BindSpec`]s, ready to hand to a driver.
@@ -219,6 +235,7 @@ impl BoundSockets {
                         })?,
                     local: s.local,
                     ifindex: s.ifindex,
+                    capped: s.capped.clone(),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -269,13 +286,34 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
     if spec.broadcast {
         socket.set_broadcast(true).map_err(opt("SO_BROADCAST"))?;
     }
+    let mut capped = Vec::new();
     if let Some(bytes) = spec.recv_buffer {
-        set_buffer(&socket, bytes, sockopt::RcvBufForce, sockopt::RcvBuf)
+        let forced = set_buffer(&socket, bytes, sockopt::RcvBufForce, sockopt::RcvBuf)
             .map_err(opt("SO_RCVBUF"))?;
+        if !forced {
+            let granted = socket.recv_buffer_size().map_err(opt("SO_RCVBUF"))? / 2;
+            if granted < bytes {
+                capped.push(CappedBuffer {
+                    option: "SO_RCVBUF",
+                    requested: bytes,
+                    granted,
+                });
+            }
+        }
     }
     if let Some(bytes) = spec.send_buffer {
-        set_buffer(&socket, bytes, sockopt::SndBufForce, sockopt::SndBuf)
+        let forced = set_buffer(&socket, bytes, sockopt::SndBufForce, sockopt::SndBuf)
             .map_err(opt("SO_SNDBUF"))?;
+        if !forced {
+            let granted = socket.send_buffer_size().map_err(opt("SO_SNDBUF"))? / 2;
+            if granted < bytes {
+                capped.push(CappedBuffer {
+                    option: "SO_SNDBUF",
+                    requested: bytes,
+                    granted,
+                });
+            }
+        }
     }
     setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)
         .map_err(|errno| opt("IP_PKTINFO")(io::Error::from(errno)))?;
@@ -313,21 +351,47 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
         socket,
         local,
         ifindex,
+        capped,
     })
 }
 
 /// Set a buffer size with the `*FORCE` option, which passes the `net.core.*mem_max` cap
-/// (needs `CAP_NET_ADMIN`), or else with the plain one, which the kernel caps silently.
-fn set_buffer<F, P>(socket: &Socket, bytes: usize, force: F, plain: P) -> io::Result<()>
+/// (needs `CAP_NET_ADMIN`), or else with the plain one, which the kernel caps without a
+/// word. `Ok(true)` when forced; `Ok(false)` when the plain option had to do, for the
+/// caller to read back what was granted.
+fn set_buffer<F, P>(socket: &Socket, bytes: usize, force: F, plain: P) -> io::Result<bool>
 where
     F: SetSockOpt<Val = usize>,
     P: SetSockOpt<Val = usize>,
 {
     match setsockopt(socket, force, &bytes) {
-        Ok(()) => Ok(()),
-        Err(Errno::EPERM) => setsockopt(socket, plain, &bytes).map_err(io::Error::from),
+        Ok(()) => Ok(true),
+        Err(Errno::EPERM) => setsockopt(socket, plain, &bytes)
+            .map(|()| false)
+            .map_err(io::Error::from),
         Err(errno) => Err(io::Error::from(errno)),
     }
+}
+
+/// The buffer sizes the kernel capped on any of these sockets (a service's workers'
+/// sets): one entry per option (`SO_RCVBUF`, `SO_SNDBUF`) with the smallest grant, in the
+/// order the options first appear; empty when every request was met. A service logs it
+/// once, whatever its number of workers and sockets.
+pub fn capped_buffers<'a>(sets: impl IntoIterator<Item = &'a BoundSockets>) -> Vec<CappedBuffer> {
+    let mut merged: Vec<CappedBuffer> = Vec::new();
+    let all = sets
+        .into_iter()
+        .flat_map(|set| set.sockets.iter().flat_map(|s| s.capped.iter().copied()));
+    for c in all {
+        match merged.iter_mut().find(|m| m.option == c.option) {
+            Some(m) => {
+                m.requested = m.requested.max(c.requested);
+                m.granted = m.granted.min(c.granted);
+            }
+            None => merged.push(c),
+        }
+    }
+    merged
 }
 
 /// Which socket a reply leaves from: the one on the requested local port, preferring the

@@ -55,6 +55,7 @@ pub(crate) fn probe() -> Result<(), String> {
         socket,
         local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         ifindex: None,
+        capped: Vec::new(),
     }];
     let mut uring = Uring::new(&sockets, wake.as_raw_fd(), &Sizes::PROBE)?;
     let verdict = uring.check_multishot();
