@@ -25,8 +25,10 @@ async fn pump<S: Spec>(
 }
 
 /// Follow Omni: the provider's `InfraMachine`s, its private `WipeStatus` and
-/// `BMCConfiguration` records into `cache`, its `ProviderJoinConfig` into `join`. Returns
-/// only with the first watch error retrying cannot fix (a rejected key, a denied kind).
+/// `BMCConfiguration` records into `cache`, its join configuration into `join`. Returns
+/// only with the first error retrying cannot fix (a rejected key, a denied kind) of the
+/// watches feeding `cache`. The join configuration's is logged, and the boot decisions
+/// go on without it (machines already joined, and agent boots, need none).
 pub(crate) async fn follow(
     client: Client,
     cache: Arc<MachineStateCache>,
@@ -43,7 +45,12 @@ pub(crate) async fn follow(
         }),
         pump::<baremetal::BmcConfigurationSpec>(client.clone(), LabelQuery::default(), move |e| c3
             .apply(CacheEvent::BmcConfiguration(e)),),
-        follow_join(client, mine, join),
+        async {
+            if let Err(e) = follow_join(client, mine, join).await {
+                tracing::error!(error = %e, "following Omni's join configuration stopped");
+            }
+            Ok::<(), OmniError>(())
+        },
     )?;
     Ok(())
 }
