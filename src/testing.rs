@@ -29,6 +29,37 @@ pub mod executor {
     pub mod real {
         pub use crate::provider::executor::real::{FleetPower, Running, start};
     }
+
+    /// The control loop over `client` as the tests run it: BMCs over IPMI (Redfish never
+    /// probed) through a fresh fleet, the agents of `tunnels` with 5 s bounds on calls and
+    /// wipes, and `settings`.
+    pub fn start_for_test(
+        client: &crate::provider::omni::client::Client,
+        tunnels: &crate::provider::agent::tunnel::Tunnels,
+        settings: Settings,
+    ) -> real::Running {
+        use crate::provider::agent::client::{AgentClient, AgentTimeouts};
+        use ironboot_bmc::fleet::{Fleet, FleetOptions};
+        use ironboot_bmc::{Selector, SelectorOptions};
+        use std::time::Duration;
+        let power = real::FleetPower::new(
+            Selector::new(SelectorOptions {
+                redfish_use_when_available: false,
+                ..SelectorOptions::default()
+            }),
+            Fleet::new(FleetOptions::default()),
+        );
+        let bound = Duration::from_secs(5);
+        let agents = AgentClient::new(
+            tunnels.clone(),
+            AgentTimeouts {
+                call: bound,
+                fast_wipe: bound,
+                zeroes_wipe: bound,
+            },
+        );
+        real::start(client, power, agents, tunnels.subscribe(), settings)
+    }
 }
 
 /// The API port's accept loop and its limits.

@@ -42,17 +42,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use ironboot_bmc::fleet::{Fleet, FleetOptions};
-use ironboot_bmc::{Selector, SelectorOptions};
 use ironboot_proto::{baremetal, omni as specs};
 use prost::Message as _;
 use serde_json::{Value, json};
 
 use agent::admission::AgentGate;
-use agent::client::{AgentClient, AgentTimeouts};
 use agent::tunnel::Tunnels;
 use executor::Settings;
-use executor::real::{FleetPower, Running};
+use executor::real::Running;
 use lifecycle::Policy;
 use omni::auth::ServiceAccountKey;
 use omni::client::Client;
@@ -275,28 +272,12 @@ const MIN_REBOOT_INTERVAL: Duration = Duration::from_secs(4);
 /// rack=a1`, `--min-reboot-interval 4s`, `--ipmi-pxe-boot-mode bios`), a fresh BMC fleet
 /// and no agent. A failed pass is retried within 2 s.
 fn start(client: &Client) -> Running {
-    let tunnels = Tunnels::new(AgentGate::open());
-    let power = FleetPower::new(
-        Selector::new(SelectorOptions {
-            redfish_use_when_available: false,
-            ..SelectorOptions::default()
-        }),
-        Fleet::new(FleetOptions::default()),
-    );
-    let agents = AgentClient::new(
-        tunnels.clone(),
-        AgentTimeouts {
-            call: Duration::from_secs(5),
-            fast_wipe: Duration::from_secs(5),
-            zeroes_wipe: Duration::from_secs(5),
-        },
-    );
     let mut settings = Settings::new(
         Policy::new(MIN_REBOOT_INTERVAL, false, ironboot_bmc::BootMode::Bios),
         BTreeMap::from([("rack".to_owned(), "a1".to_owned())]),
     );
     settings.power_poll_interval = Duration::from_secs(2);
-    executor::real::start(client, power, agents, tunnels.subscribe(), settings)
+    executor::start_for_test(client, &Tunnels::new(AgentGate::open()), settings)
 }
 
 /// An InfraMachine spec as Omni writes it: accepted, preferred off, with its node token.

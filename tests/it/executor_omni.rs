@@ -30,16 +30,13 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use ironboot_bmc::fleet::{Fleet, FleetOptions};
-use ironboot_bmc::{Selector, SelectorOptions};
 use ironboot_proto::{baremetal, omni as specs};
 use serde_json::{Value, json};
 
 use agent::admission::{AgentGate, KnownMachines};
-use agent::client::{AgentClient, AgentTimeouts};
 use agent::tunnel::Tunnels;
 use executor::Settings;
-use executor::real::{FleetPower, Running};
+use executor::real::Running;
 use lifecycle::Policy;
 use omni::auth::ServiceAccountKey;
 use omni::client::Client;
@@ -298,27 +295,12 @@ fn start(client: &Client) -> Running {
 
 /// Like [`start`], with the agents of `tunnels`.
 fn start_with(client: &Client, tunnels: &Tunnels) -> Running {
-    let power = FleetPower::new(
-        Selector::new(SelectorOptions {
-            redfish_use_when_available: false,
-            ..SelectorOptions::default()
-        }),
-        Fleet::new(FleetOptions::default()),
-    );
-    let agents = AgentClient::new(
-        tunnels.clone(),
-        AgentTimeouts {
-            call: Duration::from_secs(5),
-            fast_wipe: Duration::from_secs(5),
-            zeroes_wipe: Duration::from_secs(5),
-        },
-    );
     let mut settings = Settings::new(
         Policy::default(),
         BTreeMap::from([("rack".to_owned(), "a1".to_owned())]),
     );
     settings.power_poll_interval = Duration::from_secs(3600);
-    executor::real::start(client, power, agents, tunnels.subscribe(), settings)
+    executor::start_for_test(client, tunnels, settings)
 }
 
 /// A metal agent played by `tests/agent-harness` (the real jhump/grpctunnel Go module),
