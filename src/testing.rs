@@ -101,6 +101,21 @@ pub mod omni {
     pub mod transport {
         pub use crate::provider::omni::transport::{OmniEndpoint, SignedChannel};
     }
+
+    /// A client of the Omni at `url` (plain h2c, or TLS without verification) for
+    /// provider `provider_id`, signing with the service-account key `key` (its base64
+    /// text). Panics on a bad key or URL: the tests make both.
+    pub fn signed_client(url: &str, key: &str, provider_id: &str) -> client::Client {
+        let key = auth::ServiceAccountKey::parse(key, provider_id, std::time::SystemTime::now())
+            .expect("a valid service-account key");
+        let endpoint = transport::OmniEndpoint::parse(url, true).expect("an Omni endpoint URL");
+        let channel = endpoint.channel().expect("a channel to Omni");
+        client::Client::from_signed(
+            transport::SignedChannel::new(channel, std::sync::Arc::new(key)),
+            provider_id.to_owned(),
+            url.to_owned(),
+        )
+    }
     /// COSI watches.
     pub mod watch {
         pub use crate::provider::omni::watch::{Event, Watch};

@@ -38,7 +38,7 @@ use ironboot_test_support::{go_harness, http, ipmi_sim, launch, logs, omni_harne
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
@@ -51,9 +51,7 @@ use agent::tunnel::Tunnels;
 use executor::Settings;
 use executor::real::Running;
 use lifecycle::Policy;
-use omni::auth::ServiceAccountKey;
 use omni::client::Client;
-use omni::transport::{OmniEndpoint, SignedChannel};
 use tls::{AgentTls, CertSource};
 
 const ID: &str = "bare-metal";
@@ -209,12 +207,7 @@ impl Omni {
     }
 
     fn client(&self) -> Client {
-        let url = format!("http://{}", self.serve.addr);
-        let key =
-            Arc::new(ServiceAccountKey::parse(&self.key, ID, SystemTime::now()).expect("key"));
-        let endpoint = OmniEndpoint::parse(&url, true).expect("endpoint");
-        let channel = endpoint.channel().expect("channel");
-        Client::from_signed(SignedChannel::new(channel, key), ID.to_owned(), url)
+        omni::signed_client(&format!("http://{}", self.serve.addr), &self.key, ID)
     }
 }
 

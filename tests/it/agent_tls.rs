@@ -32,9 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use agent::admission::AgentGate;
 use agent::client::{AgentClient, AgentTimeouts};
 use agent::tunnel::{TunnelEvent, Tunnels};
-use omni::auth::ServiceAccountKey;
 use omni::client::Client;
-use omni::transport::{OmniEndpoint, SignedChannel};
 use tls::{AgentTls, CertSource, TlsError, UserFiles};
 
 const ID: &str = "bare-metal";
@@ -361,13 +359,7 @@ async fn the_generated_ca_lives_in_omni_and_a_second_start_reuses_it() {
         serve: omni_harness::serve(bin, &key_text, &[]),
     };
     let url = format!("http://{}", omni.serve.addr);
-    let key = Arc::new(ServiceAccountKey::parse(&key_text, ID, SystemTime::now()).unwrap());
-    let endpoint = OmniEndpoint::parse(&url, true).unwrap();
-    let client = Client::from_signed(
-        SignedChannel::new(endpoint.channel().unwrap(), key),
-        ID.to_owned(),
-        url.clone(),
-    );
+    let client = omni::signed_client(&url, &key_text, ID);
     assert!(
         client
             .get_opt::<TlsConfigSpec>(tls::TLS_CONFIG_ID)

@@ -28,7 +28,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ironboot_proto::{baremetal, omni as specs};
 use serde_json::{Value, json};
@@ -38,9 +38,7 @@ use agent::tunnel::Tunnels;
 use executor::Settings;
 use executor::real::Running;
 use lifecycle::Policy;
-use omni::auth::ServiceAccountKey;
 use omni::client::Client;
-use omni::transport::{OmniEndpoint, SignedChannel};
 
 const ID: &str = "bare-metal";
 
@@ -134,12 +132,7 @@ impl Harness {
     }
 
     fn client(&self) -> Client {
-        let url = format!("http://{}", self.addr);
-        let key =
-            Arc::new(ServiceAccountKey::parse(&self.key, ID, SystemTime::now()).expect("key"));
-        let endpoint = OmniEndpoint::parse(&url, true).expect("endpoint");
-        let channel = endpoint.channel().expect("channel");
-        Client::from_signed(SignedChannel::new(channel, key), ID.to_owned(), url)
+        omni::signed_client(&format!("http://{}", self.addr), &self.key, ID)
     }
 }
 
