@@ -288,32 +288,26 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
     }
     let mut capped = Vec::new();
     if let Some(bytes) = spec.recv_buffer {
-        let forced = set_buffer(&socket, bytes, sockopt::RcvBufForce, sockopt::RcvBuf)
-            .map_err(opt("SO_RCVBUF"))?;
-        if !forced {
-            let granted = socket.recv_buffer_size().map_err(opt("SO_RCVBUF"))? / 2;
-            if granted < bytes {
-                capped.push(CappedBuffer {
-                    option: "SO_RCVBUF",
-                    requested: bytes,
-                    granted,
-                });
-            }
-        }
+        let (force, plain, size) = (
+            sockopt::RcvBufForce,
+            sockopt::RcvBuf,
+            Socket::recv_buffer_size,
+        );
+        capped.extend(
+            set_buffer(&socket, bytes, "SO_RCVBUF", force, plain, size)
+                .map_err(opt("SO_RCVBUF"))?,
+        );
     }
     if let Some(bytes) = spec.send_buffer {
-        let forced = set_buffer(&socket, bytes, sockopt::SndBufForce, sockopt::SndBuf)
-            .map_err(opt("SO_SNDBUF"))?;
-        if !forced {
-            let granted = socket.send_buffer_size().map_err(opt("SO_SNDBUF"))? / 2;
-            if granted < bytes {
-                capped.push(CappedBuffer {
-                    option: "SO_SNDBUF",
-                    requested: bytes,
-                    granted,
-                });
-            }
-        }
+        let (force, plain, size) = (
+            sockopt::SndBufForce,
+            sockopt::SndBuf,
+            Socket::send_buffer_size,
+        );
+        capped.extend(
+            set_buffer(&socket, bytes, "SO_SNDBUF", force, plain, size)
+                .map_err(opt("SO_SNDBUF"))?,
+        );
     }
     setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)
         .map_err(|errno| opt("IP_PKTINFO")(io::Error::from(errno)))?;
@@ -355,22 +349,34 @@ fn open(spec: &BindSpec) -> Result<BoundSocket, SocketError> {
     })
 }
 
-/// Set a buffer size with the `*FORCE` option, which passes the `net.core.*mem_max` cap
-/// (needs `CAP_NET_ADMIN`), or else with the plain one, which the kernel caps without a
-/// word. `Ok(true)` when forced; `Ok(false)` when the plain option had to do, for the
-/// caller to read back what was granted.
-fn set_buffer<F, P>(socket: &Socket, bytes: usize, force: F, plain: P) -> io::Result<bool>
+/// Set buffer `option` to `bytes` with its `*FORCE` variant, which passes the
+/// `net.core.*mem_max` cap (needs `CAP_NET_ADMIN`), or else with the plain one, which the
+/// kernel caps without a word. In that case the size granted is read back with `size`
+/// (the kernel reports twice the usable size), and `Some` says so when it is below
+/// `bytes`.
+fn set_buffer<F, P>(
+    socket: &Socket,
+    bytes: usize,
+    option: &'static str,
+    force: F,
+    plain: P,
+    size: fn(&Socket) -> io::Result<usize>,
+) -> io::Result<Option<CappedBuffer>>
 where
     F: SetSockOpt<Val = usize>,
     P: SetSockOpt<Val = usize>,
 {
     match setsockopt(socket, force, &bytes) {
-        Ok(()) => Ok(true),
-        Err(Errno::EPERM) => setsockopt(socket, plain, &bytes)
-            .map(|()| false)
-            .map_err(io::Error::from),
-        Err(errno) => Err(io::Error::from(errno)),
+        Ok(()) => return Ok(None),
+        Err(Errno::EPERM) => setsockopt(socket, plain, &bytes).map_err(io::Error::from)?,
+        Err(errno) => return Err(io::Error::from(errno)),
     }
+    let granted = size(socket)? / 2;
+    Ok((granted < bytes).then_some(CappedBuffer {
+        option,
+        requested: bytes,
+        granted,
+    }))
 }
 
 /// The buffer sizes the kernel capped on any of these sockets (a service's workers'
